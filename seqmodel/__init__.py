@@ -1,0 +1,25 @@
+"""seqmodel: autoregressive recurrent sequence models in JAX (Flax NNX + Optax).
+
+Public API (re-exports only)::
+
+    import seqmodel as sm
+    model = sm.SequenceModel(sm.ModelConfig(vocab_size=65), rngs=nnx.Rngs(0))
+"""
+
+from seqmodel.cells import ElmanCell, GRUCell, LSTMCell
+from seqmodel.heads import Bernoulli, Categorical, Gaussian, MixtureGaussian
+from seqmodel.model import ModelConfig, SequenceModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Bernoulli",
+    "Categorical",
+    "ElmanCell",
+    "GRUCell",
+    "Gaussian",
+    "LSTMCell",
+    "MixtureGaussian",
+    "ModelConfig",
+    "SequenceModel",
+]

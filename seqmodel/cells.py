@@ -1,0 +1,214 @@
+"""Recurrent cells split into a time-parallel input half and a serial recurrent half.
+
+Every cell follows one contract (see docs/ARCHITECTURE.md):
+
+- ``initialize_carry(batch_size)`` -> carry (a pytree of ``(b, h)`` arrays)
+- ``project(x)``: ``(..., in)`` -> ``(..., G)``, the input half ``x @ W_i + b`` for all gates at
+  once. It has no time dependence, so the teacher-forced path runs it over a whole sequence in one
+  matmul (as cuDNN does).
+- ``recur(carry, xp)`` -> ``(carry, y)``: the serial half, the signature ``lax.scan`` wants.
+- ``scan(carry, xp_sequence)``: ``recur`` over a time-major ``(t, b, G)`` sequence.
+- ``__call__(carry, x) = recur(carry, project(x))``.
+
+The recurrent math lives in pure functions (``lstm_recur`` ...) that take the recurrent weights as
+an argument, so the teacher-forced scan, the one-step sampler and the custom-VJP fast path
+(``seqmodel.recurrence``) all evaluate the very same expressions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Carry = Any
+
+_input_init = nnx.initializers.lecun_normal()
+
+
+def _orthogonal_blocks(key: Array, hidden_size: int, num_gates: int, dtype: Any) -> Array:
+    """A ``(h, num_gates * h)`` recurrent kernel whose every gate block is orthogonal."""
+    keys = jax.random.split(key, num_gates)
+    init = nnx.initializers.orthogonal()
+    return jnp.concatenate([init(k, (hidden_size, hidden_size), dtype) for k in keys], axis=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure recurrences. ``xp`` already holds ``x @ W_i + b``; ``recurrent_kernel`` is ``W_h``.
+# ---------------------------------------------------------------------------------------------
+
+
+def lstm_gate_scale(hidden_size: int, dtype: Any) -> Array:
+    """Per-column pre-activation scale ``[1]*3h + [2]*h`` of the fused LSTM gate block.
+
+    One sigmoid over the contiguous ``4h`` block evaluates the candidate gate as well, through
+    ``tanh(x) = 2 * sigmoid(2x) - 1``: XLA fuses one activation over a contiguous block far better
+    than four slice-then-activate chains (measured +18% per step at h512, issue 6).
+    """
+    return jnp.concatenate(
+        [jnp.ones((3 * hidden_size,), dtype), jnp.full((hidden_size,), 2.0, dtype)]
+    )
+
+
+def lstm_activate(gates: Array) -> tuple[Array, Array, Array, Array]:
+    """Fused activation of the ``(..., 4h)`` pre-activations in gate order ``[i, f, o, g]``."""
+    hidden_size = gates.shape[-1] // 4
+    activated = jax.nn.sigmoid(gates * lstm_gate_scale(hidden_size, gates.dtype))
+    i, f, o, g2 = jnp.split(activated, 4, axis=-1)
+    return i, f, o, 2.0 * g2 - 1.0
+
+
+def lstm_recur(recurrent_kernel: Array, carry: tuple[Array, Array], xp: Array):
+    """One LSTM step. carry ``(c, h)`` each ``(b, h)``; xp ``(b, 4h)`` -> ``((c, h), h)``."""
+    c, h = carry
+    gates = xp + h @ recurrent_kernel
+    i, f, o, g = lstm_activate(gates)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return (c, h), h
+
+
+def gru_recur(recurrent_kernel: Array, recurrent_bias: Array, h: Array, xp: Array):
+    """One GRU step (PyTorch convention, gate order ``[r, z, n]``).
+
+    ``r, z = sigmoid(xp_rz + (h W_h + b_h)_rz)``, ``n = tanh(xp_n + r * (h W_h + b_h)_n)``,
+    ``h' = (1 - z) * n + z * h``. h ``(b, h)``, xp ``(b, 3h)`` -> ``(h', h')``.
+    """
+    hidden_size = h.shape[-1]
+    hp = h @ recurrent_kernel + recurrent_bias
+    rz = jax.nn.sigmoid(xp[..., : 2 * hidden_size] + hp[..., : 2 * hidden_size])
+    r, z = rz[..., :hidden_size], rz[..., hidden_size:]
+    n = jnp.tanh(xp[..., 2 * hidden_size :] + r * hp[..., 2 * hidden_size :])
+    h = (1.0 - z) * n + z * h
+    return h, h
+
+
+def elman_recur(recurrent_kernel: Array, h: Array, xp: Array):
+    """One Elman (tanh) step: ``h' = tanh(xp + h W_h)``. h ``(b, h)``, xp ``(b, h)``."""
+    h = jnp.tanh(xp + h @ recurrent_kernel)
+    return h, h
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------
+
+
+class _Cell(nnx.Module):
+    """Shared parameters and plumbing; subclasses set ``num_gates`` and the recurrence."""
+
+    num_gates: int = 1
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any = jnp.float32,
+        param_dtype: Any = jnp.float32,
+    ):
+        if input_size < 1 or hidden_size < 1:
+            raise ValueError(
+                f"input_size and hidden_size must be >= 1, got input_size={input_size}, "
+                f"hidden_size={hidden_size}"
+            )
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.dtype = dtype
+        width = self.num_gates * hidden_size
+        self.input_kernel = nnx.Param(_input_init(rngs.params(), (input_size, width), param_dtype))
+        self.recurrent_kernel = nnx.Param(
+            _orthogonal_blocks(rngs.params(), hidden_size, self.num_gates, param_dtype)
+        )
+        self.bias = nnx.Param(self._initial_bias(param_dtype))
+
+    @property
+    def gate_width(self) -> int:
+        """Width ``G`` of the projected input: ``num_gates * hidden_size``."""
+        return self.num_gates * self.hidden_size
+
+    def _initial_bias(self, param_dtype: Any) -> Array:
+        return jnp.zeros((self.gate_width,), param_dtype)
+
+    def project(self, x: Array) -> Array:
+        """Input half for any leading axes: ``(..., in)`` -> ``(..., G)``."""
+        kernel = self.input_kernel.value.astype(self.dtype)
+        return x.astype(self.dtype) @ kernel + self.bias.value.astype(self.dtype)
+
+    def recurrence(self):
+        """The pure step ``(carry, xp) -> (carry, y)`` with this cell's weights bound."""
+        raise NotImplementedError
+
+    def recur(self, carry: Carry, xp: Array):
+        """Serial half: carry, xp ``(b, G)`` -> ``(carry, y (b, h))``."""
+        return self.recurrence()(carry, xp)
+
+    def scan(self, carry: Carry, xp_sequence: Array):
+        """Recurrence over a time-major sequence: xp ``(t, b, G)`` -> ``(carry, ys (t, b, h))``."""
+        return jax.lax.scan(self.recurrence(), carry, xp_sequence)
+
+    def __call__(self, carry: Carry, x: Array):
+        return self.recur(carry, self.project(x))
+
+    def output(self, carry: Carry) -> Array:
+        """The hidden state ``(b, h)`` that the next layer (or head) sees."""
+        return carry
+
+
+class LSTMCell(_Cell):
+    """Long short-term memory cell; carry ``(c, h)``, gates ``[i, f, o, g]``, forget bias 1."""
+
+    num_gates = 4
+
+    def _initial_bias(self, param_dtype: Any) -> Array:
+        h = self.hidden_size
+        return jnp.zeros((4 * h,), param_dtype).at[h : 2 * h].set(1.0)
+
+    def initialize_carry(self, batch_size: int) -> tuple[Array, Array]:
+        zeros = jnp.zeros((batch_size, self.hidden_size), self.dtype)
+        return (zeros, zeros)
+
+    def recurrence(self):
+        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        return lambda carry, xp: lstm_recur(kernel, carry, xp)
+
+    def output(self, carry: tuple[Array, Array]) -> Array:
+        return carry[1]
+
+
+class GRUCell(_Cell):
+    """Gated recurrent unit (PyTorch convention: reset gate applied after ``W_hn h + b_hn``)."""
+
+    num_gates = 3
+
+    def __init__(self, input_size: int, hidden_size: int, *, rngs: nnx.Rngs, **kwargs):
+        super().__init__(input_size, hidden_size, rngs=rngs, **kwargs)
+        self.recurrent_bias = nnx.Param(jnp.zeros((3 * hidden_size,), self.bias.value.dtype))
+
+    def initialize_carry(self, batch_size: int) -> Array:
+        return jnp.zeros((batch_size, self.hidden_size), self.dtype)
+
+    def recurrence(self):
+        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        bias = self.recurrent_bias.value.astype(self.dtype)
+        return lambda h, xp: gru_recur(kernel, bias, h, xp)
+
+
+class ElmanCell(_Cell):
+    """Elman network cell with tanh: ``h' = tanh(x W_i + b + h W_h)``."""
+
+    num_gates = 1
+
+    def initialize_carry(self, batch_size: int) -> Array:
+        return jnp.zeros((batch_size, self.hidden_size), self.dtype)
+
+    def recurrence(self):
+        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        return lambda h, xp: elman_recur(kernel, h, xp)
+
+
+CELLS = {"lstm": LSTMCell, "gru": GRUCell, "rnn": ElmanCell}
