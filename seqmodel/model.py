@@ -50,6 +50,9 @@ class ModelConfig:
     # Fold the embedding into the first layer's input projection: one (vocab, G) table gathered per
     # token instead of an embedding gather plus a matmul. Exact (no dropout sits between them).
     fold_embedding: bool = True
+    # Teacher-forced scans use the custom-VJP recurrences of seqmodel.recurrence (same values and
+    # gradients as differentiating lax.scan, faster); False keeps the plain lax.scan (for jax.jvp).
+    fast_recurrence: bool = True
 
     def __post_init__(self):
         def bad(field: str, allowed: str):
@@ -141,7 +144,7 @@ class SequenceModel(nnx.Module):
         self.cells = nnx.List(
             [
                 cell_class(first_input if layer == 0 else config.hidden_size, config.hidden_size,
-                           rngs=rngs, dtype=dtype)
+                           rngs=rngs, dtype=dtype, fast_recurrence=config.fast_recurrence)
                 for layer in range(config.num_layers)
             ]
         )
@@ -158,7 +161,7 @@ class SequenceModel(nnx.Module):
 
     def input_table(self) -> Array:
         """The folded ``(V, G)`` table ``embedding @ W_i + b`` of layer 0 (token models)."""
-        return self.cells[0].project(self.embed.embedding.value)
+        return self.cells[0].project(self.embed.embedding[...])
 
     def project_inputs(self, inputs: Array, table: Array | None = None) -> Array:
         """Layer 0's input projection for any leading axes: ``(...)`` tokens or ``(..., d)`` ->
