@@ -110,6 +110,7 @@ class _Cell(nnx.Module):
         rngs: nnx.Rngs,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
+        fast_recurrence: bool = True,
     ):
         if input_size < 1 or hidden_size < 1:
             raise ValueError(
@@ -119,6 +120,9 @@ class _Cell(nnx.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.dtype = dtype
+        # True: ``scan`` runs the custom-VJP recurrence of seqmodel.recurrence (same numbers,
+        # faster backward); False: plain ``lax.scan`` over ``recur`` differentiated by JAX.
+        self.fast_recurrence = fast_recurrence
         width = self.num_gates * hidden_size
         self.input_kernel = nnx.Param(_input_init(rngs.params(), (input_size, width), param_dtype))
         self.recurrent_kernel = nnx.Param(
@@ -148,8 +152,17 @@ class _Cell(nnx.Module):
         return self.recurrence()(carry, xp)
 
     def scan(self, carry: Carry, xp_sequence: Array):
-        """Recurrence over a time-major sequence: xp ``(t, b, G)`` -> ``(carry, ys (t, b, h))``."""
+        """Recurrence over a time-major sequence: xp ``(t, b, G)`` -> ``(carry, ys (t, b, h))``.
+
+        With ``fast_recurrence`` it calls the custom-VJP scan of :mod:`seqmodel.recurrence`,
+        which computes the same values and gradients as ``lax.scan(recur)`` faster."""
+        if self.fast_recurrence:
+            return self.fast_scan(carry, xp_sequence)
         return jax.lax.scan(self.recurrence(), carry, xp_sequence)
+
+    def fast_scan(self, carry: Carry, xp_sequence: Array):
+        """The custom-VJP scan of :mod:`seqmodel.recurrence` for this cell."""
+        raise NotImplementedError
 
     def __call__(self, carry: Carry, x: Array):
         return self.recur(carry, self.project(x))
@@ -176,6 +189,10 @@ class LSTMCell(_Cell):
         kernel = self.recurrent_kernel.value.astype(self.dtype)
         return lambda carry, xp: lstm_recur(kernel, carry, xp)
 
+    def fast_scan(self, carry, xp_sequence):
+        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        return lstm_scan(kernel, carry, xp_sequence.astype(self.dtype))
+
     def output(self, carry: tuple[Array, Array]) -> Array:
         return carry[1]
 
@@ -197,6 +214,11 @@ class GRUCell(_Cell):
         bias = self.recurrent_bias.value.astype(self.dtype)
         return lambda h, xp: gru_recur(kernel, bias, h, xp)
 
+    def fast_scan(self, carry, xp_sequence):
+        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        bias = self.recurrent_bias.value.astype(self.dtype)
+        return gru_scan(kernel, bias, carry, xp_sequence.astype(self.dtype))
+
 
 class ElmanCell(_Cell):
     """Elman network cell with tanh: ``h' = tanh(x W_i + b + h W_h)``."""
@@ -210,5 +232,12 @@ class ElmanCell(_Cell):
         kernel = self.recurrent_kernel.value.astype(self.dtype)
         return lambda h, xp: elman_recur(kernel, h, xp)
 
+    def fast_scan(self, carry, xp_sequence):
+        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        return elman_scan(kernel, carry, xp_sequence.astype(self.dtype))
+
+
+# Imported last: seqmodel.recurrence builds on the pure recurrences defined above.
+from seqmodel.recurrence import elman_scan, gru_scan, lstm_scan  # noqa: E402
 
 CELLS = {"lstm": LSTMCell, "gru": GRUCell, "rnn": ElmanCell}
