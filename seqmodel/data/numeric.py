@@ -1,0 +1,426 @@
+"""Real-valued sequences: CSV / ``.npy`` loading, per-feature normalisation, padding with masks.
+
+A numeric source is a list of sequences, each ``(t_i, d)`` float (rows = time steps, columns =
+features): one long series is a list of one. The pieces:
+
+- :func:`load_csv`, :func:`load_npy`, :func:`load_sequences`: files -> ``[(t_i, d), ...]``,
+  with clear errors (bad cell: its line and column; no numeric column; too few rows).
+- :class:`Normalizer`: per-feature ``(x - mean) / scale`` fitted on the training part only and
+  saved with the model (``to_dict`` / ``from_dict``), so samples come back in original units. A
+  constant feature gets scale 1 (never a division by zero).
+- :func:`pad_sequences` / :func:`bucket_length`: a ragged set -> ``values (n, T, d)`` and
+  ``mask (n, T)`` with ``T`` rounded up to a few bucket lengths, so compiled shapes stay few.
+- :func:`next_step_batch`: ``(values, mask)`` -> ``(inputs, targets, target_mask)`` for the
+  teacher-forced next-step loss; padded and missing targets get mask 0.
+
+Missing values (empty CSV cells, ``nan``, ``NA``) are rejected by default with an error naming
+their line and column; ``missing="mask"`` keeps them out of the loss instead (the step whose
+target has a missing feature is masked; as an input the missing feature reads the training mean).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+
+SEQUENCE_ID_COLUMN = "sequence_id"
+MISSING_POLICIES = ("reject", "mask")
+_MISSING_TOKENS = frozenset({"", "nan", "na", "n/a", "null", "none", "?"})
+
+# Spread below this (relative to the feature's magnitude) counts as constant: dividing by it would
+# blow rounding noise up to unit variance, or divide by zero.
+_CONSTANT_RELATIVE_SPREAD = 1e-8
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NumericTable:
+    """What a file held: ``sequences`` (list of ``(t_i, d)`` float64, NaN where missing) and
+    ``columns`` (the ``d`` feature names)."""
+
+    sequences: list
+    columns: tuple
+
+    @property
+    def num_features(self) -> int:
+        return len(self.columns)
+
+
+def _parse_number(cell: str) -> float | None:
+    """float, NaN for a missing-value marker, None when the cell is not a number."""
+    text = cell.strip()
+    if text.lower() in _MISSING_TOKENS:
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def load_csv(path: str | os.PathLike, *, missing: str = "reject") -> NumericTable:
+    """Read a CSV of time steps (rows) by features (numeric columns).
+
+    A header row is allowed (detected when its cells are not numbers). Columns whose cells are
+    mostly not numbers (dates, labels) are skipped; a non-number inside a numeric column is an
+    error naming its line and column. A ``sequence_id`` column splits the rows into separate
+    sequences (consecutive rows with the same id, in order of first appearance).
+
+    Args:
+      path: the CSV file.
+      missing: ``"reject"`` (empty / ``nan`` / ``NA`` cells raise ``ValueError`` naming the line
+        and column) or ``"mask"`` (kept as NaN, to be masked out of the loss).
+
+    Returns:
+      a :class:`NumericTable`; each sequence is ``(t_i, d)`` float64.
+
+    Example::
+
+        table = load_csv("prices.csv")              # date,open,close -> columns ('open', 'close')
+        series = table.sequences[0]                 # (t, 2)
+    """
+    _check_missing(missing)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"CSV file {path!r} does not exist")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        sample = handle.read(65536)
+        handle.seek(0)
+        try:
+            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
+        except csv.Error:
+            dialect = csv.excel
+        rows = [
+            (line_number, row)
+            for line_number, row in enumerate(csv.reader(handle, dialect), start=1)
+            if row and any(cell.strip() for cell in row)
+        ]
+    if not rows:
+        raise ValueError(f"CSV file {path!r} is empty: it needs at least two rows of numbers")
+
+    first_line, first = rows[0]
+    has_header = any(_parse_number(cell) is None for cell in first)
+    width = len(first)
+    names = [cell.strip() or f"column {i + 1}" for i, cell in enumerate(first)] if has_header else [
+        f"column {i + 1}" for i in range(width)
+    ]
+    body = rows[1:] if has_header else rows
+    for line_number, row in body:
+        if len(row) != width:
+            raise ValueError(
+                f"{path}: line {line_number} has {len(row)} cells, but the "
+                f"{'header' if has_header else 'first row'} (line {first_line}) has {width}"
+            )
+    if not body:
+        raise ValueError(f"CSV file {path!r} has a header but no data rows")
+
+    id_index = next(
+        (i for i, name in enumerate(names) if has_header and name.lower() == SEQUENCE_ID_COLUMN),
+        None,
+    )
+    # A column is numeric when most of its non-missing cells parse; the others (dates, labels)
+    # are skipped, and a stray word inside a numeric column is reported as a bad cell.
+    parsed = [[_parse_number(row[i]) for _, row in body] for i in range(width)]
+    numeric = []
+    for i in range(width):
+        if i == id_index:
+            continue
+        present = [value for value in parsed[i] if value is None or not math.isnan(value)]
+        good = sum(value is not None for value in present)
+        if present and good * 2 > len(present):
+            numeric.append(i)
+    if not numeric:
+        raise ValueError(
+            f"CSV file {path!r} has no numeric columns (columns: {', '.join(names)}); each "
+            "feature needs a column of numbers"
+        )
+    for i in numeric:
+        for (line_number, row), value in zip(body, parsed[i]):
+            if value is None:
+                raise ValueError(
+                    f"{path}: line {line_number}, column {names[i]!r}: {row[i]!r} is not a number"
+                )
+    values = np.array([parsed[i] for i in numeric], dtype=np.float64).T  # (rows, d)
+    columns = tuple(names[i] for i in numeric)
+    if missing == "reject":
+        _reject_missing(values, path, [line for line, _ in body], columns)
+
+    if id_index is None:
+        sequences = [values]
+    else:
+        ids = [row[id_index].strip() for _, row in body]
+        order = list(dict.fromkeys(ids))
+        id_array = np.array(ids, dtype=object)
+        sequences = [values[id_array == sequence_id] for sequence_id in order]
+    _check_lengths(sequences, path)
+    return NumericTable(sequences, columns)
+
+
+def load_npy(path: str | os.PathLike, *, missing: str = "reject") -> NumericTable:
+    """Read a ``.npy`` array: ``(t,)`` (one feature), ``(t, d)`` (one series) or ``(n, t, d)``
+    (``n`` sequences). In ``(n, t, d)``, trailing rows that are all NaN are padding: sequence
+    ``i`` ends before them, so ragged sets can be stored as one array.
+
+    Example::
+
+        np.save("walks.npy", np.cumsum(rng.normal(size=(100, 50, 2)), axis=1))
+        table = load_npy("walks.npy")               # 100 sequences (50, 2)
+    """
+    _check_missing(missing)
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f".npy file {path!r} does not exist")
+    array = np.load(path, allow_pickle=False)
+    if not np.issubdtype(array.dtype, np.number) and array.dtype != np.bool_:
+        raise ValueError(f"{path}: array dtype {array.dtype} is not numeric")
+    array = array.astype(np.float64)
+    if array.ndim == 1:
+        array = array[:, None]
+    if array.ndim == 2:
+        sequences = [array]
+    elif array.ndim == 3:
+        sequences = []
+        for row in array:
+            present = ~np.all(np.isnan(row), axis=-1)
+            length = int(np.nonzero(present)[0][-1]) + 1 if present.any() else 0
+            sequences.append(row[:length])
+    else:
+        raise ValueError(
+            f"{path}: array shape {array.shape} is not supported; expected (t,), (t, d) or (n, t, d)"
+        )
+    columns = tuple(f"feature {i}" for i in range(array.shape[-1]))
+    if missing == "reject":
+        for index, sequence in enumerate(sequences):
+            where = np.argwhere(np.isnan(sequence))
+            if where.size:
+                step, feature = where[0]
+                prefix = f"sequence {index}, " if array.ndim == 3 else ""
+                raise ValueError(
+                    f"{path}: {prefix}row {step}, column {feature} is missing (NaN); fill it, or "
+                    "pass missing='mask' (--missing mask) to keep it out of the loss"
+                )
+    if np.isinf(array).any():
+        raise ValueError(f"{path}: the array holds inf; only finite numbers (or NaN) are allowed")
+    _check_lengths(sequences, path)
+    return NumericTable(sequences, columns)
+
+
+def load_sequences(path: str | os.PathLike, *, missing: str = "reject") -> NumericTable:
+    """Dispatch on the suffix: ``.csv`` / ``.tsv`` / ``.txt`` -> :func:`load_csv`, ``.npy`` ->
+    :func:`load_npy`."""
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix == ".npy":
+        return load_npy(path, missing=missing)
+    if suffix in (".csv", ".tsv", ".txt"):
+        return load_csv(path, missing=missing)
+    raise ValueError(
+        f"numeric file {os.fspath(path)!r}: suffix {suffix!r} is not supported; use .csv or .npy"
+    )
+
+
+def _check_missing(missing: str) -> None:
+    if missing not in MISSING_POLICIES:
+        raise ValueError(f"missing={missing!r} is invalid; allowed: {', '.join(MISSING_POLICIES)}")
+
+
+def _reject_missing(values: np.ndarray, path: str, lines: Sequence[int], columns) -> None:
+    where = np.argwhere(np.isnan(values))
+    if where.size:
+        row, feature = where[0]
+        raise ValueError(
+            f"{path}: line {lines[row]}, column {columns[feature]!r} is missing (empty or NaN); "
+            f"{len(where)} missing cell(s) in all. Fill them, or pass missing='mask' "
+            "(--missing mask) to keep them out of the loss"
+        )
+
+
+def _check_lengths(sequences: list, path: str) -> None:
+    if not sequences or max(len(s) for s in sequences) < 2:
+        raise ValueError(
+            f"{path}: every sequence has fewer than 2 rows; next-step prediction needs at least "
+            "2 time steps (one input, one target)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalizer:
+    """Per-feature affine map ``normalize(x) = (x - mean) / scale`` and its inverse.
+
+    Fit it on the training part only, save it with the model (``to_dict`` is JSON-ready), and
+    map samples back with ``denormalize``. ``mean`` and ``scale`` are ``(d,)``.
+
+    Example::
+
+        normalizer = Normalizer.fit(train_sequences)     # list of (t_i, d) or an array (..., d)
+        z = normalizer.normalize(x)                       # (..., d)
+        x_again = normalizer.denormalize(z)
+    """
+
+    mean: tuple
+    scale: tuple
+
+    @classmethod
+    def fit(cls, values, *, mask: np.ndarray | None = None) -> "Normalizer":
+        """Mean and standard deviation per feature over every step, ignoring NaN (missing) and
+        steps where ``mask`` is 0. ``values``: an array ``(..., d)`` or a list of ``(t_i, d)``.
+        A constant feature gets scale 1, so it normalises to 0 instead of NaN."""
+        if isinstance(values, (list, tuple)):
+            flat = np.concatenate([np.asarray(v, np.float64).reshape(-1, np.shape(v)[-1])
+                                   for v in values])
+        else:
+            array = np.asarray(values, np.float64)
+            if mask is not None:
+                array = np.where(np.asarray(mask, bool)[..., None], array, np.nan)
+            flat = array.reshape(-1, array.shape[-1])
+        counts = np.sum(~np.isnan(flat), axis=0)
+        if np.any(counts == 0):
+            empty = [int(i) for i in np.nonzero(counts == 0)[0]]
+            raise ValueError(f"cannot fit a Normalizer: feature(s) {empty} have no values")
+        mean = np.nanmean(flat, axis=0)
+        spread = np.nanstd(flat, axis=0)
+        constant = spread <= _CONSTANT_RELATIVE_SPREAD * np.maximum(1.0, np.abs(mean))
+        scale = np.where(constant, 1.0, spread)
+        return cls(tuple(float(m) for m in mean), tuple(float(s) for s in scale))
+
+    @classmethod
+    def identity(cls, num_features: int) -> "Normalizer":
+        """mean 0, scale 1: for binary data (Bernoulli head), which must stay 0/1."""
+        return cls((0.0,) * num_features, (1.0,) * num_features)
+
+    @property
+    def num_features(self) -> int:
+        return len(self.mean)
+
+    def _arrays(self, like):
+        dtype = like.dtype if np.issubdtype(np.asarray(like).dtype, np.floating) else np.float32
+        return np.asarray(self.mean, dtype), np.asarray(self.scale, dtype)
+
+    def normalize(self, values):
+        """``(..., d)`` original units -> normalised (NaN stays NaN)."""
+        self._check(values)
+        mean, scale = self._arrays(values)
+        return (values - mean) / scale
+
+    def denormalize(self, values):
+        """``(..., d)`` normalised -> original units. Works on numpy and JAX arrays."""
+        self._check(values)
+        mean, scale = self._arrays(values)
+        return values * scale + mean
+
+    def log_scale_sum(self) -> float:
+        """``sum(log scale)``: add it to a per-step NLL in normalised units to get the NLL in
+        original units (the density changes by the Jacobian of the affine map)."""
+        return float(np.sum(np.log(self.scale)))
+
+    def _check(self, values) -> None:
+        if np.shape(values)[-1] != self.num_features:
+            raise ValueError(
+                f"values have {np.shape(values)[-1]} features (shape {np.shape(values)}), but "
+                f"the Normalizer was fitted on {self.num_features}"
+            )
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "scale": list(self.scale)}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Normalizer":
+        return cls(tuple(float(m) for m in values["mean"]), tuple(float(s) for s in values["scale"]))
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding, masks and buckets
+# ---------------------------------------------------------------------------------------------
+
+
+def bucket_length(length: int, *, minimum: int = 8) -> int:
+    """Round ``length`` up to the next power of two (at least ``minimum``): padded shapes take
+    ``log2`` distinct values, so a ragged set compiles a handful of programs, not one per length.
+
+    Example::
+
+        bucket_length(37)   # 64
+    """
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    return max(minimum, 1 << (int(length) - 1).bit_length())
+
+
+def pad_sequences(sequences: Sequence[np.ndarray], *, length: int | None = None,
+                  dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad a ragged set into ``values (n, T, d)`` and ``mask (n, T)``.
+
+    ``mask`` is 1 on real steps and 0 on padding and on steps with a missing (NaN) feature; NaN
+    becomes 0 in ``values`` (padded steps hold 0 too, so no NaN ever reaches the model). ``T``
+    is ``length`` or the longest sequence.
+
+    Example::
+
+        values, mask = pad_sequences([np.ones((3, 2)), np.ones((5, 2))])   # (2, 5, 2), (2, 5)
+    """
+    if not sequences:
+        raise ValueError("sequences is empty; pad_sequences needs at least one sequence")
+    longest = max(len(s) for s in sequences)
+    length = longest if length is None else length
+    if length < longest:
+        raise ValueError(f"length={length} is shorter than the longest sequence ({longest} steps)")
+    features = np.shape(sequences[0])[-1]
+    values = np.zeros((len(sequences), length, features), dtype)
+    mask = np.zeros((len(sequences), length), dtype)
+    for row, sequence in enumerate(sequences):
+        sequence = np.asarray(sequence)
+        present = ~np.isnan(sequence)
+        values[row, : len(sequence)] = np.where(present, sequence, 0.0)
+        mask[row, : len(sequence)] = present.all(-1)
+    return values, mask
+
+
+def next_step_batch(values: np.ndarray, mask: np.ndarray):
+    """``values (b, T, d)``, ``mask (b, T)`` -> ``(inputs (b, T-1, d), targets (b, T-1, d),
+    target_mask (b, T-1))``: the model reads ``values[:, i]`` and predicts ``values[:, i + 1]``.
+    A target step counts only when it is real (not padding, not missing)."""
+    return values[:, :-1], values[:, 1:], mask[:, 1:]
+
+
+def windows(series: np.ndarray, length: int, *, stride: int | None = None) -> list[np.ndarray]:
+    """Cut a ``(t, d)`` series into windows of ``length`` steps every ``stride`` (default
+    ``length - 1``, so consecutive windows share one step and every target is predicted once).
+    A short tail becomes a last, shorter window."""
+    if length < 2:
+        raise ValueError(f"window length must be >= 2 (one input, one target), got {length}")
+    stride = length - 1 if stride is None else stride
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    starts = range(0, max(1, len(series) - 1), stride)
+    pieces = [series[start : start + length] for start in starts]
+    return [piece for piece in pieces if len(piece) >= 2]
+
+
+def bucketed_batches(lengths: Sequence[int], batch_size: int, *, rng: np.random.Generator | None = None,
+                     minimum: int = 8) -> list[tuple[np.ndarray, int]]:
+    """Group sequence indices into batches of similar length.
+
+    Sorts by length, cuts the order into batches of ``batch_size``, and gives each batch the
+    bucket length of its longest member; with ``rng`` the order of the batches is shuffled (and
+    ties in length broken at random). Returns ``[(indices (<= batch_size,), padded_length), ...]``.
+    """
+    lengths = np.asarray(lengths)
+    noise = rng.random(len(lengths)) if rng is not None else np.zeros(len(lengths))
+    order = np.lexsort((noise, lengths))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    result = [(batch, bucket_length(int(lengths[batch].max()), minimum=minimum)) for batch in batches]
+    if rng is not None:
+        result = [result[i] for i in rng.permutation(len(result))]
+    return result

@@ -1,0 +1,204 @@
+"""Numeric data: CSV / .npy loading, normalisation, padding and buckets, synthetic sources."""
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from seqmodel.data import numeric, synthetic
+from seqmodel.data.numeric import Normalizer
+
+
+def write(tmp_path, text, name="series.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+# -- CSV ---------------------------------------------------------------------------------------
+
+
+def test_csv_header_skips_text_columns(tmp_path):
+    path = write(tmp_path, "date,open,close\n2024-01-01,1.5,2\n2024-01-02,2.5,3\n2024-01-03,3,4\n")
+    table = numeric.load_csv(path)
+    assert table.columns == ("open", "close")
+    assert len(table.sequences) == 1
+    np.testing.assert_allclose(table.sequences[0], [[1.5, 2], [2.5, 3], [3, 4]])
+
+
+def test_csv_without_header(tmp_path):
+    table = numeric.load_csv(write(tmp_path, "1,2\n3,4\n5,6\n"))
+    assert table.columns == ("column 1", "column 2")
+    np.testing.assert_allclose(table.sequences[0], [[1, 2], [3, 4], [5, 6]])
+
+
+def test_csv_sequence_id_splits(tmp_path):
+    text = "sequence_id,x\na,1\na,2\nb,10\nb,11\nb,12\na,3\n"
+    table = numeric.load_csv(write(tmp_path, text))
+    assert table.columns == ("x",)
+    assert [s[:, 0].tolist() for s in table.sequences] == [[1, 2, 3], [10, 11, 12]]
+
+
+def test_csv_bad_cell_names_line_and_column(tmp_path):
+    path = write(tmp_path, "t,value\n0,1.0\n1,2.0\n2,oops\n3,4.0\n4,5.0\n")
+    with pytest.raises(ValueError, match=r"line 4, column 'value': 'oops' is not a number"):
+        numeric.load_csv(path)
+
+
+def test_csv_no_numeric_columns(tmp_path):
+    with pytest.raises(ValueError, match="no numeric columns"):
+        numeric.load_csv(write(tmp_path, "name,colour\nann,red\nbob,blue\n"))
+
+
+@pytest.mark.parametrize("text", ["x\n1.0\n", "1.0\n", "x,y\n"])
+def test_csv_too_short(tmp_path, text):
+    with pytest.raises(ValueError, match="fewer than 2 rows|no data rows"):
+        numeric.load_csv(write(tmp_path, text))
+
+
+def test_csv_ragged_row(tmp_path):
+    with pytest.raises(ValueError, match="line 3 has 1 cells"):
+        numeric.load_csv(write(tmp_path, "a,b\n1,2\n3\n"))
+
+
+def test_csv_missing_rejected_or_masked(tmp_path):
+    path = write(tmp_path, "a,b\n1,2\n3,\n5,nan\n7,8\n")
+    with pytest.raises(ValueError, match=r"line 3, column 'b' is missing.*2 missing cell"):
+        numeric.load_csv(path)
+    table = numeric.load_csv(path, missing="mask")
+    values, mask = numeric.pad_sequences(table.sequences)
+    assert not np.isnan(values).any()
+    assert mask[0].tolist() == [1, 0, 0, 1]
+    with pytest.raises(ValueError, match="missing='sometimes' is invalid"):
+        numeric.load_csv(path, missing="sometimes")
+
+
+def test_missing_file_and_suffix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        numeric.load_sequences(tmp_path / "nope.csv")
+    with pytest.raises(ValueError, match="suffix '.parquet'"):
+        numeric.load_sequences(tmp_path / "x.parquet")
+
+
+# -- .npy ----------------------------------------------------------------------------------------
+
+
+def test_npy_shapes(tmp_path):
+    np.save(tmp_path / "a.npy", np.arange(5.0))
+    np.save(tmp_path / "b.npy", np.ones((6, 3)))
+    ragged = np.full((2, 4, 2), np.nan)
+    ragged[0, :4] = 1.0
+    ragged[1, :2] = 2.0
+    np.save(tmp_path / "c.npy", ragged)
+    assert numeric.load_sequences(tmp_path / "a.npy").sequences[0].shape == (5, 1)
+    assert numeric.load_sequences(tmp_path / "b.npy").sequences[0].shape == (6, 3)
+    table = numeric.load_sequences(tmp_path / "c.npy")
+    assert [s.shape for s in table.sequences] == [(4, 2), (2, 2)]
+
+
+def test_npy_missing_and_rank(tmp_path):
+    values = np.ones((5, 2))
+    values[2, 1] = np.nan
+    np.save(tmp_path / "m.npy", values)
+    with pytest.raises(ValueError, match="row 2, column 1 is missing"):
+        numeric.load_npy(tmp_path / "m.npy")
+    assert np.isnan(numeric.load_npy(tmp_path / "m.npy", missing="mask").sequences[0]).sum() == 1
+    np.save(tmp_path / "r.npy", np.ones((2, 2, 2, 2)))
+    with pytest.raises(ValueError, match=r"shape \(2, 2, 2, 2\) is not supported"):
+        numeric.load_npy(tmp_path / "r.npy")
+
+
+# -- normalisation ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(hnp.arrays(np.float64, st.tuples(st.integers(2, 20), st.integers(1, 4)),
+                  elements=st.floats(-1e4, 1e4)))
+def test_normalizer_round_trips(values):
+    normalizer = Normalizer.fit(values)
+    z = normalizer.normalize(values)
+    assert np.isfinite(z).all()
+    np.testing.assert_allclose(normalizer.denormalize(z), values, rtol=1e-9, atol=1e-6)
+    again = Normalizer.from_dict(json.loads(json.dumps(normalizer.to_dict())))
+    assert again == normalizer
+
+
+def test_normalizer_statistics_and_constant_feature():
+    rng = np.random.default_rng(0)
+    values = np.stack([rng.normal(5.0, 3.0, 1000), np.full(1000, 7.0)], -1)
+    normalizer = Normalizer.fit([values[:400], values[400:]])
+    z = normalizer.normalize(values)
+    np.testing.assert_allclose(z[:, 0].mean(), 0.0, atol=1e-9)
+    np.testing.assert_allclose(z[:, 0].std(), 1.0, atol=1e-9)
+    assert normalizer.scale[1] == 1.0 and np.all(z[:, 1] == 0.0)
+
+
+def test_normalizer_ignores_masked_and_missing():
+    values = np.array([[[1.0], [3.0], [100.0]], [[np.nan], [1.0], [3.0]]])
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    normalizer = Normalizer.fit(values, mask=mask)
+    assert normalizer.mean == (2.0,) and normalizer.scale == (1.0,)
+    with pytest.raises(ValueError, match="have 2 features"):
+        normalizer.normalize(np.ones((3, 2)))
+
+
+# -- padding and buckets ----------------------------------------------------------------------------
+
+
+def test_pad_and_next_step_batch():
+    values, mask = numeric.pad_sequences([np.ones((3, 2)), 2 * np.ones((5, 2))], length=8)
+    assert values.shape == (2, 8, 2) and mask.tolist()[0] == [1, 1, 1, 0, 0, 0, 0, 0]
+    inputs, targets, target_mask = numeric.next_step_batch(values, mask)
+    assert inputs.shape == targets.shape == (2, 7, 2)
+    assert target_mask[0].tolist() == [1, 1, 0, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="shorter than the longest"):
+        numeric.pad_sequences([np.ones((9, 1))], length=8)
+
+
+def test_buckets_keep_shapes_few():
+    assert [numeric.bucket_length(n) for n in (1, 8, 9, 37, 64, 65)] == [8, 8, 16, 64, 64, 128]
+    lengths = np.random.default_rng(0).integers(2, 300, size=500)
+    batches = numeric.bucketed_batches(lengths, 16, rng=np.random.default_rng(1))
+    shapes = {length for _, length in batches}
+    assert len(shapes) <= 6
+    assert sorted(np.concatenate([i for i, _ in batches]).tolist()) == list(range(500))
+    assert all(lengths[i].max() <= length for i, length in batches)
+
+
+def test_windows_cover_every_target_once():
+    series = np.arange(10.0)[:, None]
+    pieces = numeric.windows(series, 4)
+    targets = np.concatenate([p[1:, 0] for p in pieces])
+    assert targets.tolist() == list(range(1, 10))
+
+
+# -- synthetic sources ------------------------------------------------------------------------------
+
+
+def test_synthetic_sources_shapes_and_seeds():
+    for name, features in (("sine", 1), ("bimodal", 1), ("binary-patterns", 8)):
+        first = synthetic.load_synthetic(name, seed=3, num_sequences=5)
+        again = synthetic.load_synthetic(name, seed=3, num_sequences=5)
+        other = synthetic.load_synthetic(name, seed=4, num_sequences=5)
+        assert len(first) == 5 and first[0].shape[-1] == features
+        assert all(np.array_equal(a, b) for a, b in zip(first, again))
+        assert not all(np.array_equal(a, b) for a, b in zip(first, other))
+    with pytest.raises(ValueError, match="unknown synthetic source 'cosine'"):
+        synthetic.load_synthetic("cosine")
+
+
+def test_bimodal_proportions_and_binary_patterns():
+    values = np.stack(synthetic.bimodal(num_sequences=200, length=50, seed=0))[..., 0]
+    residual = values[:, 1:] - synthetic.BIMODAL_DECAY * values[:, :-1]
+    assert np.all(np.abs(np.abs(residual) - synthetic.BIMODAL_OFFSET) < 0.6)
+    assert abs((residual > 0).mean() - synthetic.BIMODAL_UP_PROBABILITY) < 0.02
+    patterns = np.stack(synthetic.binary_patterns(num_sequences=20, seed=0))
+    assert set(np.unique(patterns)) <= {0.0, 1.0}
+    # The current element determines the next: same pattern now, same pattern next.
+    following = {}
+    for row in patterns:
+        for now, nxt in zip(row[:-1], row[1:]):
+            assert following.setdefault(tuple(now), tuple(nxt)) == tuple(nxt)
