@@ -1,0 +1,196 @@
+"""SequenceModel: the teacher-forced path equals a scan of the step path; config and input checks."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import seqmodel as sm
+
+CELLS = ["lstm", "gru", "rnn"]
+HEADS = ["categorical", "gaussian", "mdn", "bernoulli"]
+
+
+def make_config(head: str, **overrides) -> sm.ModelConfig:
+    base = dict(cell="lstm", hidden_size=8, num_layers=1, embed_size=5, num_mixtures=2, head=head)
+    if head == "categorical":
+        base["vocab_size"] = 11
+    else:
+        base["input_size"] = 3
+    base.update(overrides)
+    return sm.ModelConfig(**base)
+
+
+def make_inputs(config: sm.ModelConfig, batch: int, length: int, seed: int = 0):
+    key = jax.random.key(seed)
+    if config.discrete:
+        return jax.random.randint(key, (batch, length), 0, config.vocab_size)
+    if config.head == "bernoulli":
+        return jax.random.bernoulli(key, 0.5, (batch, length, config.input_size)).astype(jnp.float32)
+    return jax.random.normal(key, (batch, length, config.input_size))
+
+
+def scan_of_step(model, inputs):
+    """The free-running machinery fed the truth: ``lax.scan(model.step)``."""
+
+    def body(carry, x_t):
+        out, carry = model.step(x_t, carry)
+        return carry, out
+
+    carry, outputs = jax.lax.scan(body, model.init_carry(inputs.shape[0]), jnp.swapaxes(inputs, 0, 1))
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), outputs), carry
+
+
+@nnx.jit
+def both_paths(model, inputs):
+    return model(inputs), scan_of_step(model, inputs)
+
+
+def assert_trees_close(actual, expected, atol):
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        assert a.shape == e.shape
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e, np.float32), atol=atol)
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_teacher_forced_equals_scan_of_step(cell, head, num_layers):
+    config = make_config(head, cell=cell, num_layers=num_layers)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    for length in (1, 7):
+        inputs = make_inputs(config, 3, length)
+        (outputs, carry), (step_outputs, step_carry) = both_paths(model, inputs)
+        leading = jax.tree.leaves(outputs)[0].shape[:2]
+        assert leading == (3, length)
+        assert_trees_close(outputs, step_outputs, atol=1e-5)
+        assert_trees_close(carry, step_carry, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_bfloat16_paths_agree(cell):
+    config = make_config("categorical", cell=cell, num_layers=2, dtype="bfloat16")
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    inputs = make_inputs(config, 2, 5)
+    (outputs, _), (step_outputs, _) = both_paths(model, inputs)
+    assert model.cells[0].project(jnp.ones((1, 5))).dtype == jnp.bfloat16
+    assert_trees_close(outputs, step_outputs, atol=2e-2)
+
+
+def test_fold_embedding_is_exact():
+    config = make_config("categorical", num_layers=2)
+    folded = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    plain = sm.SequenceModel(dataclasses.replace(config, fold_embedding=False), rngs=nnx.Rngs(0))
+    inputs = make_inputs(config, 2, 6)
+    np.testing.assert_allclose(folded(inputs)[0], plain(inputs)[0], atol=1e-5)
+
+
+def test_carry_continues_a_sequence():
+    config = make_config("gaussian", cell="gru", num_layers=2)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    inputs = make_inputs(config, 2, 8)
+    whole, whole_carry = model(inputs)
+    first, carry = model(inputs[:, :3])
+    second, second_carry = model(inputs[:, 3:], carry)
+    np.testing.assert_allclose(jnp.concatenate([first.mean, second.mean], 1), whole.mean, atol=1e-5)
+    assert_trees_close(second_carry, whole_carry, atol=1e-5)
+
+
+def test_dropout_only_in_train_mode():
+    config = make_config("categorical", num_layers=2, dropout=0.5)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    inputs = make_inputs(config, 2, 6)
+    model.eval()
+    first, second = model(inputs)[0], model(inputs)[0]
+    np.testing.assert_array_equal(first, second)
+    undropped = sm.SequenceModel(dataclasses.replace(config, dropout=0.0), rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(first, undropped(inputs)[0], atol=1e-6)
+    model.train()
+    assert not np.allclose(model(inputs)[0], first)
+    # the step path uses dropout too in train mode, keyed explicitly inside a scan
+    out_a, _ = model.step(inputs[:, 0], model.init_carry(2), key=jax.random.key(1))
+    out_b, _ = model.step(inputs[:, 0], model.init_carry(2), key=jax.random.key(1))
+    out_c, _ = model.step(inputs[:, 0], model.init_carry(2), key=jax.random.key(2))
+    np.testing.assert_array_equal(out_a, out_b)
+    assert not np.allclose(out_a, out_c)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_are_finite_and_nonzero(cell):
+    config = make_config("mdn", cell=cell, num_layers=2)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    inputs = make_inputs(config, 2, 6)
+
+    def loss(model):
+        params, _ = model(inputs[:, :-1])
+        return -model.head.log_prob(params, inputs[:, 1:]).mean()
+
+    grads = nnx.grad(loss)(model)
+    leaves = jax.tree.leaves(grads)
+    assert leaves and all(np.isfinite(np.asarray(g)).all() for g in leaves)
+    assert all(np.abs(np.asarray(g)).max() > 0 for g in leaves)
+
+
+def test_same_shape_does_not_recompile():
+    traces = []
+
+    @nnx.jit
+    def forward(model, inputs):
+        traces.append(inputs.shape)
+        return model(inputs)[0]
+
+    config = make_config("categorical")
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    forward(model, make_inputs(config, 2, 5, seed=0))
+    forward(model, make_inputs(config, 2, 5, seed=1))
+    assert len(traces) == 1
+    forward(model, make_inputs(config, 2, 6))
+    assert len(traces) == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(vocab_size=None), "exactly one"),
+        (dict(input_size=3), "exactly one"),
+        (dict(cell="transformer"), "cell='transformer'"),
+        (dict(head="poisson"), "head='poisson'"),
+        (dict(head="gaussian"), "head='gaussian'"),
+        (dict(hidden_size=0), "hidden_size=0"),
+        (dict(num_layers=-1), "num_layers=-1"),
+        (dict(dropout=1.0), "dropout=1.0"),
+        (dict(dtype="float64x"), "dtype='float64x'"),
+        (dict(vocab_size=0), "vocab_size=0"),
+    ],
+)
+def test_bad_config_names_field_and_value(overrides, field):
+    base = dict(vocab_size=5)
+    base.update(overrides)
+    with pytest.raises(ValueError, match=field.replace("(", r"\(")):
+        sm.ModelConfig(**base)
+
+
+def test_real_valued_config_rejects_categorical_head():
+    with pytest.raises(ValueError, match="head='categorical'"):
+        sm.ModelConfig(input_size=2, head="categorical")
+
+
+def test_bad_inputs_raise_clear_errors():
+    tokens = sm.SequenceModel(make_config("categorical"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"shape \(b, t\)"):
+        tokens(jnp.zeros((2, 3, 1), jnp.int32))
+    with pytest.raises(ValueError, match="integer token ids"):
+        tokens(jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"outside the vocabulary \[0, 10\]"):
+        tokens(jnp.array([[1, 11]]))
+    values = sm.SequenceModel(make_config("gaussian"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\(b, t, 3\)"):
+        values(jnp.zeros((2, 3, 4)))
+
+
+def test_config_round_trips_through_a_dict():
+    config = make_config("mdn", cell="gru", num_layers=2)
+    assert sm.ModelConfig.from_dict(config.to_dict()) == config
