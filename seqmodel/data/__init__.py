@@ -1,0 +1,139 @@
+"""Data for training and evaluation: sources, tokenizers, batches.
+
+Everything the train loop needs from data goes through the :class:`Dataset` protocol, and every
+``--data SOURCE`` goes through :func:`load_dataset`.
+
+Example::
+
+    from seqmodel.data import load_dataset
+    dataset = load_dataset("python-stdlib", val_fraction=0.1)
+    batches = dataset.train_batches(batch_size=32, seq_len=128, batching="lanes", seed=0)
+    batch = next(batches)             # Batch(inputs (32, 128), targets (32, 128), mask, reset)
+    position = batches.position       # stored in checkpoints; pass back as position=... to resume
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any, Protocol, runtime_checkable
+
+from seqmodel.data.batching import (
+    BATCHINGS,
+    Batch,
+    BatchIterator,
+    DataError,
+    LaneIterator,
+    RandomWindowIterator,
+    evaluation_batches,
+    make_batch_iterator,
+)
+from seqmodel.data.text import (
+    TEXT_BUILTINS,
+    TOKENIZERS,
+    ByteTokenizer,
+    CharTokenizer,
+    TextDataset,
+    load_text_dataset,
+    tokenizer_from_dict,
+)
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """What the train loop, evaluation and checkpoints need from a dataset.
+
+    - ``kind``: ``"text"`` or ``"numeric"``; ``name``: the source it came from.
+    - ``model_fields()``: the :class:`seqmodel.ModelConfig` fields the data fixes, e.g.
+      ``{"vocab_size": 65, "head": "categorical"}`` or ``{"input_size": 3}``.
+    - ``train_batches(batch_size=, seq_len=, batching=, seed=, position=)``: an endless iterator of
+      :class:`Batch` with a JSON-compatible ``position`` attribute (resume by passing it back).
+    - ``validation_batches(batch_size=, seq_len=)``: the whole validation part exactly once, masked
+      (``mask`` weighs every target once); an empty list when there is no validation data.
+    - ``bits_per_unit``: ``"char"`` / ``"byte"`` to report bits per unit, or ``None``.
+    - ``metadata()``: JSON-compatible dict saved with checkpoints (tokenizer / normaliser, name)
+      that ``load_dataset(source, metadata=...)`` uses to encode new data as in training.
+    """
+
+    kind: str
+    name: str
+
+    def model_fields(self) -> dict: ...
+
+    def train_batches(self, *, batch_size: int, seq_len: int, batching: str = "lanes",
+                      seed: int = 0, position: dict | None = None) -> Any: ...
+
+    def validation_batches(self, *, batch_size: int, seq_len: int) -> list[Batch]: ...
+
+    @property
+    def bits_per_unit(self) -> str | None: ...
+
+    def metadata(self) -> dict: ...
+
+
+# Built-in numeric sources and file suffixes handled by seqmodel.data.numeric (issue 5).
+NUMERIC_BUILTINS = ("sine", "bimodal", "binary-patterns")
+NUMERIC_SUFFIXES = (".csv", ".npy")
+
+
+def is_numeric_source(source: str) -> bool:
+    return source in NUMERIC_BUILTINS or pathlib.Path(source).suffix.lower() in NUMERIC_SUFFIXES
+
+
+def load_dataset(source: str, *, val_fraction: float = 0.1, tokenizer: Any = "char",
+                 metadata: dict | None = None, **options) -> Dataset:
+    """Resolve ``--data SOURCE`` into a :class:`Dataset`.
+
+    Args:
+      source: a built-in name (text: ``python-stdlib``, ``tinyshakespeare``; numeric:
+        ``sine``, ``bimodal``, ``binary-patterns``) or a path (``.csv`` / ``.npy``: numeric; anything
+        else: a UTF-8 text file).
+      val_fraction: the last fraction of the stream (or of the sequences) kept for validation.
+      tokenizer: text only: ``"char"``, ``"byte"`` or a tokenizer object.
+      metadata: the ``dataset.metadata()`` stored in a checkpoint: rebuilds the same tokenizer (or
+        normaliser) instead of fitting a new one, so data is encoded as the model was trained.
+      options: source-specific options (numeric sources).
+
+    Raises:
+      DataError: one clear line (missing file, empty corpus, unknown characters, ...).
+    """
+    if not isinstance(source, str) or not source:
+        raise DataError(f"--data {source!r} is invalid: give a built-in name or a file path")
+    if metadata is not None and metadata.get("kind", "text") != "text":
+        return _load_numeric(source, val_fraction=val_fraction, metadata=metadata, **options)
+    if is_numeric_source(source):
+        return _load_numeric(source, val_fraction=val_fraction, metadata=metadata, **options)
+    if options:
+        raise DataError(f"options {sorted(options)} do not apply to text data {source!r}")
+    if metadata is not None:
+        tokenizer = tokenizer_from_dict(metadata["tokenizer"])
+    return load_text_dataset(source, tokenizer=tokenizer, val_fraction=val_fraction)
+
+
+def _load_numeric(source: str, **kwargs) -> Dataset:
+    try:
+        from seqmodel.data import numeric
+    except ImportError:
+        raise DataError(f"--data {source!r} is numeric data, which this version of seqmodel "
+                        f"cannot load yet (seqmodel.data.numeric is missing)") from None
+    return numeric.load_numeric_dataset(source, **kwargs)
+
+
+__all__ = [
+    "BATCHINGS",
+    "Batch",
+    "BatchIterator",
+    "ByteTokenizer",
+    "CharTokenizer",
+    "DataError",
+    "Dataset",
+    "LaneIterator",
+    "NUMERIC_BUILTINS",
+    "RandomWindowIterator",
+    "TEXT_BUILTINS",
+    "TOKENIZERS",
+    "TextDataset",
+    "evaluation_batches",
+    "load_dataset",
+    "make_batch_iterator",
+    "tokenizer_from_dict",
+]
