@@ -7,6 +7,7 @@ Public API (re-exports only)::
 """
 
 from seqmodel.cells import ElmanCell, GRUCell, LSTMCell
+from seqmodel.generate import Generation, generate, generate_stream
 from seqmodel.heads import Bernoulli, Categorical, Gaussian, MixtureGaussian
 from seqmodel.model import ModelConfig, SequenceModel
 
@@ -18,8 +19,11 @@ __all__ = [
     "ElmanCell",
     "GRUCell",
     "Gaussian",
+    "Generation",
     "LSTMCell",
     "MixtureGaussian",
     "ModelConfig",
     "SequenceModel",
+    "generate",
+    "generate_stream",
 ]
