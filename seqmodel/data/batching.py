@@ -73,8 +73,9 @@ class LaneIterator:
             )
         used = batch_size * lane_length
         # Views, not copies: lane r is tokens[r * L : (r + 1) * L], its targets shifted by one.
-        self._inputs = tokens[:used].reshape(batch_size, lane_length)
-        self._targets = tokens[1 : used + 1].reshape(batch_size, lane_length)
+        lanes_shape = (batch_size, lane_length) + tokens.shape[1:]  # (b, L) or (b, L, d)
+        self._inputs = tokens[:used].reshape(lanes_shape)
+        self._targets = tokens[1 : used + 1].reshape(lanes_shape)
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.batches_per_epoch = lane_length // seq_len
@@ -186,10 +187,10 @@ def evaluation_batches(stream: np.ndarray, *, batch_size: int, seq_len: int) -> 
     lane_length = math.ceil(pairs / lanes)
     windows = math.ceil(lane_length / seq_len)
     padded = lanes * windows * seq_len
-    feature_shape = stream.shape[1:]
 
     def lay_out(values: np.ndarray) -> np.ndarray:
         # Fill lane by lane up to lane_length, then pad every lane to whole windows.
+        feature_shape = values.shape[1:]  # () for tokens and the mask, (d,) for real values
         out = np.zeros((lanes, windows * seq_len) + feature_shape, dtype=values.dtype)
         flat = np.zeros((lanes * lane_length,) + feature_shape, dtype=values.dtype)
         flat[: len(values)] = values
