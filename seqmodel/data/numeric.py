@@ -424,3 +424,321 @@ def bucketed_batches(lengths: Sequence[int], batch_size: int, *, rng: np.random.
     if rng is not None:
         result = [result[i] for i in rng.permutation(len(result))]
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataset (protocol of seqmodel.data.Dataset)
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_binary(sequences: Sequence[np.ndarray]) -> bool:
+    for sequence in sequences:
+        present = sequence[~np.isnan(sequence)]
+        if not np.all((present == 0.0) | (present == 1.0)):
+            return False
+    return True
+
+
+class SequenceSetIterator:
+    """Training batches over a set of sequences: padded, masked, bucketed by length.
+
+    Sequences longer than ``seq_len + 1`` steps are cut into windows (:func:`windows`). Each epoch
+    shuffles (seeded by ``(seed, epoch)``) batches of similar length; a batch is padded to
+    ``min(bucket, seq_len)`` steps (powers of two: few compiled shapes) and to ``batch_size`` rows
+    (extra rows fully masked). Every row starts from a zero carry (``reset`` all True).
+
+    ``position`` (``{"batching", "epoch", "index"}``) resumes batch for batch.
+    """
+
+    batching = "sequences"
+
+    def __init__(self, sequences: Sequence[np.ndarray], *, batch_size: int, seq_len: int,
+                 seed: int = 0, position: dict | None = None, what: str = "the train part"):
+        from seqmodel.data.batching import DataError
+
+        for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise DataError(f"{name}={value!r} is invalid: must be a positive integer")
+        self._pieces = [piece for sequence in sequences for piece in windows(sequence, seq_len + 1)]
+        if not self._pieces:
+            raise DataError(f"{what} has no sequence with 2 or more steps to train on")
+        self._lengths = [len(piece) for piece in self._pieces]
+        self.batch_size, self.seq_len, self.seed = batch_size, seq_len, int(seed)
+        position = position or {}
+        self.epoch = int(position.get("epoch", 0))
+        self.index = int(position.get("index", 0))
+        self._plan = self._plan_epoch(self.epoch)
+        if not 0 <= self.index < len(self._plan):
+            raise DataError(f"data position {position!r} does not fit this data "
+                            f"({len(self._plan)} batches per epoch)")
+
+    def _plan_epoch(self, epoch: int):
+        rng = np.random.default_rng((self.seed, epoch))
+        return bucketed_batches(self._lengths, self.batch_size, rng=rng)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self._plan)
+
+    @property
+    def position(self) -> dict:
+        return {"batching": self.batching, "epoch": self.epoch, "index": self.index}
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        from seqmodel.data.batching import Batch
+
+        indices, bucket = self._plan[self.index]
+        steps = min(bucket, self.seq_len) + 1
+        values, mask = pad_sequences([self._pieces[i] for i in indices], length=steps)
+        if len(indices) < self.batch_size:  # constant row count: one compiled shape per bucket
+            extra = self.batch_size - len(indices)
+            values = np.concatenate([values, np.zeros((extra,) + values.shape[1:], values.dtype)])
+            mask = np.concatenate([mask, np.zeros((extra, steps), mask.dtype)])
+        self.index += 1
+        if self.index == len(self._plan):
+            self.epoch, self.index = self.epoch + 1, 0
+            self._plan = self._plan_epoch(self.epoch)
+        inputs, targets, target_mask = next_step_batch(values, mask)
+        return Batch(inputs, targets, target_mask, np.ones((self.batch_size,), bool))
+
+
+class _MaskedStreamIterator:
+    """A stream iterator (lanes / random windows) over ``values`` with a presence column, split
+    back into values and a mask on the targets: missing steps (NaN) stay out of the loss."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    @property
+    def position(self) -> dict:
+        return self._inner.position
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return _split_presence(next(self._inner))
+
+
+def _with_presence(stream: np.ndarray) -> np.ndarray:
+    """``(n, d)`` with NaN -> ``(n, d + 1)``: NaN filled by 0 (the training mean after
+    normalisation), last column 1 where every feature of the step is present."""
+    present = ~np.isnan(stream).any(-1, keepdims=True)
+    return np.concatenate([np.nan_to_num(stream, nan=0.0), present], axis=-1).astype(np.float32)
+
+
+def _split_presence(batch):
+    from seqmodel.data.batching import Batch
+
+    present = batch.targets[..., -1]
+    mask = present if batch.mask is None else batch.mask * present
+    return Batch(batch.inputs[..., :-1], batch.targets[..., :-1], mask.astype(np.float32),
+                 batch.reset)
+
+
+class NumericDataset:
+    """Real-valued sequences split into train and validation, normalised per feature.
+
+    - One long series: validation is its last ``val_fraction`` of steps; batches are contiguous
+      lanes with the carry passed along (``batching="lanes"``) or random windows, as for text.
+    - A set of sequences: validation is the last ``val_fraction`` of the sequences (at least one);
+      batches are padded and masked, bucketed by length (:class:`SequenceSetIterator`).
+
+    The :class:`Normalizer` is fitted on the training part only (binary 0/1 data is left as it
+    is, so a Bernoulli head sees 0/1) and stored in ``metadata()``. Batches hold normalised
+    float32 values; ``train_sequences`` / ``val_sequences`` keep the original units.
+    Implements the dataset protocol of :mod:`seqmodel.data`.
+
+    Example::
+
+        dataset = NumericDataset(synthetic.sine(), name="sine", val_fraction=0.1)
+        batch = next(dataset.train_batches(batch_size=32, seq_len=64))  # inputs (32, t, 1)
+    """
+
+    kind = "numeric"
+
+    def __init__(self, sequences: Sequence[np.ndarray], *, name: str = "numeric",
+                 columns: Sequence[str] | None = None, val_fraction: float = 0.1,
+                 normalizer: Normalizer | None = None, normalize: bool | None = None,
+                 missing: str = "reject"):
+        from seqmodel.data.batching import DataError
+
+        if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+            raise DataError(f"val_fraction={val_fraction!r} is invalid: must be in [0, 1)")
+        _check_missing(missing)
+        sequences = [np.asarray(s, np.float64).reshape(len(s), -1) for s in sequences]
+        if not sequences:
+            raise DataError(f"--data {name!r} holds no sequences")
+        features = sequences[0].shape[-1]
+        if any(s.shape[-1] != features for s in sequences):
+            raise DataError(f"--data {name!r}: sequences have different feature counts")
+        self.name = name
+        self.columns = tuple(columns) if columns else tuple(f"feature {i}" for i in range(features))
+        self.val_fraction = float(val_fraction)
+        self.missing = missing
+        self.single_series = len(sequences) == 1
+        if self.single_series:
+            series = sequences[0]
+            split = len(series) - int(round(len(series) * self.val_fraction))
+            self.train_sequences = [series[:split]]
+            self.val_sequences = [series[split:]] if split < len(series) else []
+        else:
+            count = int(round(len(sequences) * self.val_fraction))
+            count = max(count, 1) if self.val_fraction > 0 else 0
+            self.train_sequences = sequences[: len(sequences) - count]
+            self.val_sequences = sequences[len(sequences) - count :]
+        if not self.train_sequences or max(len(s) for s in self.train_sequences) < 2:
+            raise DataError(
+                f"--data {name!r}: the train part is too short to train on (needs a sequence "
+                f"of 2 or more steps); lower --val-fraction or give more data"
+            )
+        self.binary = _is_binary(self.train_sequences)
+        if normalizer is None:
+            if normalize is False or (normalize is None and self.binary):
+                normalizer = Normalizer.identity(features)
+            else:
+                normalizer = Normalizer.fit(self.train_sequences)
+        if normalizer.num_features != features:
+            raise DataError(
+                f"--data {name!r} has {features} feature(s), but the checkpoint's normaliser "
+                f"was fitted on {normalizer.num_features}"
+            )
+        self.normalizer = normalizer
+        self._train = [normalizer.normalize(s).astype(np.float32) for s in self.train_sequences]
+        self._val = [normalizer.normalize(s).astype(np.float32) for s in self.val_sequences]
+
+    # -- what the model needs -----------------------------------------------------------------
+
+    @property
+    def input_size(self) -> int:
+        return len(self.columns)
+
+    def model_fields(self) -> dict:
+        """The :class:`seqmodel.ModelConfig` fields this data fixes."""
+        return {"input_size": self.input_size}
+
+    @property
+    def default_head(self) -> str:
+        """``"bernoulli"`` for 0/1 data, else ``"gaussian"``."""
+        return "bernoulli" if self.binary else "gaussian"
+
+    def check_head(self, head: str) -> None:
+        """A Bernoulli head needs 0/1 data; raise a clear error otherwise."""
+        from seqmodel.data.batching import DataError
+
+        if head == "bernoulli" and not self.binary:
+            raise DataError(
+                f"--head bernoulli needs binary (0/1) data, but --data {self.name!r} holds other "
+                "values; use --head gaussian or --head mdn"
+            )
+        if head == "categorical":
+            raise DataError(f"--data {self.name!r} is real-valued: use --head gaussian, mdn or "
+                            "bernoulli")
+
+    @property
+    def bits_per_unit(self) -> str | None:
+        return None
+
+    def metadata(self) -> dict:
+        """What a checkpoint keeps to rebuild the data side (JSON-compatible)."""
+        return {"kind": self.kind, "name": self.name, "normalizer": self.normalizer.to_dict(),
+                "columns": list(self.columns), "val_fraction": self.val_fraction,
+                "missing": self.missing, "binary": self.binary}
+
+    # -- batches ---------------------------------------------------------------------------------
+
+    def train_batches(self, *, batch_size: int, seq_len: int, batching: str = "lanes",
+                      seed: int = 0, position: dict | None = None):
+        """Endless, resumable iterator of training :class:`~seqmodel.data.Batch` es: a stream
+        iterator for one long series, a :class:`SequenceSetIterator` for a set."""
+        from seqmodel.data.batching import make_batch_iterator
+
+        what = f"the train part of {self.name!r}"
+        if not self.single_series:
+            return SequenceSetIterator(self._train, batch_size=batch_size, seq_len=seq_len,
+                                       seed=seed, position=position, what=what)
+        return _MaskedStreamIterator(make_batch_iterator(
+            _with_presence(self._train[0]), batch_size=batch_size, seq_len=seq_len,
+            batching=batching, seed=seed, position=position, what=what,
+        ))
+
+    def validation_batches(self, *, batch_size: int, seq_len: int) -> list:
+        """Every validation target once, masked; the carry is passed along each sequence (each
+        sequence is a lane cut into windows of ``seq_len``; ``reset`` on its first window)."""
+        from seqmodel.data.batching import Batch, evaluation_batches
+
+        if not self._val:
+            return []
+        if self.single_series:
+            return [_split_presence(batch) for batch in evaluation_batches(
+                _with_presence(self._val[0]), batch_size=batch_size, seq_len=seq_len)]
+        order = sorted(range(len(self._val)), key=lambda i: len(self._val[i]))
+        rows = min(batch_size, len(order))
+        batches = []
+        for first in range(0, len(order), rows):
+            group = [self._val[i] for i in order[first : first + rows]]
+            pairs = max(len(s) for s in group) - 1
+            if pairs < 1:
+                continue
+            steps = -(-pairs // seq_len) * seq_len + 1
+            values, mask = pad_sequences(group + [group[0][:0]] * (rows - len(group)), length=steps)
+            inputs, targets, target_mask = next_step_batch(values, mask)
+            for start in range(0, steps - 1, seq_len):
+                part = slice(start, start + seq_len)
+                batches.append(Batch(inputs[:, part], targets[:, part], target_mask[:, part],
+                                     np.full((rows,), start == 0)))
+        return batches
+
+    @property
+    def num_validation_targets(self) -> int:
+        return int(sum(max(len(s) - 1, 0) for s in self.val_sequences))
+
+
+def load_numeric_dataset(source: str | None, *, val_fraction: float = 0.1,
+                         metadata: dict | None = None, missing: str | None = None,
+                         normalize: bool | None = None) -> NumericDataset:
+    """Resolve a numeric ``--data SOURCE``: a built-in name (``sine``, ``bimodal``,
+    ``binary-patterns``), a ``.csv`` or a ``.npy`` file.
+
+    Args:
+      metadata: a checkpoint's ``dataset.metadata()``: reuse its normaliser (and ``missing``
+        policy, and ``source`` when ``None``) instead of fitting a new one.
+      missing: ``"reject"`` (default) or ``"mask"``, see the module docstring.
+      normalize: ``None`` fits a normaliser unless the data is binary; ``False`` never does.
+
+    Example::
+
+        dataset = load_numeric_dataset("sine", val_fraction=0.1)
+    """
+    from seqmodel.data import synthetic
+    from seqmodel.data.batching import DataError
+
+    normalizer = None
+    if metadata is not None:
+        source = source or metadata.get("name")
+        normalizer = Normalizer.from_dict(metadata["normalizer"])
+        missing = missing or metadata.get("missing", "reject")
+    missing = missing or "reject"
+    if not source:
+        raise DataError("no numeric --data source given")
+    try:
+        if source in synthetic.SOURCES:
+            sequences = synthetic.load_synthetic(source, seed=0)
+            columns = None
+        else:
+            table = load_sequences(source, missing=missing)
+            sequences, columns = table.sequences, table.columns
+    except FileNotFoundError as error:
+        raise DataError(str(error)) from None
+    except DataError:
+        raise
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    return NumericDataset(sequences, name=source, columns=columns, val_fraction=val_fraction,
+                          normalizer=normalizer, normalize=normalize, missing=missing)
