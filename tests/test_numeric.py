@@ -202,3 +202,82 @@ def test_bimodal_proportions_and_binary_patterns():
     for row in patterns:
         for now, nxt in zip(row[:-1], row[1:]):
             assert following.setdefault(tuple(now), tuple(nxt)) == tuple(nxt)
+
+
+# -- the dataset -------------------------------------------------------------------------------------
+
+
+def test_dataset_set_of_sequences(tmp_path):
+    from seqmodel.data import load_dataset
+
+    dataset = load_dataset("sine", val_fraction=0.1)
+    assert dataset.kind == "numeric" and dataset.model_fields() == {"input_size": 1}
+    assert len(dataset.val_sequences) == round(0.1 * 256) and not dataset.binary
+    batches = dataset.train_batches(batch_size=8, seq_len=50, seed=1)
+    seen = set()
+    for _ in range(batches.batches_per_epoch):
+        batch = next(batches)
+        assert batch.inputs.shape[0] == 8 and batch.inputs.shape[1] in (8, 16, 32, 50)
+        assert batch.mask.shape == batch.inputs.shape[:2] and batch.reset.all()
+        seen.add(batch.inputs.shape)
+    assert len(seen) <= 3
+    # Resuming from a stored position gives the very next batches.
+    batches = dataset.train_batches(batch_size=8, seq_len=50, seed=1)
+    for _ in range(5):
+        next(batches)
+    resumed = dataset.train_batches(batch_size=8, seq_len=50, seed=1, position=batches.position)
+    np.testing.assert_array_equal(next(resumed).inputs, next(batches).inputs)
+    # Validation: every target exactly once, in normalised units.
+    validation = dataset.validation_batches(batch_size=16, seq_len=64)
+    assert sum(b.mask.sum() for b in validation) == dataset.num_validation_targets
+    assert [bool(b.reset[0]) for b in validation[:5]] == [True, False, False, False, True]
+
+
+def test_dataset_metadata_rebuilds_the_same_normaliser(tmp_path):
+    from seqmodel.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "walk.npy", np.cumsum(rng.normal(size=(500, 2)), 0) + 50.0)
+    dataset = load_dataset(str(tmp_path / "walk.npy"), val_fraction=0.2)
+    assert dataset.single_series and len(dataset.val_sequences[0]) == 100
+    train = np.concatenate(dataset.train_sequences)
+    np.testing.assert_allclose(dataset.normalizer.mean, train.mean(0))
+    metadata = json.loads(json.dumps(dataset.metadata()))
+    # Other data, same normaliser: the model sees data encoded as it was trained.
+    np.save(tmp_path / "other.npy", rng.normal(size=(80, 2)))
+    again = load_dataset(str(tmp_path / "other.npy"), metadata=metadata)
+    assert again.normalizer == dataset.normalizer
+    np.save(tmp_path / "wide.npy", rng.normal(size=(80, 3)))
+    with pytest.raises(ValueError, match="3 feature"):
+        load_dataset(str(tmp_path / "wide.npy"), metadata=metadata)
+
+
+def test_dataset_constant_feature_and_missing_mask(tmp_path):
+    from seqmodel.data import DataError, load_dataset
+
+    rows = "\n".join(f"{i},{'' if i == 12 else f'{np.sin(i / 3):.4f}'},4.0" for i in range(200))
+    path = write(tmp_path, "step,wave,flat\n" + rows + "\n")
+    with pytest.raises(DataError, match="line 14, column 'wave' is missing"):
+        load_dataset(str(path))
+    dataset = load_dataset(str(path), missing="mask")
+    assert dataset.columns == ("step", "wave", "flat") and dataset.normalizer.scale[2] == 1.0
+    total = 0.0
+    batches = dataset.train_batches(batch_size=4, seq_len=16)
+    for _ in range(batches.batches_per_epoch):
+        batch = next(batches)
+        assert np.isfinite(batch.inputs).all() and np.isfinite(batch.targets).all()
+        total += batch.mask.sum()
+    assert total == 4 * ((180 - 1) // 4 // 16 * 16) - 1  # every lane target but the missing one
+
+
+def test_binary_data_is_not_normalised():
+    from seqmodel.data import DataError, load_dataset
+
+    dataset = load_dataset("binary-patterns")
+    assert dataset.binary and dataset.default_head == "bernoulli"
+    assert dataset.normalizer == Normalizer.identity(8)
+    batch = next(dataset.train_batches(batch_size=4, seq_len=16))
+    assert set(np.unique(batch.targets)) <= {0.0, 1.0}
+    dataset.check_head("bernoulli")
+    with pytest.raises(DataError, match="--head bernoulli needs binary"):
+        load_dataset("sine").check_head("bernoulli")
