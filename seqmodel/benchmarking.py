@@ -1,0 +1,584 @@
+"""Speed suite: seqmodel's jitted train step against PyTorch and a plain Flax RNN, in one run.
+
+What it measures, for every (cell, hidden size) on the same inputs (batch 32, sequence 128,
+Embedding 64 -> cell -> Linear, vocabulary 65, AdamW + global-norm clipping, fp32):
+
+- train-step tokens/s (compile excluded) and compile seconds, for
+  ``seqmodel`` (the library's default path), ``seqmodel-plain`` (``fast_recurrence=False``:
+  ``lax.scan`` differentiated by JAX), ``flax`` (``nnx.RNN(OptimizedLSTMCell / GRUCell)``),
+  ``torch`` (``nn.LSTM`` / ``nn.GRU``, default threads) and ``torch-1t`` (one thread);
+- generate tokens/s of the library (``benchmarks/bench_generate.py`` when present, else
+  :func:`seqmodel.generate.generate` directly);
+- the machine's GEMM FLOP/s: a large ``2048^3`` GEMM and the serial small GEMMs of the
+  recurrence (``(b, h) @ (h, G)`` and ``(b, G) @ (G, h)`` chained in a ``lax.scan``), and a
+  roofline column: the time the step's FLOPs would take at those ceilings (serial matmuls at the
+  serial rate, the rest at the large-GEMM rate) as a fraction of the measured step time.
+
+Every candidate runs in its own worker process (so that XLA flags, thread counts and the two
+frameworks' thread pools do not interfere); the parent alternates repetitions across candidates
+and quotes medians. Ratios are to the faster of ``torch`` / ``torch-1t`` measured in the same run.
+
+Run::
+
+    python benchmarks/bench_speed.py                  # full suite (~5 min on 2 cores)
+    python benchmarks/bench_speed.py --quick          # smoke test (~1 min)
+    seqmodel bench --json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+BATCH, SEQUENCE, VOCAB, EMBED = 32, 128, 65, 64
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+TRAIN_CANDIDATES = ("seqmodel", "seqmodel-plain", "flax", "torch", "torch-1t")
+TORCH_CANDIDATES = ("torch", "torch-1t")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One thing to time in its own worker process.
+
+    ``kind``: ``seqmodel`` | ``flax`` | ``torch`` | ``gemm``. ``options`` are passed to the worker
+    (e.g. ``fast_recurrence``, ``threads``, ``devices``); ``env`` is added to the worker's
+    environment before it starts (XLA flags must be set before JAX is imported)."""
+
+    name: str
+    kind: str
+    options: dict = dataclasses.field(default_factory=dict)
+    env: dict = dataclasses.field(default_factory=dict)
+
+
+def default_candidates(names=TRAIN_CANDIDATES) -> list[Candidate]:
+    table = {
+        "seqmodel": Candidate("seqmodel", "seqmodel", {"fast_recurrence": True, "generate": True}),
+        "seqmodel-plain": Candidate("seqmodel-plain", "seqmodel", {"fast_recurrence": False}),
+        "seqmodel-2dev": Candidate(
+            "seqmodel-2dev", "seqmodel", {"fast_recurrence": True, "devices": 2},
+            {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        ),
+        "flax": Candidate("flax", "flax"),
+        "torch": Candidate("torch", "torch", {"threads": None}),
+        "torch-1t": Candidate("torch-1t", "torch", {"threads": 1}),
+    }
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        raise ValueError(f"unknown candidates {unknown}; allowed: {', '.join(table)}")
+    return [table[name] for name in names]
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one process per candidate, driven by JSON lines on stdin/stdout.
+# ---------------------------------------------------------------------------------------------
+
+
+def _batch(seed: int = 0):
+    import numpy as np
+
+    tokens = np.random.default_rng(seed).integers(0, VOCAB, (BATCH, SEQUENCE + 1))
+    return tokens[:, :-1].astype(np.int32), tokens[:, 1:].astype(np.int32)
+
+
+def _optax_chain(total_steps: int = 10_000):
+    """The optimizer of the comparison: clip to global norm 1, AdamW with warmup + cosine."""
+    import optax
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, 100, total_steps)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule))
+
+
+def _jax_train_runner(model, loss_of, options):
+    """Compile a train step ``(params, opt_state, x, y) -> (params, opt_state, loss)`` of ``model``;
+    returns ``(run(n), compile_seconds)``. ``options['devices'] > 1`` splits the batch across
+    that many devices (a 'data' mesh axis; parameters replicated)."""
+    import jax
+    import optax
+    from flax import nnx
+
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    # The step donates its parameters; copies keep the model itself usable (for generate).
+    params = jax.tree.map(jax.numpy.copy, params)
+    optimizer = _optax_chain()
+    opt_state = optimizer.init(params)
+
+    def loss_fn(params, inputs, targets):
+        return loss_of(nnx.merge(graphdef, params, rest), inputs, targets)
+
+    def step(params, opt_state, inputs, targets):
+        loss, grads = jax.value_and_grad(loss_fn)(params, inputs, targets)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    inputs, targets = (jax.numpy.asarray(a) for a in _batch())
+    devices = int(options.get("devices") or 1)
+    if devices > 1:
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        mesh = Mesh(jax.devices()[:devices], ("data",))
+        data = NamedSharding(mesh, PartitionSpec("data"))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        inputs, targets = jax.device_put((inputs, targets), data)
+        params, opt_state = jax.device_put((params, opt_state), replicated)
+    compiled_step = jax.jit(step, donate_argnums=(0, 1))
+    start = time.perf_counter()
+    compiled = compiled_step.lower(params, opt_state, inputs, targets).compile()
+    compile_seconds = time.perf_counter() - start
+    state = {"params": params, "opt_state": opt_state}
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            state["params"], state["opt_state"], loss = compiled(
+                state["params"], state["opt_state"], inputs, targets
+            )
+        loss.block_until_ready()
+        return time.perf_counter() - start
+
+    return run, compile_seconds
+
+
+def _seqmodel_worker(spec: dict):
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from seqmodel.model import ModelConfig, SequenceModel
+
+    options = spec["options"]
+    config = ModelConfig(
+        vocab_size=VOCAB, cell=spec["cell"], hidden_size=spec["hidden"], embed_size=EMBED,
+        fast_recurrence=options.get("fast_recurrence", True),
+        fold_embedding=options.get("fold_embedding", True),
+    )
+    model = SequenceModel(config, rngs=nnx.Rngs(0))
+
+    def loss_of(model, inputs, targets):
+        logits, _ = model(inputs)
+        return -jnp.mean(model.head.log_prob(logits, targets))
+
+    run, compile_seconds = _jax_train_runner(model, loss_of, options)
+    extra = {}
+    if options.get("generate"):
+        extra["generate"] = _generate_runner(model)
+    return run, compile_seconds, extra
+
+
+def _generate_runner(model, steps: int = SEQUENCE):
+    """Timer of free-running generation, ``BATCH`` rows of ``steps`` tokens, compile excluded."""
+    import jax
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_generate.py"
+    if path.exists():
+        module_spec = importlib.util.spec_from_file_location("_bench_generate", path)
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception:  # a half-written sibling script must not break the suite
+            module = None
+        if module is not None and hasattr(module, "time_generate"):
+            return lambda: module.time_generate(model, batch_size=BATCH, steps=steps)
+    from seqmodel.generate import generate
+
+    model.eval()
+    key = jax.random.key(0)
+    generate(model, key=key, steps=steps, batch_size=BATCH).samples.block_until_ready()
+
+    def run() -> float:
+        start = time.perf_counter()
+        generate(model, key=key, steps=steps, batch_size=BATCH).samples.block_until_ready()
+        return time.perf_counter() - start
+
+    return run
+
+
+def _flax_worker(spec: dict):
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    hidden, cell_name = spec["hidden"], spec["cell"]
+
+    class FlaxBaseline(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            self.embed = nnx.Embed(VOCAB, EMBED, rngs=rngs)
+            cell_class = {"lstm": nnx.OptimizedLSTMCell, "gru": nnx.GRUCell}[cell_name]
+            self.rnn = nnx.RNN(cell_class(EMBED, hidden, rngs=rngs), rngs=False)
+            self.head = nnx.Linear(hidden, VOCAB, rngs=rngs)
+
+        def __call__(self, tokens):
+            zeros = jnp.zeros((tokens.shape[0], hidden), jnp.float32)
+            carry = (zeros, zeros) if cell_name == "lstm" else zeros
+            return self.head(self.rnn(self.embed(tokens), initial_carry=carry))
+
+    def loss_of(model, inputs, targets):
+        return optax.softmax_cross_entropy_with_integer_labels(model(inputs), targets).mean()
+
+    run, compile_seconds = _jax_train_runner(FlaxBaseline(nnx.Rngs(0)), loss_of, spec["options"])
+    return run, compile_seconds, {}
+
+
+def _torch_worker(spec: dict):
+    import torch
+
+    threads = spec["options"].get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(0)
+    hidden = spec["hidden"]
+    recurrent = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[spec["cell"]]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    class TorchBaseline(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(VOCAB, EMBED)
+            self.rnn = recurrent(EMBED, hidden, batch_first=True)
+            self.head = torch.nn.Linear(hidden, VOCAB)
+
+        def forward(self, tokens):
+            return self.head(self.rnn(self.embed(tokens))[0])
+
+    model = TorchBaseline().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 100))
+    inputs, targets = (torch.from_numpy(a).long().to(device) for a in _batch())
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(inputs)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        return loss
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            loss = step()
+        loss.item()
+        return time.perf_counter() - start
+
+    return run, 0.0, {}
+
+
+def _gemm_worker(spec: dict):
+    """Ceilings: the large GEMM and the serial small GEMMs of one recurrence (fwd and bwd shape)."""
+    import jax
+    import jax.numpy as jnp
+
+    size = int(spec["options"].get("size", 2048))
+    large = jax.jit(lambda a, b: a @ b)
+    a = jnp.ones((size, size), jnp.float32)
+    results = {}
+
+    def timed(function, *args, repeats=5):
+        jax.block_until_ready(function(*args))
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(function(*args))
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    results["large_gflops"] = 2 * size**3 / timed(large, a, a) / 1e9
+    for hidden, gates in spec["options"].get("serial_shapes", []):
+        width = gates * hidden
+        for direction, (rows, inner, cols) in {
+            "forward": (BATCH, hidden, width), "backward": (BATCH, width, hidden),
+        }.items():
+            kernel = jnp.full((inner, cols), 0.01, jnp.float32)
+
+            def chain(kernel, rows=rows, inner=inner):
+                # Each step's input depends on the last step's output, as in a recurrence.
+                def body(state, _):
+                    out = jnp.tanh(state @ kernel)
+                    return jnp.resize(out, (rows, inner)) if out.shape[1] != inner else out, None
+
+                return jax.lax.scan(body, jnp.ones((rows, inner)), None, length=SEQUENCE)[0]
+
+            seconds = timed(jax.jit(chain), kernel)
+            results[f"serial_gflops_h{hidden}x{gates}_{direction}"] = (
+                2 * rows * inner * cols * SEQUENCE / seconds / 1e9
+            )
+    return None, 0.0, {"result": results}
+
+
+WORKERS = {"seqmodel": _seqmodel_worker, "flax": _flax_worker, "torch": _torch_worker,
+           "gemm": _gemm_worker}
+
+
+def _worker_main(spec_json: str) -> None:
+    """Worker loop: build and compile, answer ``{"ready"}``, then serve ``run N`` / ``generate``."""
+    spec = json.loads(spec_json)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # library prints must not corrupt the protocol
+    try:
+        run, compile_seconds, extra = WORKERS[spec["kind"]](spec)
+    except Exception as error:  # reported to the parent, which records the candidate as failed
+        out.write(json.dumps({"error": f"{type(error).__name__}: {error}"}) + "\n")
+        out.flush()
+        return
+    out.write(json.dumps({"ready": True, "compile_seconds": compile_seconds,
+                          "result": extra.get("result")}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        try:
+            if command[0] == "run":
+                answer = {"seconds": run(int(command[1]))}
+            else:
+                answer = {"seconds": extra["generate"]()}
+        except Exception as error:
+            answer = {"error": f"{type(error).__name__}: {error}"}
+        out.write(json.dumps(answer) + "\n")
+        out.flush()
+
+
+class Worker:
+    """A running worker process for one candidate and one (cell, hidden)."""
+
+    def __init__(self, candidate: Candidate, cell: str, hidden: int, *, timeout: float = 300):
+        spec = {"kind": candidate.kind, "cell": cell, "hidden": hidden,
+                "options": candidate.options}
+        env = dict(os.environ)
+        env.update(candidate.env)
+        self.name = candidate.name
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "seqmodel.benchmarking", "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+        )
+        self.hello = self._read()
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            error = self.process.stderr.read()[-2000:]
+            return {"error": f"worker exited: {error.strip()}"}
+        return json.loads(line)
+
+    def ask(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.flush()
+            except BrokenPipeError:
+                pass
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------------
+
+
+def step_flops(cell: str, hidden: int) -> dict:
+    """FLOPs of one train step, split into the serial recurrent matmuls and the rest."""
+    width = GATES[cell] * hidden
+    recurrent = 2 * BATCH * SEQUENCE * hidden * width  # one pass of h @ W_h over all steps
+    head = 2 * BATCH * SEQUENCE * hidden * VOCAB
+    table = 2 * VOCAB * EMBED * width
+    return {
+        "serial_forward": recurrent,
+        "serial_backward": recurrent,  # dh @ W_h^T
+        # dW_h (one GEMM after the loop), head forward + 2 backward GEMMs, folded input table.
+        "parallel": recurrent + 3 * head + 3 * table,
+    }
+
+
+def _roofline(cell: str, hidden: int, seconds_per_step: float, ceilings: dict) -> dict:
+    flops = step_flops(cell, hidden)
+    gates = GATES[cell]
+    forward = ceilings.get(f"serial_gflops_h{hidden}x{gates}_forward")
+    backward = ceilings.get(f"serial_gflops_h{hidden}x{gates}_backward")
+    large = ceilings.get("large_gflops")
+    total = sum(flops.values())
+    achieved = total / seconds_per_step / 1e9
+    if not (forward and backward and large):
+        return {"gflops": achieved}
+    bound = (flops["serial_forward"] / forward + flops["serial_backward"] / backward
+             + flops["parallel"] / large) / 1e9
+    return {"gflops": achieved, "bound_seconds": bound, "roofline": bound / seconds_per_step}
+
+
+def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repeats: int,
+                    seconds_per_repeat: float, generate_repeats: int, log) -> dict:
+    workers = []
+    results: dict[str, dict] = {}
+    try:
+        for candidate in candidates:
+            worker = Worker(candidate, cell, hidden)
+            if "error" in worker.hello:
+                log(f"  {candidate.name}: skipped ({worker.hello['error'][-300:]})")
+                results[candidate.name] = {"error": worker.hello["error"][-1000:]}
+                worker.close()
+                continue
+            results[candidate.name] = {"compile_seconds": worker.hello["compile_seconds"],
+                                       "seconds": []}
+            workers.append(worker)
+        # Steps per repetition from one warm-up call, so each repetition lasts about the same.
+        steps = {}
+        for worker in workers:
+            first = worker.ask("run 1")["seconds"]
+            steps[worker.name] = max(1, round(seconds_per_repeat / max(first, 1e-4)))
+        for _ in range(repeats):
+            for worker in workers:  # alternate: every candidate sees the same machine load
+                answer = worker.ask(f"run {steps[worker.name]}")
+                results[worker.name]["seconds"].append(answer["seconds"] / steps[worker.name])
+        for worker in workers:
+            entry = results[worker.name]
+            entry["seconds_per_step"] = statistics.median(entry["seconds"])
+            entry["tokens_per_second"] = BATCH * SEQUENCE / entry["seconds_per_step"]
+        generators = [w for w in workers if w.name == "seqmodel"]
+        for worker in generators:
+            answers = [worker.ask("generate") for _ in range(generate_repeats)]
+            times = [answer["seconds"] for answer in answers if "seconds" in answer]
+            if times:
+                results[worker.name]["generate_tokens_per_second"] = (
+                    BATCH * SEQUENCE / statistics.median(times))
+            else:
+                log(f"  generate failed: {answers[0].get('error')}")
+    finally:
+        for worker in workers:
+            worker.close()
+    return results
+
+
+def run_suite(*, cells=("lstm", "gru"), hidden_sizes=(128, 512), candidates=None,
+              repeats: int = 5, seconds_per_repeat: float = 1.0, generate_repeats: int = 3,
+              log=print) -> dict:
+    """Run the suite and return its results as a JSON-ready dict (see module docstring)."""
+    candidates = default_candidates() if candidates is None else candidates
+    log(f"load average before: {os.getloadavg()}")
+    gemm = Worker(Candidate("gemm", "gemm", {"serial_shapes": [
+        (hidden, GATES[cell]) for cell in cells for hidden in hidden_sizes]}), "lstm", 0)
+    ceilings = gemm.hello.get("result") or {}
+    gemm.close()
+    log("GEMM ceilings (GFLOP/s): " + ", ".join(f"{k}={v:.0f}" for k, v in ceilings.items()))
+    rows = []
+    for cell in cells:
+        for hidden in hidden_sizes:
+            log(f"{cell} h{hidden} ...")
+            measured = _measure_config(
+                cell, hidden, candidates, repeats=repeats, seconds_per_repeat=seconds_per_repeat,
+                generate_repeats=generate_repeats, log=log)
+            for entry in measured.values():
+                if "seconds_per_step" in entry:
+                    entry.update(_roofline(cell, hidden, entry["seconds_per_step"], ceilings))
+            torch_speeds = [measured[n]["tokens_per_second"] for n in TORCH_CANDIDATES
+                            if "tokens_per_second" in measured.get(n, {})]
+            reference = max(torch_speeds) if torch_speeds else None
+            for entry in measured.values():
+                if reference and "tokens_per_second" in entry:
+                    entry["ratio_to_torch"] = entry["tokens_per_second"] / reference
+            rows.append({"cell": cell, "hidden": hidden, "candidates": measured})
+    return {
+        "shape": {"batch": BATCH, "sequence": SEQUENCE, "vocab": VOCAB, "embed": EMBED},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_after": os.getloadavg()},
+        "versions": _versions(),
+        "ceilings_gflops": ceilings,
+        "rows": rows,
+    }
+
+
+def _versions() -> dict:
+    versions = {}
+    for name in ("jax", "jaxlib", "flax", "optax", "torch"):
+        try:
+            versions[name] = __import__(name).__version__
+        except Exception:
+            versions[name] = None
+    return versions
+
+
+def format_table(results: dict) -> str:
+    """The printed table: one line per (cell, hidden, candidate), ratios to the best torch."""
+    header = (f"{'cell':5} {'h':>4} {'candidate':15} {'train tok/s':>12} {'x torch':>8} "
+              f"{'compile s':>9} {'GFLOP/s':>8} {'roofline':>8} {'gen tok/s':>10}")
+    lines = [header, "-" * len(header)]
+    for row in results["rows"]:
+        for name, entry in row["candidates"].items():
+            if "error" in entry:
+                lines.append(f"{row['cell']:5} {row['hidden']:>4} {name:15} skipped: "
+                             f"{entry['error'][:60]}")
+                continue
+
+            def number(key, spec):
+                value = entry.get(key)
+                return format(value, spec) if value is not None else "-"
+
+            lines.append(
+                f"{row['cell']:5} {row['hidden']:>4} {name:15} "
+                f"{number('tokens_per_second', '12.0f')} {number('ratio_to_torch', '8.2f')} "
+                f"{number('compile_seconds', '9.2f')} {number('gflops', '8.1f')} "
+                f"{number('roofline', '8.2f')} {number('generate_tokens_per_second', '10.0f')}")
+    ceilings = results.get("ceilings_gflops", {})
+    lines.append("GEMM ceilings GFLOP/s: " + ", ".join(
+        f"{k.replace('_gflops', '')}={v:.0f}" for k, v in ceilings.items()))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    """``seqmodel bench`` / ``benchmarks/bench_speed.py``: run the suite, print, write JSON."""
+    parser = argparse.ArgumentParser(prog="seqmodel bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", nargs="?", const="bench_results.json", default=None,
+                        help="write the results as JSON to this path (default bench_results.json)")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke test: lstm h128 only, 2 short repetitions")
+    parser.add_argument("--cells", default="lstm,gru")
+    parser.add_argument("--hidden", default="128,512")
+    parser.add_argument("--candidates", default=",".join(TRAIN_CANDIDATES),
+                        help=f"comma list; extra: seqmodel-2dev")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="seconds per repetition")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker_main(args.worker)
+        return 0
+    cells = tuple(args.cells.split(","))
+    hidden_sizes = tuple(int(h) for h in args.hidden.split(","))
+    repeats, seconds, generate_repeats = args.repeats, args.seconds, 3
+    if args.quick:
+        cells, hidden_sizes, repeats, seconds, generate_repeats = ("lstm",), (128,), 2, 0.3, 1
+    for cell in cells:
+        if cell not in ("lstm", "gru"):
+            parser.error(f"--cells: {cell!r} is not allowed; allowed: lstm, gru")
+    candidates = default_candidates(tuple(args.candidates.split(",")))
+    results = run_suite(cells=cells, hidden_sizes=hidden_sizes, candidates=candidates,
+                        repeats=repeats, seconds_per_repeat=seconds,
+                        generate_repeats=generate_repeats,
+                        log=lambda message: print(message, file=sys.stderr, flush=True))
+    results["command"] = " ".join(["seqmodel bench", *(argv if argv is not None else sys.argv[1:])])
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
