@@ -1,0 +1,255 @@
+"""generate / generate_stream: scores equal teacher forcing, ragged prompts, eos, keys, compiles."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import seqmodel as sm
+from seqmodel import sampling
+from seqmodel.generate import TRACE_COUNTS
+
+CELLS = ["lstm", "gru", "rnn"]
+HEADS = ["categorical", "gaussian", "mdn", "bernoulli"]
+STEPS = 5
+PROMPT_LENGTHS = np.array([4, 1, 2])  # ragged, right-padded to 4
+
+
+@functools.cache
+def make_model(head: str = "categorical", cell: str = "lstm", num_layers: int = 2,
+               seed: int = 0) -> sm.SequenceModel:
+    """A tiny model left in train mode with dropout, so generate must switch to eval itself."""
+    kwargs = dict(vocab_size=11) if head == "categorical" else dict(input_size=3)
+    config = sm.ModelConfig(cell=cell, head=head, hidden_size=8, num_layers=num_layers,
+                            embed_size=5, num_mixtures=2, dropout=0.5, **kwargs)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(seed))
+    model.train()
+    return model
+
+
+def make_prompt(model, batch: int = 3, length: int = 4, seed: int = 1):
+    key = jax.random.key(seed)
+    config = model.config
+    if config.discrete:
+        return np.array(jax.random.randint(key, (batch, length), 0, config.vocab_size))
+    if config.head == "bernoulli":
+        return np.array(jax.random.bernoulli(key, 0.5, (batch, length, 3)), np.float32)
+    return np.array(jax.random.normal(key, (batch, length, 3)))
+
+
+def teacher_forced_scores(model, prompt, prompt_lengths, samples, num_samples=1):
+    """The head's outputs at the generated positions, from one teacher-forced pass over each row's
+    prompt followed by its samples (right-padded; the model is causal)."""
+    prompt = np.repeat(prompt, num_samples, axis=0)
+    prompt_lengths = np.repeat(prompt_lengths, num_samples, axis=0)
+    samples = np.asarray(samples)
+    steps = samples.shape[1]
+    rows = []
+    for row, length in enumerate(prompt_lengths):
+        sequence = np.concatenate([prompt[row, :length], samples[row]])
+        pad = np.zeros((prompt.shape[1] - length,) + sequence.shape[1:], sequence.dtype)
+        rows.append(np.concatenate([sequence, pad]))
+    outputs = _teacher_forced(model, jnp.asarray(np.stack(rows)))
+    positions = prompt_lengths[:, None] - 1 + np.arange(steps)[None, :]
+    return jax.tree.map(lambda a: np.take_along_axis(
+        np.asarray(a), positions.reshape(positions.shape + (1,) * (a.ndim - 2)), axis=1), outputs)
+
+
+@jax.jit
+def _teacher_forced(model, inputs):
+    model.eval()  # on jit's copy of the model
+    return model(inputs)[0]
+
+
+def assert_trees_close(actual, expected, atol=1e-5):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=atol)
+
+
+@pytest.mark.parametrize("head", HEADS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_scores_equal_teacher_forcing_with_ragged_prompts(cell, head):
+    model = make_model(head, cell)
+    prompt = make_prompt(model)
+    generation = sm.generate(model, key=jax.random.key(0), steps=STEPS, prompt=prompt,
+                             prompt_lengths=PROMPT_LENGTHS, temperature=0.8, return_scores=True)
+    event = () if model.config.discrete else (3,)
+    assert generation.samples.shape == (3, STEPS) + event
+    np.testing.assert_array_equal(generation.lengths, [STEPS] * 3)
+    assert_trees_close(
+        generation.scores, teacher_forced_scores(model, prompt, PROMPT_LENGTHS, generation.samples)
+    )
+    assert model.dropout.deterministic is False  # the caller's mode is untouched
+    if head == "bernoulli":
+        assert set(np.unique(generation.samples)) <= {0.0, 1.0}
+
+
+def test_a_row_does_not_depend_on_the_other_rows():
+    model = make_model()
+    prompt = make_prompt(model)
+    other = make_prompt(model, seed=7)
+    other[0] = prompt[0]
+    results = [
+        sm.generate(model, key=jax.random.key(3), steps=STEPS, prompt=p, prompt_lengths=lengths,
+                    return_scores=True)
+        for p, lengths in ((prompt, PROMPT_LENGTHS), (other, np.array([4, 3, 4])))
+    ]
+    np.testing.assert_array_equal(results[0].samples[0], results[1].samples[0])
+    np.testing.assert_array_equal(results[0].scores[0], results[1].scores[0])
+    # Padding content past a row's length is ignored too.
+    padded = prompt.copy()
+    padded[1, 1:] = 0
+    again = sm.generate(model, key=jax.random.key(3), steps=STEPS, prompt=padded,
+                        prompt_lengths=PROMPT_LENGTHS, return_scores=True)
+    np.testing.assert_array_equal(again.samples, results[0].samples)
+
+
+def test_same_key_same_samples_and_no_recompile():
+    model = make_model()
+    prompt = make_prompt(model)
+    arguments = dict(steps=STEPS, prompt=prompt, prompt_lengths=PROMPT_LENGTHS, top_p=0.9)
+    first = sm.generate(model, key=jax.random.key(5), temperature=1.3, **arguments)
+    traces = TRACE_COUNTS["generate"]
+    again = sm.generate(model, key=jax.random.key(5), temperature=1.3, **arguments)
+    np.testing.assert_array_equal(first.samples, again.samples)
+    # New key, temperature, top_p value and prompt content: same shapes, so nothing is traced.
+    arguments.update(prompt=make_prompt(model, seed=9), top_p=0.5)
+    other = sm.generate(model, key=jax.random.key(6), temperature=0.7, **arguments)
+    model.eval()  # the same model in the other mode is a different program, once
+    sm.generate(model, key=jax.random.key(6), temperature=0.7, **arguments)
+    model.train()
+    sm.generate(model, key=jax.random.key(6), temperature=0.7, **arguments)
+    assert TRACE_COUNTS["generate"] == traces + 1
+    assert not np.array_equal(first.samples, other.samples)
+
+
+def test_greedy_is_the_argmax_of_teacher_forced_logits():
+    model = make_model()
+    prompt = make_prompt(model)
+    results = [
+        sm.generate(model, key=jax.random.key(seed), steps=STEPS, prompt=prompt,
+                    prompt_lengths=PROMPT_LENGTHS, return_scores=True, **kwargs)
+        for seed, kwargs in ((0, dict(greedy=True)), (1, dict(temperature=0, top_k=3)))
+    ]
+    logits = teacher_forced_scores(model, prompt, PROMPT_LENGTHS, results[0].samples)
+    np.testing.assert_array_equal(results[0].samples, np.argmax(logits, axis=-1))
+    np.testing.assert_array_equal(results[1].samples, results[0].samples)
+
+
+@pytest.mark.parametrize("controls", [dict(top_k=2), dict(top_p=0.5, temperature=2.0)])
+def test_generated_tokens_stay_inside_top_k_and_top_p(controls):
+    model = make_model(num_layers=1)
+    generation = sm.generate(model, key=jax.random.key(0), steps=40, batch_size=8,
+                             return_scores=True, **controls)
+    allowed = np.isfinite(np.asarray(sampling.filter_logits(generation.scores, **controls)))
+    assert np.take_along_axis(allowed, np.asarray(generation.samples)[..., None], -1).all()
+    assert len(np.unique(generation.samples)) > 1
+
+
+def test_without_prompt_starts_from_the_start_element():
+    model = make_model("gaussian", "gru")
+    generation = sm.generate(model, key=jax.random.key(2), steps=STEPS, batch_size=2,
+                             return_scores=True)
+    start = np.zeros((2, 1, 3), np.float32)
+    assert_trees_close(
+        generation.scores,
+        teacher_forced_scores(model, start, np.array([1, 1]), generation.samples),
+    )
+
+
+def test_num_samples_draws_several_continuations_per_row():
+    model = make_model()
+    prompt = make_prompt(model)[:2]
+    lengths = PROMPT_LENGTHS[:2]
+    generation = sm.generate(model, key=jax.random.key(4), steps=STEPS, prompt=prompt,
+                             prompt_lengths=lengths, num_samples=3, return_scores=True)
+    assert generation.samples.shape == (6, STEPS)
+    assert_trees_close(
+        generation.scores,
+        teacher_forced_scores(model, prompt, lengths, generation.samples, num_samples=3),
+    )
+    assert len({tuple(row) for row in np.asarray(generation.samples)}) > 1
+
+
+def test_eos_stops_each_row_and_pads():
+    model = make_model(num_layers=1)
+    steps = 40  # more than one early-stop chunk
+    key = jax.random.key(8)
+    free = sm.generate(model, key=key, steps=steps, batch_size=6)
+    eos_id = int(free.samples[0, 3])
+    stopped = sm.generate(model, key=key, steps=steps, batch_size=6, eos_id=eos_id,
+                          return_scores=True)
+    free_samples, samples = np.asarray(free.samples), np.asarray(stopped.samples)
+    for row in range(6):
+        hits = np.flatnonzero(free_samples[row] == eos_id)
+        length = hits[0] + 1 if hits.size else steps
+        assert stopped.lengths[row] == length
+        np.testing.assert_array_equal(samples[row, :length], free_samples[row, :length])
+        np.testing.assert_array_equal(samples[row, length:], eos_id)  # padding
+        np.testing.assert_array_equal(np.asarray(stopped.scores)[row, length:], 0.0)
+    assert stopped.lengths[0] <= 4
+
+
+def test_all_rows_stopped_ends_the_loop_with_padding():
+    model = make_model(num_layers=1, seed=1)
+    # A head that always says eos: every row stops at its first step.
+    model.head.linear.bias.value = model.head.linear.bias.value.at[7].set(100.0)
+    generation = sm.generate(model, key=jax.random.key(0), steps=70, batch_size=2, eos_id=7)
+    np.testing.assert_array_equal(generation.lengths, [1, 1])
+    np.testing.assert_array_equal(generation.samples, 7)
+
+
+@pytest.mark.parametrize("head, eos_id", [("categorical", 2), ("mdn", None)])
+def test_stream_chunks_concatenate_to_generate(head, eos_id):
+    model = make_model(head, num_layers=1)
+    prompt = make_prompt(model)
+    arguments = dict(key=jax.random.key(11), steps=11, prompt=prompt,
+                     prompt_lengths=PROMPT_LENGTHS, eos_id=eos_id, return_scores=True)
+    whole = sm.generate(model, **arguments)
+    chunks = list(sm.generate_stream(model, chunk_size=4, **arguments))
+    assert [chunk.samples.shape[1] for chunk in chunks] == [4, 4, 3]
+    np.testing.assert_allclose(
+        np.concatenate([chunk.samples for chunk in chunks], axis=1), whole.samples, atol=1e-6
+    )
+    assert_trees_close(
+        jax.tree.map(lambda *parts: np.concatenate(parts, axis=1), *[c.scores for c in chunks]),
+        whole.scores,
+    )
+    np.testing.assert_array_equal(chunks[-1].lengths, whole.lengths)
+
+
+@pytest.mark.parametrize(
+    "head, kwargs, message",
+    [
+        ("categorical", dict(temperature=-0.5), r"temperature=-0.5 is invalid.*>= 0"),
+        ("categorical", dict(temperature=float("inf")), r"temperature=inf is invalid"),
+        ("categorical", dict(top_k=0), r"top_k=0 is invalid.*>= 1"),
+        ("categorical", dict(top_k=12), r"top_k=12 is invalid.*vocabulary size 11"),
+        ("categorical", dict(top_p=1.5), r"top_p=1.5 is invalid.*\(0, 1\]"),
+        ("categorical", dict(eos_id=11), r"eos_id=11 is invalid.*\[0, 10\]"),
+        ("categorical", dict(steps=0), r"steps=0 is invalid.*>= 1"),
+        ("categorical", dict(num_samples=0), r"num_samples=0 is invalid"),
+        ("categorical", dict(key=0), r"key=0 is invalid.*PRNG key"),
+        ("categorical", dict(prompt=[[1, 11]]), r"prompt holds token ids in \[1, 11\].*\[0, 10\]"),
+        ("categorical", dict(prompt=[[1.0, 2.0]]), r"prompt of dtype float64 is invalid"),
+        ("categorical", dict(prompt=[1, 2]), r"prompt of shape \(2,\) is invalid.*\(b, p\)"),
+        ("categorical", dict(prompt=[[1, 2]], prompt_lengths=[3]),
+         r"prompt_lengths=\[3\] is invalid.*1\.\.2"),
+        ("categorical", dict(prompt_lengths=[1]), r"prompt_lengths=\[1\] is invalid without"),
+        ("categorical", dict(prompt=[[1, 2]], batch_size=2), r"batch_size=2 is invalid"),
+        ("gaussian", dict(top_k=3), r"top_k=3 is invalid for a Gaussian head"),
+        ("bernoulli", dict(eos_id=0), r"eos_id=0 is invalid for a Bernoulli head"),
+        ("mdn", dict(prompt=np.zeros((1, 2, 4))), r"prompt of shape \(1, 2, 4\).*\(b, p, 3\)"),
+    ],
+)
+def test_bad_arguments_name_argument_value_and_allowed(head, kwargs, message):
+    arguments = dict(key=jax.random.key(0), steps=3) | kwargs
+    with pytest.raises(ValueError, match=message):
+        sm.generate(make_model(head, num_layers=1), **arguments)
+    if "steps" not in kwargs:
+        with pytest.raises(ValueError, match=message):
+            next(sm.generate_stream(make_model(head, num_layers=1), chunk_size=2, **arguments))
