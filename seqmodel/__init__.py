@@ -7,6 +7,8 @@ Public API (re-exports only)::
 """
 
 from seqmodel.cells import ElmanCell, GRUCell, LSTMCell
+from seqmodel.data.numeric import Normalizer, NumericDataset
+from seqmodel.forecast import crps_from_samples, exposure_bias_report, sample_paths
 from seqmodel.generate import Generation, generate, generate_stream
 from seqmodel.heads import Bernoulli, Categorical, Gaussian, MixtureGaussian
 from seqmodel.model import ModelConfig, SequenceModel
@@ -23,7 +25,12 @@ __all__ = [
     "LSTMCell",
     "MixtureGaussian",
     "ModelConfig",
+    "Normalizer",
+    "NumericDataset",
     "SequenceModel",
+    "crps_from_samples",
+    "exposure_bias_report",
     "generate",
     "generate_stream",
+    "sample_paths",
 ]
