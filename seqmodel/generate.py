@@ -42,6 +42,11 @@ Array = jax.Array
 # benchmarks/bench_generate.py, which measures the chunked loop against one plain scan).
 EARLY_STOP_CHUNK = 32
 
+# Largest number of noise elements drawn ahead of a scan segment (4 MiB in float32): a batch of
+# 32 rows of a 65-token vocabulary draws the noise of 500 steps at once, a huge batch or
+# vocabulary draws it step by step.
+NOISE_BUDGET = 1 << 20
+
 # How many times each compiled program has been traced; tests check that a second call with the
 # same shapes adds nothing.
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -74,12 +79,12 @@ class Generation(NamedTuple):
 class _Request(NamedTuple):
     """Checked, normalised arguments: device arrays plus the static options of the program."""
 
-    prompt: Array  # (b, p) int32 or (b, p, d) float32
-    prompt_lengths: Array  # (b,) int32 in 1..p
+    prompt: Any  # (b, p) int32 or (b, p, d) float32, NumPy or jax
+    prompt_lengths: np.ndarray  # (b,) int32 in 1..p
     key: Array
-    temperature: Array  # () float32, > 0 unless greedy
-    top_p: Array  # () float32 (1.0 when unused)
-    eos_id: Array  # () int32 (0 when unused)
+    temperature: np.float32  # > 0 unless greedy
+    top_p: np.float32  # 1.0 when unused
+    eos_id: np.int32  # 0 when unused
     static: dict  # steps, num_samples, top_k, use_top_p, greedy, use_eos, return_scores
 
 
@@ -116,8 +121,9 @@ def _check_prompt(model, prompt: Any, prompt_lengths: Any, batch_size: Any):
         batch = 1 if batch_size is None else _check_positive_int("batch_size", batch_size)
         # The start element: token 0 or the zero vector, fed from the zero carry.
         shape = (batch, 1) if config.discrete else (batch, 1, config.input_size)
-        dtype = jnp.int32 if config.discrete else jnp.float32
-        return jnp.zeros(shape, dtype), jnp.ones((batch,), jnp.int32)
+        dtype = np.int32 if config.discrete else np.float32
+        # NumPy, not jnp: the arrays travel with the jitted call, no extra dispatches.
+        return np.zeros(shape, dtype), np.ones((batch,), np.int32)
 
     host = np.asarray(prompt)
     expected = "(b, p) token ids" if config.discrete else f"(b, p, {config.input_size}) values"
@@ -163,8 +169,11 @@ def _check_prompt(model, prompt: Any, prompt_lengths: Any, batch_size: Any):
                 f"prompt_lengths={lengths.tolist()!r} is invalid: allowed is one integer per "
                 f"prompt row (shape ({batch},)) in 1..{length} (the padded prompt length)"
             )
-    dtype = jnp.int32 if config.discrete else jnp.float32
-    return jnp.asarray(host, dtype), jnp.asarray(lengths, jnp.int32)
+    dtype = np.int32 if config.discrete else np.float32
+    # A prompt already on the device stays there (the host copy above only served the checks);
+    # NumPy arrays travel with the jitted call.
+    prompt = prompt.astype(dtype) if isinstance(prompt, jax.Array) else host.astype(dtype)
+    return prompt, lengths.astype(np.int32)
 
 
 def _check_request(
@@ -212,9 +221,9 @@ def _check_request(
         prompt=prompt,
         prompt_lengths=prompt_lengths,
         key=_check_key(key),
-        temperature=jnp.float32(1.0 if greedy else temperature),
-        top_p=jnp.float32(1.0 if top_p is None else top_p),
-        eos_id=jnp.int32(0 if eos_id is None else eos_id),
+        temperature=np.float32(1.0 if greedy else temperature),
+        top_p=np.float32(1.0 if top_p is None else top_p),
+        eos_id=np.int32(0 if eos_id is None else eos_id),
         static=static,
     )
 
@@ -272,30 +281,57 @@ def _masked_recur(cell, carry, scanned):
 def _run_chunk(model, table, state: _LoopState, key, start, temperature, top_p, eos_id, *,
                size: int, top_k, use_top_p: bool, greedy: bool, use_eos: bool,
                return_scores: bool):
-    """``size`` free-running steps with global indices ``start ...``. Returns the new state and
-    time-major ``(samples (size, b[, d]), scores or None)``, padded past each row's length."""
+    """Exactly ``size`` free-running steps with global indices ``start ...``. Returns the new
+    state and time-major ``(samples (size, b[, d]), scores or None)``, padded past each row's
+    length."""
+    head = model.head
+    rows = state.x.shape[0]
+    controls = dict(temperature=temperature, top_k=top_k, top_p=top_p if use_top_p else None,
+                    greedy=greedy)
 
-    def body(state: _LoopState, index):
+    def body(state: _LoopState, scanned):
+        _, noise = scanned
         out, carry = model.step(state.x, state.carry, table=table)
-        sample = sampling.sample_head(
-            model.head,
-            jax.random.fold_in(key, index),
-            out,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p if use_top_p else None,
-            greedy=greedy,
-        ).astype(state.x.dtype)
+        sample = sampling.sample_with_noise(head, noise, out, **controls).astype(state.x.dtype)
         lengths = state.lengths + jnp.where(state.done, 0, 1)
         done = (state.done | (sample == eos_id)) if use_eos else state.done
         return _LoopState(carry, sample, done, lengths), (sample, out if return_scores else None)
 
-    indices = start + jnp.arange(size, dtype=jnp.int32)
-    state, (samples, scores) = jax.lax.scan(body, state, indices)
+    def segment(state: _LoopState, first, length: int):
+        indices = first + jnp.arange(length, dtype=jnp.int32)
+        # The noise of the whole segment in one vectorised call (much cheaper on the CPU than
+        # one small call per step); step i's noise comes from fold_in(key, i) either way.
+        noise = None if greedy else jax.vmap(
+            lambda index: sampling.draw_noise(head, jax.random.fold_in(key, index), (rows,))
+        )(indices)
+        return jax.lax.scan(body, state, (indices, noise))
+
+    # Segments hold at most NOISE_BUDGET noise elements; equal lengths plus one remainder.
+    per_step = 0 if greedy else sum(
+        leaf.size for leaf in jax.tree.leaves(
+            jax.eval_shape(lambda k: sampling.draw_noise(head, k, (rows,)), key)
+        )
+    )
+    count = max(1, math.ceil(size * per_step / NOISE_BUDGET))
+    length, rest = divmod(size, count)
+    if count == 1:
+        state, records = segment(state, start, size)
+    else:
+        state, records = jax.lax.scan(
+            lambda state, j: segment(state, start + j * length, length),
+            state, jnp.arange(count, dtype=jnp.int32),
+        )
+        records = jax.tree.map(lambda a: a.reshape((count * length,) + a.shape[2:]), records)
+        if rest:
+            state, tail = segment(state, start + count * length, rest)
+            records = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), records, tail)
+    samples, scores = records
     if use_eos:
         # Padding is decided once per chunk: position i of a row is real when i < its length.
+        indices = start + jnp.arange(size, dtype=jnp.int32)
         valid = indices[:, None] < state.lengths[None, :]  # (size, b)
-        samples = jnp.where(valid, samples, eos_id)
+        samples = jnp.where(valid.reshape(valid.shape + (1,) * (samples.ndim - 2)), samples,
+                            eos_id)
         if scores is not None:
             scores = jax.tree.map(
                 lambda a: jnp.where(valid.reshape(valid.shape + (1,) * (a.ndim - 2)), a, 0),
@@ -503,7 +539,7 @@ def _stream(model, request: _Request, steps, size, num_samples, static) -> Itera
             chunk_scores = jax.tree.map(pad, scores)
         else:
             state, chunk_samples, chunk_scores = _compiled_chunk(
-                model, state, request.key, jnp.int32(start), request.temperature,
+                model, state, request.key, np.int32(start), request.temperature,
                 request.top_p, request.eos_id, size=size, **static,
             )
             last_chunk = (chunk_samples, chunk_scores)

@@ -30,6 +30,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from seqmodel import heads as heads_module
+
 Array = jax.Array
 
 
@@ -201,8 +203,104 @@ def sample_logits(
 
 
 # ---------------------------------------------------------------------------------------------
-# Any head
+# Any head: the draw split into its randomness (``draw_noise``) and a pure function of it
 # ---------------------------------------------------------------------------------------------
+#
+# Generation draws the noise of a whole chunk of steps in one vectorised call before its scan and
+# hands each step its slice: one large random-bits computation is much cheaper on the CPU than a
+# small one per step. The noise is exactly what the heads' own ``sample`` draws from the same key,
+# so ``sample_head(head, key, ...)`` equals ``head.sample(key, ...)`` (tested).
+
+
+def _batch_shape(head, params: Any) -> tuple[int, ...]:
+    if isinstance(head, heads_module.Gaussian):
+        return params.mean.shape[:-1]
+    if isinstance(head, heads_module.MixtureGaussian):
+        return params.logits.shape[:-1]
+    return params.shape[:-1]  # logits (..., V) or (..., d)
+
+
+def _take_component(values: Array, component: Array) -> Array:
+    """values ``(..., K, d)``, component int ``(...)`` -> ``(..., d)``."""
+    return jnp.take_along_axis(values, component[..., None, None], axis=-2)[..., 0, :]
+
+
+def draw_noise(head, key: Array, batch_shape: tuple[int, ...]) -> Any:
+    """The randomness of one draw per row of ``batch_shape`` from ``head``.
+
+    Categorical: Gumbel ``(..., V)``; Gaussian: standard normal ``(..., d)``; MDN: a tuple of
+    Gumbel ``(..., K)`` (component) and standard normal ``(..., d)``; Bernoulli: uniform
+    ``(..., d)``.
+
+    Example::
+
+        noise = draw_noise(model.head, key, (b,))
+        x = sample_with_noise(model.head, noise, out, temperature=0.8)
+    """
+    batch_shape = tuple(batch_shape)
+    if isinstance(head, heads_module.Categorical):
+        return jax.random.gumbel(key, batch_shape + (head.vocab_size,))
+    if isinstance(head, heads_module.Gaussian):
+        return jax.random.normal(key, batch_shape + (head.output_size,))
+    if isinstance(head, heads_module.MixtureGaussian):
+        pick_key, noise_key = jax.random.split(key)
+        return (
+            jax.random.gumbel(pick_key, batch_shape + (head.num_mixtures,)),
+            jax.random.normal(noise_key, batch_shape + (head.output_size,)),
+        )
+    if isinstance(head, heads_module.Bernoulli):
+        return jax.random.uniform(key, batch_shape + (head.output_size,))
+    raise ValueError(
+        f"head={type(head).__name__} is not supported: allowed are Categorical, Gaussian, "
+        "MixtureGaussian and Bernoulli"
+    )
+
+
+def _check_controls(head, top_k, top_p) -> None:
+    if head.discrete:
+        return
+    for name, value in (("top_k", top_k), ("top_p", top_p)):
+        if value is not None:
+            raise ValueError(
+                f"{name}={value!r} is invalid for a {type(head).__name__} head: it filters "
+                f"categorical logits; allowed here is {name}=None (use temperature or greedy)"
+            )
+
+
+def sample_with_noise(
+    head,
+    noise: Any,
+    params: Any,
+    *,
+    temperature: float | Array = 1.0,
+    top_k: int | None = None,
+    top_p: float | Array | None = None,
+    greedy: bool = False,
+) -> Array:
+    """One element per row from ``params`` and the ``noise`` of :func:`draw_noise` (ignored
+    when greedy). Returns int32 ``(...)`` tokens or ``(..., d)`` values; see
+    :func:`sample_head`."""
+    if isinstance(temperature, numbers.Real) and check_temperature(temperature) == 0.0:
+        greedy = True
+    _check_controls(head, top_k, top_p)
+    if greedy:
+        if head.discrete:
+            return jnp.argmax(params, axis=-1).astype(jnp.int32)
+        return head.mode(params)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    if isinstance(head, heads_module.Categorical):
+        filtered = filter_logits(params, temperature=temperature, top_k=top_k, top_p=top_p)
+        return jnp.argmax(filtered + noise, axis=-1).astype(jnp.int32)
+    if isinstance(head, heads_module.Gaussian):
+        return params.mean + jnp.sqrt(temperature) * jnp.exp(params.log_scale) * noise
+    if isinstance(head, heads_module.MixtureGaussian):
+        pick, normal = noise
+        component = jnp.argmax(params.logits / temperature + pick, axis=-1)
+        mean = _take_component(params.mean, component)
+        scale = jnp.exp(_take_component(params.log_scale, component))
+        return mean + jnp.sqrt(temperature) * scale * normal
+    # Bernoulli: each feature is 1 with probability sigmoid(logit / T).
+    return (noise < jax.nn.sigmoid(params / temperature)).astype(jnp.float32)
 
 
 def sample_head(
@@ -217,27 +315,17 @@ def sample_head(
 ) -> Array:
     """Draw one element per row from a head's parameters (leading axes ``(...)``).
 
-    Categorical: :func:`sample_logits` -> int32 ``(...)``. Gaussian / MDN / Bernoulli: the head's
-    own ``sample`` (temperature scales the spread) or ``mode`` when greedy -> ``(..., d)``;
-    ``top_k`` / ``top_p`` do not apply to them and raise ``ValueError``.
+    Categorical: temperature, top-k, top-p, draw -> int32 ``(...)``. Gaussian / MDN / Bernoulli:
+    what the head's own ``sample`` draws (temperature scales the spread) or its ``mode`` when
+    greedy -> ``(..., d)``; ``top_k`` / ``top_p`` do not apply to them and raise ``ValueError``.
 
     Example::
 
         out, carry = model.step(x, carry)
         x = sample_head(model.head, key, out, temperature=0.8)
     """
-    if isinstance(temperature, numbers.Real) and check_temperature(temperature) == 0.0:
-        greedy = True
-    if head.discrete:
-        return sample_logits(
-            key, params, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy
-        )
-    for name, value in (("top_k", top_k), ("top_p", top_p)):
-        if value is not None:
-            raise ValueError(
-                f"{name}={value!r} is invalid for a {type(head).__name__} head: it filters "
-                f"categorical logits; allowed here is {name}=None (use temperature or greedy)"
-            )
-    if greedy:
-        return head.mode(params)
-    return head.sample(key, params, temperature=temperature)
+    _check_controls(head, top_k, top_p)
+    noise = draw_noise(head, key, _batch_shape(head, params))
+    return sample_with_noise(
+        head, noise, params, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy
+    )

@@ -1,6 +1,7 @@
 """generate / generate_stream: scores equal teacher forcing, ragged prompts, eos, keys, compiles."""
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -253,3 +254,22 @@ def test_bad_arguments_name_argument_value_and_allowed(head, kwargs, message):
     if "steps" not in kwargs:
         with pytest.raises(ValueError, match=message):
             next(sm.generate_stream(make_model(head, num_layers=1), chunk_size=2, **arguments))
+
+
+def test_noise_drawn_in_segments_gives_the_same_samples(monkeypatch):
+    """A small noise budget cuts the loop into several scan segments plus a remainder."""
+    generate_module = importlib.import_module("seqmodel.generate")
+    model = make_model(num_layers=1)
+    arguments = dict(key=jax.random.key(12), steps=11, batch_size=3, return_scores=True)
+    whole = sm.generate(model, **arguments)
+    request = generate_module._check_request(
+        model, prompt=None, prompt_lengths=None, num_samples=1, temperature=1.0, top_k=None,
+        top_p=None, greedy=False, eos_id=None, **arguments,
+    )
+    monkeypatch.setattr(generate_module, "NOISE_BUDGET", 100)  # 3 rows x 11 tokens per step
+    segmented = jax.jit(generate_module._generate_program, static_argnames=generate_module._STATIC)(
+        model, request.prompt, request.prompt_lengths, request.key, request.temperature,
+        request.top_p, request.eos_id, **request.static,
+    )
+    np.testing.assert_array_equal(segmented.samples, whole.samples)
+    assert_trees_close(segmented.scores, whole.scores)

@@ -135,3 +135,28 @@ def test_real_valued_heads_scale_the_spread_and_refuse_token_filters():
 def test_bad_controls_name_argument_value_and_allowed(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("name", ["categorical", "gaussian", "mdn", "bernoulli"])
+def test_sample_head_draws_what_the_head_itself_draws(name):
+    """Generation draws from pre-drawn noise; it must be the heads' own sample for the key."""
+    rngs = nnx.Rngs(0)
+    head = {
+        "categorical": lambda: heads.Categorical(4, 7, rngs=rngs),
+        "gaussian": lambda: heads.Gaussian(4, 3, rngs=rngs),
+        "mdn": lambda: heads.MixtureGaussian(4, 3, 5, rngs=rngs),
+        "bernoulli": lambda: heads.Bernoulli(4, 3, rngs=rngs),
+    }[name]()
+    params = head(jax.random.normal(jax.random.key(1), (6, 4)) * 3)
+    for temperature in (1.0, 0.6):
+        for seed in range(3):
+            key = jax.random.key(seed)
+            np.testing.assert_allclose(
+                np.asarray(sampling.sample_head(head, key, params, temperature=temperature)),
+                np.asarray(head.sample(key, params, temperature=temperature)),
+                rtol=1e-6, atol=1e-6,
+            )
+    np.testing.assert_array_equal(
+        np.asarray(sampling.sample_head(head, key, params, greedy=True)),
+        np.asarray(head.mode(params)),
+    )

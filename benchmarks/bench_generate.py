@@ -1,0 +1,299 @@
+"""Free-running generation speed: ``seqmodel.generate`` against a PyTorch eager loop and a Python
+loop of a jitted step, in one run, on the very same model.
+
+The model: Embedding(65, 64) -> LSTM(h) -> Linear(h, 65), sampling at temperature 1. The PyTorch
+model (``nn.Embedding`` + ``nn.LSTM`` + ``nn.Linear`` + ``torch.multinomial``) gets our weights
+(gate blocks reordered from our ``[i, f, o, g]`` to PyTorch's ``[i, f, g, o]``) and is checked
+to give our logits before anything is timed. Candidates, per (hidden, batch):
+
+- ``generate``: :func:`seqmodel.generate`, the whole loop one compiled program;
+- ``generate+eos``: the same with an ``eos_id`` the model never emits, i.e. the chunked
+  early-stopping while loop running to the end: what early stopping costs when it cannot help;
+- ``jit-step``: a Python loop over a jitted ``(params, x, carry, key) -> (x, carry, key)`` step
+  (parameters pre-flattened, the cheapest per-step dispatch JAX offers);
+- ``torch``: PyTorch eager, ``torch.inference_mode``, default threads and one thread; the
+  faster of the two is the baseline.
+
+Repetitions alternate across candidates (the order rotates each round); medians are quoted,
+with the spread ``(max - min) / median`` of each candidate as a noise figure.
+
+Run::
+
+    python benchmarks/bench_generate.py                         # h 128/512 x b 1/32, 500 steps
+    python benchmarks/bench_generate.py --json generate.json --repeats 7
+    python benchmarks/bench_generate.py --hidden 128 --batch 1 --steps 200   # quick look
+
+or from Python: ``run(hidden_sizes=(128,), batch_sizes=(1,)) -> list[dict]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import seqmodel as sm
+
+VOCAB, EMBED = 65, 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidates: each is a zero-argument callable returning seconds for one full generation.
+# ---------------------------------------------------------------------------------------------
+
+
+def time_generate(model, *, batch_size: int, steps: int, key=None, **options) -> float:
+    """Seconds of one ``generate`` call (``batch_size`` rows, ``steps`` tokens), compile excluded:
+    a first call warms the cache (a no-op once compiled)."""
+    key = jax.random.key(0) if key is None else key
+    sm.generate(model, key=key, steps=steps, batch_size=batch_size, **options).samples \
+        .block_until_ready()
+    start = time.perf_counter()
+    sm.generate(model, key=key, steps=steps, batch_size=batch_size, **options).samples \
+        .block_until_ready()
+    return time.perf_counter() - start
+
+
+def _generate_candidate(model, batch_size: int, steps: int, **options) -> Callable[[], float]:
+    counter = iter(range(10**9))
+
+    def run() -> float:
+        key = jax.random.key(next(counter))
+        start = time.perf_counter()
+        sm.generate(model, key=key, steps=steps, batch_size=batch_size, **options).samples \
+            .block_until_ready()
+        return time.perf_counter() - start
+
+    run()  # compile
+    return run
+
+
+def _jit_step_candidate(model, batch_size: int, steps: int) -> Callable[[], float]:
+    """A Python loop over one jitted step; parameters flattened once so each call passes plain
+    arrays."""
+    model = nnx.with_attributes(model, deterministic=True, raise_if_not_found=False)
+    graphdef, state = nnx.split(model)
+    leaves, treedef = jax.tree.flatten(state)
+
+    @jax.jit
+    def step(leaves, x, carry, key):
+        model = nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+        logits, carry = model.step(x, carry)
+        key, draw = jax.random.split(key)
+        return jax.random.categorical(draw, logits).astype(jnp.int32), carry, key
+
+    def run() -> float:
+        x = jnp.zeros((batch_size,), jnp.int32)
+        carry, key = model.init_carry(batch_size), jax.random.key(1)
+        start = time.perf_counter()
+        for _ in range(steps):
+            x, carry, key = step(leaves, x, carry, key)
+        x.block_until_ready()
+        return time.perf_counter() - start
+
+    run()  # compile
+    return run
+
+
+def torch_model(model):
+    """``nn.Embedding`` + ``nn.LSTM`` + ``nn.Linear`` holding ``model``'s weights."""
+    import torch
+
+    hidden = model.config.hidden_size
+
+    def reorder(array):  # our gate blocks [i, f, o, g] -> PyTorch's [i, f, g, o] (leading axis)
+        i, f, o, g = np.split(np.asarray(array, np.float32), 4, axis=0)
+        return torch.from_numpy(np.concatenate([i, f, g, o], axis=0).copy())
+
+    cell = model.cells[0]
+    embed = torch.nn.Embedding(VOCAB, EMBED)
+    lstm = torch.nn.LSTM(EMBED, hidden, batch_first=True)
+    linear = torch.nn.Linear(hidden, VOCAB)
+    with torch.no_grad():
+        embed.weight.copy_(torch.from_numpy(np.asarray(model.embed.embedding[...])))
+        lstm.weight_ih_l0.copy_(reorder(np.asarray(cell.input_kernel[...]).T))
+        lstm.weight_hh_l0.copy_(reorder(np.asarray(cell.recurrent_kernel[...]).T))
+        lstm.bias_ih_l0.copy_(reorder(cell.bias[...]))
+        lstm.bias_hh_l0.zero_()
+        linear.weight.copy_(torch.from_numpy(np.asarray(model.head.linear.kernel[...]).T.copy()))
+        linear.bias.copy_(torch.from_numpy(np.asarray(model.head.linear.bias[...])))
+    return embed, lstm, linear
+
+
+def check_same_model(model, modules) -> float:
+    """Largest |logit difference| between our teacher-forced pass and PyTorch's (raises if the
+    weight copy is wrong)."""
+    import torch
+
+    embed, lstm, linear = modules
+    tokens = np.random.default_rng(0).integers(0, VOCAB, (2, 20)).astype(np.int32)
+    ours, _ = nnx.with_attributes(model, deterministic=True, raise_if_not_found=False)(
+        jnp.asarray(tokens)
+    )
+    with torch.inference_mode():
+        theirs = linear(lstm(embed(torch.from_numpy(tokens).long()))[0]).numpy()
+    error = float(np.abs(np.asarray(ours) - theirs).max())
+    if error > 1e-3:
+        raise AssertionError(f"the PyTorch copy disagrees with the model: max |diff| {error}")
+    return error
+
+
+def _torch_candidate(modules, batch_size: int, steps: int, threads: int | None):
+    import torch
+
+    embed, lstm, linear = modules
+    default_threads = torch.get_num_threads()
+
+    def run() -> float:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode():
+                x = torch.zeros((batch_size, 1), dtype=torch.long)
+                state = None
+                start = time.perf_counter()
+                for _ in range(steps):
+                    output, state = lstm(embed(x), state)
+                    probabilities = torch.softmax(linear(output[:, 0]), dim=-1)
+                    x = torch.multinomial(probabilities, 1)
+                return time.perf_counter() - start
+        finally:
+            torch.set_num_threads(default_threads)
+
+    run()  # warm-up
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def _never_emits(model, token: int):
+    """A copy of ``model`` whose head never gives ``token`` (its bias pushed to -1e9)."""
+    copy = nnx.clone(model)
+    bias = copy.head.linear.bias
+    bias[...] = bias[...].at[token].set(-1e9)
+    return copy
+
+
+def run(*, hidden_sizes=(128, 512), batch_sizes=(1, 32), steps: int = 500, repeats: int = 5,
+        with_torch: bool = True, log: Callable[[str], None] = print) -> list[dict]:
+    """Time every candidate for each (hidden, batch); returns one dict per pair with
+    ``seconds`` (median per candidate), ``tokens_per_second``, ``spread`` and the ratios
+    ``vs_torch`` (generate over the faster torch), ``vs_jit_step`` and ``eos_overhead``
+    (generate+eos time over generate time)."""
+    results = []
+    for hidden in hidden_sizes:
+        config = sm.ModelConfig(vocab_size=VOCAB, embed_size=EMBED, hidden_size=hidden,
+                                cell="lstm")
+        model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+        model.eval()
+        modules, logit_error = None, None
+        if with_torch:
+            modules = torch_model(model)
+            logit_error = check_same_model(model, modules)
+        for batch in batch_sizes:
+            log(f"hidden {hidden}, batch {batch}: compiling / warming up")
+            candidates = {
+                "generate": _generate_candidate(model, batch, steps),
+                "generate+eos": _generate_candidate(_never_emits(model, 0), batch, steps,
+                                                    eos_id=0),
+                "jit-step": _jit_step_candidate(model, batch, steps),
+            }
+            if with_torch:
+                candidates["torch"] = _torch_candidate(modules, batch, steps, threads=None)
+                candidates["torch-1t"] = _torch_candidate(modules, batch, steps, threads=1)
+            names = list(candidates)
+            timings = {name: [] for name in names}
+            for repeat in range(repeats):
+                shift = repeat % len(names)
+                for name in names[shift:] + names[:shift]:
+                    timings[name].append(candidates[name]())
+            seconds = {name: statistics.median(values) for name, values in timings.items()}
+            spread = {
+                name: (max(values) - min(values)) / seconds[name]
+                for name, values in timings.items()
+            }
+            tokens = batch * steps
+            row = dict(
+                hidden=hidden, batch=batch, steps=steps, repeats=repeats,
+                seconds=seconds, timings=timings, spread=spread,
+                tokens_per_second={name: tokens / value for name, value in seconds.items()},
+                vs_jit_step=seconds["jit-step"] / seconds["generate"],
+                eos_overhead=seconds["generate+eos"] / seconds["generate"],
+                torch_logit_error=logit_error,
+            )
+            if with_torch:
+                torch_best = min(seconds["torch"], seconds["torch-1t"])
+                row["torch_best"] = "torch" if torch_best == seconds["torch"] else "torch-1t"
+                row["vs_torch"] = torch_best / seconds["generate"]
+            results.append(row)
+            log(markdown([row], header=False))
+    return results
+
+
+def markdown(results: list[dict], header: bool = True) -> str:
+    lines = []
+    if header:
+        lines += [
+            "| hidden | batch | generate tok/s | +eos tok/s | jit-step tok/s | torch tok/s "
+            "| vs torch | vs jit-step | eos cost | noise |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    for row in results:
+        rate = row["tokens_per_second"]
+        torch_rate = rate.get(row.get("torch_best", ""), float("nan"))
+        lines.append(
+            f"| {row['hidden']} | {row['batch']} | {rate['generate']:,.0f} "
+            f"| {rate['generate+eos']:,.0f} | {rate['jit-step']:,.0f} "
+            f"| {torch_rate:,.0f} ({row.get('torch_best', '-')}) "
+            f"| {row.get('vs_torch', float('nan')):.1f}x | {row['vs_jit_step']:.1f}x "
+            f"| {row['eos_overhead'] - 1:+.1%} | {max(row['spread'].values()):.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    parser.add_argument("--json", help="write the results (with every timing) to this file")
+    args = parser.parse_args(argv)
+    results = run(hidden_sizes=args.hidden, batch_sizes=args.batch, steps=args.steps,
+                  repeats=args.repeats, with_torch=not args.no_torch,
+                  log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(markdown(results))
+    print(
+        "\nnoise: the largest (max - min) / median over the candidates' repetitions; "
+        "eos cost: generate with a never-emitted eos_id (chunked early-stop loop) vs without."
+    )
+    if args.json:
+        meta = dict(machine=platform.machine(), processor=platform.processor(),
+                    python=platform.python_version(), jax=jax.__version__,
+                    devices=[str(device) for device in jax.devices()])
+        try:
+            import torch
+
+            meta.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+        except ImportError:
+            pass
+        with open(args.json, "w") as file:
+            json.dump(dict(meta=meta, results=results), file, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
