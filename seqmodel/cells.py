@@ -140,8 +140,8 @@ class _Cell(nnx.Module):
 
     def project(self, x: Array) -> Array:
         """Input half for any leading axes: ``(..., in)`` -> ``(..., G)``."""
-        kernel = self.input_kernel.value.astype(self.dtype)
-        return x.astype(self.dtype) @ kernel + self.bias.value.astype(self.dtype)
+        kernel = self.input_kernel[...].astype(self.dtype)
+        return x.astype(self.dtype) @ kernel + self.bias[...].astype(self.dtype)
 
     def recurrence(self):
         """The pure step ``(carry, xp) -> (carry, y)`` with this cell's weights bound."""
@@ -186,11 +186,11 @@ class LSTMCell(_Cell):
         return (zeros, zeros)
 
     def recurrence(self):
-        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        kernel = self.recurrent_kernel[...].astype(self.dtype)
         return lambda carry, xp: lstm_recur(kernel, carry, xp)
 
     def fast_scan(self, carry, xp_sequence):
-        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        kernel = self.recurrent_kernel[...].astype(self.dtype)
         return lstm_scan(kernel, carry, xp_sequence.astype(self.dtype))
 
     def output(self, carry: tuple[Array, Array]) -> Array:
@@ -204,19 +204,19 @@ class GRUCell(_Cell):
 
     def __init__(self, input_size: int, hidden_size: int, *, rngs: nnx.Rngs, **kwargs):
         super().__init__(input_size, hidden_size, rngs=rngs, **kwargs)
-        self.recurrent_bias = nnx.Param(jnp.zeros((3 * hidden_size,), self.bias.value.dtype))
+        self.recurrent_bias = nnx.Param(jnp.zeros((3 * hidden_size,), self.bias[...].dtype))
 
     def initialize_carry(self, batch_size: int) -> Array:
         return jnp.zeros((batch_size, self.hidden_size), self.dtype)
 
     def recurrence(self):
-        kernel = self.recurrent_kernel.value.astype(self.dtype)
-        bias = self.recurrent_bias.value.astype(self.dtype)
+        kernel = self.recurrent_kernel[...].astype(self.dtype)
+        bias = self.recurrent_bias[...].astype(self.dtype)
         return lambda h, xp: gru_recur(kernel, bias, h, xp)
 
     def fast_scan(self, carry, xp_sequence):
-        kernel = self.recurrent_kernel.value.astype(self.dtype)
-        bias = self.recurrent_bias.value.astype(self.dtype)
+        kernel = self.recurrent_kernel[...].astype(self.dtype)
+        bias = self.recurrent_bias[...].astype(self.dtype)
         return gru_scan(kernel, bias, carry, xp_sequence.astype(self.dtype))
 
 
@@ -229,11 +229,11 @@ class ElmanCell(_Cell):
         return jnp.zeros((batch_size, self.hidden_size), self.dtype)
 
     def recurrence(self):
-        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        kernel = self.recurrent_kernel[...].astype(self.dtype)
         return lambda h, xp: elman_recur(kernel, h, xp)
 
     def fast_scan(self, carry, xp_sequence):
-        kernel = self.recurrent_kernel.value.astype(self.dtype)
+        kernel = self.recurrent_kernel[...].astype(self.dtype)
         return elman_scan(kernel, carry, xp_sequence.astype(self.dtype))
 
 
