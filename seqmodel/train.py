@@ -1,0 +1,793 @@
+"""Training: ``TrainConfig``, ``TrainState``, a pure jitted train step, evaluation and ``fit``.
+
+The train step is a pure function ``(state, batch) -> (state, metrics)`` over pytrees (the model
+is split with ``nnx.split`` into a static graph and arrays), jitted with the state donated, so
+it can later be given input/output shardings (a ``data`` mesh axis over the batch and the lanes'
+carry, parameters replicated) without changing its shape.
+
+Example::
+
+    model = SequenceModel(ModelConfig(vocab_size=dataset.vocab_size), rngs=nnx.Rngs(0))
+    result = fit(model, dataset, TrainConfig(steps=1000), out_dir="runs/demo")
+    result.val_loss, result.checkpoint
+
+    # or step by step
+    tx = make_optimizer(config)
+    graphdef, state = init_train_state(model, tx, config)
+    train_step = make_train_step(graphdef, tx, config)
+    state, metrics = train_step(state, batch)          # metrics["loss"] is a () array
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import pathlib
+import signal
+import threading
+import time
+from typing import Any, Callable, Iterable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from seqmodel.data import BATCHINGS, Batch
+from seqmodel.feed import rollout
+
+Array = jax.Array
+
+TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse-sigmoid")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a NaN loss); the message says what happened and what was kept."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run (the model's shape lives in :class:`seqmodel.ModelConfig`).
+
+    Length of the run: ``steps`` and/or ``max_time`` (seconds of wall time for the whole of
+    :func:`fit`, evaluation and checkpoints included). The learning rate warms up linearly over
+    ``warmup_steps`` then decays with a cosine to ``learning_rate * final_learning_rate_fraction``
+    at the end of the run: at ``steps``, or, with ``max_time`` only, at the step count estimated
+    from the measured speed (re-estimated as the run goes, so a time-bounded run also ends decayed).
+
+    Example::
+
+        TrainConfig(batch_size=64, seq_len=128, max_time=110, learning_rate=3e-3)
+    """
+
+    batch_size: int = 64
+    seq_len: int = 128
+    steps: int | None = None
+    max_time: float | None = None
+    learning_rate: float = 3e-3
+    warmup_steps: int = 100
+    final_learning_rate_fraction: float = 0.05
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    clip_norm: float = 1.0
+    # Evaluate (and checkpoint) every this many steps; None: only at the end.
+    eval_every: int | None = 1000
+    eval_batch_size: int = 32
+    eval_seq_len: int = 256
+    val_fraction: float = 0.1
+    teacher_forcing: float = 1.0
+    teacher_forcing_schedule: str = "constant"
+    batching: str = "lanes"
+    seed: int = 0
+    log_every: int = 20
+
+    def __post_init__(self):
+        def bad(field: str, allowed: str):
+            raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r} is invalid: {allowed}")
+
+        def positive_int(field: str, *, optional: bool = False):
+            value = getattr(self, field)
+            if optional and value is None:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                bad(field, "must be a positive integer" + (" or None" if optional else ""))
+
+        for field in ("batch_size", "seq_len", "eval_batch_size", "eval_seq_len", "log_every"):
+            positive_int(field)
+        positive_int("steps", optional=True)
+        positive_int("eval_every", optional=True)
+        if self.max_time is not None and not (
+            isinstance(self.max_time, (int, float)) and self.max_time > 0
+        ):
+            bad("max_time", "must be a positive number of seconds or None")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            bad("learning_rate", "must be > 0")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            bad("warmup_steps", "must be an integer >= 0")
+        if not 0.0 <= self.final_learning_rate_fraction <= 1.0:
+            bad("final_learning_rate_fraction", "must be in [0, 1]")
+        if not self.weight_decay >= 0:
+            bad("weight_decay", "must be >= 0")
+        for field in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                bad(field, "must be in [0, 1)")
+        if not self.clip_norm > 0:
+            bad("clip_norm", "must be > 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            bad("val_fraction", "must be in [0, 1)")
+        if not 0.0 <= self.teacher_forcing <= 1.0:
+            bad("teacher_forcing", "must be a probability in [0, 1]")
+        if self.teacher_forcing_schedule not in TEACHER_FORCING_SCHEDULES:
+            bad("teacher_forcing_schedule", f"allowed: {', '.join(TEACHER_FORCING_SCHEDULES)}")
+        if self.batching not in BATCHINGS:
+            bad("batching", f"allowed: {', '.join(BATCHINGS)}")
+        if not isinstance(self.seed, int):
+            bad("seed", "must be an integer")
+
+    @property
+    def plain_teacher_forcing(self) -> bool:
+        """True when every step feeds the truth: the train step then uses the teacher-forced path."""
+        return self.teacher_forcing == 1.0 and self.teacher_forcing_schedule == "constant"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedules and optimizer
+# ---------------------------------------------------------------------------------------------
+
+
+def learning_rate_at(config: TrainConfig, step: Array, horizon: Array) -> Array:
+    """Linear warmup to ``learning_rate``, then cosine decay to the final fraction at ``horizon``.
+
+    Equals ``optax.warmup_cosine_decay_schedule(0, lr, warmup, horizon, end)`` but takes the
+    horizon as an array, so a time-bounded run can re-estimate it without recompiling."""
+    step = jnp.asarray(step, jnp.float32)
+    horizon = jnp.asarray(horizon, jnp.float32)
+    peak = config.learning_rate
+    end = peak * config.final_learning_rate_fraction
+    warmup = float(config.warmup_steps)
+    warm = peak * step / max(warmup, 1.0)
+    progress = jnp.clip((step - warmup) / jnp.maximum(horizon - warmup, 1.0), 0.0, 1.0)
+    decayed = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    return jnp.where(step < warmup, warm, decayed)
+
+
+def teacher_forcing_at(config: TrainConfig, step: Array, horizon: Array) -> Array:
+    """Probability of feeding the truth at ``step`` (Bengio et al. 2015).
+
+    ``constant``: ``p``. ``linear``: from 1 down to ``p`` at ``horizon``. ``inverse-sigmoid``:
+    ``p + (1 - p) * k / (k + exp(step / k))`` with ``k`` chosen so the midpoint falls at half the
+    horizon. ``p`` is ``config.teacher_forcing``."""
+    floor = config.teacher_forcing
+    step = jnp.asarray(step, jnp.float32)
+    horizon = jnp.maximum(jnp.asarray(horizon, jnp.float32), 8.0)
+    if config.teacher_forcing_schedule == "constant":
+        return jnp.asarray(floor, jnp.float32)
+    if config.teacher_forcing_schedule == "linear":
+        return jnp.maximum(floor, 1.0 - (1.0 - floor) * step / horizon)
+    # k log k = horizon / 2, solved by fixed-point iteration (converges for k > e).
+    half = horizon / 2.0
+    k = jnp.maximum(half / jnp.log(half), jnp.e)
+    for _ in range(30):
+        k = jnp.maximum(half / jnp.log(k), jnp.e)
+    return floor + (1.0 - floor) * k / (k + jnp.exp(jnp.minimum(step / k, 80.0)))
+
+
+def _decay_mask(params):
+    # Weight decay on matrices only (kernels, embeddings), not on biases: the nanoGPT convention.
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    """``clip_by_global_norm -> adamw`` with an injectable learning rate (set by the train step)."""
+    return optax.chain(
+        optax.clip_by_global_norm(config.clip_norm),
+        # mask is a function of the parameters, not a schedule: it must stay a static argument.
+        optax.inject_hyperparams(optax.adamw, static_args=("mask",))(
+            learning_rate=config.learning_rate, b1=config.beta1, b2=config.beta2,
+            weight_decay=config.weight_decay, mask=_decay_mask,
+        ),
+    )
+
+
+def _with_learning_rate(opt_state, learning_rate: Array):
+    clip_state, adam_state = opt_state
+    hyperparams = dict(adam_state.hyperparams, learning_rate=learning_rate)
+    return (clip_state, adam_state._replace(hyperparams=hyperparams))
+
+
+# ---------------------------------------------------------------------------------------------
+# State and steps
+# ---------------------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything that changes during training (all arrays, so it jits, donates and checkpoints).
+
+    Attributes:
+      step: ``()`` int32, optimizer steps taken.
+      params: ``nnx.State`` of the model's ``nnx.Param`` variables.
+      model_state: ``nnx.State`` of the other variables (the dropout RNG stream).
+      opt_state: the optax state.
+      carry: the training lanes' carry, one ``(batch_size, h)`` leaf per cell state.
+      key: ``(2,)`` uint32 raw PRNG key data for scheduled sampling.
+      horizon: ``()`` int32, the step at which the learning rate (and teacher forcing) schedule ends.
+    """
+
+    step: Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    carry: Any
+    key: Array
+    horizon: Array
+
+    def replace(self, **changes) -> "TrainState":
+        return dataclasses.replace(self, **changes)
+
+
+def split_model(model) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """``model`` -> ``(graphdef, params, other state)``, in training mode."""
+    model.train()
+    return nnx.split(model, nnx.Param, ...)
+
+
+def eval_graphdef(model) -> nnx.GraphDef:
+    """The graph of ``model`` in eval mode (dropout off), without touching ``model`` itself."""
+    return nnx.graphdef(nnx.view(model, deterministic=True))
+
+
+def init_train_state(model, tx: optax.GradientTransformation, config: TrainConfig, *,
+                     horizon: int | None = None) -> tuple[nnx.GraphDef, TrainState]:
+    """Split ``model`` and build the initial :class:`TrainState` (zero carry, step 0)."""
+    graphdef, params, model_state = split_model(model)
+    key = jax.random.key_data(jax.random.key(config.seed + 1))
+    horizon = horizon or config.steps or 10**9
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        # Copies: a cell may hand out one zeros array for several carry leaves, and a donated
+        # state must not hold the same buffer twice.
+        carry=jax.tree.map(lambda leaf: jnp.array(leaf, copy=True),
+                           model.init_carry(config.batch_size)),
+        key=key,
+        horizon=jnp.asarray(horizon, jnp.int32),
+    )
+    return graphdef, state
+
+
+def reset_carry(carry, reset: Array):
+    """Zero the carry of the rows where ``reset`` ``(b,)`` is True."""
+    def zero_rows(leaf):
+        keep = jnp.logical_not(reset).reshape((-1,) + (1,) * (leaf.ndim - 1))
+        return jnp.where(keep, leaf, jnp.zeros_like(leaf))
+
+    return jax.tree.map(zero_rows, carry)
+
+
+def _as_model_input(values: Array) -> Array:
+    # Token ids travel in the data's smallest dtype (uint8, ...) and widen on the device.
+    if jnp.issubdtype(values.dtype, jnp.integer):
+        return values.astype(jnp.int32)
+    return values.astype(jnp.float32)
+
+
+def masked_nll(model, outputs, targets: Array, mask: Array | None) -> tuple[Array, Array]:
+    """``(sum of -log_prob over weighted elements, sum of weights)``."""
+    log_prob = model.head.log_prob(outputs, targets)
+    if mask is None:
+        return -jnp.sum(log_prob), jnp.asarray(log_prob.size, jnp.float32)
+    mask = mask.astype(jnp.float32)
+    # where, not multiply: a padded element's log_prob may be -inf or NaN and must not leak.
+    return -jnp.sum(jnp.where(mask > 0, log_prob * mask, 0.0)), jnp.sum(mask)
+
+
+def make_loss_fn(graphdef: nnx.GraphDef, config: TrainConfig) -> Callable:
+    """``loss_fn(params, model_state, carry, batch, key, teacher_probability)`` ->
+    ``(loss, (carry, model_state, weight))``: the masked mean NLL of one batch.
+
+    With plain teacher forcing (``config.plain_teacher_forcing``) it runs ``model(inputs, carry)``;
+    otherwise :func:`seqmodel.feed.rollout` with a Bernoulli(``teacher_probability``) feed mask."""
+    plain = config.plain_teacher_forcing
+
+    def loss_fn(params, model_state, carry, batch: Batch, key, teacher_probability):
+        model = nnx.merge(graphdef, params, model_state)
+        inputs, targets = _as_model_input(batch.inputs), _as_model_input(batch.targets)
+        if plain:
+            outputs, carry = model(inputs, carry)
+        else:
+            mask_key, rollout_key = jax.random.split(key)
+            teacher_mask = jax.random.bernoulli(mask_key, teacher_probability, inputs.shape[:2])
+            outputs, carry, _ = rollout(model, inputs, teacher_mask, key=rollout_key, carry=carry)
+        total, weight = masked_nll(model, outputs, targets, batch.mask)
+        _, _, model_state = nnx.split(model, nnx.Param, ...)
+        return total / jnp.maximum(weight, 1.0), (carry, model_state, weight)
+
+    return loss_fn
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    config: TrainConfig, *, jit: bool = True, **jit_options) -> Callable:
+    """Build ``train_step(state, batch) -> (state, metrics)``.
+
+    One optimizer step on one :class:`~seqmodel.data.Batch` ``(b, t[, d])``: reset the carry of
+    rows with ``batch.reset``, loss and gradients, learning rate from the schedule, clipped AdamW
+    update. ``metrics`` holds ``()`` arrays: ``loss`` (nats per element), ``grad_norm`` (before
+    clipping), ``learning_rate``, ``teacher_forcing``, ``elements`` (weighted element count).
+
+    With ``jit=True`` the step is ``jax.jit(..., donate_argnums=0, **jit_options)``:
+    ``jit_options`` may carry ``in_shardings`` / ``out_shardings`` for data parallelism.
+
+    Example::
+
+        step = make_train_step(graphdef, tx, config)
+        state, metrics = step(state, batch)
+    """
+    loss_fn = make_loss_fn(graphdef, config)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, batch: Batch):
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        teacher_probability = teacher_forcing_at(config, state.step, state.horizon)
+        carry = reset_carry(state.carry, jnp.asarray(batch.reset))
+        (loss, (carry, model_state, weight)), grads = grad_fn(
+            state.params, state.model_state, carry, batch, step_key, teacher_probability
+        )
+        learning_rate = learning_rate_at(config, state.step, state.horizon)
+        opt_state = _with_learning_rate(state.opt_state, learning_rate)
+        updates, opt_state = tx.update(grads, opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": loss,
+            "grad_norm": optax.global_norm(grads),
+            "learning_rate": learning_rate,
+            "teacher_forcing": teacher_probability,
+            "elements": weight,
+        }
+        new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                                  opt_state=opt_state, carry=jax.lax.stop_gradient(carry))
+        return new_state, metrics
+
+    if not jit:
+        return train_step
+    return jax.jit(train_step, donate_argnums=0, **jit_options)
+
+
+# Fields of TrainConfig that the compiled step does not read: runs that differ only in these
+# share one compiled step (tests and repeated fits in one process compile once).
+_STEP_NEUTRAL = dict(batch_size=1, seq_len=1, steps=None, max_time=None, eval_every=None,
+                     eval_batch_size=1, eval_seq_len=1, val_fraction=0.0, batching="lanes", seed=0,
+                     log_every=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_train_step(graphdef: nnx.GraphDef, config: TrainConfig):
+    tx = make_optimizer(config)
+    return tx, make_train_step(graphdef, tx, config)
+
+
+def shared_train_step(graphdef: nnx.GraphDef, config: TrainConfig):
+    """``(tx, jitted train step)`` for ``config``, shared by every run with the same model graph
+    and the same optimizer and schedule settings."""
+    return _cached_train_step(graphdef, dataclasses.replace(config, **_STEP_NEUTRAL))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------------
+
+
+@jax.jit(static_argnums=0)
+def _eval_batch(graphdef, params, model_state, carry, batch: Batch):
+    model = nnx.merge(graphdef, params, model_state)
+    carry = reset_carry(carry, batch.reset)
+    outputs, carry = model(_as_model_input(batch.inputs), carry)
+    total, weight = masked_nll(model, outputs, _as_model_input(batch.targets), batch.mask)
+    return carry, total, weight
+
+
+class EvalResult(NamedTuple):
+    """``loss``: mean NLL in nats per element; ``bits``: the same in bits (bits per character for
+    text); ``elements``: how many targets were scored."""
+
+    loss: float
+    bits: float
+    elements: int
+
+
+def evaluate(model, batches: Iterable[Batch], *, graphdef: nnx.GraphDef | None = None,
+             params=None, model_state=None) -> EvalResult:
+    """Exact NLL over ``batches`` (e.g. ``dataset.validation_batches(...)``), in eval mode.
+
+    The carry starts at zero and is passed from batch to batch (rows with ``reset`` start anew);
+    it belongs to this call only, so evaluating never touches a training run's carry. Give either
+    ``model`` or, inside training, its eval ``graphdef`` with ``params`` / ``model_state``.
+
+    Example::
+
+        result = evaluate(model, dataset.validation_batches(batch_size=32, seq_len=256))
+        result.loss, result.bits
+    """
+    if graphdef is None:
+        graphdef = eval_graphdef(model)
+        _, params, model_state = nnx.split(model, nnx.Param, ...)
+    total, weight, carry = 0.0, 0.0, None
+    for batch in batches:
+        if carry is None:
+            carry = nnx.merge(graphdef, params, model_state).init_carry(batch.reset.shape[0])
+        carry, batch_total, batch_weight = _eval_batch(graphdef, params, model_state, carry, batch)
+        total, weight = total + batch_total, weight + batch_weight
+    if carry is None:
+        return EvalResult(float("nan"), float("nan"), 0)
+    total, weight = float(total), float(weight)
+    loss = total / max(weight, 1.0)
+    return EvalResult(loss, loss / math.log(2.0), int(round(weight)))
+
+
+# ---------------------------------------------------------------------------------------------
+# fit
+# ---------------------------------------------------------------------------------------------
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns. Losses are nats per element; ``val_bits`` is bits per element
+    (per character for text). ``checkpoint`` is the run's latest checkpoint folder or None."""
+
+    state: TrainState
+    steps: int
+    tokens: int
+    train_seconds: float
+    tokens_per_second: float
+    train_loss: float
+    val_loss: float | None
+    val_bits: float | None
+    best_val_loss: float | None
+    checkpoint: str | None
+    interrupted: bool
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a request to stop after the current step (the state buffers
+    are donated to the step in flight, so raising in the middle of it would lose them); a second
+    Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _Clock:
+    """Wall time of the run, the deadline, and the step-time estimate behind the horizon."""
+
+    now = staticmethod(time.perf_counter)  # replaceable in tests
+
+    def __init__(self, max_time: float | None, elapsed_before: float):
+        self.start = self.now() - elapsed_before
+        self.max_time = max_time
+        self.seconds_per_step: float | None = None
+        self.eval_seconds: float | None = None
+
+    def elapsed(self) -> float:
+        return self.now() - self.start
+
+    def record_steps(self, steps: int, seconds: float) -> None:
+        if steps <= 0 or seconds <= 0:
+            return
+        rate = seconds / steps
+        # Averaged so that one slow interval (another process on the machine) does not swing it.
+        self.seconds_per_step = rate if self.seconds_per_step is None else (
+            0.7 * self.seconds_per_step + 0.3 * rate)
+
+    def reserve(self, estimated_eval: float) -> float:
+        """Seconds kept for the final evaluation and checkpoint."""
+        return (self.eval_seconds if self.eval_seconds is not None else estimated_eval) + 1.0
+
+    def out_of_time(self, estimated_eval: float) -> bool:
+        if self.max_time is None:
+            return False
+        next_step = self.seconds_per_step or 0.0
+        return self.elapsed() + next_step + self.reserve(estimated_eval) >= self.max_time
+
+    def estimated_total_steps(self, step: int, estimated_eval: float) -> int | None:
+        if self.max_time is None or self.seconds_per_step is None:
+            return None
+        remaining = self.max_time - self.elapsed() - self.reserve(estimated_eval)
+        return step + max(int(remaining / self.seconds_per_step), 1)
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | None = None,
+        resume: bool = False, progress: bool = True,
+        callback: Callable[[int, dict], bool | None] | None = None,
+        run_metadata: dict | None = None) -> FitResult:
+    """Train ``model`` on ``dataset`` (see :class:`seqmodel.data.Dataset`) as ``config`` says.
+
+    Every ``config.eval_every`` steps and at the end: exact validation NLL, then the checkpoints
+    ``out_dir/latest`` and (when validation improved) ``out_dir/best``. ``out_dir`` also receives
+    ``metrics.jsonl`` (one JSON object per log interval or evaluation) and ``loss.png``.
+    ``resume=True`` continues from ``out_dir/latest`` exactly: parameters, optimizer state, step,
+    schedule, carry, RNG and data position.
+
+    Ctrl-C stops after the current step, saves ``latest`` and returns with ``interrupted=True``.
+    A non-finite loss raises :class:`TrainingError` without saving, so the checkpoints on disk
+    stay the last good ones. ``callback(step, metrics)`` runs at each log interval; returning True
+    stops the run as Ctrl-C does. ``model`` ends up holding the trained parameters.
+
+    Example::
+
+        result = fit(model, load_dataset("tinyshakespeare"), TrainConfig(max_time=110),
+                     out_dir="runs/shakespeare")
+    """
+    from seqmodel import checkpoint as checkpoint_module  # keeps orbax off the import path
+
+    if config.steps is None and config.max_time is None:
+        raise ValueError("TrainConfig needs steps or max_time (or both) to know when to stop")
+    out_path = pathlib.Path(out_dir) if out_dir is not None else None
+    graphdef = split_model(model)[0]
+    tx, train_step = shared_train_step(graphdef, config)
+    graphdef, state = init_train_state(model, tx, config)
+    evaluation_graph = eval_graphdef(model)
+    position, elapsed_before, best_val, tokens_before = None, 0.0, None, 0
+    if resume:
+        if out_path is None:
+            raise ValueError("resume=True needs out_dir")
+        state, saved = checkpoint_module.restore_train_state(out_path, state, model.config)
+        position = saved.get("data_position")
+        elapsed_before = float(saved.get("train_seconds", 0.0))
+        best_val = saved.get("best_val_loss")
+        tokens_before = int(saved.get("tokens", 0))
+        if config.steps is not None:
+            state = state.replace(horizon=jnp.asarray(config.steps, jnp.int32))
+
+    batches = dataset.train_batches(batch_size=config.batch_size, seq_len=config.seq_len,
+                                    batching=config.batching, seed=config.seed, position=position)
+    val_batches = dataset.validation_batches(batch_size=config.eval_batch_size,
+                                             seq_len=config.eval_seq_len)
+    val_batches = [jax.device_put(batch) for batch in val_batches]
+    unit = getattr(dataset, "bits_per_unit", None)
+    clock = _Clock(config.max_time, elapsed_before)
+    # Before any evaluation has been timed: a forward pass costs about a third of a train step.
+    val_elements = sum(int(np.prod(batch.inputs.shape[:2])) for batch in val_batches)
+    elements_per_step = config.batch_size * config.seq_len
+
+    def estimated_eval_seconds() -> float:
+        per_step = clock.seconds_per_step or 0.05
+        return 2.0 + per_step * val_elements / elements_per_step / 3.0
+
+    metrics_file = None
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
+        metrics_file = open(out_path / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")
+    saver = checkpoint_module.RunCheckpoints(out_path) if out_path is not None else None
+
+    step = int(state.step)
+    tokens = tokens_before
+    train_loss = float("nan")
+    last_val: EvalResult | None = None
+    last_saved_step: int | None = step if resume else None
+    interrupted = False
+
+    def write(record: dict) -> None:
+        if metrics_file is not None:
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+    def metadata_for_save() -> dict:
+        return {
+            **(run_metadata or {}),
+            "model_config": model.config.to_dict(),
+            "train_config": config.to_dict(),
+            "data": dataset.metadata(),
+            "data_position": batches.position,
+            "step": step,
+            "tokens": tokens,
+            "train_seconds": clock.elapsed(),
+            "val_loss": None if last_val is None else last_val.loss,
+            "best_val_loss": best_val,
+        }
+
+    def run_evaluation() -> EvalResult:
+        started = time.perf_counter()
+        result = evaluate(None, val_batches, graphdef=evaluation_graph, params=state.params,
+                          model_state=state.model_state)
+        clock.eval_seconds = time.perf_counter() - started
+        record = {"step": step, "val_loss": result.loss, "elapsed": round(clock.elapsed(), 3)}
+        if unit:
+            record[f"val_bits_per_{unit}"] = result.bits
+        write(record)
+        return result
+
+    def save(val: EvalResult | None) -> None:
+        nonlocal best_val, last_saved_step
+        if saver is None:
+            return
+        improved = val is not None and _finite(val.loss) and (best_val is None or val.loss < best_val)
+        if improved:
+            best_val = val.loss
+        metadata = metadata_for_save()
+        saver.save(step, state, metadata, best=improved)
+        last_saved_step = step
+
+    def diverged(value: float, at_step: int) -> TrainingError:
+        kept = (f"the last good checkpoint (step {last_saved_step}) is in {out_path}"
+                if last_saved_step is not None and out_path is not None else "no checkpoint was written")
+        return TrainingError(f"training stopped: the loss became {value} at step {at_step}; {kept}. "
+                             f"Lower --lr or --clip-norm, or check the data")
+
+    pending: list[tuple[int, dict]] = []
+    interval_start, interval_steps, first_interval = time.perf_counter(), 0, True
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=int(state.horizon) if config.steps else None, initial=step,
+                   unit="step", dynamic_ncols=True, leave=True)
+
+    def flush() -> dict | None:
+        """Fetch pending metrics, check them, log them; returns the last interval's summary."""
+        nonlocal pending, tokens, train_loss, interval_start, interval_steps, first_interval, state
+        if not pending:
+            return None
+        fetched = jax.device_get([metrics for _, metrics in pending])
+        steps_done = [s for s, _ in pending]
+        pending = []
+        now = time.perf_counter()
+        seconds = now - interval_start
+        for at_step, metrics in zip(steps_done, fetched):
+            if not math.isfinite(float(metrics["loss"])):
+                raise diverged(float(metrics["loss"]), at_step)
+        elements = sum(float(m["elements"]) for m in fetched)
+        tokens += int(round(elements))
+        if not first_interval:  # the first interval holds the compile
+            clock.record_steps(interval_steps, seconds)
+        first_interval = False
+        last = {k: float(v) for k, v in fetched[-1].items()}
+        train_loss = float(np.mean([float(m["loss"]) for m in fetched]))
+        summary = {"step": steps_done[-1], "loss": train_loss,
+                   "learning_rate": last["learning_rate"], "grad_norm": last["grad_norm"],
+                   "tokens_per_second": elements / seconds if seconds > 0 else None,
+                   "elapsed": round(clock.elapsed(), 3)}
+        if not config.plain_teacher_forcing:
+            summary["teacher_forcing"] = last["teacher_forcing"]
+        write(summary)
+        interval_start, interval_steps = now, 0
+        # A time-bounded run re-estimates where its schedule ends from the measured speed.
+        if config.steps is None:
+            total = clock.estimated_total_steps(step, estimated_eval_seconds())
+            if total is not None:
+                state = state.replace(horizon=jnp.asarray(total, jnp.int32))
+                if bar is not None:
+                    bar.total = total
+        if bar is not None:
+            bar.set_postfix(loss=f"{train_loss:.3f}",
+                            tok_s=f"{summary['tokens_per_second'] or 0:,.0f}", refresh=False)
+        return summary
+
+    try:
+        with _StopRequest() as stop:
+            while True:
+                if config.steps is not None and step >= config.steps:
+                    break
+                if clock.out_of_time(estimated_eval_seconds()) or stop.requested:
+                    interrupted = stop.requested
+                    break
+                batch = next(batches)
+                state, metrics = train_step(state, batch)
+                step += 1
+                interval_steps += 1
+                pending.append((step, metrics))
+                if bar is not None:
+                    bar.update(1)
+                at_eval = config.eval_every is not None and step % config.eval_every == 0
+                if step % config.log_every == 0 or at_eval:
+                    summary = flush()
+                    if callback is not None and callback(step, summary):
+                        stop.requested = True
+                if at_eval and not (config.steps is not None and step >= config.steps):
+                    last_val = run_evaluation() if val_batches else None
+                    save(last_val)
+                    interval_start = time.perf_counter()  # keep evaluation out of step timing
+                    if bar is not None and last_val is not None:
+                        bar.write(f"step {step}: val_loss {last_val.loss:.4f}")
+            flush()
+            if not interrupted:
+                last_val = run_evaluation() if val_batches else None
+            save(last_val if not interrupted else None)
+    finally:
+        if bar is not None:
+            bar.close()
+        if metrics_file is not None:
+            metrics_file.close()
+        if saver is not None:
+            saver.close()
+
+    nnx.update(model, state.params, state.model_state)
+    train_seconds = clock.elapsed()
+    if out_path is not None:
+        plot_losses(out_path / "metrics.jsonl", out_path / "loss.png")
+    return FitResult(
+        state=state,
+        steps=step,
+        tokens=tokens,
+        train_seconds=train_seconds,
+        tokens_per_second=(tokens - tokens_before) / max(train_seconds - elapsed_before, 1e-9),
+        train_loss=train_loss,
+        val_loss=None if last_val is None else last_val.loss,
+        val_bits=None if last_val is None else last_val.bits,
+        best_val_loss=best_val,
+        checkpoint=None if saver is None else str(saver.latest_path()),
+        interrupted=interrupted,
+    )
+
+
+def plot_losses(metrics_path: str | os.PathLike, image_path: str | os.PathLike) -> bool:
+    """Draw train and validation loss against steps from ``metrics.jsonl`` into a PNG.
+
+    Returns False (and draws nothing) when matplotlib is not installed or there is nothing to draw."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    train, val = [], []
+    with open(metrics_path, encoding="utf-8") as handle:
+        for line in handle:
+            record = json.loads(line)
+            if "loss" in record:
+                train.append((record["step"], record["loss"]))
+            if "val_loss" in record:
+                val.append((record["step"], record["val_loss"]))
+    if not train and not val:
+        return False
+    figure, axes = plt.subplots(figsize=(7, 4))
+    if train:
+        axes.plot(*zip(*train), label="train")
+    if val:
+        axes.plot(*zip(*val), "o-", label="validation")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (nats per element)")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(image_path, dpi=100)
+    plt.close(figure)
+    return True
