@@ -303,16 +303,15 @@ def masked_nll(model, outputs, targets: Array, mask: Array | None) -> tuple[Arra
     return -jnp.sum(jnp.where(mask > 0, log_prob * mask, 0.0)), jnp.sum(mask)
 
 
-def make_loss_fn(graphdef: nnx.GraphDef, config: TrainConfig) -> Callable:
-    """``loss_fn(params, model_state, carry, batch, key, teacher_probability)`` ->
-    ``(loss, (carry, model_state, weight))``: the masked mean NLL of one batch.
+def make_loss_fn(config: TrainConfig) -> Callable:
+    """``loss_fn(model, carry, batch, key, teacher_probability) -> (loss, (carry, weight))``:
+    the masked mean NLL of one batch, differentiable with ``nnx.value_and_grad``.
 
     With plain teacher forcing (``config.plain_teacher_forcing``) it runs ``model(inputs, carry)``;
     otherwise :func:`seqmodel.feed.rollout` with a Bernoulli(``teacher_probability``) feed mask."""
     plain = config.plain_teacher_forcing
 
-    def loss_fn(params, model_state, carry, batch: Batch, key, teacher_probability):
-        model = nnx.merge(graphdef, params, model_state)
+    def loss_fn(model, carry, batch: Batch, key, teacher_probability):
         inputs, targets = _as_model_input(batch.inputs), _as_model_input(batch.targets)
         if plain:
             outputs, carry = model(inputs, carry)
@@ -321,8 +320,7 @@ def make_loss_fn(graphdef: nnx.GraphDef, config: TrainConfig) -> Callable:
             teacher_mask = jax.random.bernoulli(mask_key, teacher_probability, inputs.shape[:2])
             outputs, carry, _ = rollout(model, inputs, teacher_mask, key=rollout_key, carry=carry)
         total, weight = masked_nll(model, outputs, targets, batch.mask)
-        _, _, model_state = nnx.split(model, nnx.Param, ...)
-        return total / jnp.maximum(weight, 1.0), (carry, model_state, weight)
+        return total / jnp.maximum(weight, 1.0), (carry, weight)
 
     return loss_fn
 
@@ -344,16 +342,18 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         step = make_train_step(graphdef, tx, config)
         state, metrics = step(state, batch)
     """
-    loss_fn = make_loss_fn(graphdef, config)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    # nnx.value_and_grad rather than jax's: the model's dropout RNG stream advances inside the
+    # differentiated function, which only an NNX transform can carry back out.
+    grad_fn = nnx.value_and_grad(make_loss_fn(config), argnums=nnx.DiffState(0, nnx.Param),
+                                 has_aux=True)
 
     def train_step(state: TrainState, batch: Batch):
         step_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         teacher_probability = teacher_forcing_at(config, state.step, state.horizon)
         carry = reset_carry(state.carry, jnp.asarray(batch.reset))
-        (loss, (carry, model_state, weight)), grads = grad_fn(
-            state.params, state.model_state, carry, batch, step_key, teacher_probability
-        )
+        model = nnx.merge(graphdef, state.params, state.model_state)
+        (loss, (carry, weight)), grads = grad_fn(model, carry, batch, step_key, teacher_probability)
+        _, _, model_state = nnx.split(model, nnx.Param, ...)
         learning_rate = learning_rate_at(config, state.step, state.horizon)
         opt_state = _with_learning_rate(state.opt_state, learning_rate)
         updates, opt_state = tx.update(grads, opt_state, state.params)

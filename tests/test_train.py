@@ -128,19 +128,20 @@ def test_plain_teacher_forcing_gives_exactly_the_teacher_forced_loss_and_gradien
     carry = model.init_carry(3)
     expected_loss, expected_grads = _teacher_forced_reference(model, batch, carry)
     config = TrainConfig(teacher_forcing=1.0)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    loss_fn = make_loss_fn(graphdef, config)
-    (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-        params, rest, carry, batch, jax.random.key(0), 1.0)
+
+    def loss_and_grads(config):
+        grad_fn = nnx.value_and_grad(make_loss_fn(config), argnums=nnx.DiffState(0, nnx.Param),
+                                     has_aux=True)
+        return nnx.jit(grad_fn)(model, carry, batch, jax.random.key(0), 1.0)
+
+    (loss, _), grads = loss_and_grads(config)
     assert float(loss) == float(expected_loss)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
         np.testing.assert_array_equal(got, want)
 
     # The feed-policy path with every step fed the truth computes the same numbers (to rounding).
-    scheduled = dataclasses.replace(config, teacher_forcing_schedule="linear")
-    loss_fn = make_loss_fn(graphdef, scheduled)
-    (loss, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(
-        params, rest, carry, batch, jax.random.key(0), 1.0)
+    (loss, _), grads = loss_and_grads(
+        dataclasses.replace(config, teacher_forcing_schedule="linear"))
     assert float(loss) == pytest.approx(float(expected_loss), abs=1e-5)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
         np.testing.assert_allclose(got, want, atol=1e-5)
@@ -148,11 +149,10 @@ def test_plain_teacher_forcing_gives_exactly_the_teacher_forced_loss_and_gradien
 
 def test_scheduled_sampling_changes_what_is_fed():
     model = tiny_model()
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     config = TrainConfig(teacher_forcing=0.0)
     batch = tiny_batch(t=12)
-    loss_fn = jax.jit(make_loss_fn(graphdef, config))
-    losses = [loss_fn(params, rest, model.init_carry(3), batch, jax.random.key(0), p)[0]
+    loss_fn = nnx.jit(make_loss_fn(config))
+    losses = [loss_fn(model, model.init_carry(3), batch, jax.random.key(0), p)[0]
               for p in (1.0, 0.0)]
     assert float(losses[0]) != pytest.approx(float(losses[1]), abs=1e-4)
 
