@@ -11,7 +11,9 @@ How a call runs (all of it inside one ``jax.jit``, cached per shape and static o
    from the head's output with the sampling controls (:mod:`seqmodel.sampling`) and feeds the
    sample back. The draw of step ``i`` uses ``fold_in(key, i)``: the same key gives the same
    samples however the loop is cut into chunks, which is what makes :func:`generate_stream` equal
-   to :func:`generate`.
+   to :func:`generate`. The noise of a whole run of steps (up to :data:`NOISE_BUDGET` elements)
+   is drawn in one vectorised call before its scan; inside the scan a step is the model step,
+   one add and an argmax.
 3. **Early stop.** With ``eos_id``, the scan runs in chunks of :data:`EARLY_STOP_CHUNK` steps inside
    a ``lax.while_loop`` that ends once every row has emitted ``eos_id``: no recompiling, at most one
    chunk of wasted steps. Without ``eos_id`` it is one plain scan over all steps.
@@ -293,9 +295,11 @@ def _run_chunk(model, table, state: _LoopState, key, start, temperature, top_p, 
         _, noise = scanned
         out, carry = model.step(state.x, state.carry, table=table)
         sample = sampling.sample_with_noise(head, noise, out, **controls).astype(state.x.dtype)
-        lengths = state.lengths + jnp.where(state.done, 0, 1)
-        done = (state.done | (sample == eos_id)) if use_eos else state.done
-        return _LoopState(carry, sample, done, lengths), (sample, out if return_scores else None)
+        if use_eos:
+            lengths = state.lengths + jnp.where(state.done, 0, 1)
+            state = state._replace(done=state.done | (sample == eos_id), lengths=lengths)
+        state = state._replace(carry=carry, x=sample)
+        return state, (sample, out if return_scores else None)
 
     def segment(state: _LoopState, first, length: int):
         indices = first + jnp.arange(length, dtype=jnp.int32)
@@ -326,7 +330,9 @@ def _run_chunk(model, table, state: _LoopState, key, start, temperature, top_p, 
             state, tail = segment(state, start + count * length, rest)
             records = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), records, tail)
     samples, scores = records
-    if use_eos:
+    if not use_eos:  # every row is still going: no per-step bookkeeping needed
+        state = state._replace(lengths=state.lengths + size)
+    else:
         # Padding is decided once per chunk: position i of a row is real when i < its length.
         indices = start + jnp.arange(size, dtype=jnp.int32)
         valid = indices[:, None] < state.lengths[None, :]  # (size, b)
