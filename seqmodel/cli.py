@@ -1,0 +1,581 @@
+"""The ``seqmodel`` command: ``train``, ``sample``, ``eval`` and ``bench``.
+
+The CLI only parses flags into configs and calls library functions. Every user error (missing
+file, empty corpus, bad flag value, unknown prompt characters, incompatible checkpoint) exits with
+status 2 and one line on stderr; a training run that diverges exits with status 1.
+
+Example::
+
+    seqmodel train                                    # python-stdlib, a few minutes, then a sample
+    seqmodel train --data tinyshakespeare --max-time 110 --out runs/shakespeare
+    seqmodel sample --checkpoint runs/shakespeare --prompt "ROMEO:" --steps 300
+    seqmodel eval --checkpoint runs/shakespeare --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+from typing import Any, Sequence
+
+# Defaults of `seqmodel train`, chosen so that the argument-free run (python-stdlib) learns
+# Python-looking text within a few minutes on 2 CPU cores, and `--data tinyshakespeare
+# --max-time 110` reaches a validation loss at or below 1.60 nats per character (see
+# benchmarks/bench_quality.py).
+TRAIN_DEFAULTS = {
+    "data": "python-stdlib",
+    "tokenizer": "char",
+    "cell": "lstm",
+    "hidden_size": 512,
+    "num_layers": 1,
+    "embed_size": 64,
+    "dropout": 0.0,
+    "head": None,
+    "num_mixtures": 5,
+    "batch_size": 32,
+    "seq_len": 128,
+    "steps": None,
+    "max_time": None,
+    "lr": 3e-3,
+    "warmup": 100,
+    "weight_decay": 0.01,
+    "clip_norm": 1.0,
+    "eval_every": 1000,
+    "val_fraction": 0.1,
+    "teacher_forcing": 1.0,
+    "teacher_forcing_schedule": "constant",
+    "batching": "lanes",
+    "seed": 0,
+}
+# With neither --steps nor --max-time, a run lasts this many seconds.
+DEFAULT_MAX_TIME = 180.0
+# Characters of the sample printed at the end of `seqmodel train`.
+TRAIN_SAMPLE_STEPS = 600
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+# Flags of `train` that --resume may change; every other explicit flag must match the checkpoint.
+RESUMABLE_OVERRIDES = ("steps", "max_time", "eval_every")
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (and exit status 2)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Flag types
+# ---------------------------------------------------------------------------------------------
+
+
+def _number(kind, *, low=None, high=None, low_open=False, what=""):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'>' if low_open else '>='} {low}{what}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be <= {high}{what}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, low=1)
+non_negative_int = _number(int, low=0)
+positive_float = _number(float, low=0, low_open=True)
+non_negative_float = _number(float, low=0)
+probability = _number(float, low=0, high=1)
+
+
+def _fraction(text: str) -> float:
+    value = _number(float, low=0)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be in [0, 1)")
+    return value
+
+
+def _dropout(text: str) -> float:
+    return _fraction(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------------------------
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``seqmodel train``; their defaults are None so that explicit flags can be told
+    apart (see :data:`TRAIN_DEFAULTS` for the values used when a flag is absent)."""
+    from seqmodel.cells import CELLS
+    from seqmodel.data import BATCHINGS, TOKENIZERS
+    from seqmodel.heads import HEADS
+    from seqmodel.train import TEACHER_FORCING_SCHEDULES
+
+    d = TRAIN_DEFAULTS
+    add = parser.add_argument
+    add("--data", metavar="SOURCE", help=f"text file, .csv/.npy file or built-in: python-stdlib "
+        f"(default), tinyshakespeare, sine, bimodal, binary-patterns")
+    add("--out", metavar="DIR", help="run folder for checkpoints, metrics.jsonl and loss.png "
+        "(default: runs/<data name>, numbered when it exists)")
+    add("--tokenizer", choices=TOKENIZERS, help=f"text: one symbol per character or per byte "
+        f"(default {d['tokenizer']})")
+    add("--cell", choices=sorted(CELLS), help=f"recurrent cell (default {d['cell']})")
+    add("--hidden-size", type=positive_int, metavar="N", help=f"default {d['hidden_size']}")
+    add("--num-layers", type=positive_int, metavar="N", help=f"default {d['num_layers']}")
+    add("--embed-size", type=positive_int, metavar="N", help=f"default {d['embed_size']}")
+    add("--dropout", type=_dropout, metavar="P", help=f"between layers (default {d['dropout']})")
+    add("--head", choices=HEADS, help="output distribution (default: categorical for text, "
+        "gaussian for real values, bernoulli for 0/1 data)")
+    add("--num-mixtures", type=positive_int, metavar="K", help="components of --head mdn "
+        f"(default {d['num_mixtures']})")
+    add("--batch-size", type=positive_int, metavar="N", help=f"default {d['batch_size']}")
+    add("--seq-len", type=positive_int, metavar="N", help="steps of backpropagation through "
+        f"time (default {d['seq_len']})")
+    add("--steps", type=positive_int, metavar="N", help="optimizer steps (default: as many as "
+        "--max-time allows)")
+    add("--max-time", type=positive_float, metavar="SECONDS", help="wall-time bound of the whole "
+        f"run, evaluation included (default {DEFAULT_MAX_TIME:.0f} when --steps is not given)")
+    add("--lr", type=positive_float, metavar="F", help=f"peak learning rate (default {d['lr']})")
+    add("--warmup", type=non_negative_int, metavar="N", help=f"warmup steps (default {d['warmup']})")
+    add("--weight-decay", type=non_negative_float, metavar="F",
+        help=f"AdamW decay of weight matrices (default {d['weight_decay']})")
+    add("--clip-norm", type=positive_float, metavar="F",
+        help=f"global gradient-norm clip (default {d['clip_norm']})")
+    add("--eval-every", type=positive_int, metavar="N", help="evaluate and checkpoint every N "
+        f"steps, and at the end (default {d['eval_every']})")
+    add("--val-fraction", type=_fraction, metavar="F", help="last fraction of the data kept for "
+        f"validation (default {d['val_fraction']})")
+    add("--teacher-forcing", type=probability, metavar="P", help="probability of feeding the truth "
+        "(the floor of a decaying schedule); 1.0 is plain teacher forcing (default)")
+    add("--teacher-forcing-schedule", choices=TEACHER_FORCING_SCHEDULES,
+        help="scheduled sampling (Bengio et al. 2015): constant (default), linear, inverse-sigmoid")
+    add("--batching", choices=BATCHINGS, help="lanes: contiguous lanes, carry passed on (default); "
+        "random: random windows from a zero carry")
+    add("--seed", type=int, metavar="N", help=f"default {d['seed']}")
+    add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add("--json", action="store_true", help="print one final JSON line (and nothing else on stdout)")
+    add("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--checkpoint", required=True, metavar="DIR", help="run folder (best checkpoint, else latest)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", metavar="TEXT", help="text to continue (default: a newline)")
+    prompt.add_argument("--prompt-file", metavar="FILE", help="UTF-8 file whose text to continue")
+    add("--steps", type=positive_int, default=500, metavar="N", help="new elements (default 500)")
+    add("--num-samples", type=positive_int, default=1, metavar="N", help="continuations (default 1)")
+    add("--temperature", type=non_negative_float, default=1.0, metavar="T",
+        help="divides the logits; 0 is greedy (default 1.0)")
+    add("--top-k", type=positive_int, metavar="K", help="sample among the K most likely tokens")
+    add("--top-p", type=_number(float, low=0, low_open=True, high=1), metavar="P",
+        help="sample within the nucleus of probability P")
+    add("--greedy", action="store_true", help="always take the most likely token")
+    add("--stop", metavar="TEXT", help="end each continuation after the first TEXT")
+    add("--seed", type=int, default=0, metavar="N", help="same seed, same text (default 0)")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--checkpoint", required=True, metavar="DIR", help="run folder (best checkpoint, else latest)")
+    add("--data", metavar="SOURCE", help="data to evaluate (default: the training data's "
+        "validation part)")
+    add("--json", action="store_true", help='print {"val_loss": ..., "bpc": ...} as one JSON line')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="seqmodel", description="Autoregressive recurrent sequence models in JAX.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    add_train_arguments(commands.add_parser("train", help="train a model (default: python-stdlib)"))
+    add_sample_arguments(commands.add_parser("sample", help="continue a prompt from a checkpoint"))
+    add_eval_arguments(commands.add_parser("eval", help="validation loss of a checkpoint"))
+    bench = commands.add_parser("bench", help="train-step and generation speed (seqmodel.benchmarking)",
+                                add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+
+def _say(args, *lines: str) -> None:
+    """Human-readable output: stdout, or stderr when --json keeps stdout for the JSON line."""
+    stream = sys.stderr if getattr(args, "json", False) else sys.stdout
+    for line in lines:
+        print(line, file=stream, flush=True)
+
+
+def _default_out(name: str) -> pathlib.Path:
+    stem = pathlib.Path(name).stem if os.sep in name or "." in name else name
+    base = pathlib.Path("runs") / stem
+    if not base.exists():
+        return base
+    number = 2
+    while (base.parent / f"{base.name}-{number}").exists():
+        number += 1
+    return base.parent / f"{base.name}-{number}"
+
+
+def _holds_run(folder: pathlib.Path) -> bool:
+    return any((folder / kind).is_dir() and any((folder / kind).iterdir()) for kind in ("latest", "best"))
+
+
+MODEL_FLAGS = {"cell": "cell", "hidden_size": "hidden_size", "num_layers": "num_layers",
+               "embed_size": "embed_size", "dropout": "dropout", "head": "head",
+               "num_mixtures": "num_mixtures"}
+TRAIN_FLAGS = {"batch_size": "batch_size", "seq_len": "seq_len", "steps": "steps",
+               "max_time": "max_time", "lr": "learning_rate", "warmup": "warmup_steps",
+               "weight_decay": "weight_decay", "clip_norm": "clip_norm", "eval_every": "eval_every",
+               "val_fraction": "val_fraction", "teacher_forcing": "teacher_forcing",
+               "teacher_forcing_schedule": "teacher_forcing_schedule", "batching": "batching",
+               "seed": "seed"}
+
+
+def _flag(name: str) -> str:
+    return "--" + {"lr": "lr"}.get(name, name).replace("_", "-")
+
+
+def _resolve_resume(args, out: pathlib.Path):
+    """(model config dict, train config dict, data source, data metadata) of the run to resume,
+    with explicit flags checked against the checkpoint."""
+    from seqmodel import checkpoint
+
+    if not _holds_run(out):
+        raise UsageError(f"--resume: {str(out)!r} holds no checkpoint to resume; train without "
+                         f"--resume first, or give the run folder with --out")
+    metadata = checkpoint.read_metadata(out, prefer="latest")
+    model_values = dict(metadata["model_config"])
+    train_values = dict(metadata["train_config"])
+    conflicts = []
+    for flag, field in MODEL_FLAGS.items():
+        given = getattr(args, flag)
+        if given is not None and given != model_values.get(field):
+            conflicts.append(f"{_flag(flag)} {given} (checkpoint: {model_values.get(field)})")
+    for flag, field in TRAIN_FLAGS.items():
+        given = getattr(args, flag)
+        if given is None:
+            continue
+        if flag in RESUMABLE_OVERRIDES:
+            train_values[field] = given
+        elif given != train_values.get(field):
+            conflicts.append(f"{_flag(flag)} {given} (checkpoint: {train_values.get(field)})")
+    if conflicts:
+        raise UsageError(f"--resume: the checkpoint in {out} was trained with other settings: "
+                         f"{'; '.join(conflicts)}; drop these flags or use another --out")
+    source = args.data or metadata["data"].get("name")
+    return model_values, train_values, source, metadata["data"]
+
+
+def _train_configs(args, dataset):
+    from seqmodel.model import ModelConfig
+    from seqmodel.train import TrainConfig
+
+    def value(flag):
+        given = getattr(args, flag)
+        return TRAIN_DEFAULTS[flag] if given is None else given
+
+    fields = dict(dataset.model_fields())
+    if args.head is not None:
+        if hasattr(dataset, "check_head"):
+            dataset.check_head(args.head)
+        fields["head"] = args.head
+    elif "head" not in fields and getattr(dataset, "default_head", None):
+        fields["head"] = dataset.default_head
+    model_config = ModelConfig(
+        **fields, cell=value("cell"), hidden_size=value("hidden_size"),
+        num_layers=value("num_layers"), embed_size=value("embed_size"), dropout=value("dropout"),
+        num_mixtures=value("num_mixtures"),
+    )
+    steps, max_time = args.steps, args.max_time
+    if steps is None and max_time is None:
+        max_time = DEFAULT_MAX_TIME
+    train_config = TrainConfig(
+        batch_size=value("batch_size"), seq_len=value("seq_len"), steps=steps, max_time=max_time,
+        learning_rate=value("lr"), warmup_steps=value("warmup"),
+        weight_decay=value("weight_decay"), clip_norm=value("clip_norm"),
+        eval_every=value("eval_every"), val_fraction=value("val_fraction"),
+        teacher_forcing=value("teacher_forcing"),
+        teacher_forcing_schedule=value("teacher_forcing_schedule"), batching=value("batching"),
+        seed=value("seed"),
+    )
+    return model_config, train_config
+
+
+def _text_sample(model, tokenizer, *, key, steps: int, prompt: str, temperature: float = 1.0,
+                 top_k=None, top_p=None, greedy=False, num_samples: int = 1,
+                 stop: str | None = None) -> list[str]:
+    """Continuations of ``prompt`` as text (prompt not included)."""
+    import numpy as np
+
+    from seqmodel.generate import generate
+
+    ids = tokenizer.encode(prompt, what="prompt")
+    eos_id = None
+    if stop:
+        stop_ids = tokenizer.encode(stop, what="--stop text")
+        if len(stop_ids) == 1:
+            eos_id = int(stop_ids[0])  # a one-symbol stop also ends the compiled loop early
+    generation = generate(model, key=key, steps=steps, prompt=np.asarray(ids, np.int32)[None],
+                          num_samples=num_samples, temperature=temperature, top_k=top_k,
+                          top_p=top_p, greedy=greedy, eos_id=eos_id)
+    samples = np.asarray(generation.samples)
+    lengths = np.asarray(generation.lengths)
+    texts = []
+    for row, length in zip(samples, lengths):
+        text = tokenizer.decode(row[:length])
+        if stop and stop in text:
+            text = text[: text.index(stop) + len(stop)]
+        texts.append(text)
+    return texts
+
+
+def _default_prompt(tokenizer) -> str:
+    if tokenizer.kind == "byte" or "\n" in getattr(tokenizer, "vocabulary", ""):
+        return "\n"
+    return tokenizer.vocabulary[0]
+
+
+def cmd_train(args) -> int:
+    import jax
+    from flax import nnx
+
+    from seqmodel.data import load_dataset
+    from seqmodel.model import SequenceModel
+    from seqmodel.train import TrainConfig, TrainingError, fit
+
+    started = time.perf_counter()
+    out = pathlib.Path(args.out) if args.out else None
+    data_metadata = None
+    if args.resume:
+        out = out or pathlib.Path("runs") / (args.data or TRAIN_DEFAULTS["data"])
+        model_values, train_values, source, data_metadata = _resolve_resume(args, out)
+    else:
+        source = args.data or TRAIN_DEFAULTS["data"]
+        if out is None:
+            out = _default_out(source)
+        elif _holds_run(out):
+            raise UsageError(f"--out {str(out)!r} already holds a run; pass --resume to continue "
+                             f"it, or choose another --out")
+    val_fraction = args.val_fraction if args.val_fraction is not None else (
+        train_values["val_fraction"] if args.resume else TRAIN_DEFAULTS["val_fraction"])
+    tokenizer = args.tokenizer or TRAIN_DEFAULTS["tokenizer"]
+    dataset = load_dataset(source, val_fraction=val_fraction, tokenizer=tokenizer,
+                           metadata=data_metadata)
+    if args.resume:
+        from seqmodel.model import ModelConfig
+
+        model_config = ModelConfig.from_dict(model_values)
+        train_config = TrainConfig.from_dict(train_values)
+    else:
+        model_config, train_config = _train_configs(args, dataset)
+    model = SequenceModel(model_config, rngs=nnx.Rngs(train_config.seed))
+    units = getattr(dataset, "bits_per_unit", None)
+    limits = []
+    if train_config.steps:
+        limits.append(f"{train_config.steps} steps")
+    if train_config.max_time:
+        limits.append(f"{train_config.max_time:g} s")
+    _say(args, f"seqmodel: {'resuming' if args.resume else 'training'} {model_config.cell} "
+               f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
+               f"({_describe(dataset)}) for {' or '.join(limits)} on "
+               f"{jax.devices()[0].platform}; run folder {out}")
+    try:
+        result = fit(model, dataset, train_config, out_dir=out, resume=args.resume,
+                     progress=not args.no_progress,
+                     run_metadata={"source": source})
+    except TrainingError as error:
+        print(f"seqmodel train: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    summary: dict[str, Any] = {
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "train_seconds": round(result.train_seconds, 3),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "train_loss": _rounded(result.train_loss),
+        "val_loss": _rounded(result.val_loss),
+        "best_val_loss": _rounded(result.best_val_loss),
+        "checkpoint": str(out),
+        "interrupted": result.interrupted,
+    }
+    if units:
+        summary[f"val_bits_per_{units}"] = _rounded(result.val_bits)
+        if units == "char":
+            summary["bpc"] = _rounded(result.val_bits)
+    val_text = "n/a" if result.val_loss is None else f"{result.val_loss:.4f} nats/{units or 'element'}"
+    if result.interrupted:
+        _say(args, f"interrupted at step {result.steps}; saved {out / 'latest'}; continue with "
+                   f"--resume --out {out}")
+    else:
+        _say(args, f"done: {result.steps} steps, {result.tokens:,} tokens in "
+                   f"{result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); "
+                   f"val loss {val_text}; checkpoints in {out}")
+    if dataset.kind == "text" and not result.interrupted:
+        model.eval()
+        prompt = _default_prompt(dataset.tokenizer)
+        text = _text_sample(model, dataset.tokenizer, key=jax.random.key(train_config.seed),
+                            steps=TRAIN_SAMPLE_STEPS, prompt=prompt, temperature=0.8)[0]
+        summary["sample"] = text
+        _say(args, "--- sample (temperature 0.8) ---", prompt.lstrip("\n") + text, "---")
+    summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+    if args.json:
+        print(json.dumps(summary), flush=True)
+    return 130 if result.interrupted else 0
+
+
+def _rounded(value):
+    return None if value is None or not math.isfinite(value) else round(float(value), 5)
+
+
+def _describe(dataset) -> str:
+    if dataset.kind == "text":
+        return (f"{len(dataset.train_tokens):,} train / {len(dataset.val_tokens):,} validation "
+                f"{dataset.tokenizer.kind}s, vocabulary {dataset.vocab_size}")
+    fields = dataset.model_fields()
+    return ", ".join(f"{key} {value}" for key, value in fields.items())
+
+
+# ---------------------------------------------------------------------------------------------
+# sample / eval
+# ---------------------------------------------------------------------------------------------
+
+
+def _load(checkpoint_path: str):
+    from seqmodel import checkpoint
+
+    return checkpoint.load_model(checkpoint_path)
+
+
+def cmd_sample(args) -> int:
+    import jax
+
+    from seqmodel.data import tokenizer_from_dict
+
+    model, metadata = _load(args.checkpoint)
+    data = metadata.get("data", {})
+    if data.get("kind", "text") != "text":
+        raise UsageError(f"--checkpoint {args.checkpoint!r} holds a real-valued model; sampling "
+                         f"it from the command line is not available in this version")
+    tokenizer = tokenizer_from_dict(data["tokenizer"])
+    if args.prompt_file is not None:
+        try:
+            prompt = pathlib.Path(args.prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"--prompt-file {args.prompt_file!r}: no such file") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--prompt-file {args.prompt_file!r} is not valid UTF-8") from None
+    elif args.prompt is not None:
+        prompt = args.prompt
+    else:
+        prompt = _default_prompt(tokenizer)
+    if prompt == "":
+        raise UsageError("--prompt is empty; give at least one character")
+    texts = _text_sample(model, tokenizer, key=jax.random.key(args.seed), steps=args.steps,
+                         prompt=prompt, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
+                         stop=args.stop)
+    for index, text in enumerate(texts):
+        if index:
+            print("\n" + "-" * 40)
+        sys.stdout.write(prompt + text + ("" if text.endswith("\n") else "\n"))
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from seqmodel.data import load_dataset
+    from seqmodel.train import TrainConfig, evaluate
+
+    model, metadata = _load(args.checkpoint)
+    data = metadata.get("data", {})
+    train_config = TrainConfig.from_dict(metadata.get("train_config", {}))
+    source = args.data or data.get("name") or metadata.get("source")
+    dataset = load_dataset(source, val_fraction=train_config.val_fraction, metadata=data)
+    fields = dataset.model_fields()
+    for key, value in fields.items():
+        saved = getattr(model.config, key, None)
+        if key != "head" and saved != value:
+            raise UsageError(f"--data {source!r} has {key}={value} but the checkpoint's model "
+                             f"expects {saved}")
+    batches = dataset.validation_batches(batch_size=train_config.eval_batch_size,
+                                         seq_len=train_config.eval_seq_len)
+    if not batches:
+        raise UsageError(f"--data {source!r} has no validation data (val_fraction "
+                         f"{train_config.val_fraction}); nothing to evaluate")
+    result = evaluate(model, batches)
+    units = getattr(dataset, "bits_per_unit", None)
+    summary = {"val_loss": _rounded(result.loss), "elements": result.elements}
+    if units == "char":
+        summary["bpc"] = _rounded(result.bits)
+    elif units:
+        summary[f"bits_per_{units}"] = _rounded(result.bits)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        line = f"val_loss {result.loss:.4f} nats per {units or 'element'} over {result.elements:,} targets"
+        if units:
+            line += f" ({result.bits:.4f} bits per {units})"
+        print(line)
+    return 0
+
+
+def cmd_bench(args) -> int:
+    try:
+        from seqmodel import benchmarking
+    except ImportError:
+        raise UsageError("seqmodel bench: the benchmark suite (seqmodel.benchmarking) is not "
+                         "available in this version") from None
+    return int(benchmarking.main(list(args.bench_args)) or 0)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``seqmodel`` console script; returns the exit status."""
+    from seqmodel.checkpoint import CheckpointError
+    from seqmodel.data import DataError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        if argv[:1] == ["bench"]:
+            # Everything after `bench` belongs to the benchmark suite, --help included.
+            args = argparse.Namespace(command="bench", bench_args=argv[1:])
+        else:
+            args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return COMMANDS[args.command](args)
+    except UsageError as error:
+        print(str(error), file=sys.stderr)
+        return EXIT_USAGE
+    except (DataError, CheckpointError, ValueError) as error:
+        command = getattr(locals().get("args"), "command", None)
+        prefix = f"seqmodel {command}" if command else "seqmodel"
+        print(f"{prefix}: error: {str(error).splitlines()[0] if str(error) else type(error).__name__}",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The seqmodel command: train -> sample -> eval end to end, resume, and one-line errors."""
+
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+
+from seqmodel import cli
+
+CORPUS = "Le café est prêt.\nThe cat sat on the mat.\n" * 40
+TINY = ["--hidden-size", "16", "--embed-size", "8", "--batch-size", "4", "--seq-len", "8",
+        "--eval-every", "10", "--no-progress"]
+
+
+def run(capsys, *argv):
+    status = cli.main(list(argv))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    path.write_text(CORPUS, encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "demo"
+    status = cli.main(["train", "--data", str(corpus), "--out", str(out), "--steps", "20",
+                       "--json", *TINY])
+    assert status == 0
+    return out
+
+
+def test_train_json_line_and_run_folder(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    status, stdout, stderr = run(capsys, "train", "--data", str(corpus), "--out", str(out),
+                                 "--steps", "12", "--json", *TINY)
+    assert status == 0, stderr
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1  # with --json, stdout holds the JSON line only
+    summary = json.loads(lines[0])
+    for key in ("steps", "tokens", "train_seconds", "tokens_per_second", "val_loss", "checkpoint"):
+        assert key in summary
+    assert summary["steps"] == 12 and summary["tokens"] == 12 * 4 * 8
+    assert summary["val_loss"] > 0 and summary["bpc"] == pytest.approx(summary["val_loss"] / 0.693147, rel=1e-3)
+    assert summary["checkpoint"] == str(out) and isinstance(summary["sample"], str)
+    assert (out / "metrics.jsonl").is_file() and (out / "latest" / "12").is_dir()
+    assert "sample" in stderr  # the human-readable report went to stderr
+
+
+def test_sample_is_reproducible_and_takes_multiline_unicode_prompts(trained, capsys):
+    prompt = "Le café\nThe "
+    args = ["sample", "--checkpoint", str(trained), "--prompt", prompt, "--steps", "30",
+            "--seed", "5"]
+    status, first, _ = run(capsys, *args)
+    assert status == 0 and first.startswith(prompt)
+    _, again, _ = run(capsys, *args)
+    assert again == first
+    _, other, _ = run(capsys, *args[:-1], "6")
+    assert other != first
+    status, greedy, _ = run(capsys, "sample", "--checkpoint", str(trained), "--prompt", "The",
+                            "--steps", "10", "--greedy", "--num-samples", "2")
+    assert status == 0
+    halves = greedy.split("-" * 40)
+    assert len(halves) == 2 and halves[0].strip() == halves[1].strip()
+
+
+def test_sample_from_prompt_file_with_stop(trained, tmp_path, capsys):
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("The cat", encoding="utf-8")
+    status, out, _ = run(capsys, "sample", "--checkpoint", str(trained), "--prompt-file",
+                         str(prompt_file), "--steps", "200", "--stop", "\n", "--seed", "1")
+    assert status == 0 and out.startswith("The cat")
+    assert out.count("\n") == 1  # stopped at the first newline
+
+
+def test_eval_json(trained, capsys):
+    status, out, _ = run(capsys, "eval", "--checkpoint", str(trained), "--json")
+    assert status == 0
+    result = json.loads(out)
+    assert set(result) >= {"val_loss", "bpc"} and result["val_loss"] > 0
+    metadata_val = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])["val_loss"]
+    assert result["val_loss"] == pytest.approx(metadata_val, abs=1e-4)
+
+
+def test_resume_continues_and_checks_flags(trained, capsys):
+    status, _, err = run(capsys, "train", "--out", str(trained), "--resume", "--hidden-size", "32")
+    assert status == 2
+    assert err.strip().count("\n") == 0 and "--hidden-size 32 (checkpoint: 16)" in err
+    status, out, err = run(capsys, "train", "--out", str(trained), "--resume", "--steps", "25",
+                           "--json", "--no-progress")
+    assert status == 0, err
+    assert json.loads(out)["steps"] == 25
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--data", "/no/such/file.txt"], "no such file"),
+    (["train", "--batch-size", "0"], "--batch-size: '0' must be >= 1"),
+    (["train", "--teacher-forcing", "1.5"], "must be <= 1"),
+    (["train", "--cell", "transformer"], "invalid choice"),
+    (["sample", "--checkpoint", "/no/such/run"], "no such folder"),
+])
+def test_errors_exit_2_with_one_line(argv, message, capsys):
+    status, _, err = run(capsys, *argv)
+    assert status == 2
+    assert err.strip().count("\n") == 0 and message in err
+
+
+def test_data_errors_exit_2(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    status, _, err = run(capsys, "train", "--data", str(empty), "--out", str(tmp_path / "a"))
+    assert status == 2 and "is empty" in err
+    short = tmp_path / "short.txt"
+    short.write_text("abc\n" * 10)
+    status, _, err = run(capsys, "train", "--data", str(short), "--out", str(tmp_path / "b"),
+                         "--steps", "1", *TINY)
+    assert status == 2 and "fewer than batch_size * seq_len + 1" in err
+
+
+def test_unknown_prompt_characters_and_existing_out(trained, corpus, capsys):
+    status, _, err = run(capsys, "sample", "--checkpoint", str(trained), "--prompt", "Zürich ☃")
+    assert status == 2 and "'Z'" in err and "'☃'" in err
+    status, _, err = run(capsys, "train", "--data", str(corpus), "--out", str(trained))
+    assert status == 2 and "already holds a run" in err
+
+
+def test_bench_passes_its_arguments_on(monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("seqmodel.benchmarking")
+    fake.main = lambda argv: calls.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "seqmodel.benchmarking", fake)
+    assert cli.main(["bench", "--json", "out.json", "--quick"]) == 0
+    assert calls == [["--json", "out.json", "--quick"]]
+
+
+def test_console_entry_point_reports_one_line(tmp_path):
+    """The real entry point in a fresh process: a bad checkpoint exits 2 with one stderr line."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from seqmodel.cli import main; sys.exit(main())",
+         "eval", "--checkpoint", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "holds no checkpoint" in result.stderr
