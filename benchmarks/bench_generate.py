@@ -9,6 +9,8 @@ to give our logits before anything is timed. Candidates, per (hidden, batch):
 - ``generate``: :func:`seqmodel.generate`, the whole loop one compiled program;
 - ``generate+eos``: the same with an ``eos_id`` the model never emits, i.e. the chunked
   early-stopping while loop running to the end: what early stopping costs when it cannot help;
+- ``eos-at-once``: an ``eos_id`` every row emits at its first step: the loop should end after
+  its first chunk (early stopping at work);
 - ``jit-step``: a Python loop over a jitted ``(params, x, carry, key) -> (x, carry, key)`` step
   (parameters pre-flattened, the cheapest per-step dispatch JAX offers);
 - ``torch``: PyTorch eager, ``torch.inference_mode``, default threads and one thread; the
@@ -178,11 +180,12 @@ def _torch_candidate(modules, batch_size: int, steps: int, threads: int | None):
 # ---------------------------------------------------------------------------------------------
 
 
-def _never_emits(model, token: int):
-    """A copy of ``model`` whose head never gives ``token`` (its bias pushed to -1e9)."""
+def _with_token_bias(model, token: int, bias_value: float):
+    """A copy of ``model`` whose head bias for ``token`` is ``bias_value`` (-1e9: never emitted,
+    1e9: always emitted)."""
     copy = nnx.clone(model)
     bias = copy.head.linear.bias
-    bias[...] = bias[...].at[token].set(-1e9)
+    bias[...] = bias[...].at[token].set(bias_value)
     return copy
 
 
@@ -206,8 +209,10 @@ def run(*, hidden_sizes=(128, 512), batch_sizes=(1, 32), steps: int = 500, repea
             log(f"hidden {hidden}, batch {batch}: compiling / warming up")
             candidates = {
                 "generate": _generate_candidate(model, batch, steps),
-                "generate+eos": _generate_candidate(_never_emits(model, 0), batch, steps,
-                                                    eos_id=0),
+                "generate+eos": _generate_candidate(_with_token_bias(model, 0, -1e9), batch,
+                                                    steps, eos_id=0),
+                "eos-at-once": _generate_candidate(_with_token_bias(model, 0, 1e9), batch,
+                                                   steps, eos_id=0),
                 "jit-step": _jit_step_candidate(model, batch, steps),
             }
             if with_torch:
@@ -231,6 +236,7 @@ def run(*, hidden_sizes=(128, 512), batch_sizes=(1, 32), steps: int = 500, repea
                 tokens_per_second={name: tokens / value for name, value in seconds.items()},
                 vs_jit_step=seconds["jit-step"] / seconds["generate"],
                 eos_overhead=seconds["generate+eos"] / seconds["generate"],
+                early_stop_fraction=seconds["eos-at-once"] / seconds["generate"],
                 torch_logit_error=logit_error,
             )
             if with_torch:
@@ -247,8 +253,8 @@ def markdown(results: list[dict], header: bool = True) -> str:
     if header:
         lines += [
             "| hidden | batch | generate tok/s | +eos tok/s | jit-step tok/s | torch tok/s "
-            "| vs torch | vs jit-step | eos cost | noise |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| vs torch | vs jit-step | eos cost | stop at 1 | noise |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
     for row in results:
         rate = row["tokens_per_second"]
@@ -258,7 +264,8 @@ def markdown(results: list[dict], header: bool = True) -> str:
             f"| {rate['generate+eos']:,.0f} | {rate['jit-step']:,.0f} "
             f"| {torch_rate:,.0f} ({row.get('torch_best', '-')}) "
             f"| {row.get('vs_torch', float('nan')):.1f}x | {row['vs_jit_step']:.1f}x "
-            f"| {row['eos_overhead'] - 1:+.1%} | {max(row['spread'].values()):.0%} |"
+            f"| {row['eos_overhead'] - 1:+.1%} | {row['early_stop_fraction']:.0%} "
+            f"| {max(row['spread'].values()):.0%} |"
         )
     return "\n".join(lines)
 
@@ -278,7 +285,9 @@ def main(argv=None) -> int:
     print(markdown(results))
     print(
         "\nnoise: the largest (max - min) / median over the candidates' repetitions; "
-        "eos cost: generate with a never-emitted eos_id (chunked early-stop loop) vs without."
+        "eos cost: generate with a never-emitted eos_id (chunked early-stop loop) vs without; "
+        "stop at 1: time when every row emits eos at its first step, as a fraction of the full "
+        "generate (early stopping at work)."
     )
     if args.json:
         meta = dict(machine=platform.machine(), processor=platform.processor(),
