@@ -500,6 +500,7 @@ class _Clock:
         self.max_time = max_time
         self.seconds_per_step: float | None = None
         self.eval_seconds: float | None = None
+        self.save_seconds: float | None = None
 
     def elapsed(self) -> float:
         return self.now() - self.start
@@ -513,8 +514,10 @@ class _Clock:
             0.7 * self.seconds_per_step + 0.3 * rate)
 
     def reserve(self, estimated_eval: float) -> float:
-        """Seconds kept for the final evaluation and checkpoint."""
-        return (self.eval_seconds if self.eval_seconds is not None else estimated_eval) + 1.0
+        """Seconds kept for the final evaluation and checkpoint (and a margin for the last step)."""
+        if self.eval_seconds is not None:
+            estimated_eval = max(estimated_eval, self.eval_seconds + (self.save_seconds or 0.0))
+        return estimated_eval + 1.0
 
     def out_of_time(self, estimated_eval: float) -> bool:
         if self.max_time is None:
@@ -527,6 +530,15 @@ class _Clock:
             return None
         remaining = self.max_time - self.elapsed() - self.reserve(estimated_eval)
         return step + max(int(remaining / self.seconds_per_step), 1)
+
+
+def _time_eval_batch(graphdef: nnx.GraphDef, state: TrainState, batch: Batch) -> float:
+    """Seconds of one compiled evaluation batch (compiling it first)."""
+    carry = nnx.merge(graphdef, state.params, state.model_state).init_carry(batch.reset.shape[0])
+    jax.block_until_ready(_eval_batch(graphdef, state.params, state.model_state, carry, batch))
+    started = time.perf_counter()
+    jax.block_until_ready(_eval_batch(graphdef, state.params, state.model_state, carry, batch))
+    return time.perf_counter() - started
 
 
 def _finite(value) -> bool:
@@ -583,13 +595,16 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
     val_batches = [jax.device_put(batch) for batch in val_batches]
     unit = getattr(dataset, "bits_per_unit", None)
     clock = _Clock(config.max_time, elapsed_before)
-    # Before any evaluation has been timed: a forward pass costs about a third of a train step.
-    val_elements = sum(int(np.prod(batch.inputs.shape[:2])) for batch in val_batches)
-    elements_per_step = config.batch_size * config.seq_len
+    # A time-bounded run keeps time for its final evaluation and checkpoint: one evaluation batch
+    # is compiled and timed up front (the compile is needed at the end anyway).
+    eval_batch_seconds = 0.0
+    if config.max_time is not None and val_batches:
+        eval_batch_seconds = _time_eval_batch(evaluation_graph, state, val_batches[0])
 
     def estimated_eval_seconds() -> float:
-        per_step = clock.seconds_per_step or 0.05
-        return 2.0 + per_step * val_elements / elements_per_step / 3.0
+        evaluation = 1.25 * eval_batch_seconds * len(val_batches)
+        saving = (clock.save_seconds or 1.0) if out_path is not None else 0.0
+        return evaluation + saving
 
     metrics_file = None
     if out_path is not None:
@@ -638,12 +653,14 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         nonlocal best_val, last_saved_step
         if saver is None:
             return
+        started = time.perf_counter()
         improved = val is not None and _finite(val.loss) and (best_val is None or val.loss < best_val)
         if improved:
             best_val = val.loss
         metadata = metadata_for_save()
         saver.save(step, state, metadata, best=improved)
         last_saved_step = step
+        clock.save_seconds = max(clock.save_seconds or 0.0, time.perf_counter() - started)
 
     def diverged(value: float, at_step: int) -> TrainingError:
         kept = (f"the last good checkpoint (step {last_saved_step}) is in {out_path}"
