@@ -190,6 +190,10 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     add("--greedy", action="store_true", help="always take the most likely token")
     add("--stop", metavar="TEXT", help="end each continuation after the first TEXT")
     add("--seed", type=int, default=0, metavar="N", help="same seed, same text (default 0)")
+    # Real-valued models (seqmodel.forecast.cli_sample): context from --prompt-file (.csv/.npy).
+    add("--out", metavar="PATH", help="real values: write sample paths (S, H, d) to this .npy")
+    add("--quantiles", metavar="Q1,Q2,...", help="real values: write these quantiles instead")
+    add("--plot", metavar="PNG", help="real values: fan chart of the first context")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -198,6 +202,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--data", metavar="SOURCE", help="data to evaluate (default: the training data's "
         "validation part)")
     add("--json", action="store_true", help='print {"val_loss": ..., "bpc": ...} as one JSON line')
+    # Real-valued models: the exposure-bias report (seqmodel.forecast.cli_eval).
+    add("--horizon", type=positive_int, metavar="H", help="real values: free-running steps "
+        "scored per start point (default 20)")
+    add("--num-samples", type=positive_int, metavar="S", help="real values: sample paths per "
+        "start point (default 100)")
+    add("--num-starts", type=positive_int, metavar="N", help="real values: start points "
+        "(default 64)")
+    add("--min-context", type=positive_int, metavar="N", help="real values: shortest context")
+    add("--seed", type=int, metavar="N", help="real values: sampling seed (default 0)")
+    add("--plot", metavar="PNG", help="real values: error against horizon chart")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -472,8 +486,12 @@ def cmd_sample(args) -> int:
     model, metadata = _load(args.checkpoint)
     data = metadata.get("data", {})
     if data.get("kind", "text") != "text":
-        raise UsageError(f"--checkpoint {args.checkpoint!r} holds a real-valued model; sampling "
-                         f"it from the command line is not available in this version")
+        from seqmodel.forecast import cli_sample
+
+        return cli_sample(args, model, metadata)
+    for flag in ("out", "quantiles", "plot"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"seqmodel sample: --{flag} applies to real-valued models only")
     tokenizer = tokenizer_from_dict(data["tokenizer"])
     if args.prompt_file is not None:
         try:
@@ -506,6 +524,10 @@ def cmd_eval(args) -> int:
 
     model, metadata = _load(args.checkpoint)
     data = metadata.get("data", {})
+    if data.get("kind", "text") != "text":
+        from seqmodel.forecast import cli_eval
+
+        return cli_eval(args, model, metadata)
     train_config = TrainConfig.from_dict(metadata.get("train_config", {}))
     source = args.data or data.get("name") or metadata.get("source")
     dataset = load_dataset(source, val_fraction=train_config.val_fraction, metadata=data)
