@@ -7,16 +7,39 @@ Public API (re-exports only)::
 """
 
 from seqmodel.cells import ElmanCell, GRUCell, LSTMCell
+from seqmodel.data import Batch, ByteTokenizer, CharTokenizer, TextDataset, load_dataset
 from seqmodel.data.numeric import Normalizer, NumericDataset
 from seqmodel.forecast import crps_from_samples, exposure_bias_report, sample_paths
 from seqmodel.generate import Generation, generate, generate_stream
 from seqmodel.heads import Bernoulli, Categorical, Gaussian, MixtureGaussian
 from seqmodel.model import ModelConfig, SequenceModel
+from seqmodel.train import (
+    TrainConfig,
+    TrainState,
+    evaluate,
+    fit,
+    init_train_state,
+    make_optimizer,
+    make_train_step,
+)
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # Checkpoint functions import orbax, which is slow to import: only on first use.
+    if name in ("load_model", "RunCheckpoints"):
+        from seqmodel import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'seqmodel' has no attribute {name!r}")
+
+
 __all__ = [
+    "Batch",
     "Bernoulli",
+    "ByteTokenizer",
+    "CharTokenizer",
     "Categorical",
     "ElmanCell",
     "GRUCell",
@@ -28,9 +51,19 @@ __all__ = [
     "Normalizer",
     "NumericDataset",
     "SequenceModel",
+    "TextDataset",
+    "TrainConfig",
+    "TrainState",
     "crps_from_samples",
+    "evaluate",
     "exposure_bias_report",
+    "fit",
     "generate",
     "generate_stream",
+    "init_train_state",
+    "load_dataset",
+    "load_model",
+    "make_optimizer",
+    "make_train_step",
     "sample_paths",
 ]
