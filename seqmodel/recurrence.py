@@ -38,9 +38,12 @@ def _previous(initial: Array, sequence: Array) -> Array:
 
 
 def _flat_matmul(left: Array, right: Array) -> Array:
-    """``sum_t left[t]^T @ right[t]`` as one GEMM: ``(t, b, m)``, ``(t, b, n)`` -> ``(m, n)``."""
-    m, n = left.shape[-1], right.shape[-1]
-    return left.reshape(-1, m).T @ right.reshape(-1, n)
+    """``sum_t left[t]^T @ right[t]`` as one GEMM: ``(t, b, m)``, ``(t, b, n)`` -> ``(m, n)``.
+
+    Contracting over ``(t, b)`` directly rather than reshaping to ``(t*b, m)`` keeps a batch split
+    across devices representable: each device contracts its own rows and the partial sums are
+    all-reduced (a reshape that merges a sharded axis would all-gather the whole sequence)."""
+    return jax.lax.dot_general(left, right, (((0, 1), (0, 1)), ((), ())))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,7 +177,7 @@ def _gru_backward(residuals, cotangents):
     r_all = rz[..., :hidden_size]
     dhp = jnp.concatenate([dxp[..., : 2 * hidden_size], dxp[..., 2 * hidden_size :] * r_all], -1)
     dkernel = _flat_matmul(previous, dhp)
-    dbias = dhp.reshape(-1, dhp.shape[-1]).sum(0)
+    dbias = dhp.sum(axis=(0, 1))
     return dkernel, dbias, dh0, dxp
 
 
