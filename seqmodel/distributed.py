@@ -1,0 +1,437 @@
+"""Data-parallel training on ``jax.sharding``: one host with several devices, or several processes.
+
+A :class:`DataParallel` holds a one-axis :class:`jax.sharding.Mesh` named ``data``. The train step
+stays one jitted program: each batch and the training lanes' carry are split along ``data`` (row
+``r`` of a batch lives on one device), parameters, optimizer state, step and keys are replicated,
+and XLA inserts the gradient all-reduce. One device is the same code path with a mesh of one.
+
+Several processes (one per host, or several on one machine) join with :func:`initialize`, a thin
+wrapper of :func:`jax.distributed.initialize` with bounded timeouts. Every process then builds the
+same :class:`DataParallel` over all processes' devices, runs the same batch iterator (same seed,
+same data position) and hands only its own rows (its lanes of the stream) to its own devices with
+:func:`jax.make_array_from_process_local_data`. Only process 0 writes logs, metrics and samples;
+every process takes part in a checkpoint save, in which orbax lets process 0 write.
+
+Virtual CPU devices (for tests and benchmarks on a machine without accelerators) must be asked for
+before JAX starts its backend: :func:`request_cpu_devices` (``seqmodel train --devices N`` does it).
+
+Example::
+
+    from seqmodel import distributed
+    distributed.request_cpu_devices(4)          # CPU only; before any JAX computation
+    parallel = distributed.DataParallel.create()                    # all devices
+    result = fit(model, dataset, TrainConfig(batch_size=64, steps=100), parallel=parallel)
+
+    # several processes (each runs this with its own process_id):
+    distributed.initialize("10.0.0.1:12355", num_processes=2, process_id=0)
+    parallel = distributed.DataParallel.create()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from typing import Any, Iterator
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+# Bounded waits of jax.distributed (seconds). JAX's own defaults (300 s to start, 100 s to notice
+# a dead peer) make a failed run look hung; these fail within a minute and stay well above the
+# start-up time of a process (import and data loading).
+INITIALIZATION_TIMEOUT = 120
+HEARTBEAT_TIMEOUT = 30
+SHUTDOWN_TIMEOUT = 60
+
+_FORCE_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+class DistributedError(ValueError):
+    """A bad device or process setting; the message is one line for the user."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting JAX: virtual CPU devices and several processes
+# ---------------------------------------------------------------------------------------------
+
+
+def _backend_started() -> bool:
+    from jax._src import xla_bridge  # no public way to ask without starting the backend
+
+    return xla_bridge.backends_are_initialized()
+
+
+def request_cpu_devices(count: int) -> None:
+    """Give the CPU backend ``count`` virtual devices (for ``--devices N`` on a CPU-only machine).
+
+    Must run before the first JAX computation (importing jax is fine): it sets
+    ``jax_num_cpu_devices`` and, for child processes and older JAX, ``XLA_FLAGS=
+    --xla_force_host_platform_device_count=count``. Harmless where an accelerator is the default
+    backend (only the CPU backend sees it). ``count=1`` leaves everything as it is.
+
+    Raises:
+      DistributedError: when JAX already started its backend with another CPU device count.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise DistributedError(f"devices={count!r} is invalid: must be a positive integer")
+    if count == 1:
+        return
+    if _backend_started():
+        have = len(jax.devices("cpu"))
+        if have >= count:
+            return
+        raise DistributedError(
+            f"devices={count}: JAX already started with {have} CPU device(s); set "
+            f"XLA_FLAGS={_FORCE_DEVICES_FLAG}={count} before the first JAX computation")
+    flags = re.sub(rf"{_FORCE_DEVICES_FLAG}=\S+", "", os.environ.get("XLA_FLAGS", "")).strip()
+    os.environ["XLA_FLAGS"] = f"{flags} {_FORCE_DEVICES_FLAG}={count}".strip()
+    jax.config.update("jax_num_cpu_devices", count)
+
+
+def parse_coordinator(address: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` -> ``(host, port)``; a clear error otherwise."""
+    host, separator, port = str(address).rpartition(":")
+    if not separator or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise DistributedError(f"--coordinator {address!r} is invalid: give HOST:PORT, e.g. "
+                               f"10.0.0.1:12355 (process 0 listens on that port)")
+    return host, int(port)
+
+
+def initialize(coordinator: str, num_processes: int, process_id: int, *,
+               initialization_timeout: int = INITIALIZATION_TIMEOUT,
+               heartbeat_timeout: int = HEARTBEAT_TIMEOUT,
+               shutdown_timeout: int = SHUTDOWN_TIMEOUT) -> None:
+    """Join a run of ``num_processes`` processes (call it first, before any JAX computation).
+
+    Process 0 hosts the coordination service on ``coordinator`` (``HOST:PORT``, reachable from
+    every process); every process calls this with the same ``coordinator`` and
+    ``num_processes`` and its own ``process_id`` in ``[0, num_processes)``. Afterwards
+    ``jax.devices()`` lists the devices of every process.
+
+    Timeouts (seconds) are bounded so that a failure is an error, not a hang: a process that
+    cannot reach all the others within ``initialization_timeout`` raises
+    :class:`DistributedError`; when a process dies during the run, JAX terminates the others
+    after ``heartbeat_timeout`` (an abort with "the JAX distributed service detected fatal
+    errors" on stderr, which Python cannot catch).
+
+    Example::
+
+        initialize("127.0.0.1:12355", num_processes=2, process_id=int(sys.argv[1]))
+    """
+    parse_coordinator(coordinator)
+    for name, value in (("num_processes", num_processes), ("process_id", process_id)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise DistributedError(f"--{name.replace('_', '-')} {value!r} is invalid: "
+                                   f"must be an integer")
+    if num_processes < 1:
+        raise DistributedError(f"--num-processes {num_processes} is invalid: must be >= 1")
+    if not 0 <= process_id < num_processes:
+        raise DistributedError(f"--process-id {process_id} is invalid: must be in "
+                               f"[0, {num_processes - 1}] for --num-processes {num_processes}")
+    if jax.distributed.is_initialized():
+        raise DistributedError("jax.distributed is already initialized in this process")
+    if _backend_started():
+        raise DistributedError("initialize() must run before the first JAX computation "
+                               "(JAX already started its backend in this process)")
+    try:
+        jax.distributed.initialize(
+            coordinator, num_processes=num_processes, process_id=process_id,
+            initialization_timeout=int(initialization_timeout),
+            heartbeat_timeout_seconds=int(heartbeat_timeout),
+            shutdown_timeout_seconds=int(shutdown_timeout),
+        )
+    except Exception as error:  # JAX raises XlaRuntimeError / RuntimeError with long texts
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DistributedError(
+            f"process {process_id} of {num_processes} could not join the run at {coordinator} "
+            f"within {initialization_timeout} s ({first_line}); start every process with the "
+            f"same --coordinator and --num-processes and a distinct --process-id") from None
+
+
+def is_main_process() -> bool:
+    """True in process 0 (and in a single-process run): the one that writes logs and files.
+
+    Does not start the JAX backend when no distributed run was initialized."""
+    if not jax.distributed.is_initialized():
+        return True
+    return jax.process_index() == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh and placement
+# ---------------------------------------------------------------------------------------------
+
+
+def data_mesh(devices: int | None = None) -> Mesh:
+    """A one-axis mesh ``("data",)`` over ``devices`` devices of every process (None: all).
+
+    Devices are ordered by process, then by id, so each process's devices hold a contiguous block
+    of rows (its lanes). Example: ``data_mesh(1)`` is the one-device mesh of a single process."""
+    by_process: dict[int, list] = {}
+    for device in jax.devices():
+        by_process.setdefault(device.process_index, []).append(device)
+    local = min(len(group) for group in by_process.values())
+    if devices is None:
+        devices = local
+    if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
+        raise DistributedError(f"devices={devices!r} is invalid: must be a positive integer")
+    if devices > local:
+        platform = jax.devices()[0].platform
+        hint = (f"; on a CPU-only machine ask for virtual devices first with "
+                f"XLA_FLAGS={_FORCE_DEVICES_FLAG}={devices} (seqmodel train --devices does it)"
+                if platform == "cpu" else "")
+        raise DistributedError(f"--devices {devices} is more than the {local} {platform} "
+                               f"device(s) of this process{hint}")
+    chosen = [device for process in sorted(by_process)
+              for device in sorted(by_process[process], key=lambda d: d.id)[:devices]]
+    return Mesh(np.array(chosen), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """How a training run spreads over devices: a mesh with one ``data`` axis.
+
+    Attributes:
+      mesh: the :class:`jax.sharding.Mesh`; its size is the number of data-parallel replicas.
+
+    Example::
+
+        parallel = DataParallel.create(devices=4)
+        parallel.check_batch_size(64)
+        state = parallel.place_state(state)          # params replicated, carry split by rows
+        batch = parallel.shard_batch(batch)          # (64, t) -> 16 rows on each device
+    """
+
+    mesh: Mesh
+
+    @classmethod
+    def create(cls, devices: int | None = None) -> "DataParallel":
+        """Over ``devices`` devices of each process (None: all of them)."""
+        return cls(data_mesh(devices))
+
+    # -- facts ---------------------------------------------------------------------------------
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.devices.size
+
+    @property
+    def num_processes(self) -> int:
+        return len({device.process_index for device in self.mesh.devices.flat})
+
+    @property
+    def is_main(self) -> bool:
+        """Process 0: writes logs, metrics, plots and samples."""
+        return jax.process_index() == 0
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    @property
+    def rows(self) -> NamedSharding:
+        """Leading axis split along ``data`` (batches ``(b, ...)``, carry leaves ``(b, h)``)."""
+        return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+    def describe(self) -> str:
+        """E.g. ``"4 cpu devices"`` or ``"8 gpu devices in 2 processes"``."""
+        platform = self.mesh.devices.flat[0].platform
+        text = f"{self.num_devices} {platform} device{'s' if self.num_devices > 1 else ''}"
+        if self.num_processes > 1:
+            text += f" in {self.num_processes} processes"
+        return text
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def check_batch_size(self, batch_size: int, *, what: str = "batch_size") -> None:
+        if batch_size % self.num_devices:
+            multiple = -(-batch_size // self.num_devices) * self.num_devices
+            raise DistributedError(
+                f"{what}={batch_size} does not split evenly over {self.describe()}: use a "
+                f"multiple of {self.num_devices} (e.g. {multiple}) or fewer --devices")
+
+    def check_config(self, config) -> None:
+        """Raise :class:`DistributedError` for a :class:`~seqmodel.train.TrainConfig` that cannot
+        run on this mesh."""
+        self.check_batch_size(config.batch_size, what="--batch-size")
+        if self.num_processes > 1 and config.max_time is not None:
+            # Each process would measure its own time and stop after a different step; the
+            # others would then wait for it forever inside a collective.
+            raise DistributedError(
+                f"--max-time {config.max_time:g} cannot bound a run across {self.num_processes} "
+                f"processes (each would stop at its own step); give --steps instead")
+
+    # -- placement -----------------------------------------------------------------------------
+
+    def state_shardings(self):
+        """Shardings of a :class:`~seqmodel.train.TrainState` (a prefix tree): the carry split
+        by rows, everything else replicated."""
+        from seqmodel.train import TrainState
+
+        replicated = self.replicated
+        return TrainState(step=replicated, params=replicated, model_state=replicated,
+                          opt_state=replicated, carry=self.rows, key=replicated,
+                          horizon=replicated)
+
+    def place_state(self, state):
+        """``state`` (the same values in every process) -> the same state laid out on the mesh."""
+        shardings = self.state_shardings()
+        placed = {
+            field.name: self._place(getattr(state, field.name), getattr(shardings, field.name))
+            for field in dataclasses.fields(state)
+        }
+        return state.replace(**placed)
+
+    def _place(self, tree, sharding: NamedSharding):
+        def place(leaf):
+            if not isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+                return leaf
+            if self.num_processes == 1:
+                return jax.device_put(leaf, sharding)
+            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+                return jax.device_put(leaf, sharding)  # already global: a reshard at most
+            # Every process holds the whole value; each takes its devices' pieces of it.
+            # (Typed PRNG keys cannot index on the host: they go through device_put.)
+            if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
+                                                                     jax.dtypes.prng_key):
+                return jax.device_put(leaf, sharding)
+            value = np.asarray(leaf)
+            return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+        return jax.tree.map(place, tree)
+
+    def local_rows(self, batch_size: int) -> slice:
+        """The rows of a ``(batch_size, ...)`` batch that this process's devices hold."""
+        self.check_batch_size(batch_size)
+        indices = self.rows.addressable_devices_indices_map((batch_size,)).values()
+        starts = sorted((index[0].start or 0, index[0].stop or batch_size) for index in indices)
+        start, stop = starts[0][0], starts[-1][1]
+        if stop - start != sum(b - a for a, b in starts):  # pragma: no cover - mesh order bug
+            raise DistributedError("this process's devices do not hold contiguous rows")
+        return slice(start, stop)
+
+    def shard_batch(self, batch):
+        """A global batch (NumPy, the same in every process) -> arrays split by rows on the mesh.
+
+        In a run of several processes each transfers only its own rows. Leaves ``(b, ...)``; a
+        ``None`` mask stays None."""
+        rows = jax.tree.leaves(batch)[0].shape[0]
+        if self.num_processes == 1:
+            self.check_batch_size(rows)
+            return jax.device_put(batch, self.rows)
+        mine = self.local_rows(rows)
+        return jax.tree.map(
+            lambda leaf: jax.make_array_from_process_local_data(
+                self.rows, np.asarray(leaf)[mine], np.shape(leaf)), batch)
+
+    def place_eval_batch(self, batch):
+        """Like :meth:`shard_batch`, or replicated when the rows do not split evenly (evaluation
+        lanes are ``min(eval_batch_size, stream length)``, which need not divide the devices)."""
+        rows = jax.tree.leaves(batch)[0].shape[0]
+        if rows % self.num_devices == 0:
+            return self.shard_batch(batch)
+        return self._place(batch, self.replicated)
+
+    def local_batches(self, batches) -> "LocalBatches":
+        """Wrap a batch iterator (``dataset.train_batches(...)``) so that it yields sharded
+        batches; ``.position`` and other attributes pass through."""
+        return LocalBatches(batches, self)
+
+    # -- back to the host ----------------------------------------------------------------------
+
+    def host_state(self, state):
+        """``state`` with every leaf split across processes gathered into a NumPy array (for a
+        checkpoint). Every process must call it (it is a collective when rows span processes)."""
+        from jax.experimental import multihost_utils
+
+        def gather(leaf):
+            if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable \
+                    and not leaf.is_fully_replicated:
+                return np.asarray(multihost_utils.process_allgather(leaf, tiled=True))
+            return leaf
+
+        return jax.tree.map(gather, state)
+
+    def local_copy(self, tree):
+        """Replicated arrays -> single-device copies on this process's first device (e.g. the
+        trained parameters for sampling on one device after a run)."""
+        def local(leaf):
+            if isinstance(leaf, jax.Array) and len(leaf.sharding.device_set) > 1 \
+                    and leaf.is_fully_replicated:
+                return leaf.addressable_data(0)
+            return leaf
+
+        return jax.tree.map(local, tree)
+
+    # -- the train step ------------------------------------------------------------------------
+
+    def train_step(self, graphdef, config):
+        """``(tx, train_step)``: :func:`seqmodel.train.make_train_step` jitted with this mesh's
+        shardings (batch and carry by rows, the rest replicated, metrics replicated). Shared by
+        every run with the same model graph, optimizer settings and mesh."""
+        from seqmodel.train import _STEP_NEUTRAL
+
+        return _cached_train_step(graphdef, dataclasses.replace(config, **_STEP_NEUTRAL), self)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_train_step(graphdef, config, parallel: DataParallel):
+    from seqmodel.train import make_optimizer, make_train_step
+
+    tx = make_optimizer(config)
+    states = parallel.state_shardings()
+    step = make_train_step(graphdef, tx, config, in_shardings=(states, parallel.rows),
+                           out_shardings=(states, parallel.replicated))
+    return tx, step
+
+
+class LocalBatches:
+    """An iterator of sharded batches over a global batch iterator (see
+    :meth:`DataParallel.local_batches`). Every process runs the same global iterator, so data
+    positions (saved in checkpoints) agree; each hands only its rows to its devices."""
+
+    def __init__(self, batches, parallel: DataParallel):
+        self.batches = batches
+        self.parallel = parallel
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        return self.parallel.shard_batch(next(self.batches))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.batches, name)
+
+
+def resolve(parallel: DataParallel | None) -> DataParallel:
+    """``parallel``, or all devices of every process when None."""
+    return parallel if parallel is not None else DataParallel.create()
+
+
+def from_flags(*, devices: int | None = None, coordinator: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None) -> DataParallel:
+    """What ``seqmodel train --devices N --coordinator HOST:PORT --num-processes N
+    --process-id I`` sets up, in the required order: virtual CPU devices (when more than one is
+    asked for and the machine has no accelerator JAX would pick), then the distributed run, then
+    the mesh. Call it before any JAX computation.
+
+    Example::
+
+        parallel = from_flags(devices=2)    # on a CPU-only machine: 2 virtual CPU devices
+    """
+    distributed_flags = (coordinator, num_processes, process_id)
+    if any(flag is not None for flag in distributed_flags) and not all(
+            flag is not None for flag in distributed_flags):
+        raise DistributedError("--coordinator, --num-processes and --process-id go together: "
+                               "give all three (or none for a single process)")
+    if devices is not None:
+        request_cpu_devices(devices)
+    if coordinator is not None:
+        initialize(coordinator, num_processes, process_id)
+    return DataParallel.create(devices)
