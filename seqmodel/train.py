@@ -37,6 +37,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from seqmodel import distributed
 from seqmodel.data import BATCHINGS, Batch
 from seqmodel.feed import rollout
 
@@ -548,7 +549,7 @@ def _finite(value) -> bool:
 def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | None = None,
         resume: bool = False, progress: bool = True,
         callback: Callable[[int, dict], bool | None] | None = None,
-        run_metadata: dict | None = None) -> FitResult:
+        run_metadata: dict | None = None, parallel=None) -> FitResult:
     """Train ``model`` on ``dataset`` (see :class:`seqmodel.data.Dataset`) as ``config`` says.
 
     Every ``config.eval_every`` steps and at the end: exact validation NLL, then the checkpoints
@@ -562,6 +563,10 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
     stay the last good ones. ``callback(step, metrics)`` runs at each log interval; returning True
     stops the run as Ctrl-C does. ``model`` ends up holding the trained parameters.
 
+    ``parallel`` (a :class:`seqmodel.distributed.DataParallel`; None: all devices) splits each
+    batch and the lanes' carry over its ``data`` mesh axis; with several processes only process 0
+    writes ``metrics.jsonl``, ``loss.png`` and the progress bar (see ``docs/distributed.md``).
+
     Example::
 
         result = fit(model, load_dataset("tinyshakespeare"), TrainConfig(max_time=110),
@@ -573,7 +578,9 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         raise ValueError("TrainConfig needs steps or max_time (or both) to know when to stop")
     out_path = pathlib.Path(out_dir) if out_dir is not None else None
     graphdef = split_model(model)[0]
-    tx, train_step = shared_train_step(graphdef, config)
+    parallel = distributed.resolve(parallel)
+    parallel.check_config(config)
+    tx, train_step = parallel.train_step(graphdef, config)
     graphdef, state = init_train_state(model, tx, config)
     evaluation_graph = eval_graphdef(model)
     position, elapsed_before, best_val, tokens_before = None, 0.0, None, 0
@@ -587,12 +594,14 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         tokens_before = int(saved.get("tokens", 0))
         if config.steps is not None:
             state = state.replace(horizon=jnp.asarray(config.steps, jnp.int32))
+    state = parallel.place_state(state)
 
-    batches = dataset.train_batches(batch_size=config.batch_size, seq_len=config.seq_len,
-                                    batching=config.batching, seed=config.seed, position=position)
+    batches = parallel.local_batches(dataset.train_batches(
+        batch_size=config.batch_size, seq_len=config.seq_len, batching=config.batching,
+        seed=config.seed, position=position))
     val_batches = dataset.validation_batches(batch_size=config.eval_batch_size,
                                              seq_len=config.eval_seq_len)
-    val_batches = [jax.device_put(batch) for batch in val_batches]
+    val_batches = [parallel.place_eval_batch(batch) for batch in val_batches]
     unit = getattr(dataset, "bits_per_unit", None)
     clock = _Clock(config.max_time, elapsed_before)
     # A time-bounded run keeps time for its final evaluation and checkpoint: one evaluation batch
@@ -607,7 +616,7 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         return evaluation + saving
 
     metrics_file = None
-    if out_path is not None:
+    if out_path is not None and parallel.is_main:
         out_path.mkdir(parents=True, exist_ok=True)
         metrics_file = open(out_path / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")
     saver = checkpoint_module.RunCheckpoints(out_path) if out_path is not None else None
@@ -658,7 +667,7 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         if improved:
             best_val = val.loss
         metadata = metadata_for_save()
-        saver.save(step, state, metadata, best=improved)
+        saver.save(step, parallel.host_state(state), metadata, best=improved)
         last_saved_step = step
         clock.save_seconds = max(clock.save_seconds or 0.0, time.perf_counter() - started)
 
@@ -671,7 +680,7 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
     pending: list[tuple[int, dict]] = []
     interval_start, interval_steps, first_interval = time.perf_counter(), 0, True
     bar = None
-    if progress:
+    if progress and parallel.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=int(state.horizon) if config.steps else None, initial=step,
@@ -755,9 +764,9 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         if saver is not None:
             saver.close()
 
-    nnx.update(model, state.params, state.model_state)
+    nnx.update(model, *parallel.local_copy((state.params, state.model_state)))
     train_seconds = clock.elapsed()
-    if out_path is not None:
+    if out_path is not None and parallel.is_main:
         plot_losses(out_path / "metrics.jsonl", out_path / "loss.png")
     return FitResult(
         state=state,
