@@ -109,10 +109,28 @@ def test_a_row_does_not_depend_on_the_other_rows():
     np.testing.assert_array_equal(again.samples, results[0].samples)
 
 
+# Tests below share compiled programs: the same model structure, shapes and static options.
+CONTROLLED = dict(steps=STEPS, prompt_lengths=PROMPT_LENGTHS, top_k=4, return_scores=True)
+EOS_RUN = dict(steps=40, batch_size=6, return_scores=True)  # 40 > one early-stop chunk
+
+
+def test_generated_tokens_stay_inside_top_k_and_top_p():
+    model = make_model()
+    controls = dict(temperature=2.0, top_k=4, top_p=0.6)
+    allowed_any, seen = [], set()
+    for seed in range(3):
+        generation = sm.generate(model, key=jax.random.key(seed), prompt=make_prompt(model),
+                                 **(CONTROLLED | controls))
+        allowed = np.isfinite(np.asarray(sampling.filter_logits(generation.scores, **controls)))
+        allowed_any.append(np.take_along_axis(allowed, np.asarray(generation.samples)[..., None], -1))
+        seen |= set(np.asarray(generation.samples).ravel().tolist())
+    assert np.all(allowed_any)
+    assert len(seen) > 1
+
+
 def test_same_key_same_samples_and_no_recompile():
     model = make_model()
-    prompt = make_prompt(model)
-    arguments = dict(steps=STEPS, prompt=prompt, prompt_lengths=PROMPT_LENGTHS, top_p=0.9)
+    arguments = dict(prompt=make_prompt(model), top_p=0.9, **CONTROLLED)
     first = sm.generate(model, key=jax.random.key(5), temperature=1.3, **arguments)
     traces = TRACE_COUNTS["generate"]
     again = sm.generate(model, key=jax.random.key(5), temperature=1.3, **arguments)
@@ -120,12 +138,16 @@ def test_same_key_same_samples_and_no_recompile():
     # New key, temperature, top_p value and prompt content: same shapes, so nothing is traced.
     arguments.update(prompt=make_prompt(model, seed=9), top_p=0.5)
     other = sm.generate(model, key=jax.random.key(6), temperature=0.7, **arguments)
-    model.eval()  # the same model in the other mode is a different program, once
-    sm.generate(model, key=jax.random.key(6), temperature=0.7, **arguments)
-    model.train()
+    assert TRACE_COUNTS["generate"] == traces
+    assert not np.array_equal(first.samples, other.samples)
+    model.eval()  # the same model in the other mode is another program, compiled once
+    try:
+        sm.generate(model, key=jax.random.key(6), temperature=0.7, **arguments)
+        assert TRACE_COUNTS["generate"] == traces + 1
+    finally:
+        model.train()
     sm.generate(model, key=jax.random.key(6), temperature=0.7, **arguments)
     assert TRACE_COUNTS["generate"] == traces + 1
-    assert not np.array_equal(first.samples, other.samples)
 
 
 def test_greedy_is_the_argmax_of_teacher_forced_logits():
@@ -139,16 +161,6 @@ def test_greedy_is_the_argmax_of_teacher_forced_logits():
     logits = teacher_forced_scores(model, prompt, PROMPT_LENGTHS, results[0].samples)
     np.testing.assert_array_equal(results[0].samples, np.argmax(logits, axis=-1))
     np.testing.assert_array_equal(results[1].samples, results[0].samples)
-
-
-@pytest.mark.parametrize("controls", [dict(top_k=2), dict(top_p=0.5, temperature=2.0)])
-def test_generated_tokens_stay_inside_top_k_and_top_p(controls):
-    model = make_model(num_layers=1)
-    generation = sm.generate(model, key=jax.random.key(0), steps=40, batch_size=8,
-                             return_scores=True, **controls)
-    allowed = np.isfinite(np.asarray(sampling.filter_logits(generation.scores, **controls)))
-    assert np.take_along_axis(allowed, np.asarray(generation.samples)[..., None], -1).all()
-    assert len(np.unique(generation.samples)) > 1
 
 
 def test_without_prompt_starts_from_the_start_element():
@@ -176,18 +188,21 @@ def test_num_samples_draws_several_continuations_per_row():
     assert len({tuple(row) for row in np.asarray(generation.samples)}) > 1
 
 
+def eos_of_row_zero(model, key) -> tuple[int, np.ndarray]:
+    """An eos token that row 0 emits at step 3 of the free run with ``key``."""
+    free = np.asarray(sm.generate(model, key=key, **(EOS_RUN | dict(return_scores=False))).samples)
+    return int(free[0, 3]), free
+
+
 def test_eos_stops_each_row_and_pads():
     model = make_model(num_layers=1)
-    steps = 40  # more than one early-stop chunk
     key = jax.random.key(8)
-    free = sm.generate(model, key=key, steps=steps, batch_size=6)
-    eos_id = int(free.samples[0, 3])
-    stopped = sm.generate(model, key=key, steps=steps, batch_size=6, eos_id=eos_id,
-                          return_scores=True)
-    free_samples, samples = np.asarray(free.samples), np.asarray(stopped.samples)
+    eos_id, free_samples = eos_of_row_zero(model, key)
+    stopped = sm.generate(model, key=key, eos_id=eos_id, **EOS_RUN)
+    samples = np.asarray(stopped.samples)
     for row in range(6):
         hits = np.flatnonzero(free_samples[row] == eos_id)
-        length = hits[0] + 1 if hits.size else steps
+        length = hits[0] + 1 if hits.size else EOS_RUN["steps"]
         assert stopped.lengths[row] == length
         np.testing.assert_array_equal(samples[row, :length], free_samples[row, :length])
         np.testing.assert_array_equal(samples[row, length:], eos_id)  # padding
@@ -199,20 +214,18 @@ def test_all_rows_stopped_ends_the_loop_with_padding():
     model = make_model(num_layers=1, seed=1)
     # A head that always says eos: every row stops at its first step.
     model.head.linear.bias.value = model.head.linear.bias.value.at[7].set(100.0)
-    generation = sm.generate(model, key=jax.random.key(0), steps=70, batch_size=2, eos_id=7)
-    np.testing.assert_array_equal(generation.lengths, [1, 1])
+    generation = sm.generate(model, key=jax.random.key(0), eos_id=7, **EOS_RUN)
+    np.testing.assert_array_equal(generation.lengths, [1] * 6)
     np.testing.assert_array_equal(generation.samples, 7)
 
 
-@pytest.mark.parametrize("head, eos_id", [("categorical", 2), ("mdn", None)])
-def test_stream_chunks_concatenate_to_generate(head, eos_id):
-    model = make_model(head, num_layers=1)
-    prompt = make_prompt(model)
-    arguments = dict(key=jax.random.key(11), steps=11, prompt=prompt,
-                     prompt_lengths=PROMPT_LENGTHS, eos_id=eos_id, return_scores=True)
+def assert_stream_equals_generate(model, chunk_size, **arguments):
     whole = sm.generate(model, **arguments)
-    chunks = list(sm.generate_stream(model, chunk_size=4, **arguments))
-    assert [chunk.samples.shape[1] for chunk in chunks] == [4, 4, 3]
+    chunks = list(sm.generate_stream(model, chunk_size=chunk_size, **arguments))
+    steps = arguments["steps"]
+    assert [chunk.samples.shape[1] for chunk in chunks] == (
+        [chunk_size] * (steps // chunk_size) + ([steps % chunk_size] if steps % chunk_size else [])
+    )
     np.testing.assert_allclose(
         np.concatenate([chunk.samples for chunk in chunks], axis=1), whole.samples, atol=1e-6
     )
@@ -221,6 +234,23 @@ def test_stream_chunks_concatenate_to_generate(head, eos_id):
         whole.scores,
     )
     np.testing.assert_array_equal(chunks[-1].lengths, whole.lengths)
+    return chunks
+
+
+def test_stream_chunks_concatenate_to_generate_with_eos():
+    model = make_model(num_layers=1)
+    key = jax.random.key(8)
+    eos_id, _ = eos_of_row_zero(model, key)
+    chunks = assert_stream_equals_generate(model, 16, key=key, eos_id=eos_id, **EOS_RUN)
+    assert chunks[0].lengths[0] <= 4
+
+
+def test_stream_chunks_concatenate_to_generate_for_real_values():
+    model = make_model("mdn")
+    assert_stream_equals_generate(
+        model, 2, key=jax.random.key(0), steps=STEPS, prompt=make_prompt(model),
+        prompt_lengths=PROMPT_LENGTHS, temperature=0.8, return_scores=True,
+    )
 
 
 @pytest.mark.parametrize(
@@ -259,14 +289,14 @@ def test_bad_arguments_name_argument_value_and_allowed(head, kwargs, message):
 def test_noise_drawn_in_segments_gives_the_same_samples(monkeypatch):
     """A small noise budget cuts the loop into several scan segments plus a remainder."""
     generate_module = importlib.import_module("seqmodel.generate")
-    model = make_model(num_layers=1)
-    arguments = dict(key=jax.random.key(12), steps=11, batch_size=3, return_scores=True)
+    model = make_model()
+    arguments = dict(key=jax.random.key(12), prompt=make_prompt(model), top_p=0.9, **CONTROLLED)
     whole = sm.generate(model, **arguments)
     request = generate_module._check_request(
-        model, prompt=None, prompt_lengths=None, num_samples=1, temperature=1.0, top_k=None,
-        top_p=None, greedy=False, eos_id=None, **arguments,
+        model, batch_size=None, num_samples=1, temperature=1.0, greedy=False, eos_id=None,
+        **arguments,
     )
-    monkeypatch.setattr(generate_module, "NOISE_BUDGET", 100)  # 3 rows x 11 tokens per step
+    monkeypatch.setattr(generate_module, "NOISE_BUDGET", 50)  # 3 rows x 11 tokens per step
     segmented = jax.jit(generate_module._generate_program, static_argnames=generate_module._STATIC)(
         model, request.prompt, request.prompt_lengths, request.key, request.temperature,
         request.top_p, request.eos_id, **request.static,
