@@ -79,7 +79,7 @@ class Generation(NamedTuple):
 
 
 class _Request(NamedTuple):
-    """Checked, normalised arguments: device arrays plus the static options of the program."""
+    """Checked, normalised arguments: the traced inputs plus the static options of the program."""
 
     prompt: Any  # (b, p) int32 or (b, p, d) float32, NumPy or jax
     prompt_lengths: np.ndarray  # (b,) int32 in 1..p
