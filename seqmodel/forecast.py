@@ -255,7 +255,8 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
       horizon: ``H``, steps forecast from each start.
       num_samples: ``S`` paths per start.
       num_starts: how many start points (spread evenly over all that fit).
-      min_context: fewest context steps before a start (default ``min(horizon, 32)``, at least 1).
+      min_context: fewest context steps before a start (default ``min(horizon, 32)``, lowered
+        when the longest sequence is shorter than that plus ``horizon``; at least 1).
 
     Returns:
       a JSON-ready dict: ``nll`` (teacher-forced, nats per step, normalised units as the training
@@ -276,7 +277,10 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     model.eval()
-    min_context = max(1, min(horizon, 32)) if min_context is None else min_context
+    if min_context is None:
+        # Up to 32 steps of context, fewer when the sequences are too short for that + horizon.
+        longest = max(len(s) for s in sequences)
+        min_context = max(1, min(horizon, 32, longest - horizon))
     if min_context < 1:
         raise ValueError(f"min_context must be >= 1, got {min_context}")
     normalised = [normalizer.normalize(np.asarray(s, np.float64)) for s in sequences]

@@ -47,7 +47,7 @@ def test_mdn_covers_both_modes_where_a_gaussian_cannot():
     previous = np.stack(held_out)[None, :, :-1]  # (1, n, t - 1, 1)
     results = {}
     for head in ("gaussian", "mdn"):
-        model = train(dataset, head=head, steps=200)
+        model = train(dataset, head=head, steps=150)
         draws, nll = one_step_draws(model, dataset.normalizer, held_out, num_samples=20,
                                     key=jax.random.key(0))
         residual = (draws - synthetic.BIMODAL_DECAY * previous)[..., 4:, 0]  # past a warm-up
@@ -116,7 +116,7 @@ def test_noisy_sine_forecasts_beat_persistence_at_every_horizon():
                              val_fraction=0.125)
     model = train(dataset, head="gaussian", steps=300, hidden_size=32, seq_len=100)
     report = forecast.exposure_bias_report(model, dataset.val_sequences, dataset.normalizer,
-                                           key=jax.random.key(0), horizon=50, num_samples=50,
+                                           key=jax.random.key(0), horizon=50, num_samples=30,
                                            num_starts=32, min_context=60)
     mae, persistence = np.array(report["mae"]), np.array(report["persistence_mae"])
     assert np.all(mae < persistence), (mae.round(3), persistence.round(3))
@@ -124,3 +124,54 @@ def test_noisy_sine_forecasts_beat_persistence_at_every_horizon():
     assert report["one_step_mae"] < 0.15
     crps = np.array(report["crps"])
     assert np.all((crps > 0) & (crps < persistence))
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
+    """`seqmodel train --data series.csv --head mdn`, then `sample` (paths in original units,
+    same seed same paths, quantiles, fan chart) and `eval --json` (the report's keys)."""
+    import json
+
+    from seqmodel.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    rows = ["sequence_id,date,temp,load"]
+    for sequence in range(6):
+        for step in range(40):
+            rows.append(f"s{sequence},2024-01-{step % 28 + 1:02d},"
+                        f"{np.sin(step / 5 + sequence):.4f},{100 + rng.normal():.4f}")
+    (tmp_path / "series.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "context.csv").write_text(
+        "temp,load\n" + "\n".join(f"{np.sin(i / 5):.4f},100" for i in range(12)) + "\n")
+    common = ["--hidden-size", "8", "--seq-len", "16", "--batch-size", "4", "--no-progress"]
+    assert main(["train", "--data", "series.csv", "--head", "mdn", "--num-mixtures", "2",
+                 "--steps", "10", "--out", "run", *common]) == 0
+    sample = ["sample", "--checkpoint", "run", "--prompt-file", "context.csv", "--steps", "5",
+              "--num-samples", "8"]
+    assert main([*sample, "--out", "a.npy", "--plot", "fan.png"]) == 0
+    assert main([*sample, "--out", "b.npy"]) == 0
+    paths = np.load("a.npy")
+    assert paths.shape == (8, 5, 2)
+    np.testing.assert_array_equal(paths, np.load("b.npy"))
+    assert 90 < np.median(paths[..., 1]) < 110  # original units, not normalised
+    assert (tmp_path / "fan.png").read_bytes()[:4] == b"\x89PNG"
+    assert main([*sample, "--seed", "1", "--quantiles", "0.1,0.5,0.9", "--out", "q.npy"]) == 0
+    quantiles = np.load("q.npy")
+    assert quantiles.shape == (3, 5, 2) and np.all(quantiles[0] <= quantiles[2])
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", "run", "--horizon", "4", "--num-samples", "10",
+                 "--json", "--plot", "report.png"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for name in ("mae", "crps", "persistence_mae"):
+        assert len(report[name]) == report["horizon"] == 4
+    assert np.isfinite(report["nll"]) and np.isfinite(report["one_step_mae"])
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # Clear one-line errors, exit status 2.
+    assert main(["sample", "--checkpoint", "run", "--prompt", "abc"]) == 2
+    assert main(["train", "--data", "series.csv", "--head", "bernoulli", "--steps", "1",
+                 "--out", "other", *common]) == 2
+    errors = capsys.readouterr().err
+    assert "--prompt-file" in errors and "--head bernoulli needs binary" in errors
