@@ -305,7 +305,9 @@ class Normalizer:
         return len(self.mean)
 
     def _arrays(self, like):
-        dtype = like.dtype if np.issubdtype(np.asarray(like).dtype, np.floating) else np.float32
+        # The values' own float dtype (no host copy of a device array just to read it).
+        dtype = getattr(like, "dtype", np.float64)
+        dtype = dtype if np.issubdtype(dtype, np.floating) else np.float32
         return np.asarray(self.mean, dtype), np.asarray(self.scale, dtype)
 
     def normalize(self, values):
