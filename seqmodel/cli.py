@@ -170,6 +170,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "random: random windows from a zero carry")
     add("--seed", type=int, metavar="N", help=f"default {d['seed']}")
     add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    # Data parallelism and several processes: seqmodel.distributed, docs/distributed.md.
+    add("--devices", type=positive_int, metavar="N", help="devices per process to split each batch "
+        "over (default: all; on a CPU-only machine N > 1 makes N virtual CPU devices)")
+    add("--coordinator", metavar="HOST:PORT", help="several processes: address of process 0 "
+        "(with --num-processes and --process-id; needs --out and --steps)")
+    add("--num-processes", type=positive_int, metavar="N", help="processes in the run")
+    add("--process-id", type=non_negative_int, metavar="I", help="this process, 0 to N-1 "
+        "(process 0 writes logs, samples and metrics)")
     add("--json", action="store_true", help="print one final JSON line (and nothing else on stdout)")
     add("--no-progress", action="store_true", help="no progress bar")
 
@@ -233,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _say(args, *lines: str) -> None:
     """Human-readable output: stdout, or stderr when --json keeps stdout for the JSON line."""
+    from seqmodel.distributed import is_main_process
+
+    if not is_main_process():
+        return
     stream = sys.stderr if getattr(args, "json", False) else sys.stdout
     for line in lines:
         print(line, file=stream, flush=True)
@@ -369,6 +381,10 @@ def _default_prompt(tokenizer) -> str:
 
 
 def cmd_train(args) -> int:
+    from seqmodel import distributed
+
+    # Before any JAX computation: virtual CPU devices and jax.distributed must come first.
+    parallel = distributed.from_train_flags(args)
     import jax
     from flax import nnx
 
@@ -411,14 +427,17 @@ def cmd_train(args) -> int:
     _say(args, f"seqmodel: {'resuming' if args.resume else 'training'} {model_config.cell} "
                f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
                f"({_describe(dataset)}) for {' or '.join(limits)} on "
-               f"{jax.devices()[0].platform}; run folder {out}")
+               f"{parallel.describe()}; run folder {out}")
     try:
         result = fit(model, dataset, train_config, out_dir=out, resume=args.resume,
                      progress=not args.no_progress,
-                     run_metadata={"source": source})
+                     run_metadata={"source": source}, parallel=parallel)
     except TrainingError as error:
         print(f"seqmodel train: {error}", file=sys.stderr)
         return EXIT_FAILURE
+    except jax.errors.JaxRuntimeError as error:
+        distributed.stop_after_failure(error, parallel)  # several processes: one line, exit 1
+        raise
     summary: dict[str, Any] = {
         "steps": result.steps,
         "tokens": result.tokens,
@@ -442,7 +461,7 @@ def cmd_train(args) -> int:
         _say(args, f"done: {result.steps} steps, {result.tokens:,} tokens in "
                    f"{result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); "
                    f"val loss {val_text}; checkpoints in {out}")
-    if dataset.kind == "text" and not result.interrupted:
+    if dataset.kind == "text" and not result.interrupted and parallel.is_main:
         model.eval()
         prompt = _default_prompt(dataset.tokenizer)
         text = _text_sample(model, dataset.tokenizer, key=jax.random.key(train_config.seed),
@@ -450,7 +469,7 @@ def cmd_train(args) -> int:
         summary["sample"] = text
         _say(args, "--- sample (temperature 0.8) ---", prompt.lstrip("\n") + text, "---")
     summary["wall_seconds"] = round(time.perf_counter() - started, 3)
-    if args.json:
+    if args.json and parallel.is_main:
         print(json.dumps(summary), flush=True)
     return 130 if result.interrupted else 0
 
