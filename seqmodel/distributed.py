@@ -296,10 +296,11 @@ class DataParallel:
             if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
                 return jax.device_put(leaf, sharding)  # already global: a reshard at most
             # Every process holds the whole value; each takes its devices' pieces of it.
-            # (Typed PRNG keys cannot index on the host: they go through device_put.)
             if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype,
                                                                      jax.dtypes.prng_key):
-                return jax.device_put(leaf, sharding)
+                # Typed PRNG keys have no host form: place their raw data, then re-wrap it.
+                data = place(jax.random.key_data(leaf))
+                return jax.random.wrap_key_data(data, impl=jax.random.key_impl(leaf))
             value = np.asarray(leaf)
             return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
@@ -435,3 +436,35 @@ def from_flags(*, devices: int | None = None, coordinator: str | None = None,
     if coordinator is not None:
         initialize(coordinator, num_processes, process_id)
     return DataParallel.create(devices)
+
+
+def from_train_flags(args) -> DataParallel:
+    """:func:`from_flags` for the parsed flags of ``seqmodel train`` (``args.devices``,
+    ``args.coordinator``, ``args.num_processes``, ``args.process_id``, ``args.out``)."""
+    coordinator = getattr(args, "coordinator", None)
+    if coordinator is not None and not getattr(args, "out", None):
+        # Each process would pick its own numbered default folder (runs/NAME-2, ...).
+        raise DistributedError("--coordinator needs --out: every process must name the same run "
+                               "folder (on a file system that all hosts share)")
+    return from_flags(devices=getattr(args, "devices", None), coordinator=coordinator,
+                      num_processes=getattr(args, "num_processes", None),
+                      process_id=getattr(args, "process_id", None))
+
+
+def stop_after_failure(error: BaseException, parallel: DataParallel) -> None:
+    """In a run of several processes, end this process at once after a failed collective (another
+    process died): one line on stderr, exit status 1. Returns (for the caller to re-raise) in a
+    single-process run.
+
+    Exiting with ``os._exit`` skips JAX's shutdown barrier, which would otherwise wait for the dead
+    process until the heartbeat timeout and then abort with a C++ stack trace."""
+    if parallel.num_processes <= 1:
+        return
+    import sys
+
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"seqmodel train: process {jax.process_index()} of {parallel.num_processes} stops: "
+          f"another process of the run failed or was stopped ({first_line}). The checkpoints "
+          f"in --out are the last complete ones; restart every process with --resume",
+          file=sys.stderr, flush=True)
+    os._exit(1)
