@@ -244,7 +244,8 @@ def choose_starts(lengths: Sequence[int], mask: np.ndarray, *, horizon: int, min
 
 def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Normalizer, *,
                          key: Array, horizon: int, num_samples: int = 100, num_starts: int = 64,
-                         min_context: int | None = None, temperature: float = 1.0) -> dict:
+                         min_context: int | None = None, max_context: int | None = 1024,
+                         temperature: float = 1.0) -> dict:
     """Teacher-forced NLL and free-running forecast errors against horizon, on held-out data.
 
     Args:
@@ -257,6 +258,9 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
       num_starts: how many start points (spread evenly over all that fit).
       min_context: fewest context steps before a start (default ``min(horizon, 32)``, lowered
         when the longest sequence is shorter than that plus ``horizon``; at least 1).
+      max_context: the free-running paths start from at most this many steps of context (the
+        last ones before the start), which bounds memory on one long series; None: all of it.
+      temperature: spread scaling of the head for the paths and the one-step draws.
 
     Returns:
       a JSON-ready dict: ``nll`` (teacher-forced, nats per step, normalised units as the training
@@ -283,6 +287,8 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
         min_context = max(1, min(horizon, 32, longest - horizon))
     if min_context < 1:
         raise ValueError(f"min_context must be >= 1, got {min_context}")
+    if max_context is not None and max_context < 1:
+        raise ValueError(f"max_context must be >= 1 or None, got {max_context}")
     normalised = [normalizer.normalize(np.asarray(s, np.float64)) for s in sequences]
     values, mask = pad_sequences(normalised)
     lengths = [len(s) for s in sequences]
@@ -292,15 +298,19 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
                            num_starts=num_starts)
     rows = np.array([row for row, _ in starts])
     offsets = np.array([start for _, start in starts])
-    longest_context = int(offsets.max())
-    context = values[rows, :longest_context]  # right-padded; each row ends at its own start
+    firsts = offsets - (offsets if max_context is None else np.minimum(offsets, max_context))
+    context_lengths = offsets - firsts
+    # Right-padded; row i holds steps [firsts[i], offsets[i]) of its sequence.
+    context = np.zeros((len(starts), int(context_lengths.max()), values.shape[-1]), np.float32)
+    for i, (row, first, offset) in enumerate(zip(rows, firsts, offsets)):
+        context[i, : offset - first] = values[row, first:offset]
     window = offsets[:, None] + np.arange(horizon)[None, :]  # (b, H) steps being forecast
     truth_normalised = values[rows[:, None], window]  # (b, H, d)
     window_mask = mask[rows[:, None], window]  # (b, H)
 
     path_key, one_step_key = jax.random.split(key)
     paths = sample_paths(model, context, key=path_key, horizon=horizon, num_samples=num_samples,
-                         context_lengths=jnp.asarray(offsets), temperature=temperature)
+                         context_lengths=context_lengths, temperature=temperature)
     paths = normalizer.denormalize(np.asarray(paths, np.float64))  # (b, S, H, d)
     truth = normalizer.denormalize(truth_normalised.astype(np.float64))
     median = np.median(paths, axis=1)

@@ -130,10 +130,13 @@ def test_forecast_original_units_and_report(tiny_model, tmp_path):
     sequences = [normalizer.denormalize(rng.normal(size=(n, 2))) for n in (20, 14)]
     report = forecast.exposure_bias_report(tiny_model, sequences, normalizer,
                                            key=jax.random.key(0), horizon=3, num_samples=8,
-                                           num_starts=6, min_context=5)
+                                           num_starts=6, min_context=5, max_context=8)
     for name in ("mae", "crps", "persistence_mae", "teacher_forced_mae", "teacher_forced_crps"):
         assert len(report[name]) == 3 and all(np.isfinite(report[name]))
     assert report["num_starts"] == 6 and np.isfinite(report["nll"])
+    with pytest.raises(ValueError, match="max_context must be >= 1"):
+        forecast.exposure_bias_report(tiny_model, sequences, normalizer, key=jax.random.key(0),
+                                      horizon=3, max_context=0)
     assert math.isclose(report["nll_original_units"],
                         report["nll"] + math.log(10.0) + math.log(0.5), rel_tol=1e-6)
     # Free running at horizon 1 draws from the very distribution teacher forcing scores.
