@@ -169,6 +169,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batching", choices=BATCHINGS, help="lanes: contiguous lanes, carry passed on (default); "
         "random: random windows from a zero carry")
     add("--seed", type=int, metavar="N", help=f"default {d['seed']}")
+    add("--missing", choices=("reject", "mask"), help="real values: empty or NaN cells are an "
+        "error naming their line and column (reject, default) or stay out of the loss (mask)")
     add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     # Data parallelism and several processes: seqmodel.distributed, docs/distributed.md.
     add("--devices", type=positive_int, metavar="N", help="devices per process to split each batch "
@@ -409,7 +411,8 @@ def cmd_train(args) -> int:
         train_values["val_fraction"] if args.resume else TRAIN_DEFAULTS["val_fraction"])
     tokenizer = args.tokenizer or TRAIN_DEFAULTS["tokenizer"]
     dataset = load_dataset(source, val_fraction=val_fraction, tokenizer=tokenizer,
-                           metadata=data_metadata)
+                           metadata=data_metadata,
+                           **({"missing": args.missing} if args.missing else {}))
     if args.resume:
         from seqmodel.model import ModelConfig
 
