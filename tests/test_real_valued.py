@@ -173,5 +173,8 @@ def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     assert main(["sample", "--checkpoint", "run", "--prompt", "abc"]) == 2
     assert main(["train", "--data", "series.csv", "--head", "bernoulli", "--steps", "1",
                  "--out", "other", *common]) == 2
+    (tmp_path / "holes.csv").write_text("a,b\n1,2\n3,\n5,6\n")
+    assert main(["train", "--data", "holes.csv", "--steps", "1", "--out", "holes"]) == 2
     errors = capsys.readouterr().err
     assert "--prompt-file" in errors and "--head bernoulli needs binary" in errors
+    assert "line 3, column 'b' is missing" in errors and "--missing mask" in errors
