@@ -12,6 +12,9 @@ features): one long series is a list of one. The pieces:
   ``mask (n, T)`` with ``T`` rounded up to a few bucket lengths, so compiled shapes stay few.
 - :func:`next_step_batch`: ``(values, mask)`` -> ``(inputs, targets, target_mask)`` for the
   teacher-forced next-step loss; padded and missing targets get mask 0.
+- :class:`NumericDataset` / :func:`load_numeric_dataset`: the dataset protocol of
+  :mod:`seqmodel.data` (what ``--data series.csv`` resolves to): train/validation split, the
+  normaliser fitted on the train part, resumable batch iterators, metadata for checkpoints.
 
 Missing values (empty CSV cells, ``nan``, ``NA``) are rejected by default with an error naming
 their line and column; ``missing="mask"`` keeps them out of the loss instead (the step whose
