@@ -158,17 +158,21 @@ def _set_cpu_devices(options: dict) -> int:
 
 
 def _seqmodel_worker(spec: dict):
-    """The library's own train step (``seqmodel.train.make_train_step``) on one batch."""
+    """The library's own train step, as ``seqmodel train --devices N`` runs it: the step of
+    :meth:`seqmodel.distributed.DataParallel.train_step` (``make_train_step`` with the batch and
+    the lanes' carry split by rows over N devices; N=1 is the plain one-device step)."""
     import jax
     import numpy as np
     from flax import nnx
 
+    from seqmodel import distributed
     from seqmodel.data import Batch
     from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel.train import TrainConfig, init_train_state, make_optimizer, make_train_step
+    from seqmodel.train import TrainConfig, init_train_state
 
     options = spec["options"]
-    devices = _set_cpu_devices(options)
+    # Before any JAX computation: virtual CPU devices must be asked for first.
+    parallel = distributed.from_flags(devices=int(options.get("devices") or 1))
     config = ModelConfig(
         vocab_size=VOCAB, cell=spec["cell"], hidden_size=spec["hidden"], embed_size=EMBED,
         fast_recurrence=options.get("fast_recurrence", True),
@@ -176,30 +180,15 @@ def _seqmodel_worker(spec: dict):
     )
     model = SequenceModel(config, rngs=nnx.Rngs(0))
     train_config = TrainConfig(batch_size=BATCH, seq_len=SEQUENCE, steps=10_000)
-    tx = make_optimizer(train_config)
+    tx, train_step = parallel.train_step(nnx.graphdef(model), train_config)
     graphdef, state = init_train_state(model, tx, train_config)
     # The step donates its state; copies keep the model itself usable (for generate).
-    state = jax.tree.map(lambda leaf: jax.numpy.array(leaf, copy=True), state)
+    state = parallel.place_state(jax.tree.map(
+        lambda leaf: leaf.copy() if isinstance(leaf, jax.Array) else leaf, state))
     inputs, targets = _batch()
     # Lanes: every batch continues the previous one's rows, so the carry is passed along.
-    batch = Batch(inputs=inputs, targets=targets, mask=None, reset=np.zeros((BATCH,), bool))
-    jit_options = {}
-    if devices > 1:
-        from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-        mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
-        rows = NamedSharding(mesh, PartitionSpec("data"))
-        replicated = NamedSharding(mesh, PartitionSpec())
-        state_sharding = jax.tree.map(lambda _: replicated, state)
-        state_sharding = state_sharding.replace(carry=jax.tree.map(lambda _: rows, state.carry))
-        batch_sharding = Batch(inputs=rows, targets=rows, mask=None, reset=rows)
-        jit_options = {"in_shardings": (state_sharding, batch_sharding),
-                       "out_shardings": (state_sharding, replicated)}
-        state = jax.device_put(state, state_sharding)
-        batch = jax.device_put(batch, batch_sharding)
-    else:
-        batch = jax.device_put(batch)
-    train_step = make_train_step(graphdef, tx, train_config, **jit_options)
+    batch = parallel.shard_batch(
+        Batch(inputs=inputs, targets=targets, mask=None, reset=np.zeros((BATCH,), bool)))
     start = time.perf_counter()
     compiled = train_step.lower(state, batch).compile()
     compile_seconds = time.perf_counter() - start
