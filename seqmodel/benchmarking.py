@@ -42,7 +42,7 @@ from typing import Any
 
 BATCH, SEQUENCE, VOCAB, EMBED = 32, 128, 65, 64
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-TRAIN_CANDIDATES = ("seqmodel", "seqmodel-plain", "flax", "torch", "torch-1t")
+TRAIN_CANDIDATES = ("seqmodel", "seqmodel-2dev", "seqmodel-plain", "flax", "torch", "torch-1t")
 TORCH_CANDIDATES = ("torch", "torch-1t")
 
 
@@ -97,9 +97,20 @@ def _optax_chain(total_steps: int = 10_000):
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule))
 
 
+def _compile(jitted, *args):
+    """``(compiled, {"compile_seconds": wall, "compile_cpu_seconds": cpu})`` of ``jitted(*args)``.
+
+    The CPU seconds (this process, all threads) stay meaningful on a busy machine, where the wall
+    time of a compile stretches with the load."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    compiled = jitted.lower(*args).compile()
+    return compiled, {"compile_seconds": time.perf_counter() - wall,
+                      "compile_cpu_seconds": time.process_time() - cpu}
+
+
 def _jax_train_runner(model, loss_of, options):
     """Compile a train step ``(params, opt_state, x, y) -> (params, opt_state, loss)`` of ``model``;
-    returns ``(run(n), compile_seconds)``. ``options['devices'] > 1`` splits the batch across
+    returns ``(run(n), compile_info)``. ``options['devices'] > 1`` splits the batch across
     that many devices (a 'data' mesh axis; parameters replicated)."""
     import jax
     import optax
@@ -129,10 +140,8 @@ def _jax_train_runner(model, loss_of, options):
         replicated = NamedSharding(mesh, PartitionSpec())
         inputs, targets = jax.device_put((inputs, targets), data)
         params, opt_state = jax.device_put((params, opt_state), replicated)
-    compiled_step = jax.jit(step, donate_argnums=(0, 1))
-    start = time.perf_counter()
-    compiled = compiled_step.lower(params, opt_state, inputs, targets).compile()
-    compile_seconds = time.perf_counter() - start
+    compiled, compile_info = _compile(jax.jit(step, donate_argnums=(0, 1)),
+                                      params, opt_state, inputs, targets)
     state = {"params": params, "opt_state": opt_state}
 
     def run(n: int) -> float:
@@ -144,7 +153,7 @@ def _jax_train_runner(model, loss_of, options):
         loss.block_until_ready()
         return time.perf_counter() - start
 
-    return run, compile_seconds
+    return run, compile_info
 
 
 def _set_cpu_devices(options: dict) -> int:
@@ -189,9 +198,7 @@ def _seqmodel_worker(spec: dict):
     # Lanes: every batch continues the previous one's rows, so the carry is passed along.
     batch = parallel.shard_batch(
         Batch(inputs=inputs, targets=targets, mask=None, reset=np.zeros((BATCH,), bool)))
-    start = time.perf_counter()
-    compiled = train_step.lower(state, batch).compile()
-    compile_seconds = time.perf_counter() - start
+    compiled, compile_info = _compile(train_step, state, batch)
     holder = {"state": state}
 
     def run(n: int) -> float:
@@ -204,7 +211,7 @@ def _seqmodel_worker(spec: dict):
     extra = {}
     if options.get("generate"):
         extra["generate"] = _generate_runner(model)
-    return run, compile_seconds, extra
+    return run, compile_info, extra
 
 
 def _generate_runner(model, steps: int = SEQUENCE):
@@ -258,8 +265,8 @@ def _flax_worker(spec: dict):
         return optax.softmax_cross_entropy_with_integer_labels(model(inputs), targets).mean()
 
     _set_cpu_devices(spec["options"])
-    run, compile_seconds = _jax_train_runner(FlaxBaseline(nnx.Rngs(0)), loss_of, spec["options"])
-    return run, compile_seconds, {}
+    run, compile_info = _jax_train_runner(FlaxBaseline(nnx.Rngs(0)), loss_of, spec["options"])
+    return run, compile_info, {}
 
 
 def _torch_worker(spec: dict):
@@ -305,7 +312,7 @@ def _torch_worker(spec: dict):
         loss.item()
         return time.perf_counter() - start
 
-    return run, 0.0, {}
+    return run, None, {}
 
 
 def _gemm_worker(spec: dict):
@@ -350,7 +357,7 @@ def _gemm_worker(spec: dict):
             results[f"serial_gflops_h{hidden}x{gates}_{direction}"] = (
                 2 * rows * inner * cols * SEQUENCE / seconds / 1e9
             )
-    return None, 0.0, {"result": results}
+    return None, None, {"result": results}
 
 
 WORKERS = {"seqmodel": _seqmodel_worker, "flax": _flax_worker, "torch": _torch_worker,
@@ -363,12 +370,12 @@ def _worker_main(spec_json: str) -> None:
     out = sys.stdout
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol
     try:
-        run, compile_seconds, extra = WORKERS[spec["kind"]](spec)
+        run, compile_info, extra = WORKERS[spec["kind"]](spec)
     except Exception as error:  # reported to the parent, which records the candidate as failed
         out.write(json.dumps({"error": f"{type(error).__name__}: {error}"}) + "\n")
         out.flush()
         return
-    out.write(json.dumps({"ready": True, "compile_seconds": compile_seconds,
+    out.write(json.dumps({"ready": True, **(compile_info or {}),
                           "result": extra.get("result")}) + "\n")
     out.flush()
     for line in sys.stdin:
@@ -473,22 +480,36 @@ def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repe
                 results[candidate.name] = {"error": worker.hello["error"][-1000:]}
                 worker.close()
                 continue
-            results[candidate.name] = {"compile_seconds": worker.hello["compile_seconds"],
-                                       "seconds": []}
+            results[candidate.name] = {
+                key: worker.hello[key] for key in ("compile_seconds", "compile_cpu_seconds")
+                if key in worker.hello}
+            results[candidate.name]["seconds"] = []
             workers.append(worker)
         # Steps per repetition from one warm-up call, so each repetition lasts about the same.
         steps = {}
         for worker in workers:
             first = worker.ask("run 1")["seconds"]
             steps[worker.name] = max(1, round(seconds_per_repeat / max(first, 1e-4)))
-        for _ in range(repeats):
-            for worker in workers:  # alternate: every candidate sees the same machine load
+        load_before = os.getloadavg()[0]
+        for repeat in range(repeats):
+            # Alternate (every candidate sees the same machine load) and rotate the order, so
+            # that no candidate always runs right after the same neighbour.
+            shift = repeat % max(len(workers), 1)
+            for worker in workers[shift:] + workers[:shift]:
                 answer = worker.ask(f"run {steps[worker.name]}")
-                results[worker.name]["seconds"].append(answer["seconds"] / steps[worker.name])
+                if "seconds" in answer:
+                    results[worker.name]["seconds"].append(answer["seconds"] / steps[worker.name])
+                else:
+                    results[worker.name].setdefault("error", answer.get("error", "no answer"))
         for worker in workers:
             entry = results[worker.name]
+            if not entry["seconds"]:
+                continue
             entry["seconds_per_step"] = statistics.median(entry["seconds"])
             entry["tokens_per_second"] = BATCH * SEQUENCE / entry["seconds_per_step"]
+            entry["spread"] = (max(entry["seconds"]) - min(entry["seconds"])) / entry[
+                "seconds_per_step"]
+        results["_load"] = {"before": load_before, "after": os.getloadavg()[0]}
         generators = [w for w in workers if w.name == "seqmodel"]
         for worker in generators:
             answers = [worker.ask("generate") for _ in range(generate_repeats)]
@@ -522,6 +543,7 @@ def run_suite(*, cells=("lstm", "gru"), hidden_sizes=(128, 512), candidates=None
             measured = _measure_config(
                 cell, hidden, candidates, repeats=repeats, seconds_per_repeat=seconds_per_repeat,
                 generate_repeats=generate_repeats, log=log)
+            load = measured.pop("_load", None)
             for entry in measured.values():
                 if "seconds_per_step" in entry:
                     entry.update(_roofline(cell, hidden, entry["seconds_per_step"], ceilings))
@@ -531,7 +553,8 @@ def run_suite(*, cells=("lstm", "gru"), hidden_sizes=(128, 512), candidates=None
             for entry in measured.values():
                 if reference and "tokens_per_second" in entry:
                     entry["ratio_to_torch"] = entry["tokens_per_second"] / reference
-            rows.append({"cell": cell, "hidden": hidden, "candidates": measured})
+            rows.append({"cell": cell, "hidden": hidden, "load_average": load,
+                         "candidates": measured})
     return {
         "shape": {"batch": BATCH, "sequence": SEQUENCE, "vocab": VOCAB, "embed": EMBED},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
@@ -552,30 +575,63 @@ def _versions() -> dict:
     return versions
 
 
-def format_table(results: dict) -> str:
-    """The printed table: one line per (cell, hidden, candidate), ratios to the best torch."""
-    header = (f"{'cell':5} {'h':>4} {'candidate':15} {'train tok/s':>12} {'x torch':>8} "
-              f"{'compile s':>9} {'GFLOP/s':>8} {'roofline':>8} {'gen tok/s':>10}")
-    lines = [header, "-" * len(header)]
+COLUMNS = [  # (header, key, format)
+    ("train tok/s", "tokens_per_second", ".0f"),
+    ("x torch", "ratio_to_torch", ".2f"),
+    ("spread", "spread", ".2f"),
+    ("compile s", "compile_seconds", ".2f"),
+    ("compile cpu s", "compile_cpu_seconds", ".2f"),
+    ("GFLOP/s", "gflops", ".1f"),
+    ("roofline", "roofline", ".2f"),
+    ("generate tok/s", "generate_tokens_per_second", ".0f"),
+]
+
+
+def _table_rows(results: dict):
     for row in results["rows"]:
         for name, entry in row["candidates"].items():
-            if "error" in entry:
-                lines.append(f"{row['cell']:5} {row['hidden']:>4} {name:15} skipped: "
-                             f"{entry['error'][:60]}")
+            cells = [row["cell"], str(row["hidden"]), name]
+            if "tokens_per_second" not in entry:
+                yield cells + [f"skipped: {entry.get('error', '?')[:50]}"] + [""] * (len(COLUMNS) - 1)
                 continue
+            yield cells + [format(entry[key], spec) if entry.get(key) is not None else "-"
+                           for _, key, spec in COLUMNS]
 
-            def number(key, spec):
-                value = entry.get(key)
-                return format(value, spec) if value is not None else "-"
 
-            lines.append(
-                f"{row['cell']:5} {row['hidden']:>4} {name:15} "
-                f"{number('tokens_per_second', '12.0f')} {number('ratio_to_torch', '8.2f')} "
-                f"{number('compile_seconds', '9.2f')} {number('gflops', '8.1f')} "
-                f"{number('roofline', '8.2f')} {number('generate_tokens_per_second', '10.0f')}")
+def _footer(results: dict) -> list[str]:
     ceilings = results.get("ceilings_gflops", {})
-    lines.append("GEMM ceilings GFLOP/s: " + ", ".join(
-        f"{k.replace('_gflops', '')}={v:.0f}" for k, v in ceilings.items()))
+    lines = ["GEMM ceilings GFLOP/s: " + ", ".join(
+        f"{k.replace('_gflops', '')}={v:.0f}" for k, v in ceilings.items())]
+    loads = [row.get("load_average") for row in results["rows"] if row.get("load_average")]
+    if loads:
+        worst = max(max(load.values()) for load in loads)
+        lines.append(f"load average during the runs: up to {worst:.1f} on {os.cpu_count()} CPUs"
+                     + ("  (busy machine: absolute figures are low and noisy; read the ratios)"
+                        if worst > (os.cpu_count() or 1) else ""))
+    return lines
+
+
+def format_table(results: dict) -> str:
+    """The printed table: one line per (cell, hidden, candidate), ratios to the best torch.
+
+    ``spread`` is ``(max - min) / median`` of the repetitions: the run's own noise figure."""
+    header = ["cell", "h", "candidate"] + [title for title, _, _ in COLUMNS]
+    rows = list(_table_rows(results))
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    def line(values):
+        return "  ".join(str(v).rjust(w) if i > 2 else str(v).ljust(w)
+                         for i, (v, w) in enumerate(zip(values, widths)))
+    return "\n".join([line(header), "-" * len(line(header))] + [line(r) for r in rows]
+                     + _footer(results))
+
+
+def format_markdown(results: dict) -> str:
+    """The same table in Markdown (for the README), with the command that produced it."""
+    header = ["cell", "h", "candidate"] + [title for title, _, _ in COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in _table_rows(results)]
+    lines += ["", *_footer(results), "", f"Command: `{results.get('command', '')}`",
+              f"Versions: {results.get('versions')}"]
     return "\n".join(lines)
 
 
@@ -589,9 +645,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cells", default="lstm,gru")
     parser.add_argument("--hidden", default="128,512")
     parser.add_argument("--candidates", default=",".join(TRAIN_CANDIDATES),
-                        help=f"comma list; extra: seqmodel-2dev")
+                        help="comma list of: " + ", ".join(TRAIN_CANDIDATES))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds per repetition")
+    parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -612,6 +669,9 @@ def main(argv=None) -> int:
                         log=lambda message: print(message, file=sys.stderr, flush=True))
     results["command"] = " ".join(["seqmodel bench", *(argv if argv is not None else sys.argv[1:])])
     print(format_table(results))
+    if args.markdown:
+        print()
+        print(format_markdown(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")
