@@ -199,6 +199,14 @@ def _seqmodel_worker(spec: dict):
     batch = parallel.shard_batch(
         Batch(inputs=inputs, targets=targets, mask=None, reset=np.zeros((BATCH,), bool)))
     compiled, compile_info = _compile(train_step, state, batch)
+    # No recompile across batches: the jitted step itself, fed two different batches, must keep
+    # one compiled program (the timing below then calls the compiled program directly).
+    other_inputs, other_targets = _batch(seed=1)
+    for batch_values in (batch, parallel.shard_batch(Batch(
+            inputs=other_inputs, targets=other_targets, mask=None,
+            reset=np.ones((BATCH,), bool)))):
+        state, metrics = train_step(state, batch_values)
+    compile_info["compiled_programs"] = int(train_step._cache_size())
     holder = {"state": state}
 
     def run(n: int) -> float:
@@ -481,8 +489,8 @@ def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repe
                 worker.close()
                 continue
             results[candidate.name] = {
-                key: worker.hello[key] for key in ("compile_seconds", "compile_cpu_seconds")
-                if key in worker.hello}
+                key: worker.hello[key] for key in ("compile_seconds", "compile_cpu_seconds",
+                                                   "compiled_programs") if key in worker.hello}
             results[candidate.name]["seconds"] = []
             workers.append(worker)
         # Steps per repetition from one warm-up call, so each repetition lasts about the same.
@@ -602,6 +610,11 @@ def _footer(results: dict) -> list[str]:
     ceilings = results.get("ceilings_gflops", {})
     lines = ["GEMM ceilings GFLOP/s: " + ", ".join(
         f"{k.replace('_gflops', '')}={v:.0f}" for k, v in ceilings.items())]
+    programs = {entry["compiled_programs"] for row in results["rows"]
+                for entry in row["candidates"].values() if "compiled_programs" in entry}
+    if programs:
+        lines.append("compiled train-step programs after two different batches: "
+                     + ", ".join(map(str, sorted(programs))) + " (1 = no recompile)")
     loads = [row.get("load_average") for row in results["rows"] if row.get("load_average")]
     if loads:
         worst = max(max(load.values()) for load in loads)
