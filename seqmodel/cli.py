@@ -438,8 +438,9 @@ def cmd_train(args) -> int:
     except TrainingError as error:
         print(f"seqmodel train: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except jax.errors.JaxRuntimeError as error:
-        distributed.stop_after_failure(error, parallel)  # several processes: one line, exit 1
+    except Exception as error:
+        # Another process died (JAX raises JaxRuntimeError or ValueError): one line, exit 1.
+        distributed.stop_after_failure(error, parallel)
         raise
     summary: dict[str, Any] = {
         "steps": result.steps,
