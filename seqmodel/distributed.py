@@ -451,14 +451,36 @@ def from_train_flags(args) -> DataParallel:
                       process_id=getattr(args, "process_id", None))
 
 
+# Words of the errors that JAX, gloo and NCCL raise when another process of the run is gone.
+_PEER_FAILURE_WORDS = ("gloo", "nccl", "connection", "coordination service", "heartbeat",
+                       "barrier", "unavailable", "peer", "socket")
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` looks like a failed collective or a lost process (JAX raises
+    :class:`jax.errors.JaxRuntimeError` or ``ValueError`` for these, depending on where)."""
+    text = str(error).lower()
+    return (isinstance(error, jax.errors.JaxRuntimeError)
+            or any(word in text for word in _PEER_FAILURE_WORDS))
+
+
 def stop_after_failure(error: BaseException, parallel: DataParallel) -> None:
     """In a run of several processes, end this process at once after a failed collective (another
     process died): one line on stderr, exit status 1. Returns (for the caller to re-raise) in a
-    single-process run.
+    single-process run and for errors that are not about other processes.
 
     Exiting with ``os._exit`` skips JAX's shutdown barrier, which would otherwise wait for the dead
-    process until the heartbeat timeout and then abort with a C++ stack trace."""
-    if parallel.num_processes <= 1:
+    process until the heartbeat timeout and then abort with a C++ stack trace.
+
+    Example::
+
+        try:
+            fit(model, dataset, config, parallel=parallel)
+        except Exception as error:
+            stop_after_failure(error, parallel)
+            raise
+    """
+    if parallel.num_processes <= 1 or not is_peer_failure(error):
         return
     import sys
 
