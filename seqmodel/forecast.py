@@ -459,6 +459,8 @@ def load_contexts(path: str | os.PathLike, normalizer: Normalizer):
     Returns ``(contexts (n, p, d) right-padded, lengths (n,))`` in original units."""
     from seqmodel.data.numeric import load_sequences
 
+    if not os.path.isfile(path):
+        raise ValueError(f"--prompt-file {os.fspath(path)!r}: no such file")
     table = load_sequences(path)
     if table.num_features != normalizer.num_features:
         raise ValueError(

@@ -208,7 +208,8 @@ def load_npy(path: str | os.PathLike, *, missing: str = "reject") -> NumericTabl
                 prefix = f"sequence {index}, " if array.ndim == 3 else ""
                 raise ValueError(
                     f"{path}: {prefix}row {step}, column {feature} is missing (NaN); fill it, or "
-                    "pass missing='mask' (--missing mask) to keep it out of the loss"
+                    "for training data pass missing='mask' (--missing mask) to keep it out of "
+                    "the loss"
                 )
     if np.isinf(array).any():
         raise ValueError(f"{path}: the array holds inf; only finite numbers (or NaN) are allowed")
@@ -240,8 +241,8 @@ def _reject_missing(values: np.ndarray, path: str, lines: Sequence[int], columns
         row, feature = where[0]
         raise ValueError(
             f"{path}: line {lines[row]}, column {columns[feature]!r} is missing (empty or NaN); "
-            f"{len(where)} missing cell(s) in all. Fill them, or pass missing='mask' "
-            "(--missing mask) to keep them out of the loss"
+            f"{len(where)} missing cell(s) in all. Fill them, or for "
+            "training data pass missing='mask' (--missing mask) to keep them out of the loss"
         )
 
 
