@@ -15,7 +15,16 @@ Errors are in original units (the :class:`~seqmodel.data.numeric.Normalizer` is 
 Pure metric functions (numpy): :func:`crps_from_samples`, :func:`sample_quantiles`,
 :func:`horizon_mean`. Model functions: :func:`sample_paths`, :func:`forecast`,
 :func:`teacher_forced_outputs`, :func:`exposure_bias_report`. Plots: :func:`plot_fan`,
-:func:`plot_report`.
+:func:`plot_report`. Command line (called by :mod:`seqmodel.cli` for real-valued checkpoints):
+:func:`cli_sample`, :func:`cli_eval`, :func:`load_contexts`.
+
+Example::
+
+    paths = forecast(model, normalizer, history, key=jax.random.key(0), horizon=24,
+                     num_samples=200)                          # (p, d) -> (200, 24, d)
+    report = exposure_bias_report(model, validation, normalizer, key=jax.random.key(0),
+                                  horizon=50)
+    plot_report(report, "report.png")
 """
 
 from __future__ import annotations
