@@ -148,3 +148,16 @@ def test_console_entry_point_reports_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "holds no checkpoint" in result.stderr
+
+
+def test_cli_defaults_are_the_library_defaults():
+    from seqmodel.train import TrainConfig
+
+    library = TrainConfig()
+    names = {"batch_size": "batch_size", "seq_len": "seq_len", "lr": "learning_rate",
+             "warmup": "warmup_steps", "weight_decay": "weight_decay", "clip_norm": "clip_norm",
+             "eval_every": "eval_every", "val_fraction": "val_fraction",
+             "teacher_forcing": "teacher_forcing", "batching": "batching", "seed": "seed",
+             "teacher_forcing_schedule": "teacher_forcing_schedule"}
+    for flag, field in names.items():
+        assert cli.TRAIN_DEFAULTS[flag] == getattr(library, field), flag
