@@ -369,6 +369,17 @@ class DataParallel:
 
         return jax.tree.map(local, tree)
 
+    # -- stopping ------------------------------------------------------------------------------
+
+    def stop_request(self):
+        """The context manager behind Ctrl-C in :func:`seqmodel.train.fit`: in one process, the
+        first Ctrl-C stops after the current step and saves; across processes each would stop
+        after its own step and the others would wait in a collective, so Ctrl-C interrupts at
+        once (``KeyboardInterrupt``) and the run resumes from its last checkpoint."""
+        from seqmodel.train import _StopRequest
+
+        return _StopRequest() if self.num_processes == 1 else _NoStopRequest()
+
     # -- the train step ------------------------------------------------------------------------
 
     def train_step(self, graphdef, config):
@@ -389,6 +400,19 @@ def _cached_train_step(graphdef, config, parallel: DataParallel):
     step = make_train_step(graphdef, tx, config, in_shardings=(states, parallel.rows),
                            out_shardings=(states, parallel.replicated))
     return tx, step
+
+
+class _NoStopRequest:
+    """Leaves SIGINT alone (Ctrl-C raises KeyboardInterrupt); ``requested`` is set by a callback."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
 
 
 class LocalBatches:
@@ -480,10 +504,19 @@ def stop_after_failure(error: BaseException, parallel: DataParallel) -> None:
             stop_after_failure(error, parallel)
             raise
     """
-    if parallel.num_processes <= 1 or not is_peer_failure(error):
+    if parallel.num_processes <= 1:
         return
     import sys
 
+    if isinstance(error, KeyboardInterrupt):
+        # Leaving at once closes this process's connections, so the others stop too (instead of
+        # waiting in JAX's shutdown barrier while they wait for this process in a collective).
+        print(f"seqmodel train: process {jax.process_index()} interrupted; the checkpoints in "
+              f"--out are the last complete ones; restart every process with --resume",
+              file=sys.stderr, flush=True)
+        os._exit(130)
+    if not is_peer_failure(error):
+        return
     first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
     print(f"seqmodel train: process {jax.process_index()} of {parallel.num_processes} stops: "
           f"another process of the run failed or was stopped ({first_line}). The checkpoints "
