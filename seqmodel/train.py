@@ -730,7 +730,7 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         return summary
 
     try:
-        with _StopRequest() as stop:
+        with parallel.stop_request() as stop:
             while True:
                 if config.steps is not None and step >= config.steps:
                     break
