@@ -438,8 +438,9 @@ def cmd_train(args) -> int:
     except TrainingError as error:
         print(f"seqmodel train: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    except Exception as error:
-        # Another process died (JAX raises JaxRuntimeError or ValueError): one line, exit 1.
+    except (Exception, KeyboardInterrupt) as error:
+        # Several processes: another one died (JAX raises JaxRuntimeError or ValueError), or
+        # Ctrl-C: one line, and this process ends at once so that the others stop too.
         distributed.stop_after_failure(error, parallel)
         raise
     summary: dict[str, Any] = {
