@@ -9,6 +9,7 @@ Public API (re-exports only)::
 from seqmodel.cells import ElmanCell, GRUCell, LSTMCell
 from seqmodel.data import Batch, ByteTokenizer, CharTokenizer, TextDataset, load_dataset
 from seqmodel.data.numeric import Normalizer, NumericDataset
+from seqmodel.distributed import DataParallel
 from seqmodel.forecast import crps_from_samples, exposure_bias_report, sample_paths
 from seqmodel.generate import Generation, generate, generate_stream
 from seqmodel.heads import Bernoulli, Categorical, Gaussian, MixtureGaussian
@@ -41,6 +42,7 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "Categorical",
+    "DataParallel",
     "ElmanCell",
     "GRUCell",
     "Gaussian",
