@@ -119,7 +119,7 @@ def test_data_errors_exit_2(tmp_path, capsys):
     short = tmp_path / "short.txt"
     short.write_text("abc\n" * 10)
     status, _, err = run(capsys, "train", "--data", str(short), "--out", str(tmp_path / "b"),
-                         "--steps", "1", *TINY)
+                         "--steps", "1", *TINY, "--batch-size", "16")
     assert status == 2 and "fewer than batch_size * seq_len + 1" in err
 
 
