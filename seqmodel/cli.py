@@ -448,6 +448,7 @@ def cmd_train(args) -> int:
         "tokens": result.tokens,
         "train_seconds": round(result.train_seconds, 3),
         "tokens_per_second": round(result.tokens_per_second, 1),
+        "step_tokens_per_second": _rounded(result.step_tokens_per_second),
         "train_loss": _rounded(result.train_loss),
         "val_loss": _rounded(result.val_loss),
         "best_val_loss": _rounded(result.best_val_loss),

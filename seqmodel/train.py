@@ -456,13 +456,16 @@ def evaluate(model, batches: Iterable[Batch], *, graphdef: nnx.GraphDef | None =
 
 class FitResult(NamedTuple):
     """What :func:`fit` returns. Losses are nats per element; ``val_bits`` is bits per element
-    (per character for text). ``checkpoint`` is the run's latest checkpoint folder or None."""
+    (per character for text). ``checkpoint`` is the run's latest checkpoint folder or None.
+    ``tokens_per_second`` is over the whole run (compile, evaluation, checkpoints included);
+    ``step_tokens_per_second`` over the train steps alone, without the first (compiling) interval."""
 
     state: TrainState
     steps: int
     tokens: int
     train_seconds: float
     tokens_per_second: float
+    step_tokens_per_second: float | None
     train_loss: float
     val_loss: float | None
     val_bits: float | None
@@ -685,6 +688,7 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
 
     pending: list[tuple[int, dict]] = []
     interval_start, interval_steps, first_interval = time.perf_counter(), 0, True
+    steady = [0.0, 0.0]  # elements and seconds of the train steps after the first interval
     bar = None
     if progress and parallel.is_main:
         from tqdm.auto import tqdm
@@ -709,6 +713,8 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         tokens += int(round(elements))
         if not first_interval:  # the first interval holds the compile
             clock.record_steps(interval_steps, seconds)
+            steady[0] += elements
+            steady[1] += seconds
         first_interval = False
         last = {k: float(v) for k, v in fetched[-1].items()}
         train_loss = float(np.mean([float(m["loss"]) for m in fetched]))
@@ -780,6 +786,7 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         tokens=tokens,
         train_seconds=train_seconds,
         tokens_per_second=(tokens - tokens_before) / max(train_seconds - elapsed_before, 1e-9),
+        step_tokens_per_second=steady[0] / steady[1] if steady[1] > 0 else None,
         train_loss=train_loss,
         val_loss=None if last_val is None else last_val.loss,
         val_bits=None if last_val is None else last_val.bits,

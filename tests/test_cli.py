@@ -47,6 +47,7 @@ def test_train_json_line_and_run_folder(corpus, tmp_path, capsys):
     for key in ("steps", "tokens", "train_seconds", "tokens_per_second", "val_loss", "checkpoint"):
         assert key in summary
     assert summary["steps"] == 12 and summary["tokens"] == 12 * 4 * 8
+    assert summary["step_tokens_per_second"] > 0
     assert summary["val_loss"] > 0 and summary["bpc"] == pytest.approx(summary["val_loss"] / 0.693147, rel=1e-3)
     assert summary["checkpoint"] == str(out) and isinstance(summary["sample"], str)
     assert (out / "metrics.jsonl").is_file() and (out / "latest" / "12").is_dir()
