@@ -3,26 +3,33 @@
 What it measures, for every (cell, hidden size) on the same inputs (batch 32, sequence 128,
 Embedding 64 -> cell -> Linear, vocabulary 65, AdamW + global-norm clipping, fp32):
 
-- train-step tokens/s (compile excluded) and compile seconds, for
-  ``seqmodel`` (the library's default path), ``seqmodel-plain`` (``fast_recurrence=False``:
-  ``lax.scan`` differentiated by JAX), ``flax`` (``nnx.RNN(OptimizedLSTMCell / GRUCell)``),
-  ``torch`` (``nn.LSTM`` / ``nn.GRU``, default threads) and ``torch-1t`` (one thread);
-- generate tokens/s of the library (``benchmarks/bench_generate.py`` when present, else
-  :func:`seqmodel.generate.generate` directly);
+- train-step tokens/s (compile excluded), compile seconds (wall and CPU) and whether the step
+  recompiles on a second batch, for
+  ``seqmodel`` (the library's step, :func:`seqmodel.train.make_train_step` as ``seqmodel train``
+  runs it, custom-VJP recurrences, one device), ``seqmodel-2dev`` (the same step with the batch
+  split over two CPU devices, ``seqmodel train --devices 2``), ``seqmodel-plain``
+  (``fast_recurrence=False``: ``lax.scan`` differentiated by JAX), ``flax``
+  (``nnx.RNN(OptimizedLSTMCell / GRUCell)``, same optax chain), ``torch`` (``nn.LSTM`` /
+  ``nn.GRU``, default threads) and ``torch-1t`` (one thread);
+- generate tokens/s of the library (``time_generate`` of ``benchmarks/bench_generate.py`` when
+  present, else :func:`seqmodel.generate.generate` directly), ``b=32`` rows of 128 tokens;
 - the machine's GEMM FLOP/s: a large ``2048^3`` GEMM and the serial small GEMMs of the
   recurrence (``(b, h) @ (h, G)`` and ``(b, G) @ (G, h)`` chained in a ``lax.scan``), and a
   roofline column: the time the step's FLOPs would take at those ceilings (serial matmuls at the
   serial rate, the rest at the large-GEMM rate) as a fraction of the measured step time.
 
-Every candidate runs in its own worker process (so that XLA flags, thread counts and the two
-frameworks' thread pools do not interfere); the parent alternates repetitions across candidates
-and quotes medians. Ratios are to the faster of ``torch`` / ``torch-1t`` measured in the same run.
+Every candidate runs in its own worker process (so that device counts, thread counts and the
+two frameworks' thread pools do not interfere); the parent alternates repetitions across
+candidates (rotating the order) and quotes medians. ``x torch`` is the ratio to the faster of
+``torch`` / ``torch-1t`` in the same run; ``x torch-1t cpu`` compares CPU time per step, a figure
+that a busy machine disturbs far less than wall time. On a GPU the same code runs unchanged
+(PyTorch then uses cuDNN; ``seqmodel-2dev`` is skipped when there are fewer than 2 devices).
 
 Run::
 
-    python benchmarks/bench_speed.py                  # full suite (~5 min on 2 cores)
+    python benchmarks/bench_speed.py                  # full suite (~5 min on 2 idle cores)
     python benchmarks/bench_speed.py --quick          # smoke test (~1 min)
-    seqmodel bench --json results.json
+    seqmodel bench --json results.json --markdown
 """
 
 from __future__ import annotations
@@ -392,7 +399,11 @@ def _worker_main(spec_json: str) -> None:
             break
         try:
             if command[0] == "run":
+                cpu = time.process_time()
                 answer = {"seconds": run(int(command[1]))}
+                # CPU seconds of this process (all its threads): the work done, which a busy
+                # machine does not inflate the way it stretches wall time.
+                answer["cpu_seconds"] = time.process_time() - cpu
             else:
                 answer = {"seconds": extra["generate"]()}
         except Exception as error:
@@ -507,6 +518,8 @@ def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repe
                 answer = worker.ask(f"run {steps[worker.name]}")
                 if "seconds" in answer:
                     results[worker.name]["seconds"].append(answer["seconds"] / steps[worker.name])
+                    results[worker.name].setdefault("cpu_seconds", []).append(
+                        answer["cpu_seconds"] / steps[worker.name])
                 else:
                     results[worker.name].setdefault("error", answer.get("error", "no answer"))
         for worker in workers:
@@ -517,6 +530,7 @@ def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repe
             entry["tokens_per_second"] = BATCH * SEQUENCE / entry["seconds_per_step"]
             entry["spread"] = (max(entry["seconds"]) - min(entry["seconds"])) / entry[
                 "seconds_per_step"]
+            entry["cpu_ms_per_step"] = 1e3 * statistics.median(entry["cpu_seconds"])
         results["_load"] = {"before": load_before, "after": os.getloadavg()[0]}
         generators = [w for w in workers if w.name == "seqmodel"]
         for worker in generators:
@@ -561,6 +575,11 @@ def run_suite(*, cells=("lstm", "gru"), hidden_sizes=(128, 512), candidates=None
             for entry in measured.values():
                 if reference and "tokens_per_second" in entry:
                     entry["ratio_to_torch"] = entry["tokens_per_second"] / reference
+            # Work ratio: torch on one thread against each candidate, in CPU time per step.
+            one_thread = measured.get("torch-1t", {}).get("cpu_ms_per_step")
+            for entry in measured.values():
+                if one_thread and entry.get("cpu_ms_per_step"):
+                    entry["cpu_ratio_to_torch_1t"] = one_thread / entry["cpu_ms_per_step"]
             rows.append({"cell": cell, "hidden": hidden, "load_average": load,
                          "candidates": measured})
     return {
@@ -587,6 +606,8 @@ COLUMNS = [  # (header, key, format)
     ("train tok/s", "tokens_per_second", ".0f"),
     ("x torch", "ratio_to_torch", ".2f"),
     ("spread", "spread", ".2f"),
+    ("cpu ms/step", "cpu_ms_per_step", ".1f"),
+    ("x torch-1t cpu", "cpu_ratio_to_torch_1t", ".2f"),
     ("compile s", "compile_seconds", ".2f"),
     ("compile cpu s", "compile_cpu_seconds", ".2f"),
     ("GFLOP/s", "gflops", ".1f"),
@@ -627,7 +648,11 @@ def _footer(results: dict) -> list[str]:
 def format_table(results: dict) -> str:
     """The printed table: one line per (cell, hidden, candidate), ratios to the best torch.
 
-    ``spread`` is ``(max - min) / median`` of the repetitions: the run's own noise figure."""
+    ``spread`` is ``(max - min) / median`` of the repetitions: the run's own noise figure.
+    ``cpu ms/step`` is the CPU time of the candidate's process (every thread) per step, and
+    ``x torch-1t cpu`` torch-on-one-thread's CPU time over the candidate's: a work ratio that a
+    busy machine disturbs far less than wall time (a multi-threaded candidate's figure includes
+    its threads' waiting)."""
     header = ["cell", "h", "candidate"] + [title for title, _, _ in COLUMNS]
     rows = list(_table_rows(results))
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
