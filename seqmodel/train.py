@@ -555,6 +555,244 @@ def _finite(value) -> bool:
     return value is not None and math.isfinite(value)
 
 
+class _Run:
+    """One call of :func:`fit`: the state, the data, the clock and the run folder, and the steps
+    of the loop (log, evaluate, save) as methods."""
+
+    def __init__(self, model, dataset, config: TrainConfig, *, out_path, resume: bool,
+                 progress: bool, callback, run_metadata: dict | None, parallel):
+        from seqmodel import checkpoint as checkpoint_module  # keeps orbax off the import path
+
+        self.model, self.dataset, self.config = model, dataset, config
+        self.out_path, self.callback = out_path, callback
+        self.run_metadata = run_metadata or {}
+        self.parallel = parallel = distributed.resolve(parallel)
+        parallel.check_config(config)
+        tx, self.train_step = parallel.train_step(split_model(model)[0], config)
+        _, state = init_train_state(model, tx, config)
+        self.evaluation_graph = eval_graphdef(model)
+        position, elapsed_before, self.best_val, self.tokens_before = None, 0.0, None, 0
+        if resume:
+            if out_path is None:
+                raise ValueError("resume=True needs out_dir")
+            state, saved = checkpoint_module.restore_train_state(out_path, state, model.config)
+            position = saved.get("data_position")
+            elapsed_before = float(saved.get("train_seconds", 0.0))
+            self.best_val = saved.get("best_val_loss")
+            self.tokens_before = int(saved.get("tokens", 0))
+            if config.steps is not None:
+                state = state.replace(horizon=jnp.asarray(config.steps, jnp.int32))
+        self.state = parallel.place_state(state)
+        self.elapsed_before = elapsed_before
+
+        self.batches = parallel.local_batches(dataset.train_batches(
+            batch_size=config.batch_size, seq_len=config.seq_len, batching=config.batching,
+            seed=config.seed, position=position))
+        val_batches = dataset.validation_batches(batch_size=config.eval_batch_size,
+                                                 seq_len=config.eval_seq_len)
+        self.val_batches = [parallel.place_eval_batch(batch) for batch in val_batches]
+        self.unit = getattr(dataset, "bits_per_unit", None)
+        self.clock = _Clock(config.max_time, elapsed_before)
+        # A time-bounded run keeps time for its final evaluation and checkpoint: one evaluation
+        # batch is compiled and timed up front (the compile is needed at the end anyway).
+        self.eval_batch_seconds = 0.0
+        if config.max_time is not None and self.val_batches:
+            self.eval_batch_seconds = _time_eval_batch(self.evaluation_graph, self.state,
+                                                       self.val_batches[0])
+
+        self.metrics_file = None
+        if out_path is not None and parallel.is_main:
+            out_path.mkdir(parents=True, exist_ok=True)
+            self.metrics_file = open(out_path / "metrics.jsonl", "a" if resume else "w",
+                                     encoding="utf-8")
+        self.saver = checkpoint_module.RunCheckpoints(out_path) if out_path is not None else None
+        self.bar = None
+        if progress and parallel.is_main:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=int(self.state.horizon) if config.steps else None,
+                            initial=int(self.state.step), unit="step", dynamic_ncols=True,
+                            leave=True)
+
+        self.step = int(self.state.step)
+        self.tokens = self.tokens_before
+        self.train_loss = float("nan")
+        self.last_val: EvalResult | None = None
+        self.last_saved_step: int | None = self.step if resume else None
+        self.interrupted = False
+        self.pending: list[tuple[int, dict]] = []  # (step, metrics still on the device)
+        self.interval_start, self.interval_steps, self.first_interval = time.perf_counter(), 0, True
+        self.steady_elements, self.steady_seconds = 0.0, 0.0  # train steps after the compile
+
+    # -- time -------------------------------------------------------------------------------------
+
+    def estimated_eval_seconds(self) -> float:
+        evaluation = 1.25 * self.eval_batch_seconds * len(self.val_batches)
+        saving = (self.clock.save_seconds or 1.0) if self.out_path is not None else 0.0
+        return evaluation + saving
+
+    # -- records ----------------------------------------------------------------------------------
+
+    def write(self, record: dict) -> None:
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps(record) + "\n")
+            self.metrics_file.flush()
+
+    def flush(self) -> dict | None:
+        """Fetch the pending metrics, check them, log them; returns the interval's summary."""
+        if not self.pending:
+            return None
+        fetched = jax.device_get([metrics for _, metrics in self.pending])
+        steps_done = [step for step, _ in self.pending]
+        self.pending = []
+        now = time.perf_counter()
+        seconds = now - self.interval_start
+        for at_step, metrics in zip(steps_done, fetched):
+            if not math.isfinite(float(metrics["loss"])):
+                raise self.diverged(float(metrics["loss"]), at_step)
+        elements = sum(float(metrics["elements"]) for metrics in fetched)
+        self.tokens += int(round(elements))
+        if not self.first_interval:  # the first interval holds the compile
+            self.clock.record_steps(self.interval_steps, seconds)
+            self.steady_elements += elements
+            self.steady_seconds += seconds
+        self.first_interval = False
+        last = {key: float(value) for key, value in fetched[-1].items()}
+        self.train_loss = float(np.mean([float(metrics["loss"]) for metrics in fetched]))
+        summary = {"step": steps_done[-1], "loss": self.train_loss,
+                   "learning_rate": last["learning_rate"], "grad_norm": last["grad_norm"],
+                   "tokens_per_second": elements / seconds if seconds > 0 else None,
+                   "elapsed": round(self.clock.elapsed(), 3)}
+        if not self.config.plain_teacher_forcing:
+            summary["teacher_forcing"] = last["teacher_forcing"]
+        self.write(summary)
+        self.interval_start, self.interval_steps = now, 0
+        # A time-bounded run re-estimates where its schedule ends from the measured speed.
+        if self.config.steps is None:
+            total = self.clock.estimated_total_steps(self.step, self.estimated_eval_seconds())
+            if total is not None:
+                self.state = self.state.replace(horizon=jnp.asarray(total, jnp.int32))
+                if self.bar is not None:
+                    self.bar.total = total
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.train_loss:.3f}",
+                                 tok_s=f"{summary['tokens_per_second'] or 0:,.0f}", refresh=False)
+        return summary
+
+    def diverged(self, value: float, at_step: int) -> TrainingError:
+        kept = (f"the last good checkpoint (step {self.last_saved_step}) is in {self.out_path}"
+                if self.last_saved_step is not None and self.out_path is not None
+                else "no checkpoint was written")
+        return TrainingError(f"training stopped: the loss became {value} at step {at_step}; "
+                             f"{kept}. Lower --lr or --clip-norm, or check the data")
+
+    # -- evaluation and checkpoints ---------------------------------------------------------------
+
+    def evaluate(self) -> EvalResult | None:
+        if not self.val_batches:
+            return None
+        started = time.perf_counter()
+        result = evaluate(None, self.val_batches, graphdef=self.evaluation_graph,
+                          params=self.state.params, model_state=self.state.model_state)
+        self.clock.eval_seconds = time.perf_counter() - started
+        record = {"step": self.step, "val_loss": result.loss,
+                  "elapsed": round(self.clock.elapsed(), 3)}
+        if self.unit:
+            record[f"val_bits_per_{self.unit}"] = result.bits
+        self.write(record)
+        return result
+
+    def save(self, val: EvalResult | None) -> None:
+        if self.saver is None:
+            return
+        started = time.perf_counter()
+        improved = val is not None and _finite(val.loss) and (
+            self.best_val is None or val.loss < self.best_val)
+        if improved:
+            self.best_val = val.loss
+        metadata = {
+            **self.run_metadata,
+            "model_config": self.model.config.to_dict(),
+            "train_config": self.config.to_dict(),
+            "data": self.dataset.metadata(),
+            "data_position": self.batches.position,
+            "step": self.step,
+            "tokens": self.tokens,
+            "train_seconds": self.clock.elapsed(),
+            "val_loss": None if self.last_val is None else self.last_val.loss,
+            "best_val_loss": self.best_val,
+        }
+        self.saver.save(self.step, self.parallel.host_state(self.state), metadata, best=improved)
+        self.last_saved_step = self.step
+        self.clock.save_seconds = max(self.clock.save_seconds or 0.0,
+                                      time.perf_counter() - started)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def done(self) -> bool:
+        return self.config.steps is not None and self.step >= self.config.steps
+
+    def train(self) -> None:
+        config = self.config
+        with _StopRequest() as stop:
+            while not self.done():
+                if stop.requested or self.clock.out_of_time(self.estimated_eval_seconds()):
+                    self.interrupted = stop.requested
+                    break
+                self.state, metrics = self.train_step(self.state, next(self.batches))
+                self.step += 1
+                self.interval_steps += 1
+                self.pending.append((self.step, metrics))
+                if self.bar is not None:
+                    self.bar.update(1)
+                at_eval = config.eval_every is not None and self.step % config.eval_every == 0
+                if self.step % config.log_every == 0 or at_eval:
+                    summary = self.flush()
+                    if self.callback is not None and self.callback(self.step, summary):
+                        stop.requested = True
+                if at_eval and not self.done():
+                    self.last_val = self.evaluate()
+                    self.save(self.last_val)
+                    self.interval_start = time.perf_counter()  # evaluation is not step time
+                    if self.bar is not None and self.last_val is not None:
+                        self.bar.write(f"step {self.step}: val_loss {self.last_val.loss:.4f}")
+            self.flush()
+            if not self.interrupted:
+                self.last_val = self.evaluate()
+            self.save(None if self.interrupted else self.last_val)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics_file is not None:
+            self.metrics_file.close()
+        if self.saver is not None:
+            self.saver.close()
+
+    def result(self) -> FitResult:
+        state = self.state
+        nnx.update(self.model, *self.parallel.local_copy((state.params, state.model_state)))
+        train_seconds = self.clock.elapsed()
+        if self.out_path is not None and self.parallel.is_main:
+            plot_losses(self.out_path / "metrics.jsonl", self.out_path / "loss.png")
+        run_seconds = max(train_seconds - self.elapsed_before, 1e-9)
+        return FitResult(
+            state=state,
+            steps=self.step,
+            tokens=self.tokens,
+            train_seconds=train_seconds,
+            tokens_per_second=(self.tokens - self.tokens_before) / run_seconds,
+            step_tokens_per_second=(self.steady_elements / self.steady_seconds
+                                    if self.steady_seconds > 0 else None),
+            train_loss=self.train_loss,
+            val_loss=None if self.last_val is None else self.last_val.loss,
+            val_bits=None if self.last_val is None else self.last_val.bits,
+            best_val_loss=self.best_val,
+            checkpoint=None if self.saver is None else str(self.saver.latest_path()),
+            interrupted=self.interrupted,
+        )
+
+
 def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | None = None,
         resume: bool = False, progress: bool = True,
         callback: Callable[[int, dict], bool | None] | None = None,
@@ -581,219 +819,16 @@ def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | Non
         result = fit(model, load_dataset("tinyshakespeare"), TrainConfig(max_time=110),
                      out_dir="runs/shakespeare")
     """
-    from seqmodel import checkpoint as checkpoint_module  # keeps orbax off the import path
-
     if config.steps is None and config.max_time is None:
         raise ValueError("TrainConfig needs steps or max_time (or both) to know when to stop")
-    out_path = pathlib.Path(out_dir) if out_dir is not None else None
-    graphdef = split_model(model)[0]
-    parallel = distributed.resolve(parallel)
-    parallel.check_config(config)
-    tx, train_step = parallel.train_step(graphdef, config)
-    graphdef, state = init_train_state(model, tx, config)
-    evaluation_graph = eval_graphdef(model)
-    position, elapsed_before, best_val, tokens_before = None, 0.0, None, 0
-    if resume:
-        if out_path is None:
-            raise ValueError("resume=True needs out_dir")
-        state, saved = checkpoint_module.restore_train_state(out_path, state, model.config)
-        position = saved.get("data_position")
-        elapsed_before = float(saved.get("train_seconds", 0.0))
-        best_val = saved.get("best_val_loss")
-        tokens_before = int(saved.get("tokens", 0))
-        if config.steps is not None:
-            state = state.replace(horizon=jnp.asarray(config.steps, jnp.int32))
-    state = parallel.place_state(state)
-
-    batches = parallel.local_batches(dataset.train_batches(
-        batch_size=config.batch_size, seq_len=config.seq_len, batching=config.batching,
-        seed=config.seed, position=position))
-    val_batches = dataset.validation_batches(batch_size=config.eval_batch_size,
-                                             seq_len=config.eval_seq_len)
-    val_batches = [parallel.place_eval_batch(batch) for batch in val_batches]
-    unit = getattr(dataset, "bits_per_unit", None)
-    clock = _Clock(config.max_time, elapsed_before)
-    # A time-bounded run keeps time for its final evaluation and checkpoint: one evaluation batch
-    # is compiled and timed up front (the compile is needed at the end anyway).
-    eval_batch_seconds = 0.0
-    if config.max_time is not None and val_batches:
-        eval_batch_seconds = _time_eval_batch(evaluation_graph, state, val_batches[0])
-
-    def estimated_eval_seconds() -> float:
-        evaluation = 1.25 * eval_batch_seconds * len(val_batches)
-        saving = (clock.save_seconds or 1.0) if out_path is not None else 0.0
-        return evaluation + saving
-
-    metrics_file = None
-    if out_path is not None and parallel.is_main:
-        out_path.mkdir(parents=True, exist_ok=True)
-        metrics_file = open(out_path / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")
-    saver = checkpoint_module.RunCheckpoints(out_path) if out_path is not None else None
-
-    step = int(state.step)
-    tokens = tokens_before
-    train_loss = float("nan")
-    last_val: EvalResult | None = None
-    last_saved_step: int | None = step if resume else None
-    interrupted = False
-
-    def write(record: dict) -> None:
-        if metrics_file is not None:
-            metrics_file.write(json.dumps(record) + "\n")
-            metrics_file.flush()
-
-    def metadata_for_save() -> dict:
-        return {
-            **(run_metadata or {}),
-            "model_config": model.config.to_dict(),
-            "train_config": config.to_dict(),
-            "data": dataset.metadata(),
-            "data_position": batches.position,
-            "step": step,
-            "tokens": tokens,
-            "train_seconds": clock.elapsed(),
-            "val_loss": None if last_val is None else last_val.loss,
-            "best_val_loss": best_val,
-        }
-
-    def run_evaluation() -> EvalResult:
-        started = time.perf_counter()
-        result = evaluate(None, val_batches, graphdef=evaluation_graph, params=state.params,
-                          model_state=state.model_state)
-        clock.eval_seconds = time.perf_counter() - started
-        record = {"step": step, "val_loss": result.loss, "elapsed": round(clock.elapsed(), 3)}
-        if unit:
-            record[f"val_bits_per_{unit}"] = result.bits
-        write(record)
-        return result
-
-    def save(val: EvalResult | None) -> None:
-        nonlocal best_val, last_saved_step
-        if saver is None:
-            return
-        started = time.perf_counter()
-        improved = val is not None and _finite(val.loss) and (best_val is None or val.loss < best_val)
-        if improved:
-            best_val = val.loss
-        metadata = metadata_for_save()
-        saver.save(step, parallel.host_state(state), metadata, best=improved)
-        last_saved_step = step
-        clock.save_seconds = max(clock.save_seconds or 0.0, time.perf_counter() - started)
-
-    def diverged(value: float, at_step: int) -> TrainingError:
-        kept = (f"the last good checkpoint (step {last_saved_step}) is in {out_path}"
-                if last_saved_step is not None and out_path is not None else "no checkpoint was written")
-        return TrainingError(f"training stopped: the loss became {value} at step {at_step}; {kept}. "
-                             f"Lower --lr or --clip-norm, or check the data")
-
-    pending: list[tuple[int, dict]] = []
-    interval_start, interval_steps, first_interval = time.perf_counter(), 0, True
-    steady = [0.0, 0.0]  # elements and seconds of the train steps after the first interval
-    bar = None
-    if progress and parallel.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=int(state.horizon) if config.steps else None, initial=step,
-                   unit="step", dynamic_ncols=True, leave=True)
-
-    def flush() -> dict | None:
-        """Fetch pending metrics, check them, log them; returns the last interval's summary."""
-        nonlocal pending, tokens, train_loss, interval_start, interval_steps, first_interval, state
-        if not pending:
-            return None
-        fetched = jax.device_get([metrics for _, metrics in pending])
-        steps_done = [s for s, _ in pending]
-        pending = []
-        now = time.perf_counter()
-        seconds = now - interval_start
-        for at_step, metrics in zip(steps_done, fetched):
-            if not math.isfinite(float(metrics["loss"])):
-                raise diverged(float(metrics["loss"]), at_step)
-        elements = sum(float(m["elements"]) for m in fetched)
-        tokens += int(round(elements))
-        if not first_interval:  # the first interval holds the compile
-            clock.record_steps(interval_steps, seconds)
-            steady[0] += elements
-            steady[1] += seconds
-        first_interval = False
-        last = {k: float(v) for k, v in fetched[-1].items()}
-        train_loss = float(np.mean([float(m["loss"]) for m in fetched]))
-        summary = {"step": steps_done[-1], "loss": train_loss,
-                   "learning_rate": last["learning_rate"], "grad_norm": last["grad_norm"],
-                   "tokens_per_second": elements / seconds if seconds > 0 else None,
-                   "elapsed": round(clock.elapsed(), 3)}
-        if not config.plain_teacher_forcing:
-            summary["teacher_forcing"] = last["teacher_forcing"]
-        write(summary)
-        interval_start, interval_steps = now, 0
-        # A time-bounded run re-estimates where its schedule ends from the measured speed.
-        if config.steps is None:
-            total = clock.estimated_total_steps(step, estimated_eval_seconds())
-            if total is not None:
-                state = state.replace(horizon=jnp.asarray(total, jnp.int32))
-                if bar is not None:
-                    bar.total = total
-        if bar is not None:
-            bar.set_postfix(loss=f"{train_loss:.3f}",
-                            tok_s=f"{summary['tokens_per_second'] or 0:,.0f}", refresh=False)
-        return summary
-
+    run = _Run(model, dataset, config, out_path=pathlib.Path(out_dir) if out_dir is not None else None,
+               resume=resume, progress=progress, callback=callback, run_metadata=run_metadata,
+               parallel=parallel)
     try:
-        with parallel.stop_request() as stop:
-            while True:
-                if config.steps is not None and step >= config.steps:
-                    break
-                if clock.out_of_time(estimated_eval_seconds()) or stop.requested:
-                    interrupted = stop.requested
-                    break
-                batch = next(batches)
-                state, metrics = train_step(state, batch)
-                step += 1
-                interval_steps += 1
-                pending.append((step, metrics))
-                if bar is not None:
-                    bar.update(1)
-                at_eval = config.eval_every is not None and step % config.eval_every == 0
-                if step % config.log_every == 0 or at_eval:
-                    summary = flush()
-                    if callback is not None and callback(step, summary):
-                        stop.requested = True
-                if at_eval and not (config.steps is not None and step >= config.steps):
-                    last_val = run_evaluation() if val_batches else None
-                    save(last_val)
-                    interval_start = time.perf_counter()  # keep evaluation out of step timing
-                    if bar is not None and last_val is not None:
-                        bar.write(f"step {step}: val_loss {last_val.loss:.4f}")
-            flush()
-            if not interrupted:
-                last_val = run_evaluation() if val_batches else None
-            save(last_val if not interrupted else None)
+        run.train()
     finally:
-        if bar is not None:
-            bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-        if saver is not None:
-            saver.close()
-
-    nnx.update(model, *parallel.local_copy((state.params, state.model_state)))
-    train_seconds = clock.elapsed()
-    if out_path is not None and parallel.is_main:
-        plot_losses(out_path / "metrics.jsonl", out_path / "loss.png")
-    return FitResult(
-        state=state,
-        steps=step,
-        tokens=tokens,
-        train_seconds=train_seconds,
-        tokens_per_second=(tokens - tokens_before) / max(train_seconds - elapsed_before, 1e-9),
-        step_tokens_per_second=steady[0] / steady[1] if steady[1] > 0 else None,
-        train_loss=train_loss,
-        val_loss=None if last_val is None else last_val.loss,
-        val_bits=None if last_val is None else last_val.bits,
-        best_val_loss=best_val,
-        checkpoint=None if saver is None else str(saver.latest_path()),
-        interrupted=interrupted,
-    )
+        run.close()
+    return run.result()
 
 
 def plot_losses(metrics_path: str | os.PathLike, image_path: str | os.PathLike) -> bool:
