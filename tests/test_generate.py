@@ -280,10 +280,10 @@ def test_stream_chunks_concatenate_to_generate_for_real_values():
 def test_bad_arguments_name_argument_value_and_allowed(head, kwargs, message):
     arguments = dict(key=jax.random.key(0), steps=3) | kwargs
     with pytest.raises(ValueError, match=message):
-        sm.generate(make_model(head, num_layers=1), **arguments)
+        sm.generate(make_model(head), **arguments)
     if "steps" not in kwargs:
         with pytest.raises(ValueError, match=message):
-            next(sm.generate_stream(make_model(head, num_layers=1), chunk_size=2, **arguments))
+            next(sm.generate_stream(make_model(head), chunk_size=2, **arguments))
 
 
 def test_noise_drawn_in_segments_gives_the_same_samples(monkeypatch):
