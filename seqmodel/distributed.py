@@ -253,7 +253,8 @@ class DataParallel:
             multiple = -(-batch_size // self.num_devices) * self.num_devices
             raise DistributedError(
                 f"{what}={batch_size} does not split evenly over {self.describe()}: use a "
-                f"multiple of {self.num_devices} (e.g. {multiple}) or fewer --devices")
+                f"multiple of {self.num_devices} (e.g. {multiple}) or fewer devices "
+                f"(--devices N, DataParallel.create(N))")
 
     def check_config(self, config) -> None:
         """Raise :class:`DistributedError` for a :class:`~seqmodel.train.TrainConfig` that cannot
@@ -308,6 +309,9 @@ class DataParallel:
 
     def local_rows(self, batch_size: int) -> slice:
         """The rows of a ``(batch_size, ...)`` batch that this process's devices hold."""
+        return _local_rows(self, batch_size)
+
+    def _local_rows(self, batch_size: int) -> slice:
         self.check_batch_size(batch_size)
         indices = self.rows.addressable_devices_indices_map((batch_size,)).values()
         starts = sorted((index[0].start or 0, index[0].stop or batch_size) for index in indices)
@@ -389,6 +393,11 @@ class DataParallel:
         from seqmodel.train import _STEP_NEUTRAL
 
         return _cached_train_step(graphdef, dataclasses.replace(config, **_STEP_NEUTRAL), self)
+
+
+@functools.lru_cache(maxsize=64)
+def _local_rows(parallel: DataParallel, batch_size: int) -> slice:
+    return parallel._local_rows(batch_size)  # asked for at every batch: computed once
 
 
 @functools.lru_cache(maxsize=8)
