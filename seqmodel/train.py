@@ -734,7 +734,7 @@ class _Run:
 
     def train(self) -> None:
         config = self.config
-        with _StopRequest() as stop:
+        with self.parallel.stop_request() as stop:
             while not self.done():
                 if stop.requested or self.clock.out_of_time(self.estimated_eval_seconds()):
                     self.interrupted = stop.requested
