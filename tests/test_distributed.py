@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 from seqmodel import cli, distributed
+from seqmodel import train as train_module
 from seqmodel.data import Batch
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -215,6 +216,29 @@ def test_cli_refuses_process_flags_without_a_shared_run_folder(capsys):
     status = cli.main(["train", "--process-id", "0", "--out", "somewhere", "--steps", "1"])
     assert status == cli.EXIT_USAGE
     assert "go together" in capsys.readouterr().err
+
+
+def test_fit_stops_as_its_parallel_layout_says(corpus):
+    # Across processes Ctrl-C must interrupt at once (DataParallel.stop_request); fit has to ask it.
+    from flax import nnx
+
+    from seqmodel import ModelConfig, SequenceModel, TrainConfig, fit
+    from seqmodel.data import load_dataset
+
+    class StopAtOnce(distributed.DataParallel):
+        def stop_request(self):
+            request = distributed._NoStopRequest()
+            request.requested = True
+            return request
+
+    dataset = load_dataset(str(corpus))
+    model = SequenceModel(ModelConfig(vocab_size=dataset.model_fields()["vocab_size"],
+                                      hidden_size=8, embed_size=4), rngs=nnx.Rngs(0))
+    result = fit(model, dataset, TrainConfig(batch_size=2, seq_len=4, steps=5, eval_every=None),
+                 progress=False, parallel=StopAtOnce(distributed.data_mesh(1)))
+    assert result.interrupted and result.steps == 0
+    # In one process the first Ctrl-C still finishes the step and saves.
+    assert isinstance(distributed.DataParallel.create(1).stop_request(), train_module._StopRequest)
 
 
 # ---------------------------------------------------------------------------------------------
