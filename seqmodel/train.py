@@ -566,7 +566,7 @@ class _Run:
         self.model, self.dataset, self.config = model, dataset, config
         self.out_path, self.callback = out_path, callback
         self.run_metadata = run_metadata or {}
-        self.parallel = parallel = distributed.resolve(parallel)
+        self.parallel = parallel = distributed.resolve(parallel, config.batch_size)
         parallel.check_config(config)
         tx, self.train_step = parallel.train_step(split_model(model)[0], config)
         _, state = init_train_state(model, tx, config)
