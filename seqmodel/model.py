@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from seqmodel import heads as heads_module
@@ -187,7 +188,10 @@ class SequenceModel(nnx.Module):
         if config.discrete and not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ValueError(f"{where} must hold integer token ids, got dtype {inputs.dtype}")
         if config.discrete and not isinstance(inputs, jax.core.Tracer) and inputs.size:
-            low, high = int(jnp.min(inputs)), int(jnp.max(inputs))
+            # NumPy, not jnp: under jit a concrete array closed over by the traced function would
+            # turn jnp.min into a tracer that int() cannot read.
+            values = np.asarray(inputs)
+            low, high = int(values.min()), int(values.max())
             if low < 0 or high >= config.vocab_size:
                 raise ValueError(
                     f"{where} holds token ids in [{low}, {high}], outside the vocabulary "

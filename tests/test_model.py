@@ -194,3 +194,14 @@ def test_bad_inputs_raise_clear_errors():
 def test_config_round_trips_through_a_dict():
     config = make_config("mdn", cell="gru", num_layers=2)
     assert sm.ModelConfig.from_dict(config.to_dict()) == config
+
+
+def test_concrete_inputs_closed_over_under_jit_are_checked_without_error():
+    model = sm.SequenceModel(make_config("categorical"), rngs=nnx.Rngs(0))
+    tokens = jnp.array([[1, 2, 3]])
+
+    @nnx.jit
+    def forward(model):
+        return model(tokens)[0]
+
+    np.testing.assert_allclose(forward(model), model(tokens)[0], atol=1e-6)
