@@ -364,7 +364,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "learning_rate": learning_rate,
             "teacher_forcing": teacher_probability,
             "elements": weight,

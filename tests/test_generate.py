@@ -213,7 +213,7 @@ def test_eos_stops_each_row_and_pads():
 def test_all_rows_stopped_ends_the_loop_with_padding():
     model = make_model(num_layers=1, seed=1)
     # A head that always says eos: every row stops at its first step.
-    model.head.linear.bias.value = model.head.linear.bias.value.at[7].set(100.0)
+    model.head.linear.bias[...] = model.head.linear.bias[...].at[7].set(100.0)
     generation = sm.generate(model, key=jax.random.key(0), eos_id=7, **EOS_RUN)
     np.testing.assert_array_equal(generation.lengths, [1] * 6)
     np.testing.assert_array_equal(generation.samples, 7)
