@@ -11,7 +11,7 @@ the loop carry, and it saves or recomputes whatever the forward step produced. H
   recurrent-bias gradient one sum), where a large GEMM runs near the machine's peak.
 
 Without differentiation the functions are a plain ``lax.scan`` over the very same pure steps that
-the cells use (``seqmodel.cells.lstm_recur`` ...), so sampling and the teacher-forced path cannot
+the cells use (``seqmodel.steps.lstm_recur`` ...), so sampling and the teacher-forced path cannot
 drift apart. Every function takes time-major sequences and returns ``(final_carry, ys)`` like
 ``lax.scan``; they are pure JAX (no host callbacks, no device assumptions) and run unchanged on
 CPU and GPU. Forward-mode differentiation (``jax.jvp``) is not defined for ``jax.custom_vjp``;
@@ -39,7 +39,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from seqmodel.cells import elman_recur, gru_recur, lstm_gate_scale, lstm_recur
+from seqmodel.steps import elman_recur, gru_recur, lstm_gate_scale, lstm_recur
 
 Array = jax.Array
 
@@ -59,7 +59,7 @@ def _flat_matmul(left: Array, right: Array) -> Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# LSTM (fused gate layout [i, f, o, g], see seqmodel.cells.lstm_activate)
+# LSTM (fused gate layout [i, f, o, g], see seqmodel.steps.lstm_activate)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -130,7 +130,7 @@ lstm_scan.defvjp(_lstm_forward, _lstm_backward)
 
 
 # ---------------------------------------------------------------------------------------------
-# GRU (PyTorch convention, gate order [r, z, n], see seqmodel.cells.gru_recur)
+# GRU (PyTorch convention, gate order [r, z, n], see seqmodel.steps.gru_recur)
 # ---------------------------------------------------------------------------------------------
 
 
