@@ -4,7 +4,9 @@ Each head offers
 
 - ``__call__(hidden)`` -> params (an array or a small NamedTuple, leading axes kept),
 - ``log_prob(params, target)`` -> ``(...)``: log-likelihood of one element (summed over features),
-- ``sample(key, params, *, temperature=1.0)`` -> one element per leading index,
+- ``sample(key, params, *, temperature=1.0)`` -> one element per leading index, built from
+  ``draw_noise(key, batch_shape)`` and ``sample_from_noise(noise, params, temperature=)`` (the
+  samplers in :mod:`seqmodel.sampling` use the same two, so there is one definition of a draw),
 - ``mode(params)`` -> the most likely element (the temperature -> 0 limit of ``sample``),
 - ``mean(params)`` -> the expected element (real-valued heads),
 - ``discrete`` / ``event_shape``: what an element looks like, so that generation can feed samples
@@ -59,6 +61,27 @@ class _Head(nnx.Module):
     def event_shape(self) -> tuple[int, ...]:
         raise NotImplementedError
 
+    def batch_shape(self, params) -> tuple[int, ...]:
+        """Leading axes ``(...)`` of ``params`` (one element is drawn per index)."""
+        return jax.tree.leaves(params)[0].shape[:-1]
+
+    def draw_noise(self, key: Array, batch_shape: tuple[int, ...]):
+        """All the randomness of one draw per index of ``batch_shape``. Drawing it apart from
+        the transformation lets a sampler draw many steps' noise in one vectorised call."""
+        raise NotImplementedError
+
+    def sample_from_noise(self, noise, params, *, temperature: float | Array = 1.0) -> Array:
+        """The element that ``noise`` (from :meth:`draw_noise`) selects; ``temperature > 0``."""
+        raise NotImplementedError
+
+    def sample(self, key: Array, params, *, temperature: float = 1.0) -> Array:
+        """One element per leading index; ``temperature=0`` is :meth:`mode`."""
+        _check_temperature(temperature)
+        if isinstance(temperature, (int, float)) and temperature == 0:
+            return self.mode(params)
+        noise = self.draw_noise(key, self.batch_shape(params))
+        return self.sample_from_noise(noise, params, temperature=temperature)
+
 
 class Categorical(_Head):
     """Distribution over ``vocab_size`` tokens; params are logits ``(..., vocab)``."""
@@ -81,12 +104,14 @@ class Categorical(_Head):
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
         return jnp.take_along_axis(log_probs, target[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
-    def sample(self, key: Array, logits: Array, *, temperature: float = 1.0) -> Array:
-        """A token ``(...)`` int32; ``temperature=0`` is the argmax."""
-        _check_temperature(temperature)
-        if isinstance(temperature, (int, float)) and temperature == 0:
-            return self.mode(logits)
-        return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
+    def draw_noise(self, key: Array, batch_shape: tuple[int, ...]) -> Array:
+        """Gumbel noise ``(..., V)``: ``argmax(logits / T + noise)`` is a draw (the Gumbel-max
+        trick, which is also how ``jax.random.categorical`` draws)."""
+        return jax.random.gumbel(key, tuple(batch_shape) + (self.vocab_size,))
+
+    def sample_from_noise(self, noise: Array, logits: Array, *, temperature=1.0) -> Array:
+        """A token ``(...)`` int32."""
+        return jnp.argmax(logits / temperature + noise, axis=-1).astype(jnp.int32)
 
     def mode(self, logits: Array) -> Array:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -116,10 +141,12 @@ class Gaussian(_Head):
         """target ``(..., d)`` -> ``(...)``."""
         return _normal_log_density(target, params.mean, params.log_scale).sum(-1)
 
-    def sample(self, key: Array, params: GaussianParams, *, temperature: float = 1.0) -> Array:
+    def draw_noise(self, key: Array, batch_shape: tuple[int, ...]) -> Array:
+        """Standard normal ``(..., d)``."""
+        return jax.random.normal(key, tuple(batch_shape) + (self.output_size,))
+
+    def sample_from_noise(self, noise: Array, params: GaussianParams, *, temperature=1.0) -> Array:
         """``mean + sqrt(temperature) * scale * noise``: temperature scales the variance."""
-        _check_temperature(temperature)
-        noise = jax.random.normal(key, params.mean.shape)
         return params.mean + jnp.sqrt(temperature) * jnp.exp(params.log_scale) * noise
 
     def mode(self, params: GaussianParams) -> Array:
@@ -171,16 +198,20 @@ class MixtureGaussian(_Head):
         component = _normal_log_density(target[..., None, :], params.mean, params.log_scale).sum(-1)
         return jax.nn.logsumexp(log_weights + component, axis=-1)
 
-    def sample(self, key: Array, params: MixtureParams, *, temperature: float = 1.0) -> Array:
-        """Pick a component from ``softmax(logits / T)``, then draw with variance ``scale^2 * T``."""
-        _check_temperature(temperature)
-        if isinstance(temperature, (int, float)) and temperature == 0:
-            return self.mode(params)
+    def draw_noise(self, key: Array, batch_shape: tuple[int, ...]) -> tuple[Array, Array]:
+        """Gumbel ``(..., K)`` to pick a component and standard normal ``(..., d)`` within it."""
         pick_key, noise_key = jax.random.split(key)
-        component = jax.random.categorical(pick_key, params.logits / temperature, axis=-1)
+        batch_shape = tuple(batch_shape)
+        return (jax.random.gumbel(pick_key, batch_shape + (self.num_mixtures,)),
+                jax.random.normal(noise_key, batch_shape + (self.output_size,)))
+
+    def sample_from_noise(self, noise, params: MixtureParams, *, temperature=1.0) -> Array:
+        """Pick a component from ``softmax(logits / T)``, then draw with variance ``scale^2 * T``."""
+        pick, normal = noise
+        component = jnp.argmax(params.logits / temperature + pick, axis=-1)
         mean = _take_component(params.mean, component)
         scale = jnp.exp(_take_component(params.log_scale, component))
-        return mean + jnp.sqrt(temperature) * scale * jax.random.normal(noise_key, mean.shape)
+        return mean + jnp.sqrt(temperature) * scale * normal
 
     def mode(self, params: MixtureParams) -> Array:
         """Mean of the heaviest component (the mixture's mode when components are separated)."""
@@ -216,12 +247,13 @@ class Bernoulli(_Head):
             target * jax.nn.log_sigmoid(logits) + (1.0 - target) * jax.nn.log_sigmoid(-logits)
         ).sum(-1)
 
-    def sample(self, key: Array, logits: Array, *, temperature: float = 1.0) -> Array:
-        """Each feature is 1 with probability ``sigmoid(logit / T)``; ``T=0`` is the mode."""
-        _check_temperature(temperature)
-        if isinstance(temperature, (int, float)) and temperature == 0:
-            return self.mode(logits)
-        return jax.random.bernoulli(key, jax.nn.sigmoid(logits / temperature)).astype(jnp.float32)
+    def draw_noise(self, key: Array, batch_shape: tuple[int, ...]) -> Array:
+        """Uniform ``(..., d)`` in ``[0, 1)``."""
+        return jax.random.uniform(key, tuple(batch_shape) + (self.output_size,))
+
+    def sample_from_noise(self, noise: Array, logits: Array, *, temperature=1.0) -> Array:
+        """Each feature is 1 with probability ``sigmoid(logit / T)``."""
+        return (noise < jax.nn.sigmoid(logits / temperature)).astype(jnp.float32)
 
     def mode(self, logits: Array) -> Array:
         return (logits > 0).astype(jnp.float32)
@@ -231,3 +263,4 @@ class Bernoulli(_Head):
 
 
 HEADS = ("categorical", "gaussian", "mdn", "bernoulli")
+HEAD_CLASSES = (Categorical, Gaussian, MixtureGaussian, Bernoulli)

@@ -212,19 +212,6 @@ def sample_logits(
 # so ``sample_head(head, key, ...)`` equals ``head.sample(key, ...)`` (tested).
 
 
-def _batch_shape(head, params: Any) -> tuple[int, ...]:
-    if isinstance(head, heads_module.Gaussian):
-        return params.mean.shape[:-1]
-    if isinstance(head, heads_module.MixtureGaussian):
-        return params.logits.shape[:-1]
-    return params.shape[:-1]  # logits (..., V) or (..., d)
-
-
-def _take_component(values: Array, component: Array) -> Array:
-    """values ``(..., K, d)``, component int ``(...)`` -> ``(..., d)``."""
-    return jnp.take_along_axis(values, component[..., None, None], axis=-2)[..., 0, :]
-
-
 def draw_noise(head, key: Array, batch_shape: tuple[int, ...]) -> Any:
     """The randomness of one draw per row of ``batch_shape`` from ``head``.
 
@@ -237,23 +224,12 @@ def draw_noise(head, key: Array, batch_shape: tuple[int, ...]) -> Any:
         noise = draw_noise(model.head, key, (b,))
         x = sample_with_noise(model.head, noise, out, temperature=0.8)
     """
-    batch_shape = tuple(batch_shape)
-    if isinstance(head, heads_module.Categorical):
-        return jax.random.gumbel(key, batch_shape + (head.vocab_size,))
-    if isinstance(head, heads_module.Gaussian):
-        return jax.random.normal(key, batch_shape + (head.output_size,))
-    if isinstance(head, heads_module.MixtureGaussian):
-        pick_key, noise_key = jax.random.split(key)
-        return (
-            jax.random.gumbel(pick_key, batch_shape + (head.num_mixtures,)),
-            jax.random.normal(noise_key, batch_shape + (head.output_size,)),
+    if not isinstance(head, heads_module.HEAD_CLASSES):
+        raise ValueError(
+            f"head={type(head).__name__} is not supported: allowed are Categorical, Gaussian, "
+            "MixtureGaussian and Bernoulli"
         )
-    if isinstance(head, heads_module.Bernoulli):
-        return jax.random.uniform(key, batch_shape + (head.output_size,))
-    raise ValueError(
-        f"head={type(head).__name__} is not supported: allowed are Categorical, Gaussian, "
-        "MixtureGaussian and Bernoulli"
-    )
+    return head.draw_noise(key, tuple(batch_shape))
 
 
 def _check_controls(head, top_k, top_p) -> None:
@@ -284,23 +260,13 @@ def sample_with_noise(
         greedy = True
     _check_controls(head, top_k, top_p)
     if greedy:
-        if head.discrete:
-            return jnp.argmax(params, axis=-1).astype(jnp.int32)
         return head.mode(params)
     temperature = jnp.asarray(temperature, jnp.float32)
     if isinstance(head, heads_module.Categorical):
+        # Temperature first, then top-k / top-p, then the head's own Gumbel-max draw.
         filtered = filter_logits(params, temperature=temperature, top_k=top_k, top_p=top_p)
-        return jnp.argmax(filtered + noise, axis=-1).astype(jnp.int32)
-    if isinstance(head, heads_module.Gaussian):
-        return params.mean + jnp.sqrt(temperature) * jnp.exp(params.log_scale) * noise
-    if isinstance(head, heads_module.MixtureGaussian):
-        pick, normal = noise
-        component = jnp.argmax(params.logits / temperature + pick, axis=-1)
-        mean = _take_component(params.mean, component)
-        scale = jnp.exp(_take_component(params.log_scale, component))
-        return mean + jnp.sqrt(temperature) * scale * normal
-    # Bernoulli: each feature is 1 with probability sigmoid(logit / T).
-    return (noise < jax.nn.sigmoid(params / temperature)).astype(jnp.float32)
+        return head.sample_from_noise(noise, filtered, temperature=1.0)
+    return head.sample_from_noise(noise, params, temperature=temperature)
 
 
 def sample_head(
@@ -325,7 +291,7 @@ def sample_head(
         x = sample_head(model.head, key, out, temperature=0.8)
     """
     _check_controls(head, top_k, top_p)
-    noise = draw_noise(head, key, _batch_shape(head, params))
+    noise = draw_noise(head, key, head.batch_shape(params))
     return sample_with_noise(
         head, noise, params, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy
     )
