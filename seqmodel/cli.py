@@ -175,7 +175,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     # Data parallelism and several processes: seqmodel.distributed, docs/distributed.md.
     add("--devices", type=positive_int, metavar="N", help="devices per process to split each batch "
-        "over (default: all; on a CPU-only machine one virtual CPU device per core, a divisor of --batch-size)")
+        "over (default: all; on a CPU-only machine N > 1 makes N virtual CPU devices)")
     add("--coordinator", metavar="HOST:PORT", help="several processes: address of process 0 "
         "(with --num-processes and --process-id; needs --out and --steps)")
     add("--num-processes", type=positive_int, metavar="N", help="processes in the run")
@@ -387,10 +387,6 @@ def cmd_train(args) -> int:
     from seqmodel import distributed
 
     # Before any JAX computation: virtual CPU devices and jax.distributed must come first.
-    # Without --devices a CPU-only machine splits the batch over one device per core (the
-    # fastest step measured), so the device count must divide the batch size.
-    if args.batch_size is None and not args.resume:
-        args.batch_size = TRAIN_DEFAULTS["batch_size"]
     parallel = distributed.from_train_flags(args)
     import jax
     from flax import nnx

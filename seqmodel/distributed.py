@@ -455,32 +455,8 @@ def resolve(parallel: DataParallel | None, batch_size: int | None = None) -> Dat
     return DataParallel.create(devices)
 
 
-def default_cpu_device_count(batch_size: int) -> int:
-    """Virtual CPU devices that ``seqmodel train`` uses when ``--devices`` is not given: one per
-    usable core, lowered to a divisor of ``batch_size``.
-
-    XLA:CPU runs the small serial GEMMs of a recurrence on one thread, so one device uses one
-    core; splitting the batch over one device per core is the fastest train step measured on a
-    2-core machine (1.05-1.6x the one-device step, benchmarks/results/speed_cpu_2core.md).
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    count = max(1, min(cores or 1, batch_size))
-    while batch_size % count:
-        count -= 1
-    return count
-
-
-def _request_default_cpu_devices(batch_size: int) -> None:
-    """One virtual CPU device per core when JAX has not started yet; otherwise (e.g. called
-    in-process after other JAX work) keep the devices there are: a default must never fail."""
-    if _backend_started():
-        return
-    request_cpu_devices(default_cpu_device_count(batch_size))
-
-
 def from_flags(*, devices: int | None = None, coordinator: str | None = None,
-               num_processes: int | None = None, process_id: int | None = None,
-               batch_size: int | None = None) -> DataParallel:
+               num_processes: int | None = None, process_id: int | None = None) -> DataParallel:
     """What ``seqmodel train --devices N --coordinator HOST:PORT --num-processes N
     --process-id I`` sets up, in the required order: virtual CPU devices (when more than one is
     asked for and the machine has no accelerator JAX would pick), then the distributed run, then
@@ -489,10 +465,6 @@ def from_flags(*, devices: int | None = None, coordinator: str | None = None,
     Example::
 
         parallel = from_flags(devices=2)    # on a CPU-only machine: 2 virtual CPU devices
-
-    Without ``devices`` (and without a coordinator), a CPU-only machine gets one virtual device
-    per core (:func:`default_cpu_device_count` of ``batch_size``); an accelerator's devices are
-    used as they are.
     """
     distributed_flags = (coordinator, num_processes, process_id)
     if any(flag is not None for flag in distributed_flags) and not all(
@@ -501,8 +473,6 @@ def from_flags(*, devices: int | None = None, coordinator: str | None = None,
                                "give all three (or none for a single process)")
     if devices is not None:
         request_cpu_devices(devices)
-    elif coordinator is None and batch_size is not None:
-        _request_default_cpu_devices(batch_size)
     if coordinator is not None:
         initialize(coordinator, num_processes, process_id)
     return DataParallel.create(devices)
@@ -518,8 +488,7 @@ def from_train_flags(args) -> DataParallel:
                                "folder (on a file system that all hosts share)")
     return from_flags(devices=getattr(args, "devices", None), coordinator=coordinator,
                       num_processes=getattr(args, "num_processes", None),
-                      process_id=getattr(args, "process_id", None),
-                      batch_size=getattr(args, "batch_size", None))
+                      process_id=getattr(args, "process_id", None))
 
 
 # Words of the errors that JAX, gloo and NCCL raise when another process of the run is gone.
