@@ -692,6 +692,10 @@ class _Run:
         if not self.val_batches:
             return None
         started = time.perf_counter()
+        # No multi-device train step may still be in flight when evaluation's programs start:
+        # with virtual CPU devices, interleaved collectives of two programs can starve XLA:CPU's
+        # all-reduce rendezvous (seen as a 40 s abort under load).
+        jax.block_until_ready(self.state)
         result = evaluate(None, self.val_batches, graphdef=self.evaluation_graph,
                           params=self.state.params, model_state=self.state.model_state)
         self.clock.eval_seconds = time.perf_counter() - started
