@@ -19,6 +19,7 @@ from flax import nnx
 
 from seqmodel import heads as heads_module
 from seqmodel.cells import CELLS
+from seqmodel.configs import DictConfig
 
 Array = jax.Array
 
@@ -26,7 +27,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(DictConfig):
     """Hyperparameters of a :class:`SequenceModel`.
 
     Give exactly one of ``vocab_size`` (token inputs ``(b, t)``, categorical head) or ``input_size``
@@ -98,13 +99,6 @@ class ModelConfig:
     def compute_dtype(self) -> Any:
         return DTYPES[self.dtype]
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def _make_head(config: ModelConfig, rngs: nnx.Rngs):

@@ -38,6 +38,7 @@ import optax
 from flax import nnx
 
 from seqmodel import distributed
+from seqmodel.configs import DictConfig
 from seqmodel.data import BATCHINGS, Batch
 from seqmodel.feed import rollout
 
@@ -56,7 +57,7 @@ class TrainingError(RuntimeError):
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DictConfig):
     """Every knob of a training run (the model's shape lives in :class:`seqmodel.ModelConfig`).
 
     Length of the run: ``steps`` and/or ``max_time`` (seconds of wall time for the whole of
@@ -143,13 +144,6 @@ class TrainConfig:
         """True when every step feeds the truth: the train step then uses the teacher-forced path."""
         return self.teacher_forcing == 1.0 and self.teacher_forcing_schedule == "constant"
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 # ---------------------------------------------------------------------------------------------
