@@ -6,11 +6,13 @@ Embedding 64 -> cell -> Linear, vocabulary 65, AdamW + global-norm clipping, fp3
 - train-step tokens/s (compile excluded), compile seconds (wall and CPU) and whether the step
   recompiles on a second batch, for
   ``seqmodel`` (the library's step, :func:`seqmodel.train.make_train_step` as ``seqmodel train``
-  runs it, custom-VJP recurrences, one device), ``seqmodel-2dev`` (the same step with the batch
-  split over two CPU devices, ``seqmodel train --devices 2``), ``seqmodel-plain``
-  (``fast_recurrence=False``: ``lax.scan`` differentiated by JAX), ``flax``
-  (``nnx.RNN(OptimizedLSTMCell / GRUCell)``, same optax chain), ``torch`` (``nn.LSTM`` /
-  ``nn.GRU``, default threads) and ``torch-1t`` (one thread);
+  runs it by default: custom-VJP recurrences, on a CPU-only machine the batch split over one
+  device per core, :func:`seqmodel.distributed.default_cpu_devices`), ``seqmodel-1dev`` (the same
+  step on one device, ``--devices 1``), ``seqmodel-fit`` (:func:`seqmodel.train.fit` itself with
+  its default devices: data pipeline, logging and run folder around the same step),
+  ``seqmodel-plain`` (``fast_recurrence=False``: ``lax.scan`` differentiated by JAX, one device),
+  ``flax`` (``nnx.RNN(OptimizedLSTMCell / GRUCell)``, same optax chain), ``torch``
+  (``nn.LSTM`` / ``nn.GRU``, default threads) and ``torch-1t`` (one thread);
 - generate tokens/s of the library (``time_generate`` of ``benchmarks/bench_generate.py`` when
   present, else :func:`seqmodel.generate.generate` directly), ``b=32`` rows of 128 tokens;
 - the machine's GEMM FLOP/s: a large ``2048^3`` GEMM and the serial small GEMMs of the
@@ -23,7 +25,7 @@ two frameworks' thread pools do not interfere); the parent alternates repetition
 candidates (rotating the order) and quotes medians. ``x torch`` is the ratio to the faster of
 ``torch`` / ``torch-1t`` in the same run; ``x torch-1t cpu`` compares CPU time per step, a figure
 that a busy machine disturbs far less than wall time. On a GPU the same code runs unchanged
-(PyTorch then uses cuDNN; ``seqmodel-2dev`` is skipped when there are fewer than 2 devices).
+(PyTorch then uses cuDNN; ``seqmodel`` then runs on the accelerator's devices).
 
 Run::
 
@@ -49,7 +51,8 @@ from typing import Any
 
 BATCH, SEQUENCE, VOCAB, EMBED = 32, 128, 65, 64
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-TRAIN_CANDIDATES = ("seqmodel", "seqmodel-2dev", "seqmodel-plain", "flax", "torch", "torch-1t")
+TRAIN_CANDIDATES = ("seqmodel", "seqmodel-1dev", "seqmodel-fit", "seqmodel-plain", "flax", "torch",
+                    "torch-1t")
 TORCH_CANDIDATES = ("torch", "torch-1t")
 
 
@@ -69,11 +72,13 @@ class Candidate:
 
 def default_candidates(names=TRAIN_CANDIDATES) -> list[Candidate]:
     table = {
-        "seqmodel": Candidate("seqmodel", "seqmodel", {"fast_recurrence": True, "generate": True}),
-        "seqmodel-plain": Candidate("seqmodel-plain", "seqmodel", {"fast_recurrence": False}),
-        # The batch split across two CPU devices (one thread each), gradients all-reduced.
-        "seqmodel-2dev": Candidate("seqmodel-2dev", "seqmodel",
-                                   {"fast_recurrence": True, "devices": 2}),
+        # The default: on a CPU-only machine the batch split over one device per core.
+        "seqmodel": Candidate("seqmodel", "seqmodel", {"generate": True}),
+        "seqmodel-1dev": Candidate("seqmodel-1dev", "seqmodel", {"devices": 1}),
+        # fit() itself (data pipeline, logging, run folder) around the default step.
+        "seqmodel-fit": Candidate("seqmodel-fit", "fit"),
+        "seqmodel-plain": Candidate("seqmodel-plain", "seqmodel",
+                                    {"fast_recurrence": False, "devices": 1}),
         "flax": Candidate("flax", "flax"),
         "torch": Candidate("torch", "torch", {"threads": None}),
         "torch-1t": Candidate("torch-1t", "torch", {"threads": 1}),
@@ -174,9 +179,10 @@ def _set_cpu_devices(options: dict) -> int:
 
 
 def _seqmodel_worker(spec: dict):
-    """The library's own train step, as ``seqmodel train --devices N`` runs it: the step of
+    """The library's own train step, as ``seqmodel train [--devices N]`` runs it: the step of
     :meth:`seqmodel.distributed.DataParallel.train_step` (``make_train_step`` with the batch and
-    the lanes' carry split by rows over N devices; N=1 is the plain one-device step)."""
+    the lanes' carry split by rows over N devices; N=1 is the plain one-device step; no N: the
+    default of :func:`seqmodel.distributed.from_flags` for this batch)."""
     import jax
     import numpy as np
     from flax import nnx
@@ -188,7 +194,7 @@ def _seqmodel_worker(spec: dict):
 
     options = spec["options"]
     # Before any JAX computation: virtual CPU devices must be asked for first.
-    parallel = distributed.from_flags(devices=int(options.get("devices") or 1))
+    parallel = distributed.from_flags(devices=options.get("devices"), batch_size=BATCH)
     config = ModelConfig(
         vocab_size=VOCAB, cell=spec["cell"], hidden_size=spec["hidden"], embed_size=EMBED,
         fast_recurrence=options.get("fast_recurrence", True),
@@ -214,6 +220,7 @@ def _seqmodel_worker(spec: dict):
             reset=np.ones((BATCH,), bool)))):
         state, metrics = train_step(state, batch_values)
     compile_info["compiled_programs"] = int(train_step._cache_size())
+    compile_info["devices"] = parallel.num_devices
     holder = {"state": state}
 
     def run(n: int) -> float:
@@ -227,6 +234,58 @@ def _seqmodel_worker(spec: dict):
     if options.get("generate"):
         extra["generate"] = _generate_runner(model)
     return run, compile_info, extra
+
+
+def _fit_worker(spec: dict):
+    """:func:`seqmodel.train.fit` itself, as ``seqmodel train`` runs it: a text dataset in lanes,
+    metrics fetched and written to ``metrics.jsonl`` every ``log_every`` steps, the NaN check, a
+    run folder. A repetition of ``n`` steps is one ``fit`` of one more log interval than that;
+    the time quoted runs from the end of its first interval (the run's start) to the end of its
+    last (evaluation and the final checkpoint come after), marked by fit's callback. Against
+    ``seqmodel``
+    in the same run (same devices) it shows whether the data pipeline and the logging keep the
+    compiled step busy."""
+    import shutil
+    import tempfile
+
+    import numpy as np
+    from flax import nnx
+
+    from seqmodel import distributed
+    from seqmodel.data.text import TextDataset
+    from seqmodel.model import ModelConfig, SequenceModel
+    from seqmodel.train import TrainConfig, fit
+
+    options = spec["options"]
+    parallel = distributed.from_flags(devices=options.get("devices"), batch_size=BATCH)
+    # Text over exactly VOCAB characters, long enough that the lanes never wrap in a repetition.
+    alphabet = np.array([chr(ord("!") + index) for index in range(VOCAB)])
+    text = "".join(alphabet[np.random.default_rng(0).integers(0, VOCAB, 2_000_000)])
+    dataset = TextDataset.from_text(text, val_fraction=0.01)
+    config = ModelConfig(vocab_size=dataset.vocab_size, cell=spec["cell"],
+                         hidden_size=spec["hidden"], embed_size=EMBED)
+    model = SequenceModel(config, rngs=nnx.Rngs(0))
+    log_every = 10
+
+    def run(n: int) -> tuple[float, float]:
+        # Whole log intervals: the callback then marks the end of every interval, and the time
+        # from the first mark to the last is exactly `timed` steps with their logging.
+        timed = -(-n // log_every) * log_every
+        marks = []
+        train_config = TrainConfig(batch_size=BATCH, seq_len=SEQUENCE, steps=timed + log_every,
+                                   eval_every=None, log_every=log_every)
+        folder = tempfile.mkdtemp(prefix="seqmodel-bench-fit-")
+        try:
+            fit(model, dataset, train_config, out_dir=folder, progress=False, parallel=parallel,
+                callback=lambda step, summary: marks.append(
+                    (time.perf_counter(), time.process_time())))
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        (wall_start, cpu_start), (wall_end, cpu_end) = marks[0], marks[-1]
+        return (wall_end - wall_start) * n / timed, (cpu_end - cpu_start) * n / timed
+
+    run(1)  # compiles the step (the suite times the compile in the ``seqmodel`` worker)
+    return run, {"devices": parallel.num_devices}, {}
 
 
 def _generate_runner(model, steps: int = SEQUENCE):
@@ -375,8 +434,8 @@ def _gemm_worker(spec: dict):
     return None, None, {"result": results}
 
 
-WORKERS = {"seqmodel": _seqmodel_worker, "flax": _flax_worker, "torch": _torch_worker,
-           "gemm": _gemm_worker}
+WORKERS = {"seqmodel": _seqmodel_worker, "fit": _fit_worker, "flax": _flax_worker,
+           "torch": _torch_worker, "gemm": _gemm_worker}
 
 
 def _worker_main(spec_json: str) -> None:
@@ -400,10 +459,13 @@ def _worker_main(spec_json: str) -> None:
         try:
             if command[0] == "run":
                 cpu = time.process_time()
-                answer = {"seconds": run(int(command[1]))}
+                timed = run(int(command[1]))
                 # CPU seconds of this process (all its threads): the work done, which a busy
-                # machine does not inflate the way it stretches wall time.
-                answer["cpu_seconds"] = time.process_time() - cpu
+                # machine does not inflate the way it stretches wall time. A runner that times
+                # only part of its call returns (wall, cpu) of that part.
+                seconds, cpu_seconds = timed if isinstance(timed, tuple) else (
+                    timed, time.process_time() - cpu)
+                answer = {"seconds": seconds, "cpu_seconds": cpu_seconds}
             else:
                 answer = {"seconds": extra["generate"]()}
         except Exception as error:
@@ -501,7 +563,8 @@ def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repe
                 continue
             results[candidate.name] = {
                 key: worker.hello[key] for key in ("compile_seconds", "compile_cpu_seconds",
-                                                   "compiled_programs") if key in worker.hello}
+                                                   "compiled_programs", "devices")
+                if key in worker.hello}
             results[candidate.name]["seconds"] = []
             workers.append(worker)
         # Steps per repetition from one warm-up call, so each repetition lasts about the same.
@@ -603,6 +666,7 @@ def _versions() -> dict:
 
 
 COLUMNS = [  # (header, key, format)
+    ("devices", "devices", "d"),
     ("train tok/s", "tokens_per_second", ".0f"),
     ("x torch", "ratio_to_torch", ".2f"),
     ("spread", "spread", ".2f"),

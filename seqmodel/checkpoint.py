@@ -22,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import Any
@@ -178,6 +179,14 @@ def read_metadata(path: str | os.PathLike, *, prefer: str = "best") -> dict:
     """The JSON metadata of the checkpoint at ``path`` (see :func:`resolve`)."""
     folder, step = resolve(path, prefer=prefer)
     return dict(_restore(folder, step, metadata=ocp.args.JsonRestore())["metadata"])
+
+
+def peek_metadata(path: str | os.PathLike, *, prefer: str = "best") -> dict:
+    """Like :func:`read_metadata`, but a plain read of the JSON file that orbax wrote, so that it
+    can run before JAX starts (``seqmodel train --resume`` picks its device count from the
+    checkpoint's batch size)."""
+    folder, step = resolve(path, prefer=prefer)
+    return json.loads((folder / str(step) / "metadata" / "metadata").read_text())
 
 
 def check_model_config(saved: dict, config, where: str) -> None:

@@ -175,7 +175,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     # Data parallelism and several processes: seqmodel.distributed, docs/distributed.md.
     add("--devices", type=positive_int, metavar="N", help="devices per process to split each batch "
-        "over (default: all; on a CPU-only machine N > 1 makes N virtual CPU devices)")
+        "over (default: all accelerators; on a CPU-only machine one virtual CPU device per core, "
+        "fewer when the batch does not split into at least 8 rows a device; 1: one device)")
     add("--coordinator", metavar="HOST:PORT", help="several processes: address of process 0 "
         "(with --num-processes and --process-id; needs --out and --steps)")
     add("--num-processes", type=positive_int, metavar="N", help="processes in the run")
@@ -383,11 +384,28 @@ def _default_prompt(tokenizer) -> str:
     return tokenizer.vocabulary[0]
 
 
+def _planned_batch_size(args) -> int | None:
+    """The run's batch size, read before JAX starts (it sets the default device count): the
+    flag, the checkpoint's when resuming (its metadata is a JSON file), else the default."""
+    if args.batch_size is not None:
+        return args.batch_size
+    if not args.resume:
+        return TRAIN_DEFAULTS["batch_size"]
+    from seqmodel import checkpoint
+
+    out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / (
+        args.data or TRAIN_DEFAULTS["data"])
+    try:
+        return checkpoint.peek_metadata(out, prefer="latest")["train_config"]["batch_size"]
+    except (checkpoint.CheckpointError, KeyError, OSError, ValueError):
+        return None  # _resolve_resume reports a missing or unreadable checkpoint
+
+
 def cmd_train(args) -> int:
     from seqmodel import distributed
 
     # Before any JAX computation: virtual CPU devices and jax.distributed must come first.
-    parallel = distributed.from_train_flags(args)
+    parallel = distributed.from_train_flags(args, batch_size=_planned_batch_size(args))
     import jax
     from flax import nnx
 

@@ -291,14 +291,22 @@ def _as_model_input(values: Array) -> Array:
     return values.astype(jnp.float32)
 
 
+def masked_nll_rows(model, outputs, targets: Array, mask: Array | None) -> tuple[Array, Array]:
+    """``(b,)`` sums of -log_prob over each row's weighted elements and ``(b,)`` sums of weights."""
+    log_prob = model.head.log_prob(outputs, targets)
+    log_prob = log_prob.reshape(log_prob.shape[0], -1)
+    if mask is None:
+        return -jnp.sum(log_prob, axis=1), jnp.full(log_prob.shape[:1], log_prob.shape[1],
+                                                    jnp.float32)
+    mask = mask.astype(jnp.float32).reshape(log_prob.shape)
+    # where, not multiply: a padded element's log_prob may be -inf or NaN and must not leak.
+    return -jnp.sum(jnp.where(mask > 0, log_prob * mask, 0.0), axis=1), jnp.sum(mask, axis=1)
+
+
 def masked_nll(model, outputs, targets: Array, mask: Array | None) -> tuple[Array, Array]:
     """``(sum of -log_prob over weighted elements, sum of weights)``."""
-    log_prob = model.head.log_prob(outputs, targets)
-    if mask is None:
-        return -jnp.sum(log_prob), jnp.asarray(log_prob.size, jnp.float32)
-    mask = mask.astype(jnp.float32)
-    # where, not multiply: a padded element's log_prob may be -inf or NaN and must not leak.
-    return -jnp.sum(jnp.where(mask > 0, log_prob * mask, 0.0)), jnp.sum(mask)
+    totals, weights = masked_nll_rows(model, outputs, targets, mask)
+    return jnp.sum(totals), jnp.sum(weights)
 
 
 def make_loss_fn(config: TrainConfig) -> Callable:
@@ -401,8 +409,11 @@ def _eval_batch(graphdef, params, model_state, carry, batch: Batch):
     model = nnx.merge(graphdef, params, model_state)
     carry = reset_carry(carry, batch.reset)
     outputs, carry = model(_as_model_input(batch.inputs), carry)
-    total, weight = masked_nll(model, outputs, _as_model_input(batch.targets), batch.mask)
-    return carry, total, weight
+    # Per-row sums, added up on the host: with the rows split over devices the program then holds
+    # no all-reduce. Back-to-back evaluation programs with an all-reduce each, not chained through
+    # their totals, aborted in XLA:CPU's collective rendezvous under load (virtual CPU devices).
+    totals, weights = masked_nll_rows(model, outputs, _as_model_input(batch.targets), batch.mask)
+    return carry, totals, weights
 
 
 class EvalResult(NamedTuple):
@@ -412,6 +423,15 @@ class EvalResult(NamedTuple):
     loss: float
     bits: float
     elements: int
+
+
+def _host_sum(values: Array) -> float:
+    """Sum of ``values`` on the host in float64; rows held by other processes are gathered."""
+    if not values.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        values = multihost_utils.process_allgather(values, tiled=True)
+    return float(np.sum(np.asarray(values, np.float64)))
 
 
 def evaluate(model, batches: Iterable[Batch], *, graphdef: nnx.GraphDef | None = None,
@@ -430,15 +450,22 @@ def evaluate(model, batches: Iterable[Batch], *, graphdef: nnx.GraphDef | None =
     if graphdef is None:
         graphdef = eval_graphdef(model)
         _, params, model_state = nnx.split(model, nnx.Param, ...)
-    total, weight, carry = 0.0, 0.0, None
+    # Per-row sums stay on the devices, added up per batch shape (a split elementwise add, no
+    # collective); the host adds the rows once at the end.
+    row_sums: dict[tuple, tuple[Array, Array]] = {}
+    carry = None
     for batch in batches:
         if carry is None:
             carry = nnx.merge(graphdef, params, model_state).init_carry(batch.reset.shape[0])
-        carry, batch_total, batch_weight = _eval_batch(graphdef, params, model_state, carry, batch)
-        total, weight = total + batch_total, weight + batch_weight
+        carry, totals, weights = _eval_batch(graphdef, params, model_state, carry, batch)
+        if totals.shape in row_sums:
+            previous_totals, previous_weights = row_sums[totals.shape]
+            totals, weights = previous_totals + totals, previous_weights + weights
+        row_sums[totals.shape] = (totals, weights)
     if carry is None:
         return EvalResult(float("nan"), float("nan"), 0)
-    total, weight = float(total), float(weight)
+    total = math.fsum(_host_sum(totals) for totals, _ in row_sums.values())
+    weight = math.fsum(_host_sum(weights) for _, weights in row_sums.values())
     loss = total / max(weight, 1.0)
     return EvalResult(loss, loss / math.log(2.0), int(round(weight)))
 

@@ -12,6 +12,7 @@ from seqmodel import ModelConfig, SequenceModel
 from seqmodel.checkpoint import (
     CheckpointError,
     load_model,
+    peek_metadata,
     read_metadata,
     resolve,
     restore_train_state,
@@ -90,6 +91,13 @@ def test_load_model_restores_parameters_and_metadata(uninterrupted):
                for leaf in jax.tree.leaves(nnx.state(loaded, nnx.Param)))
     best, best_metadata = load_model(folder)  # run folder: best checkpoint
     assert best_metadata["best_val_loss"] == pytest.approx(result.best_val_loss)
+
+
+def test_metadata_read_without_jax_equals_orbax_restore(uninterrupted):
+    # seqmodel train --resume reads the batch size this way before JAX starts.
+    _, _, folder = uninterrupted
+    for prefer in ("latest", "best"):
+        assert peek_metadata(folder, prefer=prefer) == read_metadata(folder, prefer=prefer)
 
 
 def test_incompatible_checkpoint_is_a_clear_error(uninterrupted):

@@ -54,6 +54,13 @@ def test_train_json_line_and_run_folder(corpus, tmp_path, capsys):
     assert "sample" in stderr  # the human-readable report went to stderr
 
 
+def test_resume_plans_its_devices_with_the_checkpoint_batch_size(trained):
+    parse = cli.build_parser().parse_args
+    assert cli._planned_batch_size(parse(["train", "--resume", "--out", str(trained)])) == 4
+    assert cli._planned_batch_size(parse(["train", "--out", str(trained / "x")])) == 16
+    assert cli._planned_batch_size(parse(["train", "--resume", "--out", str(trained / "x")])) is None
+
+
 def test_sample_is_reproducible_and_takes_multiline_unicode_prompts(trained, capsys):
     prompt = "Le café\nThe "
     args = ["sample", "--checkpoint", str(trained), "--prompt", prompt, "--steps", "30",

@@ -77,7 +77,23 @@ carry_spec = str(four.state.carry[0][0].sharding.spec)
 # The 4-device checkpoint resumes on 1 device (checkpoints hold no sharding).
 resumed, _ = train(dataset, distributed.DataParallel.create(1), out_dir=out + "/four", steps=7,
                    resume=True)
+# Evaluation programs hold no collective: each device sums its own rows and the host adds them up
+# (back-to-back evaluation programs with an all-reduce each aborted XLA:CPU's rendezvous under load).
+from flax import nnx
+from seqmodel import ModelConfig, SequenceModel
+from seqmodel import train as train_module
+VOCAB = dataset.model_fields()["vocab_size"]
+model = SequenceModel(ModelConfig(vocab_size=VOCAB, hidden_size=16, embed_size=8), rngs=nnx.Rngs(0))
+mesh_of_four = distributed.DataParallel.create(4)
+_, params, rest = nnx.split(model, nnx.Param, ...)
+params, rest = jax.device_put((params, rest), mesh_of_four.replicated)
+eval_batch = mesh_of_four.place_eval_batch(next(iter(dataset.validation_batches(batch_size=4, seq_len=32))))
+eval_carry = jax.device_put(model.init_carry(4), mesh_of_four.rows)
+eval_program = train_module._eval_batch.lower(train_module.eval_graphdef(model), params, rest,
+                                              eval_carry, eval_batch).compile().as_text()
 report(devices=jax.device_count(), carry_devices=carry_devices,
+       eval_collectives=sum(eval_program.count(op + "(") for op in
+                            ("all-reduce", "all-reduce-start", "all-gather", "reduce-scatter")),
        carry_spec=carry_spec, loss_one=one.train_loss, loss_four=four.train_loss,
        val_one=one.val_loss, val_four=four.val_loss,
        params=largest_difference(params_one, params_four), resumed_steps=resumed.steps)
@@ -194,6 +210,46 @@ def test_batch_that_does_not_split_over_the_devices_is_refused():
     FourDevices(parallel.mesh).check_batch_size(32)
 
 
+def test_default_cpu_devices_are_one_per_core_that_splits_the_batch():
+    assert distributed.default_cpu_devices(32, cores=2) == 2
+    assert distributed.default_cpu_devices(16, cores=2) == 2  # the training default: 8 rows each
+    assert distributed.default_cpu_devices(12, cores=2) == 1  # 6 rows a device are too few
+    assert distributed.default_cpu_devices(24, cores=2) == 2
+    assert distributed.default_cpu_devices(17, cores=2) == 1  # does not split
+    assert distributed.default_cpu_devices(96, cores=16) == 12  # largest count leaving 8 rows
+    assert distributed.default_cpu_devices(64, cores=1) == 1
+    assert distributed.default_cpu_devices(None, cores=8) == 1  # batch unknown
+    assert distributed.default_cpu_devices(10**6) <= distributed.cpu_cores()
+
+
+def test_from_flags_without_devices_asks_for_the_default_before_jax_starts(monkeypatch):
+    asked = []
+    monkeypatch.setattr(distributed, "_backend_started", lambda: False)
+    monkeypatch.setattr(distributed, "request_cpu_devices", asked.append)
+    monkeypatch.setattr(distributed, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(distributed.DataParallel, "create",
+                        classmethod(lambda cls, devices=None: ("mesh of", devices)))
+    assert distributed.from_flags(batch_size=32) == ("mesh of", None)  # all of the 2 made
+    assert distributed.from_flags(devices=1, batch_size=32) == ("mesh of", 1)
+    assert distributed.from_flags(batch_size=12) == ("mesh of", None)
+    assert asked == [2, 1, 1]
+
+
+def test_cli_train_sets_devices_from_the_planned_batch_size(monkeypatch, corpus, tmp_path, capsys):
+    seen = []
+
+    def stop_here(args, *, batch_size):
+        seen.append(batch_size)
+        raise distributed.DistributedError("stopped by the test")
+
+    monkeypatch.setattr(distributed, "from_train_flags", stop_here)
+    for extra in ([], ["--batch-size", "32"]):
+        status = cli.main(["train", "--data", str(corpus), "--out", str(tmp_path / "new"),
+                           "--steps", "1", *extra])
+        assert status == cli.EXIT_USAGE and "stopped by the test" in capsys.readouterr().err
+    assert seen == [cli.TRAIN_DEFAULTS["batch_size"], 32]
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "host:port", ":123", "h:70000"])
 def test_bad_coordinator_address(address):
     with pytest.raises(distributed.DistributedError, match="HOST:PORT"):
@@ -253,7 +309,7 @@ def test_four_devices_train_like_one_device(corpus, tmp_path):
         capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
     assert run.returncode == 0, run.stderr[-3000:]
     (result,) = results(run.stdout)
-    assert result["devices"] == 4
+    assert result["devices"] == 4 and result["eval_collectives"] == 0
     assert result["carry_devices"] == 4 and result["carry_spec"] == "P('data',)"
     assert result["loss_four"] == pytest.approx(result["loss_one"], rel=1e-5)
     assert result["val_four"] == pytest.approx(result["val_one"], rel=1e-5)
