@@ -37,6 +37,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import importlib.util
 import json
@@ -45,6 +46,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -190,7 +192,7 @@ def _seqmodel_worker(spec: dict):
     from seqmodel import distributed
     from seqmodel.data import Batch
     from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel.train import TrainConfig, init_train_state
+    from seqmodel.train import MAX_STEPS_IN_FLIGHT, TrainConfig, init_train_state
 
     options = spec["options"]
     # Before any JAX computation: virtual CPU devices must be asked for first.
@@ -225,8 +227,13 @@ def _seqmodel_worker(spec: dict):
 
     def run(n: int) -> float:
         start = time.perf_counter()
+        in_flight = collections.deque()
         for _ in range(n):
             holder["state"], metrics = compiled(holder["state"], batch)
+            # As fit() does: at most MAX_STEPS_IN_FLIGHT steps dispatched ahead.
+            in_flight.append(metrics["loss"])
+            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
+                in_flight.popleft().block_until_ready()
         metrics["loss"].block_until_ready()
         return time.perf_counter() - start
 
@@ -483,23 +490,33 @@ class Worker:
         env = dict(os.environ)
         env.update(candidate.env)
         self.name = candidate.name
+        # stderr to a file, not a pipe: a chatty worker (logs, warnings) must never block on a
+        # full pipe that nobody reads, and its last lines explain a crash.
+        self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "seqmodel.benchmarking", "--worker", json.dumps(spec)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env,
         )
         self.hello = self._read()
+
+    def _exited(self) -> dict:
+        self.process.wait()
+        self.log.seek(0)
+        return {"error": f"worker exited with status {self.process.returncode}: "
+                         f"{self.log.read()[-2000:].strip()}"}
 
     def _read(self) -> dict:
         line = self.process.stdout.readline()
         if not line:
-            error = self.process.stderr.read()[-2000:]
-            return {"error": f"worker exited: {error.strip()}"}
+            return self._exited()
         return json.loads(line)
 
     def ask(self, command: str) -> dict:
-        self.process.stdin.write(command + "\n")
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(command + "\n")
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            return self._exited()
         return self._read()
 
     def close(self) -> None:
@@ -513,6 +530,7 @@ class Worker:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+        self.log.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,9 +587,15 @@ def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repe
             workers.append(worker)
         # Steps per repetition from one warm-up call, so each repetition lasts about the same.
         steps = {}
-        for worker in workers:
-            first = worker.ask("run 1")["seconds"]
-            steps[worker.name] = max(1, round(seconds_per_repeat / max(first, 1e-4)))
+        for worker in list(workers):
+            first = worker.ask("run 1")
+            if "seconds" not in first:
+                log(f"  {worker.name}: failed ({first.get('error', 'no answer')[-300:]})")
+                results[worker.name]["error"] = first.get("error", "no answer")[-1000:]
+                workers.remove(worker)
+                worker.close()
+                continue
+            steps[worker.name] = max(1, round(seconds_per_repeat / max(first["seconds"], 1e-4)))
         load_before = os.getloadavg()[0]
         for repeat in range(repeats):
             # Alternate (every candidate sees the same machine load) and rotate the order, so

@@ -380,6 +380,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return jax.jit(train_step, donate_argnums=0, **jit_options)
 
 
+# How many dispatched train steps may be unfinished at once. XLA:CPU's PjRt client queues up to
+# 32 executions per device; one more blocks the dispatching task on a thread of the client's pool,
+# which has one thread per core. With several CPU devices and an all-reduce in the step, two such
+# blocked threads leave none to start one device's half of a step, whose other half waits in the
+# all-reduce forever (XLA aborts after 40 s; seen in ~1 of 3 tight loops of 400 steps on 2 cores,
+# diagnosed with gdb). A few steps of lead keep the devices busy just as well.
+MAX_STEPS_IN_FLIGHT = 8
+
+
 # Fields of TrainConfig that the compiled step does not read: runs that differ only in these
 # share one compiled step (tests and repeated fits in one process compile once).
 _STEP_NEUTRAL = dict(batch_size=1, seq_len=1, steps=None, max_time=None, eval_every=None,
@@ -768,6 +777,10 @@ class _Run:
                 self.step += 1
                 self.interval_steps += 1
                 self.pending.append((self.step, metrics))
+                if len(self.pending) > MAX_STEPS_IN_FLIGHT:
+                    # Keep JAX's asynchronous dispatch at most this many steps ahead (see
+                    # MAX_STEPS_IN_FLIGHT); the wait is for a step that is long done in a steady run.
+                    jax.block_until_ready(self.pending[-MAX_STEPS_IN_FLIGHT - 1][1])
                 if self.bar is not None:
                     self.bar.update(1)
                 at_eval = config.eval_every is not None and self.step % config.eval_every == 0

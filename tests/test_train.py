@@ -225,6 +225,27 @@ def test_fit_writes_checkpoints_metrics_and_plot(tmp_path):
                                   jax.tree.leaves(result.state.params)[0])
 
 
+def test_fit_keeps_at_most_a_few_steps_in_flight(monkeypatch):
+    # More than 32 queued steps per device can deadlock XLA:CPU's collectives with several CPU
+    # devices (train.MAX_STEPS_IN_FLIGHT); between logs fit must wait for old steps itself.
+    from seqmodel import train as train_module
+
+    waited = []
+    original = jax.block_until_ready
+
+    def recording(tree):
+        if isinstance(tree, dict) and "loss" in tree:
+            waited.append(tree)
+        return original(tree)
+
+    monkeypatch.setattr(train_module.jax, "block_until_ready", recording)
+    steps, limit = 30, train_module.MAX_STEPS_IN_FLIGHT
+    result = fit(tiny_model(), tiny_dataset(), TrainConfig(
+        steps=steps, eval_every=None, **{**FAST, "log_every": 1000}), progress=False)
+    assert result.steps == steps
+    assert len(waited) == steps - limit  # one wait per step beyond the first `limit`
+
+
 def test_evaluation_does_not_disturb_training(tmp_path):
     """Same run with and without intermediate evaluations: identical parameters."""
     dataset = tiny_dataset()
