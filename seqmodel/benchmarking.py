@@ -29,7 +29,7 @@ that a busy machine disturbs far less than wall time. On a GPU the same code run
 
 Run::
 
-    python benchmarks/bench_speed.py                  # full suite (~5 min on 2 idle cores)
+    python benchmarks/bench_speed.py                  # full suite (~9 min on 2 idle cores)
     python benchmarks/bench_speed.py --quick          # smoke test (~1 min)
     seqmodel bench --json results.json --markdown
 """
