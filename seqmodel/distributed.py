@@ -97,6 +97,9 @@ def request_cpu_devices(count: int) -> None:
 # cores (issue 6): 16 rows a device (batch 32) trained up to 1.6x faster than one device, 8 rows a
 # device (batch 16, the training default) on par with it; fewer rows leave too little work per step.
 MIN_ROWS_PER_CPU_DEVICE = 8
+# At most this many by default: only 2 cores were measured, and every step's all-reduce waits for
+# the slowest of them; ask for more with --devices.
+MAX_DEFAULT_CPU_DEVICES = 8
 
 
 def cpu_cores() -> int:
@@ -112,14 +115,15 @@ def default_cpu_devices(batch_size: int | None, cores: int | None = None) -> int
 
     XLA:CPU runs one device's program on one thread at a time (its small serial GEMMs are not
     split), so one device per core, each with its own rows of the batch, is what uses the cores.
-    The count is lowered until it divides ``batch_size`` and leaves each device at least
-    :data:`MIN_ROWS_PER_CPU_DEVICE` rows; ``batch_size=None`` (unknown) gives 1.
+    The count, at most :data:`MAX_DEFAULT_CPU_DEVICES`, is lowered until it divides
+    ``batch_size`` and leaves each device at least :data:`MIN_ROWS_PER_CPU_DEVICE` rows;
+    ``batch_size=None`` (unknown) gives 1.
 
     Example: ``default_cpu_devices(32, cores=2) == 2``; ``default_cpu_devices(12, cores=2) == 1``.
     """
     if batch_size is None:
         return 1
-    devices = cpu_cores() if cores is None else cores
+    devices = min(cpu_cores() if cores is None else cores, MAX_DEFAULT_CPU_DEVICES)
     while devices > 1 and (batch_size % devices or batch_size // devices < MIN_ROWS_PER_CPU_DEVICE):
         devices -= 1
     return devices

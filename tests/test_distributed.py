@@ -216,7 +216,8 @@ def test_default_cpu_devices_are_one_per_core_that_splits_the_batch():
     assert distributed.default_cpu_devices(12, cores=2) == 1  # 6 rows a device are too few
     assert distributed.default_cpu_devices(24, cores=2) == 2
     assert distributed.default_cpu_devices(17, cores=2) == 1  # does not split
-    assert distributed.default_cpu_devices(96, cores=16) == 12  # largest count leaving 8 rows
+    assert distributed.default_cpu_devices(96, cores=16) == 8  # capped at MAX_DEFAULT_CPU_DEVICES
+    assert distributed.default_cpu_devices(48, cores=16) == 6  # largest count leaving 8 rows
     assert distributed.default_cpu_devices(64, cores=1) == 1
     assert distributed.default_cpu_devices(None, cores=8) == 1  # batch unknown
     assert distributed.default_cpu_devices(10**6) <= distributed.cpu_cores()
