@@ -440,6 +440,18 @@ def cmd_train(args) -> int:
         train_config = TrainConfig.from_dict(train_values)
     else:
         model_config, train_config = _train_configs(args, dataset)
+    if args.resume and train_config.steps is not None:
+        from seqmodel import checkpoint
+
+        at_step = checkpoint.peek_metadata(out, prefer="latest")["step"]
+        if at_step >= train_config.steps:
+            _say(args, f"seqmodel train: the run in {out} is already at step {at_step} and "
+                       f"--steps is {train_config.steps}: nothing to train (raise --steps to "
+                       f"continue it)")
+            if args.json and parallel.is_main:
+                print(json.dumps({"steps": at_step, "checkpoint": str(out),
+                                  "nothing_to_train": True}), flush=True)
+            return 0
     model = SequenceModel(model_config, rngs=nnx.Rngs(train_config.seed))
     units = getattr(dataset, "bits_per_unit", None)
     limits = []

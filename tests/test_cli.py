@@ -104,6 +104,12 @@ def test_resume_continues_and_checks_flags(trained, capsys):
                            "--json", "--no-progress")
     assert status == 0, err
     assert json.loads(out)["steps"] == 25
+    # Already there: one line, no training, no new checkpoint.
+    status, out, err = run(capsys, "train", "--out", str(trained), "--resume", "--steps", "10",
+                           "--json", "--no-progress")
+    assert status == 0 and json.loads(out) == {"steps": 25, "checkpoint": str(trained),
+                                               "nothing_to_train": True}
+    assert "already at step 25 and --steps is 10: nothing to train" in err
 
 
 @pytest.mark.parametrize("argv, message", [
