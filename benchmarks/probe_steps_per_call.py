@@ -1,0 +1,80 @@
+"""Probe: several train steps per jitted call (a ``lax.scan`` over steps) against one per call.
+
+Measured for issue 6 on the default CPU layout (one device per core): dispatching one step per call
+costs the 2-device LSTM h128 step 4-18% (median about 8%) against 4 or 8 steps per call, because
+each call's dispatch work lands on a core that one device's half of the step needs, and the other
+device then waits in the all-reduce. ``fit`` still runs one step per call; this script is the
+measurement to start from if it is changed to take stacked batches.
+
+    python benchmarks/probe_steps_per_call.py [--cell lstm] [--hidden 128] [--steps-per-call 4]
+
+The same batch is fed at every step (speed only); batch 32, sequence 128, vocabulary 65.
+"""
+
+import argparse
+import time
+
+from seqmodel import distributed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--steps-per-call", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=64, help="steps per repetition")
+    parser.add_argument("--repeats", type=int, default=4)
+    args = parser.parse_args()
+    parallel = distributed.from_flags(batch_size=32)  # before JAX starts: the default devices
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from seqmodel.data import Batch
+    from seqmodel.model import ModelConfig, SequenceModel
+    from seqmodel.train import (MAX_STEPS_IN_FLIGHT, TrainConfig, init_train_state,
+                                make_train_step)
+
+    per_call = args.steps_per_call
+    model = SequenceModel(ModelConfig(vocab_size=65, cell=args.cell, hidden_size=args.hidden,
+                                      embed_size=64), rngs=nnx.Rngs(0))
+    config = TrainConfig(batch_size=32, seq_len=128, steps=10_000)
+    tx, one_step = parallel.train_step(nnx.graphdef(model), config)
+    plain_step = make_train_step(nnx.graphdef(model), tx, config, jit=False)
+
+    def several_steps(state, batch):
+        state, losses = jax.lax.scan(lambda s, _: (lambda out: (out[0], out[1]["loss"]))(
+            plain_step(s, batch)), state, None, length=per_call)
+        return state, {"loss": losses[-1]}
+
+    several = jax.jit(several_steps, donate_argnums=0,
+                      in_shardings=(parallel.state_shardings(), parallel.rows),
+                      out_shardings=(parallel.state_shardings(), parallel.replicated))
+    state = parallel.place_state(init_train_state(model, tx, config)[1])
+    tokens = np.random.default_rng(0).integers(0, 65, (32, 129)).astype(np.int32)
+    batch = parallel.shard_batch(Batch(tokens[:, :-1], tokens[:, 1:], None, np.zeros(32, bool)))
+
+    def timed(call, calls: int, steps_each: int) -> float:
+        nonlocal state
+        in_flight = []
+        started = time.perf_counter()
+        for _ in range(calls):
+            state, metrics = call(state, batch)
+            in_flight.append(metrics["loss"])
+            if len(in_flight) * steps_each > MAX_STEPS_IN_FLIGHT:
+                in_flight.pop(0).block_until_ready()
+        jax.block_until_ready(state)
+        return 32 * 128 * calls * steps_each / (time.perf_counter() - started)
+
+    calls = max(1, args.steps // per_call)
+    timed(one_step, 4, 1), timed(several, 2, per_call)  # compile and warm up
+    print(f"{args.cell} h{args.hidden} on {parallel.describe()}, tokens/s:")
+    for _ in range(args.repeats):
+        single, multi = timed(one_step, calls * per_call, 1), timed(several, calls, per_call)
+        print(f"  1 step per call {single:10,.0f}   {per_call} per call {multi:10,.0f}   "
+              f"ratio {multi / single:.3f}")
+
+
+if __name__ == "__main__":
+    main()
