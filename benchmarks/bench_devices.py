@@ -55,7 +55,7 @@ def worker(devices: int, config: dict) -> None:
 
     from seqmodel import ModelConfig, SequenceModel, TrainConfig
     from seqmodel.data import make_batch_iterator
-    from seqmodel.train import MAX_STEPS_IN_FLIGHT, init_train_state, split_model
+    from seqmodel.train import StepsInFlight, init_train_state, split_model
 
     batch_size = config["batch_size"] * (devices if config["scaling"] == "weak" else 1)
     model = SequenceModel(ModelConfig(vocab_size=config["vocab_size"], cell=config["cell"],
@@ -83,14 +83,11 @@ def worker(devices: int, config: dict) -> None:
             break
         jax.block_until_ready(state)
         started = time.perf_counter()
-        in_flight = []
+        # As fit() does: a longer dispatch queue can deadlock XLA:CPU's collectives.
+        in_flight = StepsInFlight()
         for _ in range(config["steps"]):
             state, metrics = train_step(state, next(batches))
-            # As fit() does: at most MAX_STEPS_IN_FLIGHT steps dispatched ahead (a longer queue
-            # can deadlock XLA:CPU's collectives with several CPU devices).
-            in_flight.append(metrics)
-            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-                jax.block_until_ready(in_flight.pop(0))
+            in_flight.add(metrics)
         jax.block_until_ready((state, metrics))
         print(f"TIME {time.perf_counter() - started}", flush=True)
 

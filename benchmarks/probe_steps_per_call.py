@@ -33,8 +33,8 @@ def main() -> None:
 
     from seqmodel.data import Batch
     from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel.train import (MAX_STEPS_IN_FLIGHT, TrainConfig, init_train_state,
-                                make_train_step)
+    from seqmodel.train import (MAX_STEPS_IN_FLIGHT, StepsInFlight, TrainConfig,
+                                init_train_state, make_train_step)
 
     per_call = args.steps_per_call
     model = SequenceModel(ModelConfig(vocab_size=65, cell=args.cell, hidden_size=args.hidden,
@@ -57,13 +57,11 @@ def main() -> None:
 
     def timed(call, calls: int, steps_each: int) -> float:
         nonlocal state
-        in_flight = []
+        in_flight = StepsInFlight(max(1, MAX_STEPS_IN_FLIGHT // steps_each))
         started = time.perf_counter()
         for _ in range(calls):
             state, metrics = call(state, batch)
-            in_flight.append(metrics["loss"])
-            if len(in_flight) * steps_each > MAX_STEPS_IN_FLIGHT:
-                in_flight.pop(0).block_until_ready()
+            in_flight.add(metrics)
         jax.block_until_ready(state)
         return 32 * 128 * calls * steps_each / (time.perf_counter() - started)
 

@@ -37,7 +37,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import collections
 import dataclasses
 import importlib.util
 import json
@@ -192,7 +191,7 @@ def _seqmodel_worker(spec: dict):
     from seqmodel import distributed
     from seqmodel.data import Batch
     from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel.train import MAX_STEPS_IN_FLIGHT, TrainConfig, init_train_state
+    from seqmodel.train import StepsInFlight, TrainConfig, init_train_state
 
     options = spec["options"]
     # Before any JAX computation: virtual CPU devices must be asked for first.
@@ -227,13 +226,10 @@ def _seqmodel_worker(spec: dict):
 
     def run(n: int) -> float:
         start = time.perf_counter()
-        in_flight = collections.deque()
+        in_flight = StepsInFlight()  # as fit() bounds the dispatch queue
         for _ in range(n):
             holder["state"], metrics = compiled(holder["state"], batch)
-            # As fit() does: at most MAX_STEPS_IN_FLIGHT steps dispatched ahead.
-            in_flight.append(metrics["loss"])
-            if len(in_flight) > MAX_STEPS_IN_FLIGHT:
-                in_flight.popleft().block_until_ready()
+            in_flight.add(metrics)
         metrics["loss"].block_until_ready()
         return time.perf_counter() - start
 
@@ -249,9 +245,8 @@ def _fit_worker(spec: dict):
     run folder. A repetition of ``n`` steps is one ``fit`` of one more log interval than that;
     the time quoted runs from the end of its first interval (the run's start) to the end of its
     last (evaluation and the final checkpoint come after), marked by fit's callback. Against
-    ``seqmodel``
-    in the same run (same devices) it shows whether the data pipeline and the logging keep the
-    compiled step busy."""
+    ``seqmodel`` in the same run (same devices) it shows whether the data pipeline and the logging
+    keep the compiled step busy."""
     import shutil
     import tempfile
 

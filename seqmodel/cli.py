@@ -286,8 +286,8 @@ def _flag(name: str) -> str:
 
 
 def _resolve_resume(args, out: pathlib.Path):
-    """(model config dict, train config dict, data source, data metadata) of the run to resume,
-    with explicit flags checked against the checkpoint."""
+    """(model config dict, train config dict, data source, checkpoint metadata) of the run to
+    resume, with explicit flags checked against the checkpoint."""
     from seqmodel import checkpoint
 
     if not _holds_run(out):
@@ -313,7 +313,7 @@ def _resolve_resume(args, out: pathlib.Path):
         raise UsageError(f"--resume: the checkpoint in {out} was trained with other settings: "
                          f"{'; '.join(conflicts)}; drop these flags or use another --out")
     source = args.data or metadata["data"].get("name")
-    return model_values, train_values, source, metadata["data"]
+    return model_values, train_values, source, metadata
 
 
 def _train_configs(args, dataset):
@@ -419,7 +419,8 @@ def cmd_train(args) -> int:
     data_metadata = None
     if args.resume:
         out = out or pathlib.Path("runs") / (args.data or TRAIN_DEFAULTS["data"])
-        model_values, train_values, source, data_metadata = _resolve_resume(args, out)
+        model_values, train_values, source, checkpoint_metadata = _resolve_resume(args, out)
+        data_metadata = checkpoint_metadata["data"]
     else:
         source = args.data or TRAIN_DEFAULTS["data"]
         if out is None:
@@ -441,9 +442,7 @@ def cmd_train(args) -> int:
     else:
         model_config, train_config = _train_configs(args, dataset)
     if args.resume and train_config.steps is not None:
-        from seqmodel import checkpoint
-
-        at_step = checkpoint.peek_metadata(out, prefer="latest")["step"]
+        at_step = checkpoint_metadata["step"]
         if at_step >= train_config.steps:
             _say(args, f"seqmodel train: the run in {out} is already at step {at_step} and "
                        f"--steps is {train_config.steps}: nothing to train (raise --steps to "

@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import json
@@ -389,6 +390,30 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 MAX_STEPS_IN_FLIGHT = 8
 
 
+class StepsInFlight:
+    """Keeps asynchronous dispatch at most ``limit`` steps ahead: :meth:`add` each step's outputs
+    (e.g. its metrics) right after dispatching it; it waits for the outputs of the step
+    dispatched ``limit`` steps earlier.
+
+    Example::
+
+        in_flight = StepsInFlight()
+        for batch in batches:
+            state, metrics = train_step(state, batch)
+            in_flight.add(metrics)
+    """
+
+    def __init__(self, limit: int = MAX_STEPS_IN_FLIGHT):
+        self.limit = limit
+        self.outputs: collections.deque = collections.deque()
+
+    def add(self, outputs) -> None:
+        self.outputs.append(outputs)
+        if len(self.outputs) > self.limit:
+            # In a steady run this step is long done: the wait costs nothing.
+            jax.block_until_ready(self.outputs.popleft())
+
+
 # Fields of TrainConfig that the compiled step does not read: runs that differ only in these
 # share one compiled step (tests and repeated fits in one process compile once).
 _STEP_NEUTRAL = dict(batch_size=1, seq_len=1, steps=None, max_time=None, eval_every=None,
@@ -459,22 +484,18 @@ def evaluate(model, batches: Iterable[Batch], *, graphdef: nnx.GraphDef | None =
     if graphdef is None:
         graphdef = eval_graphdef(model)
         _, params, model_state = nnx.split(model, nnx.Param, ...)
-    # Per-row sums stay on the devices, added up per batch shape (a split elementwise add, no
-    # collective); the host adds the rows once at the end.
-    row_sums: dict[tuple, tuple[Array, Array]] = {}
-    carry = None
+    # Per-row sums stay on the devices (a split elementwise add, no collective); the host adds
+    # the rows once at the end. Every batch has the carry's rows, so the shapes always match.
+    row_totals = row_weights = carry = None
     for batch in batches:
         if carry is None:
             carry = nnx.merge(graphdef, params, model_state).init_carry(batch.reset.shape[0])
         carry, totals, weights = _eval_batch(graphdef, params, model_state, carry, batch)
-        if totals.shape in row_sums:
-            previous_totals, previous_weights = row_sums[totals.shape]
-            totals, weights = previous_totals + totals, previous_weights + weights
-        row_sums[totals.shape] = (totals, weights)
+        row_totals = totals if row_totals is None else row_totals + totals
+        row_weights = weights if row_weights is None else row_weights + weights
     if carry is None:
         return EvalResult(float("nan"), float("nan"), 0)
-    total = math.fsum(_host_sum(totals) for totals, _ in row_sums.values())
-    weight = math.fsum(_host_sum(weights) for _, weights in row_sums.values())
+    total, weight = _host_sum(row_totals), _host_sum(row_weights)
     loss = total / max(weight, 1.0)
     return EvalResult(loss, loss / math.log(2.0), int(round(weight)))
 
@@ -651,6 +672,7 @@ class _Run:
         self.last_saved_step: int | None = self.step if resume else None
         self.interrupted = False
         self.pending: list[tuple[int, dict]] = []  # (step, metrics still on the device)
+        self.in_flight = StepsInFlight()
         self.interval_start, self.interval_steps, self.first_interval = time.perf_counter(), 0, True
         self.steady_elements, self.steady_seconds = 0.0, 0.0  # train steps after the compile
 
@@ -777,10 +799,7 @@ class _Run:
                 self.step += 1
                 self.interval_steps += 1
                 self.pending.append((self.step, metrics))
-                if len(self.pending) > MAX_STEPS_IN_FLIGHT:
-                    # Keep JAX's asynchronous dispatch at most this many steps ahead (see
-                    # MAX_STEPS_IN_FLIGHT); the wait is for a step that is long done in a steady run.
-                    jax.block_until_ready(self.pending[-MAX_STEPS_IN_FLIGHT - 1][1])
+                self.in_flight.add(metrics)
                 if self.bar is not None:
                     self.bar.update(1)
                 at_eval = config.eval_every is not None and self.step % config.eval_every == 0
