@@ -55,7 +55,7 @@ def worker(devices: int, config: dict) -> None:
 
     from seqmodel import ModelConfig, SequenceModel, TrainConfig
     from seqmodel.data import make_batch_iterator
-    from seqmodel.train import StepsInFlight, init_train_state, split_model
+    from seqmodel.train import CallsInFlight, init_train_state, split_model
 
     batch_size = config["batch_size"] * (devices if config["scaling"] == "weak" else 1)
     model = SequenceModel(ModelConfig(vocab_size=config["vocab_size"], cell=config["cell"],
@@ -84,7 +84,7 @@ def worker(devices: int, config: dict) -> None:
         jax.block_until_ready(state)
         started = time.perf_counter()
         # As fit() does: a longer dispatch queue can deadlock XLA:CPU's collectives.
-        in_flight = StepsInFlight()
+        in_flight = CallsInFlight()
         for _ in range(config["steps"]):
             state, metrics = train_step(state, next(batches))
             in_flight.add(metrics)

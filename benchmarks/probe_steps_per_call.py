@@ -3,12 +3,14 @@
 Measured for issue 6 on the default CPU layout (one device per core): dispatching one step per call
 costs the 2-device LSTM h128 step 4-18% (median about 8%) against 4 or 8 steps per call, because
 each call's dispatch work lands on a core that one device's half of the step needs, and the other
-device then waits in the all-reduce. ``fit`` still runs one step per call; this script is the
-measurement to start from if it is changed to take stacked batches.
+device then waits in the all-reduce. This measurement made ``fit`` take
+``TrainConfig.steps_per_call`` (4) steps per call; ``seqmodel bench`` compares the two as
+``seqmodel`` and ``seqmodel-1call``.
 
     python benchmarks/probe_steps_per_call.py [--cell lstm] [--hidden 128] [--steps-per-call 4]
 
-The same batch is fed at every step (speed only); batch 32, sequence 128, vocabulary 65.
+The same batch is fed at every step (speed only); the K-step program is fit's own
+(``DataParallel.train_step(..., stacked=True)``); batch 32, sequence 128, vocabulary 65.
 """
 
 import argparse
@@ -33,34 +35,26 @@ def main() -> None:
 
     from seqmodel.data import Batch
     from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel.train import (MAX_STEPS_IN_FLIGHT, StepsInFlight, TrainConfig,
-                                init_train_state, make_train_step)
+    from seqmodel.train import CallsInFlight, TrainConfig, init_train_state, stack_batches
 
     per_call = args.steps_per_call
     model = SequenceModel(ModelConfig(vocab_size=65, cell=args.cell, hidden_size=args.hidden,
                                       embed_size=64), rngs=nnx.Rngs(0))
     config = TrainConfig(batch_size=32, seq_len=128, steps=10_000)
     tx, one_step = parallel.train_step(nnx.graphdef(model), config)
-    plain_step = make_train_step(nnx.graphdef(model), tx, config, jit=False)
-
-    def several_steps(state, batch):
-        state, losses = jax.lax.scan(lambda s, _: (lambda out: (out[0], out[1]["loss"]))(
-            plain_step(s, batch)), state, None, length=per_call)
-        return state, {"loss": losses[-1]}
-
-    several = jax.jit(several_steps, donate_argnums=0,
-                      in_shardings=(parallel.state_shardings(), parallel.rows),
-                      out_shardings=(parallel.state_shardings(), parallel.replicated))
+    _, several = parallel.train_step(nnx.graphdef(model), config, stacked=True)
     state = parallel.place_state(init_train_state(model, tx, config)[1])
     tokens = np.random.default_rng(0).integers(0, 65, (32, 129)).astype(np.int32)
-    batch = parallel.shard_batch(Batch(tokens[:, :-1], tokens[:, 1:], None, np.zeros(32, bool)))
+    host_batch = Batch(tokens[:, :-1], tokens[:, 1:], None, np.zeros(32, bool))
+    batches = {1: parallel.shard_batch(host_batch),
+               per_call: parallel.shard_batch(stack_batches([host_batch] * per_call), stacked=True)}
 
     def timed(call, calls: int, steps_each: int) -> float:
         nonlocal state
-        in_flight = StepsInFlight(max(1, MAX_STEPS_IN_FLIGHT // steps_each))
+        in_flight = CallsInFlight()
         started = time.perf_counter()
         for _ in range(calls):
-            state, metrics = call(state, batch)
+            state, metrics = call(state, batches[steps_each])
             in_flight.add(metrics)
         jax.block_until_ready(state)
         return 32 * 128 * calls * steps_each / (time.perf_counter() - started)

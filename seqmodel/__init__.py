@@ -20,8 +20,10 @@ from seqmodel.train import (
     evaluate,
     fit,
     init_train_state,
+    make_multi_step,
     make_optimizer,
     make_train_step,
+    stack_batches,
 )
 
 __version__ = "0.1.0"
@@ -65,7 +67,9 @@ __all__ = [
     "init_train_state",
     "load_dataset",
     "load_model",
+    "make_multi_step",
     "make_optimizer",
     "make_train_step",
     "sample_paths",
+    "stack_batches",
 ]

@@ -52,8 +52,8 @@ from typing import Any
 
 BATCH, SEQUENCE, VOCAB, EMBED = 32, 128, 65, 64
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-TRAIN_CANDIDATES = ("seqmodel", "seqmodel-1dev", "seqmodel-fit", "seqmodel-plain", "flax", "torch",
-                    "torch-1t")
+TRAIN_CANDIDATES = ("seqmodel", "seqmodel-1call", "seqmodel-1dev", "seqmodel-fit", "seqmodel-plain",
+                    "flax", "torch", "torch-1t")
 TORCH_CANDIDATES = ("torch", "torch-1t")
 
 
@@ -75,11 +75,13 @@ def default_candidates(names=TRAIN_CANDIDATES) -> list[Candidate]:
     table = {
         # The default: on a CPU-only machine the batch split over one device per core.
         "seqmodel": Candidate("seqmodel", "seqmodel", {"generate": True}),
+        # The same devices, one train step per compiled call (before steps_per_call).
+        "seqmodel-1call": Candidate("seqmodel-1call", "seqmodel", {"steps_per_call": 1}),
         "seqmodel-1dev": Candidate("seqmodel-1dev", "seqmodel", {"devices": 1}),
         # fit() itself (data pipeline, logging, run folder) around the default step.
         "seqmodel-fit": Candidate("seqmodel-fit", "fit"),
         "seqmodel-plain": Candidate("seqmodel-plain", "seqmodel",
-                                    {"fast_recurrence": False, "devices": 1}),
+                                    {"fast_recurrence": False, "devices": 1, "steps_per_call": 1}),
         "flax": Candidate("flax", "flax"),
         "torch": Candidate("torch", "torch", {"threads": None}),
         "torch-1t": Candidate("torch-1t", "torch", {"threads": 1}),
@@ -180,10 +182,11 @@ def _set_cpu_devices(options: dict) -> int:
 
 
 def _seqmodel_worker(spec: dict):
-    """The library's own train step, as ``seqmodel train [--devices N]`` runs it: the step of
-    :meth:`seqmodel.distributed.DataParallel.train_step` (``make_train_step`` with the batch and
-    the lanes' carry split by rows over N devices; N=1 is the plain one-device step; no N: the
-    default of :func:`seqmodel.distributed.from_flags` for this batch)."""
+    """The library's own train step, as ``seqmodel train [--devices N]`` runs it: the program of
+    :meth:`seqmodel.distributed.DataParallel.train_step` (the batch and the lanes' carry split by
+    rows over N devices; N=1 is the plain one-device step; no N: the default of
+    :func:`seqmodel.distributed.from_flags` for this batch), ``TrainConfig.steps_per_call`` steps
+    per call over stacked batches unless ``options['steps_per_call']`` says otherwise."""
     import jax
     import numpy as np
     from flax import nnx
@@ -191,7 +194,7 @@ def _seqmodel_worker(spec: dict):
     from seqmodel import distributed
     from seqmodel.data import Batch
     from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel.train import StepsInFlight, TrainConfig, init_train_state
+    from seqmodel.train import CallsInFlight, TrainConfig, init_train_state, stack_batches
 
     options = spec["options"]
     # Before any JAX computation: virtual CPU devices must be asked for first.
@@ -203,35 +206,43 @@ def _seqmodel_worker(spec: dict):
     )
     model = SequenceModel(config, rngs=nnx.Rngs(0))
     train_config = TrainConfig(batch_size=BATCH, seq_len=SEQUENCE, steps=10_000)
-    tx, train_step = parallel.train_step(nnx.graphdef(model), train_config)
+    per_call = int(options.get("steps_per_call") or train_config.steps_per_call)
+    tx, train_step = parallel.train_step(nnx.graphdef(model), train_config,
+                                         stacked=per_call > 1)
     graphdef, state = init_train_state(model, tx, train_config)
     # The step donates its state; copies keep the model itself usable (for generate).
     state = parallel.place_state(jax.tree.map(
         lambda leaf: leaf.copy() if isinstance(leaf, jax.Array) else leaf, state))
-    inputs, targets = _batch()
-    # Lanes: every batch continues the previous one's rows, so the carry is passed along.
-    batch = parallel.shard_batch(
-        Batch(inputs=inputs, targets=targets, mask=None, reset=np.zeros((BATCH,), bool)))
+
+    def placed(seed: int, reset: bool):
+        # Lanes: every batch continues the previous one's rows, so the carry is passed along.
+        inputs, targets = _batch(seed)
+        one = Batch(inputs=inputs, targets=targets, mask=None, reset=np.full((BATCH,), reset))
+        if per_call == 1:
+            return parallel.shard_batch(one)
+        return parallel.shard_batch(stack_batches([one] * per_call), stacked=True)
+
+    batch = placed(0, False)
     compiled, compile_info = _compile(train_step, state, batch)
     # No recompile across batches: the jitted step itself, fed two different batches, must keep
     # one compiled program (the timing below then calls the compiled program directly).
-    other_inputs, other_targets = _batch(seed=1)
-    for batch_values in (batch, parallel.shard_batch(Batch(
-            inputs=other_inputs, targets=other_targets, mask=None,
-            reset=np.ones((BATCH,), bool)))):
+    for batch_values in (batch, placed(1, True)):
         state, metrics = train_step(state, batch_values)
     compile_info["compiled_programs"] = int(train_step._cache_size())
     compile_info["devices"] = parallel.num_devices
+    compile_info["steps_per_call"] = per_call
     holder = {"state": state}
 
-    def run(n: int) -> float:
-        start = time.perf_counter()
-        in_flight = StepsInFlight()  # as fit() bounds the dispatch queue
-        for _ in range(n):
+    def run(n: int) -> tuple[float, float]:
+        calls = -(-n // per_call)  # whole calls, timed and scaled to n steps
+        wall, cpu = time.perf_counter(), time.process_time()
+        in_flight = CallsInFlight()  # as fit() bounds the dispatch queue
+        for _ in range(calls):
             holder["state"], metrics = compiled(holder["state"], batch)
             in_flight.add(metrics)
         metrics["loss"].block_until_ready()
-        return time.perf_counter() - start
+        scale = n / (calls * per_call)
+        return (time.perf_counter() - wall) * scale, (time.process_time() - cpu) * scale
 
     extra = {}
     if options.get("generate"):
@@ -267,7 +278,8 @@ def _fit_worker(spec: dict):
     config = ModelConfig(vocab_size=dataset.vocab_size, cell=spec["cell"],
                          hidden_size=spec["hidden"], embed_size=EMBED)
     model = SequenceModel(config, rngs=nnx.Rngs(0))
-    log_every = 10
+    # The default, a multiple of the default steps per call: every mark falls at a call's end.
+    log_every = TrainConfig.log_every
 
     def run(n: int) -> tuple[float, float]:
         # Whole log intervals: the callback then marks the end of every interval, and the time
@@ -287,7 +299,8 @@ def _fit_worker(spec: dict):
         return (wall_end - wall_start) * n / timed, (cpu_end - cpu_start) * n / timed
 
     run(1)  # compiles the step (the suite times the compile in the ``seqmodel`` worker)
-    return run, {"devices": parallel.num_devices}, {}
+    return run, {"devices": parallel.num_devices,
+                 "steps_per_call": TrainConfig.steps_per_call}, {}
 
 
 def _generate_runner(model, steps: int = SEQUENCE):
@@ -576,7 +589,8 @@ def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repe
                 continue
             results[candidate.name] = {
                 key: worker.hello[key] for key in ("compile_seconds", "compile_cpu_seconds",
-                                                   "compiled_programs", "devices")
+                                                   "compiled_programs", "devices",
+                                                   "steps_per_call")
                 if key in worker.hello}
             results[candidate.name]["seconds"] = []
             workers.append(worker)
@@ -686,6 +700,7 @@ def _versions() -> dict:
 
 COLUMNS = [  # (header, key, format)
     ("devices", "devices", "d"),
+    ("steps/call", "steps_per_call", "d"),
     ("train tok/s", "tokens_per_second", ".0f"),
     ("x torch", "ratio_to_torch", ".2f"),
     ("spread", "spread", ".2f"),

@@ -52,6 +52,7 @@ TRAIN_DEFAULTS = {
     "teacher_forcing_schedule": "constant",
     "batching": "lanes",
     "seed": 0,
+    "steps_per_call": 4,
 }
 # With neither --steps nor --max-time, a run lasts this many seconds.
 DEFAULT_MAX_TIME = 180.0
@@ -62,7 +63,7 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 # Flags of `train` that --resume may change; every other explicit flag must match the checkpoint.
-RESUMABLE_OVERRIDES = ("steps", "max_time", "eval_every")
+RESUMABLE_OVERRIDES = ("steps", "max_time", "eval_every", "steps_per_call")
 
 
 class UsageError(Exception):
@@ -161,6 +162,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"global gradient-norm clip (default {d['clip_norm']})")
     add("--eval-every", type=positive_int, metavar="N", help="evaluate and checkpoint every N "
         f"steps, and at the end (default {d['eval_every']})")
+    add("--steps-per-call", type=positive_int, metavar="K", help="train steps per compiled call; "
+        f"the same results for any K, fewer dispatches for larger K (default "
+        f"{d['steps_per_call']})")
     add("--val-fraction", type=_fraction, metavar="F", help="last fraction of the data kept for "
         f"validation (default {d['val_fraction']})")
     add("--teacher-forcing", type=probability, metavar="P", help="probability of feeding the truth "
@@ -278,7 +282,7 @@ TRAIN_FLAGS = {"batch_size": "batch_size", "seq_len": "seq_len", "steps": "steps
                "weight_decay": "weight_decay", "clip_norm": "clip_norm", "eval_every": "eval_every",
                "val_fraction": "val_fraction", "teacher_forcing": "teacher_forcing",
                "teacher_forcing_schedule": "teacher_forcing_schedule", "batching": "batching",
-               "seed": "seed"}
+               "seed": "seed", "steps_per_call": "steps_per_call"}
 
 
 def _flag(name: str) -> str:
@@ -346,7 +350,7 @@ def _train_configs(args, dataset):
         eval_every=value("eval_every"), val_fraction=value("val_fraction"),
         teacher_forcing=value("teacher_forcing"),
         teacher_forcing_schedule=value("teacher_forcing_schedule"), batching=value("batching"),
-        seed=value("seed"),
+        seed=value("seed"), steps_per_call=value("steps_per_call"),
     )
     return model_config, train_config
 

@@ -274,6 +274,11 @@ class DataParallel:
         """Leading axis split along ``data`` (batches ``(b, ...)``, carry leaves ``(b, h)``)."""
         return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
 
+    @property
+    def stacked_rows(self) -> NamedSharding:
+        """Second axis split along ``data`` (stacked batches ``(K, b, ...)``)."""
+        return NamedSharding(self.mesh, PartitionSpec(None, DATA_AXIS))
+
     def describe(self) -> str:
         """E.g. ``"4 cpu devices"`` or ``"8 gpu devices in 2 processes"``."""
         platform = self.mesh.devices.flat[0].platform
@@ -356,19 +361,22 @@ class DataParallel:
             raise DistributedError("this process's devices do not hold contiguous rows")
         return slice(start, stop)
 
-    def shard_batch(self, batch):
+    def shard_batch(self, batch, *, stacked: bool = False):
         """A global batch (NumPy, the same in every process) -> arrays split by rows on the mesh.
 
-        In a run of several processes each transfers only its own rows. Leaves ``(b, ...)``; a
+        In a run of several processes each transfers only its own rows. Leaves ``(b, ...)``, or
+        with ``stacked=True`` ``(K, b, ...)`` (see :func:`seqmodel.train.stack_batches`); a
         ``None`` mask stays None."""
-        rows = jax.tree.leaves(batch)[0].shape[0]
+        sharding = self.stacked_rows if stacked else self.rows
+        row_axis = 1 if stacked else 0
+        rows = jax.tree.leaves(batch)[0].shape[row_axis]
         if self.num_processes == 1:
             self.check_batch_size(rows)
-            return jax.device_put(batch, self.rows)
-        mine = self.local_rows(rows)
+            return jax.device_put(batch, sharding)
+        mine = (slice(None),) * row_axis + (self.local_rows(rows),)
         return jax.tree.map(
             lambda leaf: jax.make_array_from_process_local_data(
-                self.rows, np.asarray(leaf)[mine], np.shape(leaf)), batch)
+                sharding, np.asarray(leaf)[mine], np.shape(leaf)), batch)
 
     def place_eval_batch(self, batch):
         """Like :meth:`shard_batch`, or replicated when the rows do not split evenly (evaluation
@@ -422,13 +430,16 @@ class DataParallel:
 
     # -- the train step ------------------------------------------------------------------------
 
-    def train_step(self, graphdef, config):
+    def train_step(self, graphdef, config, *, stacked: bool = False):
         """``(tx, train_step)``: :func:`seqmodel.train.make_train_step` jitted with this mesh's
-        shardings (batch and carry by rows, the rest replicated, metrics replicated). Shared by
-        every run with the same model graph, optimizer settings and mesh."""
+        shardings (batch and carry by rows, the rest replicated, metrics replicated); with
+        ``stacked=True`` :func:`seqmodel.train.make_multi_step` instead, K steps over stacked
+        batches ``(K, b, ...)`` (:meth:`shard_batch` with ``stacked=True``; one compile per K).
+        Shared by every run with the same model graph, optimizer settings and mesh."""
         from seqmodel.train import _STEP_NEUTRAL
 
-        return _cached_train_step(graphdef, dataclasses.replace(config, **_STEP_NEUTRAL), self)
+        return _cached_train_step(graphdef, dataclasses.replace(config, **_STEP_NEUTRAL), self,
+                                  stacked)
 
 
 @functools.lru_cache(maxsize=64)
@@ -437,13 +448,15 @@ def _local_rows(parallel: DataParallel, batch_size: int) -> slice:
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_train_step(graphdef, config, parallel: DataParallel):
-    from seqmodel.train import make_optimizer, make_train_step
+def _cached_train_step(graphdef, config, parallel: DataParallel, stacked: bool):
+    from seqmodel.train import make_multi_step, make_optimizer, make_train_step
 
     tx = make_optimizer(config)
     states = parallel.state_shardings()
-    step = make_train_step(graphdef, tx, config, in_shardings=(states, parallel.rows),
-                           out_shardings=(states, parallel.replicated))
+    make, batch_sharding = ((make_multi_step, parallel.stacked_rows) if stacked
+                            else (make_train_step, parallel.rows))
+    step = make(graphdef, tx, config, in_shardings=(states, batch_sharding),
+                out_shardings=(states, parallel.replicated))
     return tx, step
 
 
@@ -474,6 +487,19 @@ class LocalBatches:
 
     def __next__(self):
         return self.parallel.shard_batch(next(self.batches))
+
+    def take(self, count: int) -> list[tuple[Any, int]]:
+        """The next ``count`` batches as ``[(sharded batch, steps in it)]``: one batch stacked
+        to ``(count, b, ...)`` leaves (the input of :func:`seqmodel.train.make_multi_step`)
+        when they all have one shape, else each on its own (``count`` batches of one step; e.g.
+        padded sequence sets bucketed by length)."""
+        from seqmodel.train import stack_batches
+
+        batches = [next(self.batches) for _ in range(count)]
+        shapes = {tuple(np.shape(leaf) for leaf in jax.tree.leaves(batch)) for batch in batches}
+        if count == 1 or len(shapes) > 1:
+            return [(self.parallel.shard_batch(batch), 1) for batch in batches]
+        return [(self.parallel.shard_batch(stack_batches(batches), stacked=True), count)]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.batches, name)

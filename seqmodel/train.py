@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -96,6 +95,10 @@ class TrainConfig(DictConfig):
     batching: str = "lanes"
     seed: int = 0
     log_every: int = 20
+    # Train steps per compiled call (a lax.scan over the steps; the same results as one step per
+    # call). Fewer dispatches leave the cores to the devices: on 2 CPU cores with one device
+    # each, 4 steps per call ran the LSTM h128 step 5-14% faster (probe_steps_per_call.py).
+    steps_per_call: int = 4
 
     def __post_init__(self):
         def bad(field: str, allowed: str):
@@ -108,7 +111,8 @@ class TrainConfig(DictConfig):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 bad(field, "must be a positive integer" + (" or None" if optional else ""))
 
-        for field in ("batch_size", "seq_len", "eval_batch_size", "eval_seq_len", "log_every"):
+        for field in ("batch_size", "seq_len", "eval_batch_size", "eval_seq_len", "log_every",
+                      "steps_per_call"):
             positive_int(field)
         positive_int("steps", optional=True)
         positive_int("eval_every", optional=True)
@@ -381,56 +385,75 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     return jax.jit(train_step, donate_argnums=0, **jit_options)
 
 
-# How many dispatched train steps may be unfinished at once. XLA:CPU's PjRt client queues up to
-# 32 executions per device; one more blocks the dispatching task on a thread of the client's pool,
-# which has one thread per core. With several CPU devices and an all-reduce in the step, two such
-# blocked threads leave none to start one device's half of a step, whose other half waits in the
-# all-reduce forever (XLA aborts after 40 s; seen in ~1 of 3 tight loops of 400 steps on 2 cores,
-# diagnosed with gdb). A few steps of lead keep the devices busy just as well.
-MAX_STEPS_IN_FLIGHT = 8
-
-
-class StepsInFlight:
-    """Keeps asynchronous dispatch at most ``limit`` steps ahead: :meth:`add` each step's outputs
-    (e.g. its metrics) right after dispatching it; it waits for the outputs of the step
-    dispatched ``limit`` steps earlier.
+def make_multi_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                    config: TrainConfig, *, jit: bool = True, **jit_options) -> Callable:
+    """Build ``multi_step(state, batches) -> (state, metrics)``: the steps of
+    :func:`make_train_step` over ``K`` stacked batches (every leaf ``(K, b, ...)``) in one call,
+    as a ``lax.scan``; ``metrics`` holds ``(K,)`` arrays, one entry per step. The loop body is the
+    one-step program, so K steps here give the same state as K calls of the one-step function.
 
     Example::
 
-        in_flight = StepsInFlight()
+        multi_step = make_multi_step(graphdef, tx, config)
+        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *four_batches)
+        state, metrics = multi_step(state, stacked)    # metrics["loss"].shape == (4,)
+    """
+    train_step = make_train_step(graphdef, tx, config, jit=False)
+
+    def multi_step(state: TrainState, batches: Batch):
+        return jax.lax.scan(train_step, state, batches)
+
+    if not jit:
+        return multi_step
+    return jax.jit(multi_step, donate_argnums=0, **jit_options)
+
+
+def stack_batches(batches: list[Batch]) -> Batch:
+    """``K`` batches ``(b, ...)`` -> one batch of ``(K, b, ...)`` leaves (a ``None`` mask stays
+    None), the input of :func:`make_multi_step`."""
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *batches)
+
+
+# How many dispatched train calls (of one or several steps) may be unfinished at once. XLA:CPU's
+# PjRt client queues up to 32 executions per device; one more blocks the dispatching task on a
+# thread of the client's pool, which has one thread per core. With several CPU devices and an
+# all-reduce in the step, two such blocked threads leave none to start one device's half of a
+# step, whose other half waits in the all-reduce forever (XLA aborts after 40 s; seen in ~1 of 3
+# tight loops of 400 steps on 2 cores, diagnosed with gdb). A few calls of lead keep the devices
+# busy just as well.
+MAX_CALLS_IN_FLIGHT = 8
+
+
+class CallsInFlight:
+    """Keeps asynchronous dispatch at most ``limit`` calls ahead: :meth:`add` each call's outputs
+    (e.g. its metrics) right after dispatching it; it waits for the outputs of the call
+    dispatched ``limit`` calls earlier.
+
+    Example::
+
+        in_flight = CallsInFlight()
         for batch in batches:
             state, metrics = train_step(state, batch)
             in_flight.add(metrics)
     """
 
-    def __init__(self, limit: int = MAX_STEPS_IN_FLIGHT):
+    def __init__(self, limit: int = MAX_CALLS_IN_FLIGHT):
         self.limit = limit
         self.outputs: collections.deque = collections.deque()
 
     def add(self, outputs) -> None:
         self.outputs.append(outputs)
         if len(self.outputs) > self.limit:
-            # In a steady run this step is long done: the wait costs nothing.
+            # In a steady run this call is long done: the wait costs nothing.
             jax.block_until_ready(self.outputs.popleft())
 
 
 # Fields of TrainConfig that the compiled step does not read: runs that differ only in these
-# share one compiled step (tests and repeated fits in one process compile once).
+# share one compiled step (tests and repeated fits in one process compile once; see
+# DataParallel.train_step).
 _STEP_NEUTRAL = dict(batch_size=1, seq_len=1, steps=None, max_time=None, eval_every=None,
                      eval_batch_size=1, eval_seq_len=1, val_fraction=0.0, batching="lanes", seed=0,
-                     log_every=1)
-
-
-@functools.lru_cache(maxsize=8)
-def _cached_train_step(graphdef: nnx.GraphDef, config: TrainConfig):
-    tx = make_optimizer(config)
-    return tx, make_train_step(graphdef, tx, config)
-
-
-def shared_train_step(graphdef: nnx.GraphDef, config: TrainConfig):
-    """``(tx, jitted train step)`` for ``config``, shared by every run with the same model graph
-    and the same optimizer and schedule settings."""
-    return _cached_train_step(graphdef, dataclasses.replace(config, **_STEP_NEUTRAL))
+                     log_every=1, steps_per_call=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -577,11 +600,12 @@ class _Clock:
             estimated_eval = 1.2 * (self.eval_seconds + (self.save_seconds or 0.0))
         return estimated_eval + 1.0
 
-    def out_of_time(self, estimated_eval: float) -> bool:
+    def out_of_time(self, estimated_eval: float, *, steps: int = 1) -> bool:
+        """Whether ``steps`` more steps and the final evaluation would pass ``max_time``."""
         if self.max_time is None:
             return False
-        next_step = self.seconds_per_step or 0.0
-        return self.elapsed() + next_step + self.reserve(estimated_eval) >= self.max_time
+        next_steps = (self.seconds_per_step or 0.0) * steps
+        return self.elapsed() + next_steps + self.reserve(estimated_eval) >= self.max_time
 
     def estimated_total_steps(self, step: int, estimated_eval: float) -> int | None:
         if self.max_time is None or self.seconds_per_step is None:
@@ -619,7 +643,11 @@ class _Run:
         self.run_metadata = run_metadata or {}
         self.parallel = parallel = distributed.resolve(parallel, config.batch_size)
         parallel.check_config(config)
-        tx, self.train_step = parallel.train_step(split_model(model)[0], config)
+        graphdef = split_model(model)[0]
+        tx, self.train_step = parallel.train_step(graphdef, config)
+        # K steps per call where they fit (see steps_this_call); the programs compile on first use.
+        self.multi_step = (parallel.train_step(graphdef, config, stacked=True)[1]
+                           if config.steps_per_call > 1 else None)
         _, state = init_train_state(model, tx, config)
         self.evaluation_graph = eval_graphdef(model)
         position, elapsed_before, self.best_val, self.tokens_before = None, 0.0, None, 0
@@ -671,9 +699,16 @@ class _Run:
         self.last_val: EvalResult | None = None
         self.last_saved_step: int | None = self.step if resume else None
         self.interrupted = False
-        self.pending: list[tuple[int, dict]] = []  # (step, metrics still on the device)
-        self.in_flight = StepsInFlight()
-        self.interval_start, self.interval_steps, self.first_interval = time.perf_counter(), 0, True
+        # (last step of a call, steps in it, its metrics still on the device)
+        self.pending: list[tuple[int, int, dict]] = []
+        # Fetched steps whose log interval is not complete: (step, seconds, metrics).
+        self.unlogged: list[tuple[int, float, dict]] = []
+        self.in_flight = CallsInFlight()
+        self.interval_start, self.interval_steps = time.perf_counter(), 0
+        # An interval in which a program ran for the first time holds its compile: its speed is
+        # not the step's (the first interval always; the one-step program's first use later on).
+        self.programs_used: set[int] = set()
+        self.interval_compiled = False
         self.steady_elements, self.steady_seconds = 0.0, 0.0  # train steps after the compile
 
     # -- time -------------------------------------------------------------------------------------
@@ -690,34 +725,36 @@ class _Run:
             self.metrics_file.write(json.dumps(record) + "\n")
             self.metrics_file.flush()
 
-    def flush(self) -> dict | None:
-        """Fetch the pending metrics, check them, log them; returns the interval's summary."""
+    def flush(self, *, final: bool = False) -> list[dict]:
+        """Fetch the pending metrics, check them, log them; returns the summaries written, one
+        per finished log interval (every ``log_every`` steps; with ``final``, before an
+        evaluation or at the end, also the unfinished one)."""
         if not self.pending:
-            return None
-        fetched = jax.device_get([metrics for _, metrics in self.pending])
-        steps_done = [step for step, _ in self.pending]
+            return self.log_steps(final=final)
+        fetched_calls = jax.device_get([metrics for _, _, metrics in self.pending])
+        # Per step: a call of K steps returns (K,) metrics, a one-step call scalars.
+        steps_done, fetched = [], []
+        for (last_step, count, _), metrics in zip(self.pending, fetched_calls):
+            for index in range(count):
+                steps_done.append(last_step - count + 1 + index)
+                fetched.append({key: float(np.atleast_1d(value)[index])
+                                for key, value in metrics.items()})
         self.pending = []
         now = time.perf_counter()
         seconds = now - self.interval_start
         for at_step, metrics in zip(steps_done, fetched):
-            if not math.isfinite(float(metrics["loss"])):
-                raise self.diverged(float(metrics["loss"]), at_step)
-        elements = sum(float(metrics["elements"]) for metrics in fetched)
+            if not math.isfinite(metrics["loss"]):
+                raise self.diverged(metrics["loss"], at_step)
+        elements = sum(metrics["elements"] for metrics in fetched)
         self.tokens += int(round(elements))
-        if not self.first_interval:  # the first interval holds the compile
+        if not self.interval_compiled:
             self.clock.record_steps(self.interval_steps, seconds)
             self.steady_elements += elements
             self.steady_seconds += seconds
-        self.first_interval = False
-        last = {key: float(value) for key, value in fetched[-1].items()}
-        self.train_loss = float(np.mean([float(metrics["loss"]) for metrics in fetched]))
-        summary = {"step": steps_done[-1], "loss": self.train_loss,
-                   "learning_rate": last["learning_rate"], "grad_norm": last["grad_norm"],
-                   "tokens_per_second": elements / seconds if seconds > 0 else None,
-                   "elapsed": round(self.clock.elapsed(), 3)}
-        if not self.config.plain_teacher_forcing:
-            summary["teacher_forcing"] = last["teacher_forcing"]
-        self.write(summary)
+        self.interval_compiled = False
+        self.train_loss = float(np.mean([metrics["loss"] for metrics in fetched]))
+        for at_step, metrics in zip(steps_done, fetched):
+            self.unlogged.append((at_step, seconds / len(fetched), metrics))
         self.interval_start, self.interval_steps = now, 0
         # A time-bounded run re-estimates where its schedule ends from the measured speed.
         if self.config.steps is None:
@@ -728,8 +765,38 @@ class _Run:
                     self.bar.total = total
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{self.train_loss:.3f}",
-                                 tok_s=f"{summary['tokens_per_second'] or 0:,.0f}", refresh=False)
-        return summary
+                                 tok_s=f"{elements / seconds if seconds > 0 else 0:,.0f}",
+                                 refresh=False)
+        return self.log_steps(final=final)
+
+    def log_steps(self, *, final: bool) -> list[dict]:
+        """Write one record per finished log interval of the fetched steps (and with ``final``
+        the unfinished one too); returns the records. A call of several steps may pass a log
+        step, so the steps wait here until their interval is complete: records then fall every
+        ``log_every`` steps whatever the steps per call."""
+        log_every = self.config.log_every
+        summaries = []
+        while self.unlogged:
+            last_step = self.unlogged[-1][0]
+            # The steps of the first interval in the buffer: up to its next multiple of log_every.
+            end = (self.unlogged[0][0] - 1) // log_every * log_every + log_every
+            if last_step < end and not final:
+                break
+            group = [entry for entry in self.unlogged if entry[0] <= end]
+            self.unlogged = self.unlogged[len(group):]
+            at_step, _, last = group[-1]
+            seconds = sum(share for _, share, _ in group)
+            elements = sum(metrics["elements"] for _, _, metrics in group)
+            summary = {"step": at_step,
+                       "loss": float(np.mean([metrics["loss"] for _, _, metrics in group])),
+                       "learning_rate": last["learning_rate"], "grad_norm": last["grad_norm"],
+                       "tokens_per_second": elements / seconds if seconds > 0 else None,
+                       "elapsed": round(self.clock.elapsed(), 3)}
+            if not self.config.plain_teacher_forcing:
+                summary["teacher_forcing"] = last["teacher_forcing"]
+            self.write(summary)
+            summaries.append(summary)
+        return summaries
 
     def diverged(self, value: float, at_step: int) -> TrainingError:
         kept = (f"the last good checkpoint (step {self.last_saved_step}) is in {self.out_path}"
@@ -788,32 +855,63 @@ class _Run:
     def done(self) -> bool:
         return self.config.steps is not None and self.step >= self.config.steps
 
+    def steps_this_call(self) -> int:
+        """``config.steps_per_call`` when that many steps fit before the next evaluation and the
+        end of the run, else 1. The calls then fall at the same steps in a resumed run as in an
+        uninterrupted one (a run stops, and so resumes, only between calls), so the same
+        programs compute the same steps."""
+        config = self.config
+        count = config.steps_per_call
+        if count == 1:
+            return 1
+        boundaries = []
+        if config.eval_every is not None:
+            boundaries.append((self.step // config.eval_every + 1) * config.eval_every)
+        if config.steps is not None:
+            boundaries.append(config.steps)
+        return count if not boundaries or self.step + count <= min(boundaries) else 1
+
+    def call_steps(self, count: int) -> None:
+        """Dispatch the next ``count`` train steps: as one call when their batches stack (one
+        shape), else one call each. The metrics stay pending on the device until the next
+        :meth:`flush`."""
+        for batch, steps in self.batches.take(count):
+            if steps not in self.programs_used:
+                self.programs_used.add(steps)
+                self.interval_compiled = True
+            program = self.train_step if steps == 1 else self.multi_step
+            self.state, metrics = program(self.state, batch)
+            self.pending.append((self.step + steps, steps, metrics))
+            self.in_flight.add(metrics)
+            self.step += steps
+            self.interval_steps += steps
+        if self.bar is not None:
+            self.bar.update(count)
+
     def train(self) -> None:
         config = self.config
         with self.parallel.stop_request() as stop:
             while not self.done():
-                if stop.requested or self.clock.out_of_time(self.estimated_eval_seconds()):
+                count = self.steps_this_call()
+                if stop.requested or self.clock.out_of_time(self.estimated_eval_seconds(),
+                                                            steps=count):
                     self.interrupted = stop.requested
                     break
-                self.state, metrics = self.train_step(self.state, next(self.batches))
-                self.step += 1
-                self.interval_steps += 1
-                self.pending.append((self.step, metrics))
-                self.in_flight.add(metrics)
-                if self.bar is not None:
-                    self.bar.update(1)
+                before = self.step
+                self.call_steps(count)
+                # A call never passes an evaluation step (steps_this_call), but may pass a log one.
                 at_eval = config.eval_every is not None and self.step % config.eval_every == 0
-                if self.step % config.log_every == 0 or at_eval:
-                    summary = self.flush()
-                    if self.callback is not None and self.callback(self.step, summary):
-                        stop.requested = True
+                if self.step // config.log_every > before // config.log_every or at_eval:
+                    for summary in self.flush(final=at_eval):
+                        if self.callback is not None and self.callback(summary["step"], summary):
+                            stop.requested = True
                 if at_eval and not self.done():
                     self.last_val = self.evaluate()
                     self.save(self.last_val)
                     self.interval_start = time.perf_counter()  # evaluation is not step time
                     if self.bar is not None and self.last_val is not None:
                         self.bar.write(f"step {self.step}: val_loss {self.last_val.loss:.4f}")
-            self.flush()
+            self.flush(final=True)
             if not self.interrupted:
                 self.last_val = self.evaluate()
             self.save(None if self.interrupted else self.last_val)

@@ -1,5 +1,6 @@
 """Checkpoints: exact resume (also after Ctrl-C), model loading, incompatible checkpoints."""
 
+import dataclasses
 import os
 import signal
 
@@ -57,20 +58,27 @@ def uninterrupted(tmp_path_factory):
     return trained, result, folder
 
 
-def test_interrupted_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path):
+# Default 4 steps per call: calls end at steps 4, 5, 9, 10, 14 (a call never passes an evaluation
+# step), so the Ctrl-C pressed at step 7 stops the run at 9. One step per call stops at 7, and its
+# resumed run must still equal the uninterrupted run of 4-step calls bit for bit: the K-step
+# program loops over the one-step program's math.
+@pytest.mark.parametrize("steps_per_call, stopped_at", [(4, 9), (1, 7)])
+def test_interrupted_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, steps_per_call,
+                                                          stopped_at):
     _, straight, _ = uninterrupted
+    config = dataclasses.replace(CONFIG, steps_per_call=steps_per_call)
 
     def press_ctrl_c(step, metrics):
         if step == 7:  # between evaluations: the carry and data position matter
             os.kill(os.getpid(), signal.SIGINT)
 
-    first = fit(model(), dataset(), CONFIG, out_dir=tmp_path, progress=False, callback=press_ctrl_c)
-    assert first.interrupted and first.steps == 7
-    assert resolve(tmp_path, prefer="latest") == (tmp_path / "latest", 7)
+    first = fit(model(), dataset(), config, out_dir=tmp_path, progress=False, callback=press_ctrl_c)
+    assert first.interrupted and first.steps == stopped_at
+    assert resolve(tmp_path, prefer="latest") == (tmp_path / "latest", stopped_at)
     assert read_metadata(tmp_path, prefer="latest")["data_position"]["index"] > 0
 
     resumed_model = model(hidden_size=12)
-    resumed = fit(resumed_model, dataset(), CONFIG, out_dir=tmp_path, resume=True, progress=False)
+    resumed = fit(resumed_model, dataset(), config, out_dir=tmp_path, resume=True, progress=False)
     assert resumed.steps == 14 and not resumed.interrupted
     for got, want in zip(leaves(resumed.state), leaves(straight.state)):
         np.testing.assert_array_equal(got, want)

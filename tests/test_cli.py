@@ -172,6 +172,7 @@ def test_cli_defaults_are_the_library_defaults():
              "warmup": "warmup_steps", "weight_decay": "weight_decay", "clip_norm": "clip_norm",
              "eval_every": "eval_every", "val_fraction": "val_fraction",
              "teacher_forcing": "teacher_forcing", "batching": "batching", "seed": "seed",
-             "teacher_forcing_schedule": "teacher_forcing_schedule"}
+             "teacher_forcing_schedule": "teacher_forcing_schedule",
+             "steps_per_call": "steps_per_call"}
     for flag, field in names.items():
         assert cli.TRAIN_DEFAULTS[flag] == getattr(library, field), flag

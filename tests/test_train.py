@@ -23,9 +23,11 @@ from seqmodel.train import (
     init_train_state,
     learning_rate_at,
     make_loss_fn,
+    make_multi_step,
     make_optimizer,
     make_train_step,
     reset_carry,
+    stack_batches,
     teacher_forcing_at,
 )
 
@@ -225,9 +227,10 @@ def test_fit_writes_checkpoints_metrics_and_plot(tmp_path):
                                   jax.tree.leaves(result.state.params)[0])
 
 
-def test_fit_keeps_at_most_a_few_steps_in_flight(monkeypatch):
-    # More than 32 queued steps per device can deadlock XLA:CPU's collectives with several CPU
-    # devices (train.MAX_STEPS_IN_FLIGHT); between logs fit must wait for old steps itself.
+@pytest.mark.parametrize("steps_per_call, calls", [(1, 30), (4, 9)])  # 4: 7 calls of 4, 2 of 1
+def test_fit_keeps_at_most_a_few_calls_in_flight(monkeypatch, steps_per_call, calls):
+    # More than 32 queued calls per device can deadlock XLA:CPU's collectives with several CPU
+    # devices (train.MAX_CALLS_IN_FLIGHT); between logs fit must wait for old calls itself.
     from seqmodel import train as train_module
 
     waited = []
@@ -239,11 +242,56 @@ def test_fit_keeps_at_most_a_few_steps_in_flight(monkeypatch):
         return original(tree)
 
     monkeypatch.setattr(train_module.jax, "block_until_ready", recording)
-    steps, limit = 30, train_module.MAX_STEPS_IN_FLIGHT
+    steps, limit = 30, train_module.MAX_CALLS_IN_FLIGHT
     result = fit(tiny_model(), tiny_dataset(), TrainConfig(
-        steps=steps, eval_every=None, **{**FAST, "log_every": 1000}), progress=False)
+        steps=steps, eval_every=None, steps_per_call=steps_per_call,
+        **{**FAST, "log_every": 1000}), progress=False)
     assert result.steps == steps
-    assert len(waited) == steps - limit  # one wait per step beyond the first `limit`
+    assert len(waited) == calls - limit  # one wait per call beyond the first `limit`
+
+
+def test_several_steps_per_call_train_and_log_like_one_step_per_call(tmp_path):
+    # log_every=3 with 4 steps per call: calls end at 4, 8, 9, 10 (none passes the evaluation at
+    # 10), 11, 12; the records still fall every 3 steps and at the evaluation, as with one step
+    # per call.
+    records, params = {}, {}
+    for steps_per_call in (1, 4):
+        model = tiny_model()
+        config = TrainConfig(steps=12, eval_every=10, steps_per_call=steps_per_call,
+                             **{**FAST, "log_every": 3})
+        result = fit(model, tiny_dataset(), config, out_dir=tmp_path / str(steps_per_call),
+                     progress=False)
+        assert result.steps == 12 and result.tokens == 12 * 4 * 8
+        lines = (tmp_path / str(steps_per_call) / "metrics.jsonl").read_text().splitlines()
+        records[steps_per_call] = [json.loads(line) for line in lines]
+        params[steps_per_call] = params_of(model)
+    for one, several in zip(records[1], records[4], strict=True):
+        assert one["step"] == several["step"] and one.keys() == several.keys()
+        for key in {"loss", "val_loss", "learning_rate", "grad_norm"} & one.keys():
+            assert one[key] == pytest.approx(several[key], rel=1e-6)
+    assert [record["step"] for record in records[4] if "loss" in record] == [3, 6, 9, 10, 12]
+    for one, several in zip(params[1], params[4]):
+        np.testing.assert_allclose(one, several, rtol=1e-6, atol=1e-7)
+
+
+def test_multi_step_equals_the_steps_one_by_one():
+    model = tiny_model()
+    config = TrainConfig(steps=10, **FAST)
+    tx = make_optimizer(config)
+    graphdef, state = init_train_state(model, tx, config)
+    copy = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
+    batches = list(itertools.islice(tiny_dataset().train_batches(batch_size=4, seq_len=8), 3))
+    one_step = make_train_step(graphdef, tx, config)
+    losses = []
+    for batch in batches:
+        state, metrics = one_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    copy, stacked_metrics = make_multi_step(graphdef, tx, config)(copy, stack_batches(batches))
+    assert stacked_metrics["loss"].shape == (3,)
+    np.testing.assert_allclose(np.asarray(stacked_metrics["loss"]), losses, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(copy.params), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert int(copy.step) == 3
 
 
 def test_evaluation_does_not_disturb_training(tmp_path):
