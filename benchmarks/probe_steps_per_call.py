@@ -8,6 +8,7 @@ device then waits in the all-reduce. This measurement made ``fit`` take
 ``seqmodel`` and ``seqmodel-1call``.
 
     python benchmarks/probe_steps_per_call.py [--cell lstm] [--hidden 128] [--steps-per-call 4]
+        [--devices 1]
 
 The same batch is fed at every step (speed only); the K-step program is fit's own
 (``DataParallel.train_step(..., stacked=True)``); batch 32, sequence 128, vocabulary 65.
@@ -26,8 +27,11 @@ def main() -> None:
     parser.add_argument("--steps-per-call", type=int, default=4)
     parser.add_argument("--steps", type=int, default=64, help="steps per repetition")
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--devices", type=int, default=None,
+                        help="CPU devices (default: one per core, as seqmodel train)")
     args = parser.parse_args()
-    parallel = distributed.from_flags(batch_size=32)  # before JAX starts: the default devices
+    # Before JAX starts: the devices asked for, or the default layout.
+    parallel = distributed.from_flags(devices=args.devices, batch_size=32)
 
     import jax
     import numpy as np

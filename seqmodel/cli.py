@@ -52,7 +52,7 @@ TRAIN_DEFAULTS = {
     "teacher_forcing_schedule": "constant",
     "batching": "lanes",
     "seed": 0,
-    "steps_per_call": 4,
+    "steps_per_call": 20,
 }
 # With neither --steps nor --max-time, a run lasts this many seconds.
 DEFAULT_MAX_TIME = 180.0

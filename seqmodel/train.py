@@ -96,9 +96,12 @@ class TrainConfig(DictConfig):
     seed: int = 0
     log_every: int = 20
     # Train steps per compiled call (a lax.scan over the steps; the same results as one step per
-    # call). Fewer dispatches leave the cores to the devices: on 2 CPU cores with one device
-    # each, 4 steps per call ran the LSTM h128 step 5-14% faster (probe_steps_per_call.py).
-    steps_per_call: int = 4
+    # call). On CPU every call costs a dispatch that takes a core from the devices, and fresh
+    # temporary buffers: XLA:CPU maps its temp allocation anew per call (124 MB for LSTM h512,
+    # 30k page faults, ~25 ms). 20 steps per call ran the 2-device step 13-23% faster at LSTM
+    # h128 and 18-25% at h512 than one (benchmarks/probe_steps_per_call.py). A multiple of
+    # log_every's default, so log records fall at call ends.
+    steps_per_call: int = 20
 
     def __post_init__(self):
         def bad(field: str, allowed: str):

@@ -42,7 +42,8 @@ def model(hidden_size=12):
 
 
 CONFIG = TrainConfig(steps=14, batch_size=3, seq_len=6, eval_every=5, eval_batch_size=4,
-                     eval_seq_len=12, learning_rate=5e-3, warmup_steps=3, log_every=1)
+                     eval_seq_len=12, learning_rate=5e-3, warmup_steps=3, log_every=1,
+                     steps_per_call=4)
 
 
 def leaves(tree):
@@ -58,7 +59,7 @@ def uninterrupted(tmp_path_factory):
     return trained, result, folder
 
 
-# Default 4 steps per call: calls end at steps 4, 5, 9, 10, 14 (a call never passes an evaluation
+# 4 steps per call: calls end at steps 4, 5, 9, 10, 14 (a call never passes an evaluation
 # step), so the Ctrl-C pressed at step 7 stops the run at 9. One step per call stops at 7, and its
 # resumed run must still equal the uninterrupted run of 4-step calls bit for bit: the K-step
 # program loops over the one-step program's math.

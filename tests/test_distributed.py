@@ -33,9 +33,9 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CORPUS = "The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs.\n" * 30
 TINY_MODEL = "ModelConfig(vocab_size=VOCAB, hidden_size=16, embed_size=8)"
 TINY_TRAIN = ("TrainConfig(batch_size=8, seq_len=16, steps=STEPS, eval_every=None, eval_batch_size=4, "
-              "eval_seq_len=32, warmup_steps=0, learning_rate=1e-2, log_every=1)")
+              "eval_seq_len=32, warmup_steps=0, learning_rate=1e-2, log_every=1, steps_per_call=4)")
 CLI_TINY = ["--hidden-size", "16", "--embed-size", "8", "--batch-size", "8", "--seq-len", "16",
-            "--eval-every", "100", "--no-progress"]
+            "--eval-every", "100", "--steps-per-call", "4", "--no-progress"]
 # Generous but bounded: a subprocess imports JAX and compiles a few programs on a busy machine.
 SUBPROCESS_TIMEOUT = 240
 

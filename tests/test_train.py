@@ -352,7 +352,8 @@ def test_fit_needs_a_stopping_rule():
 def test_max_time_ends_the_run_with_an_evaluation(monkeypatch):
     ticks = itertools.count(0.0, 0.25)  # a clock that advances 0.25 s whenever it is read
     monkeypatch.setattr(_Clock, "now", staticmethod(lambda: next(ticks)))
-    config = TrainConfig(max_time=20.0, eval_every=None, **FAST)
+    # One step per call: the fake clock then advances a fixed amount per step.
+    config = TrainConfig(max_time=20.0, eval_every=None, steps_per_call=1, **FAST)
     result = fit(tiny_model(), tiny_dataset(), config, progress=False)
     assert 5 < result.steps < 80
     assert result.val_loss is not None and not result.interrupted
@@ -364,5 +365,6 @@ def test_clock_keeps_time_for_the_final_evaluation():
     clock.record_steps(10, 1.0)  # 0.1 s per step
     assert not clock.out_of_time(estimated_eval=2.0)
     assert clock.out_of_time(estimated_eval=9.5)  # 90 + 0.1 + 9.5 + 1 s margin > 100
+    assert clock.out_of_time(estimated_eval=2.0, steps=70)  # a call of 70 steps takes 7 s
     total = clock.estimated_total_steps(500, estimated_eval=4.0)
     assert 540 <= total <= 550  # about (100 - 90 - 5) / 0.1 more steps
