@@ -763,7 +763,9 @@ class _Run:
         if self.config.steps is None:
             total = self.clock.estimated_total_steps(self.step, self.estimated_eval_seconds())
             if total is not None:
-                self.state = self.state.replace(horizon=jnp.asarray(total, jnp.int32))
+                # Laid out as the step's input: a plain array here made the step compile again.
+                self.state = self.state.replace(horizon=jax.device_put(
+                    np.asarray(total, np.int32), self.parallel.replicated))
                 if self.bar is not None:
                     self.bar.total = total
         if self.bar is not None:

@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from seqmodel import ModelConfig, SequenceModel
+from seqmodel import ModelConfig, SequenceModel, distributed
 from seqmodel.data import Batch, ByteTokenizer, TextDataset, evaluation_batches
 from seqmodel.train import (
     _Clock,
@@ -27,6 +27,7 @@ from seqmodel.train import (
     make_optimizer,
     make_train_step,
     reset_carry,
+    split_model,
     stack_batches,
     teacher_forcing_at,
 )
@@ -35,7 +36,7 @@ VOCAB = 7
 
 
 def tiny_model(seed=0, **overrides):
-    config = ModelConfig(vocab_size=VOCAB, hidden_size=16, embed_size=8, **overrides)
+    config = ModelConfig(**{"vocab_size": VOCAB, "hidden_size": 16, "embed_size": 8, **overrides})
     return SequenceModel(config, rngs=nnx.Rngs(seed))
 
 
@@ -354,10 +355,15 @@ def test_max_time_ends_the_run_with_an_evaluation(monkeypatch):
     monkeypatch.setattr(_Clock, "now", staticmethod(lambda: next(ticks)))
     # One step per call: the fake clock then advances a fixed amount per step.
     config = TrainConfig(max_time=20.0, eval_every=None, steps_per_call=1, **FAST)
-    result = fit(tiny_model(), tiny_dataset(), config, progress=False)
+    model = tiny_model(hidden_size=24)  # a graph of its own: a train step no other test compiled
+    result = fit(model, tiny_dataset(), config, progress=False)
     assert 5 < result.steps < 80
     assert result.val_loss is not None and not result.interrupted
     assert int(result.state.horizon) < 10**9  # the schedule's end was estimated from the speed
+    # Re-estimating the horizon must not change the step's input layout (it once recompiled).
+    _, train_step = distributed.resolve(None, config.batch_size).train_step(
+        split_model(model)[0], config)
+    assert train_step._cache_size() == 1
 
 
 def test_clock_keeps_time_for_the_final_evaluation():
