@@ -1,10 +1,12 @@
 """Probe: several train steps per jitted call (a ``lax.scan`` over steps) against one per call.
 
-Measured for issue 6 on the default CPU layout (one device per core): dispatching one step per call
-costs the 2-device LSTM h128 step 4-18% (median about 8%) against 4 or 8 steps per call, because
-each call's dispatch work lands on a core that one device's half of the step needs, and the other
-device then waits in the all-reduce. This measurement made ``fit`` take
-``TrainConfig.steps_per_call`` (4) steps per call; ``seqmodel bench`` compares the two as
+Measured for issue 6: one step per call costs twice on CPU. Each call's dispatch takes a core
+from the devices (with one device per core, the other device then waits in the all-reduce), and
+XLA:CPU maps the program's temporary buffers anew for every call (124 MB and 30k page faults at
+LSTM h512). The 2-device LSTM h128 step ran at 225-254k tokens/s with 4 steps per call, 248-262k
+with 10 and 262-267k with 20 (one step per call: 200-256k in the same runs); at h512, 20 steps
+gained 18-25% over one, also on one device. ``fit`` now runs
+``TrainConfig.steps_per_call`` (20) steps per call; ``seqmodel bench`` compares the two as
 ``seqmodel`` and ``seqmodel-1call``.
 
     python benchmarks/probe_steps_per_call.py [--cell lstm] [--hidden 128] [--steps-per-call 4]
