@@ -917,6 +917,10 @@ class _Run:
                     if self.bar is not None and self.last_val is not None:
                         self.bar.write(f"step {self.step}: val_loss {self.last_val.loss:.4f}")
             self.flush(final=True)
+            if self.bar is not None and config.steps is None:
+                # A time-bounded run ends where its time does, not at the last estimate.
+                self.bar.total = self.step
+                self.bar.refresh()
             if not self.interrupted:
                 self.last_val = self.evaluate()
             self.save(None if self.interrupted else self.last_val)
