@@ -98,9 +98,9 @@ class TrainConfig(DictConfig):
     # Train steps per compiled call (a lax.scan over the steps; the same results as one step per
     # call). On CPU every call costs a dispatch that takes a core from the devices, and fresh
     # temporary buffers: XLA:CPU maps its temp allocation anew per call (124 MB for LSTM h512,
-    # 30k page faults, ~25 ms). 20 steps per call ran the 2-device step 13-23% faster at LSTM
-    # h128 and 18-25% at h512 than one (benchmarks/probe_steps_per_call.py). A multiple of
-    # log_every's default, so log records fall at call ends.
+    # 30k page faults, ~25 ms). 20 steps per call ran the 2-device step 3-15% faster at LSTM
+    # h128 (three runs) and 18-25% at h512 than one (bench_speed's seqmodel-1call column,
+    # probe_steps_per_call.py). A multiple of log_every's default: log records fall at call ends.
     steps_per_call: int = 20
 
     def __post_init__(self):
@@ -393,7 +393,8 @@ def make_multi_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     """Build ``multi_step(state, batches) -> (state, metrics)``: the steps of
     :func:`make_train_step` over ``K`` stacked batches (every leaf ``(K, b, ...)``) in one call,
     as a ``lax.scan``; ``metrics`` holds ``(K,)`` arrays, one entry per step. The loop body is the
-    one-step program, so K steps here give the same state as K calls of the one-step function.
+    one-step program, so K steps here give the same state as K calls of the one-step function
+    (bit for bit on CPU, as the checkpoint tests assert).
 
     Example::
 
