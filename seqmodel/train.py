@@ -703,6 +703,7 @@ class _Run:
         self.last_val: EvalResult | None = None
         self.last_saved_step: int | None = self.step if resume else None
         self.interrupted = False
+        self.evaluated_at: int | None = None  # the step of the last evaluation
         # (last step of a call, steps in it, its metrics still on the device)
         self.pending: list[tuple[int, int, dict]] = []
         # Fetched steps whose log interval is not complete: (step, seconds, metrics).
@@ -824,6 +825,7 @@ class _Run:
         result = evaluate(None, self.val_batches, graphdef=self.evaluation_graph,
                           params=self.state.params, model_state=self.state.model_state)
         self.clock.eval_seconds = time.perf_counter() - started
+        self.evaluated_at = self.step
         record = {"step": self.step, "val_loss": result.loss,
                   "elapsed": round(self.clock.elapsed(), 3)}
         if self.unit:
@@ -922,9 +924,14 @@ class _Run:
                 # A time-bounded run ends where its time does, not at the last estimate.
                 self.bar.total = self.step
                 self.bar.refresh()
-            if not self.interrupted:
-                self.last_val = self.evaluate()
-            self.save(None if self.interrupted else self.last_val)
+            # A time-bounded run may run out of time right after an evaluation step: that step is
+            # then evaluated and saved already.
+            finished_at_evaluation = self.evaluated_at == self.step and (
+                self.saver is None or self.last_saved_step == self.step)
+            if not finished_at_evaluation:
+                if not self.interrupted:
+                    self.last_val = self.evaluate()
+                self.save(None if self.interrupted else self.last_val)
 
     def close(self) -> None:
         if self.bar is not None:

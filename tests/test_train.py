@@ -366,6 +366,24 @@ def test_max_time_ends_the_run_with_an_evaluation(monkeypatch):
     assert train_step._cache_size() == 1
 
 
+def test_time_running_out_at_an_evaluation_step_evaluates_and_saves_once(monkeypatch, tmp_path):
+    from seqmodel import train as train_module
+
+    checks = itertools.count()  # one time check per call: calls at steps 0 and 4, then 8
+    monkeypatch.setattr(_Clock, "out_of_time", lambda self, *args, **kwargs: next(checks) >= 2)
+    evaluations = []
+    original = train_module.evaluate
+    monkeypatch.setattr(train_module, "evaluate",
+                        lambda *args, **kwargs: evaluations.append(1) or original(*args, **kwargs))
+    config = TrainConfig(max_time=1000.0, eval_every=8, steps_per_call=4, **FAST)
+    result = fit(tiny_model(), tiny_dataset(), config, out_dir=tmp_path, progress=False)
+    assert result.steps == 8 and not result.interrupted and result.val_loss is not None
+    assert len(evaluations) == 1  # the evaluation at step 8 is the final one
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_loss" in r] == [8]
+    assert (tmp_path / "latest" / "8").is_dir() and result.checkpoint is not None
+
+
 def test_clock_keeps_time_for_the_final_evaluation():
     clock = _Clock(max_time=100.0, elapsed_before=90.0)
     clock.record_steps(10, 1.0)  # 0.1 s per step
