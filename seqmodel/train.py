@@ -99,7 +99,7 @@ class TrainConfig(DictConfig):
     # call). On CPU every call costs a dispatch that takes a core from the devices, and fresh
     # temporary buffers: XLA:CPU maps its temp allocation anew per call (124 MB for LSTM h512,
     # 30k page faults, ~25 ms). 20 steps per call ran the 2-device step 3-15% faster at LSTM
-    # h128 (three runs) and 18-25% at h512 than one (bench_speed's seqmodel-1call column,
+    # h128 (six runs) and 18-25% at h512 than one (bench_speed's seqmodel-1call column,
     # probe_steps_per_call.py). A multiple of log_every's default: log records fall at call ends.
     steps_per_call: int = 20
 
