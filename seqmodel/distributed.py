@@ -378,12 +378,12 @@ class DataParallel:
             lambda leaf: jax.make_array_from_process_local_data(
                 sharding, np.asarray(leaf)[mine], np.shape(leaf)), batch)
 
-    def place_eval_batch(self, batch):
+    def place_eval_batch(self, batch, *, stacked: bool = False):
         """Like :meth:`shard_batch`, or replicated when the rows do not split evenly (evaluation
         lanes are ``min(eval_batch_size, stream length)``, which need not divide the devices)."""
-        rows = jax.tree.leaves(batch)[0].shape[0]
+        rows = jax.tree.leaves(batch)[0].shape[1 if stacked else 0]
         if rows % self.num_devices == 0:
-            return self.shard_batch(batch)
+            return self.shard_batch(batch, stacked=stacked)
         return self._place(batch, self.replicated)
 
     def local_batches(self, batches) -> "LocalBatches":

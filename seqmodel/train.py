@@ -465,8 +465,8 @@ _STEP_NEUTRAL = dict(batch_size=1, seq_len=1, steps=None, max_time=None, eval_ev
 # ---------------------------------------------------------------------------------------------
 
 
-@jax.jit(static_argnums=0)
-def _eval_batch(graphdef, params, model_state, carry, batch: Batch):
+def _eval_rows(graphdef, params, model_state, carry, batch: Batch):
+    """One evaluation batch ``(b, t)``: ``(carry, (b,) NLL sums, (b,) weights)``."""
     model = nnx.merge(graphdef, params, model_state)
     carry = reset_carry(carry, batch.reset)
     outputs, carry = model(_as_model_input(batch.inputs), carry)
@@ -475,6 +475,58 @@ def _eval_batch(graphdef, params, model_state, carry, batch: Batch):
     # their totals, aborted in XLA:CPU's collective rendezvous under load (virtual CPU devices).
     totals, weights = masked_nll_rows(model, outputs, _as_model_input(batch.targets), batch.mask)
     return carry, totals, weights
+
+
+_eval_batch = jax.jit(_eval_rows, static_argnums=0)
+
+
+@jax.jit(static_argnums=0)
+def _eval_stacked(graphdef, params, model_state, carry, batches: Batch):
+    """:func:`_eval_rows` over stacked batches ``(K, b, t)`` as one ``lax.scan``: the per-row sums
+    of all K. One call instead of K saves their dispatches and XLA:CPU's per-call temp buffers
+    (37 batches of GRU h512 evaluation: 3.9 s instead of 4.9 s, 17k page faults instead of 618k)."""
+    def add_batch(running, batch):
+        carry, totals, weights = running
+        carry, batch_totals, batch_weights = _eval_rows(graphdef, params, model_state, carry,
+                                                        batch)
+        return (carry, totals + batch_totals, weights + batch_weights), None
+
+    zeros = jnp.zeros(batches.reset.shape[1:], jnp.float32)
+    (carry, totals, weights), _ = jax.lax.scan(add_batch, (carry, zeros, zeros), batches)
+    return carry, totals, weights
+
+
+# Evaluation batches per stacked call (a validation set of more batches takes several calls).
+EVAL_BATCHES_PER_CALL = 64
+
+
+def eval_chunks(batches: Iterable[Batch], place: Callable | None = None,
+                max_batches: int = EVAL_BATCHES_PER_CALL) -> list[tuple[Batch, bool]]:
+    """Host batches ``(b, t)`` -> ``[(batch, stacked)]`` for :func:`evaluate`: runs of consecutive
+    batches of one shape stacked to ``(K, b, t)`` (``stacked=True``), up to ``max_batches`` each.
+    ``place(batch, stacked=...)`` puts each on its devices (e.g.
+    ``DataParallel.place_eval_batch``). Batches already on a device stay one per chunk."""
+    chunks, run, run_shapes = [], [], None
+
+    def close_run():
+        if run:
+            stacked = len(run) > 1
+            batch = stack_batches(run) if stacked else run[0]
+            chunks.append((place(batch, stacked=stacked) if place else batch, stacked))
+            run.clear()
+
+    for batch in batches:
+        if any(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(batch)):
+            close_run()
+            chunks.append((batch, False))
+            continue
+        shapes = tuple(np.shape(leaf) for leaf in jax.tree.leaves(batch))
+        if shapes != run_shapes or len(run) == max_batches:
+            close_run()
+            run_shapes = shapes
+        run.append(batch)
+    close_run()
+    return chunks
 
 
 class EvalResult(NamedTuple):
@@ -502,6 +554,7 @@ def evaluate(model, batches: Iterable[Batch], *, graphdef: nnx.GraphDef | None =
     The carry starts at zero and is passed from batch to batch (rows with ``reset`` start anew);
     it belongs to this call only, so evaluating never touches a training run's carry. Give either
     ``model`` or, inside training, its eval ``graphdef`` with ``params`` / ``model_state``.
+    Consecutive host batches of one shape run as one compiled call (:func:`eval_chunks`).
 
     Example::
 
@@ -511,13 +564,21 @@ def evaluate(model, batches: Iterable[Batch], *, graphdef: nnx.GraphDef | None =
     if graphdef is None:
         graphdef = eval_graphdef(model)
         _, params, model_state = nnx.split(model, nnx.Param, ...)
+    return _evaluate_chunks(eval_chunks(batches), graphdef, params, model_state)
+
+
+def _evaluate_chunks(chunks: list[tuple[Batch, bool]], graphdef, params,
+                     model_state) -> EvalResult:
+    """:func:`evaluate` over the output of :func:`eval_chunks` (placed once by ``fit``)."""
     # Per-row sums stay on the devices (a split elementwise add, no collective); the host adds
     # the rows once at the end. Every batch has the carry's rows, so the shapes always match.
     row_totals = row_weights = carry = None
-    for batch in batches:
+    for batch, stacked in chunks:
         if carry is None:
-            carry = nnx.merge(graphdef, params, model_state).init_carry(batch.reset.shape[0])
-        carry, totals, weights = _eval_batch(graphdef, params, model_state, carry, batch)
+            rows = batch.reset.shape[-1]
+            carry = nnx.merge(graphdef, params, model_state).init_carry(rows)
+        program = _eval_stacked if stacked else _eval_batch
+        carry, totals, weights = program(graphdef, params, model_state, carry, batch)
         row_totals = totals if row_totals is None else row_totals + totals
         row_weights = weights if row_weights is None else row_weights + weights
     if carry is None:
@@ -673,15 +734,20 @@ class _Run:
             seed=config.seed, position=position))
         val_batches = dataset.validation_batches(batch_size=config.eval_batch_size,
                                                  seq_len=config.eval_seq_len)
-        self.val_batches = [parallel.place_eval_batch(batch) for batch in val_batches]
+        val_batches = list(val_batches)
+        self.val_batch_count = len(val_batches)
+        # Placed once for the run, stacked into as few compiled calls as the shapes allow.
+        self.val_chunks = eval_chunks(val_batches, place=parallel.place_eval_batch)
         self.unit = getattr(dataset, "bits_per_unit", None)
         self.clock = _Clock(config.max_time, elapsed_before)
         # A time-bounded run keeps time for its final evaluation and checkpoint: one evaluation
-        # batch is compiled and timed up front (the compile is needed at the end anyway).
+        # batch is compiled and timed up front. Evaluation itself runs the batches stacked, about
+        # 20% faster than batch by batch, so the estimate errs on the safe side until the first
+        # evaluation is measured.
         self.eval_batch_seconds = 0.0
-        if config.max_time is not None and self.val_batches:
-            self.eval_batch_seconds = _time_eval_batch(self.evaluation_graph, self.state,
-                                                       self.val_batches[0])
+        if config.max_time is not None and val_batches:
+            self.eval_batch_seconds = _time_eval_batch(
+                self.evaluation_graph, self.state, parallel.place_eval_batch(val_batches[0]))
 
         self.metrics_file = None
         if out_path is not None and parallel.is_main:
@@ -719,7 +785,7 @@ class _Run:
     # -- time -------------------------------------------------------------------------------------
 
     def estimated_eval_seconds(self) -> float:
-        evaluation = 1.25 * self.eval_batch_seconds * len(self.val_batches)
+        evaluation = 1.25 * self.eval_batch_seconds * self.val_batch_count
         saving = (self.clock.save_seconds or 1.0) if self.out_path is not None else 0.0
         return evaluation + saving
 
@@ -815,15 +881,15 @@ class _Run:
     # -- evaluation and checkpoints ---------------------------------------------------------------
 
     def evaluate(self) -> EvalResult | None:
-        if not self.val_batches:
+        if not self.val_chunks:
             return None
         started = time.perf_counter()
         # No multi-device train step may still be in flight when evaluation's programs start:
         # with virtual CPU devices, interleaved collectives of two programs can starve XLA:CPU's
         # all-reduce rendezvous (seen as a 40 s abort under load).
         jax.block_until_ready(self.state)
-        result = evaluate(None, self.val_batches, graphdef=self.evaluation_graph,
-                          params=self.state.params, model_state=self.state.model_state)
+        result = _evaluate_chunks(self.val_chunks, self.evaluation_graph, self.state.params,
+                                  self.state.model_state)
         self.clock.eval_seconds = time.perf_counter() - started
         self.evaluated_at = self.step
         record = {"step": self.step, "val_loss": result.loss,

@@ -91,9 +91,14 @@ eval_batch = mesh_of_four.place_eval_batch(next(iter(dataset.validation_batches(
 eval_carry = jax.device_put(model.init_carry(4), mesh_of_four.rows)
 eval_program = train_module._eval_batch.lower(train_module.eval_graphdef(model), params, rest,
                                               eval_carry, eval_batch).compile().as_text()
+host_batches = list(dataset.validation_batches(batch_size=4, seq_len=32))[:2]
+stacked_batch = mesh_of_four.place_eval_batch(train_module.stack_batches(host_batches), stacked=True)
+stacked_program = train_module._eval_stacked.lower(train_module.eval_graphdef(model), params, rest,
+                                                   eval_carry, stacked_batch).compile().as_text()
 report(devices=jax.device_count(), carry_devices=carry_devices,
-       eval_collectives=sum(eval_program.count(op + "(") for op in
-                            ("all-reduce", "all-reduce-start", "all-gather", "reduce-scatter")),
+       eval_collectives=sum(program.count(op + "(") for op in
+                            ("all-reduce", "all-reduce-start", "all-gather", "reduce-scatter")
+                            for program in (eval_program, stacked_program)),
        carry_spec=carry_spec, loss_one=one.train_loss, loss_four=four.train_loss,
        val_one=one.val_loss, val_four=four.val_loss,
        params=largest_difference(params_one, params_four), resumed_steps=resumed.steps)

@@ -18,6 +18,7 @@ from seqmodel.train import (
     _Clock,
     TrainConfig,
     TrainingError,
+    eval_chunks,
     evaluate,
     fit,
     init_train_state,
@@ -197,6 +198,22 @@ def test_evaluate_is_the_exact_nll_of_the_stream():
     assert lanes.elements == 36 and abs(lanes.loss - expected) < 0.5
 
 
+def test_evaluation_stacks_batches_of_one_shape_into_one_call():
+    model = tiny_model()
+    stream = np.random.default_rng(2).integers(0, VOCAB, size=103).astype(np.uint8)
+    batches = list(evaluation_batches(stream, batch_size=2, seq_len=5))
+    chunks = eval_chunks(batches, max_batches=3)
+    # Runs of one shape, at most 3 batches a call, every batch once and in order.
+    assert sum(batch.reset.shape[0] if stacked else 1 for batch, stacked in chunks) == len(batches)
+    assert all(batch.inputs.shape[0] <= 3 for batch, stacked in chunks if stacked)
+    assert any(stacked for _, stacked in chunks)
+    # Batches already on a device run one by one: the same result as the stacked calls.
+    one_by_one = evaluate(model, [jax.device_put(batch) for batch in batches])
+    stacked = evaluate(model, batches)
+    assert stacked.elements == one_by_one.elements == 102
+    assert stacked.loss == pytest.approx(one_by_one.loss, rel=1e-6)
+
+
 def test_evaluate_runs_in_eval_mode():
     model = tiny_model(dropout=0.5, num_layers=2)
     model.train()
@@ -372,8 +389,8 @@ def test_time_running_out_at_an_evaluation_step_evaluates_and_saves_once(monkeyp
     checks = itertools.count()  # one time check per call: calls at steps 0 and 4, then 8
     monkeypatch.setattr(_Clock, "out_of_time", lambda self, *args, **kwargs: next(checks) >= 2)
     evaluations = []
-    original = train_module.evaluate
-    monkeypatch.setattr(train_module, "evaluate",
+    original = train_module._evaluate_chunks
+    monkeypatch.setattr(train_module, "_evaluate_chunks",
                         lambda *args, **kwargs: evaluations.append(1) or original(*args, **kwargs))
     config = TrainConfig(max_time=1000.0, eval_every=8, steps_per_call=4, **FAST)
     result = fit(tiny_model(), tiny_dataset(), config, out_dir=tmp_path, progress=False)
