@@ -259,7 +259,6 @@ def _fit_worker(spec: dict):
     ``seqmodel`` in the same run (same devices) it shows whether the data pipeline and the logging
     keep the compiled step busy."""
     import shutil
-    import tempfile
 
     import numpy as np
     from flax import nnx

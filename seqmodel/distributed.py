@@ -493,11 +493,10 @@ class LocalBatches:
         to ``(count, b, ...)`` leaves (the input of :func:`seqmodel.train.make_multi_step`)
         when they all have one shape, else each on its own (``count`` batches of one step; e.g.
         padded sequence sets bucketed by length)."""
-        from seqmodel.train import stack_batches
+        from seqmodel.train import batch_shapes, stack_batches
 
         batches = [next(self.batches) for _ in range(count)]
-        shapes = {tuple(np.shape(leaf) for leaf in jax.tree.leaves(batch)) for batch in batches}
-        if count == 1 or len(shapes) > 1:
+        if count == 1 or len({batch_shapes(batch) for batch in batches}) > 1:
             return [(self.parallel.shard_batch(batch), 1) for batch in batches]
         return [(self.parallel.shard_batch(stack_batches(batches), stacked=True), count)]
 

@@ -399,8 +399,7 @@ def make_multi_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
     Example::
 
         multi_step = make_multi_step(graphdef, tx, config)
-        stacked = jax.tree.map(lambda *leaves: np.stack(leaves), *four_batches)
-        state, metrics = multi_step(state, stacked)    # metrics["loss"].shape == (4,)
+        state, metrics = multi_step(state, stack_batches(four_batches))  # loss shape (4,)
     """
     train_step = make_train_step(graphdef, tx, config, jit=False)
 
@@ -416,6 +415,11 @@ def stack_batches(batches: list[Batch]) -> Batch:
     """``K`` batches ``(b, ...)`` -> one batch of ``(K, b, ...)`` leaves (a ``None`` mask stays
     None), the input of :func:`make_multi_step`."""
     return jax.tree.map(lambda *leaves: np.stack(leaves), *batches)
+
+
+def batch_shapes(batch: Batch) -> tuple:
+    """The shapes of ``batch``'s leaves: batches with equal shapes can be stacked."""
+    return tuple(np.shape(leaf) for leaf in jax.tree.leaves(batch))
 
 
 # How many dispatched train calls (of one or several steps) may be unfinished at once. XLA:CPU's
@@ -520,7 +524,7 @@ def eval_chunks(batches: Iterable[Batch], place: Callable | None = None,
             close_run()
             chunks.append((batch, False))
             continue
-        shapes = tuple(np.shape(leaf) for leaf in jax.tree.leaves(batch))
+        shapes = batch_shapes(batch)
         if shapes != run_shapes or len(run) == max_batches:
             close_run()
             run_shapes = shapes
