@@ -2,7 +2,7 @@
 
 Every cell follows one contract (see docs/ARCHITECTURE.md):
 
-- ``initialize_carry(batch_size)`` -> carry (a pytree of ``(b, h)`` arrays)
+- ``init_carry(batch_size)`` -> carry (a pytree of ``(b, h)`` arrays)
 - ``project(x)``: ``(..., in)`` -> ``(..., G)``, the input half ``x @ W_i + b`` for all gates at
   once. It has no time dependence, so the teacher-forced path runs it over a whole sequence in one
   matmul (as cuDNN does).
@@ -134,7 +134,7 @@ class LSTMCell(_Cell):
         h = self.hidden_size
         return jnp.zeros((4 * h,), param_dtype).at[h : 2 * h].set(1.0)
 
-    def initialize_carry(self, batch_size: int) -> tuple[Array, Array]:
+    def init_carry(self, batch_size: int) -> tuple[Array, Array]:
         zeros = jnp.zeros((batch_size, self.hidden_size), self.dtype)
         return (zeros, zeros)
 
@@ -159,7 +159,7 @@ class GRUCell(_Cell):
         super().__init__(input_size, hidden_size, rngs=rngs, **kwargs)
         self.recurrent_bias = nnx.Param(jnp.zeros((3 * hidden_size,), self.bias[...].dtype))
 
-    def initialize_carry(self, batch_size: int) -> Array:
+    def init_carry(self, batch_size: int) -> Array:
         return jnp.zeros((batch_size, self.hidden_size), self.dtype)
 
     def recurrence(self):
@@ -178,7 +178,7 @@ class ElmanCell(_Cell):
 
     num_gates = 1
 
-    def initialize_carry(self, batch_size: int) -> Array:
+    def init_carry(self, batch_size: int) -> Array:
         return jnp.zeros((batch_size, self.hidden_size), self.dtype)
 
     def recurrence(self):
@@ -191,4 +191,4 @@ class ElmanCell(_Cell):
 
 
 
-CELLS = {"lstm": LSTMCell, "gru": GRUCell, "rnn": ElmanCell}
+CELLS = {"lstm": LSTMCell, "gru": GRUCell, "elman": ElmanCell}

@@ -3,13 +3,14 @@
 How a call runs (all of it inside one ``jax.jit``, cached per shape and static option):
 
 1. **Prefill.** The prompt (right-padded, per-row ``prompt_lengths``) goes through the
-   teacher-forced path: every layer's input projection for all steps in one matmul / gather, then
-   one ``lax.scan`` over the recurrence per layer, with each row's carry frozen once its prompt has
-   ended. The last prompt element of each row is *not* consumed here: it is the first input of the
+   teacher-forced path, :meth:`SequenceModel.run_layers` with an ``active`` mask: every layer's
+   input projection for all steps in one matmul / gather, then one ``lax.scan`` over the
+   recurrence per layer, with each row's carry frozen once its prompt has ended. The last prompt element of each row is *not* consumed here: it is the first input of the
    free-running loop, so generation continues from each row's own last element.
-2. **Free running.** ``lax.scan`` over ``model.step``: each step feeds its input, draws a sample
-   from the head's output with the sampling controls (:mod:`seqmodel.sampling`) and feeds the
-   sample back. The draw of step ``i`` uses ``fold_in(key, i)``: the same key gives the same
+2. **Free running.** The feed policy with no truth (:func:`seqmodel.feed.feed_steps`, the loop
+   that scheduled sampling also runs): ``lax.scan`` over ``model.step``; each step feeds its
+   input, draws a sample from the head's output with the sampling controls
+   (:mod:`seqmodel.sampling`) and feeds the sample back. The draw of step ``i`` uses ``fold_in(key, i)``: the same key gives the same
    samples however the loop is cut into chunks, which is what makes :func:`generate_stream` equal
    to :func:`generate`. The noise of a whole run of steps (up to :data:`NOISE_BUDGET` elements)
    is drawn in one vectorised call before its scan; inside the scan a step is the model step,
@@ -35,7 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqmodel import sampling
+from seqmodel import feed, sampling
+from seqmodel.feed import FeedState, feed_steps, start_state
 
 Array = jax.Array
 
@@ -44,10 +46,9 @@ Array = jax.Array
 # benchmarks/bench_generate.py, which measures the chunked loop against one plain scan).
 EARLY_STOP_CHUNK = 32
 
-# Largest number of noise elements drawn ahead of a scan segment (4 MiB in float32): a batch of
-# 32 rows of a 65-token vocabulary draws the noise of 500 steps at once, a huge batch or
-# vocabulary draws it step by step.
-NOISE_BUDGET = 1 << 20
+# Largest number of noise elements drawn ahead of a scan segment (see seqmodel.feed); read at
+# trace time, so a test can shrink it to exercise the segmented loop.
+NOISE_BUDGET = feed.NOISE_BUDGET
 
 # How many times each compiled program has been traced; tests check that a second call with the
 # same shapes adds nothing.
@@ -235,101 +236,39 @@ def _check_request(
 # ---------------------------------------------------------------------------------------------
 
 
-class _LoopState(NamedTuple):
-    carry: Any  # the model's carry, leaves (b, h)
-    x: Array  # (b,) or (b, d): the element fed at the next step
-    done: Array  # (b,) bool: eos emitted
-    lengths: Array  # (b,) int32: elements emitted up to and including eos
-
-
-def _input_table(model):
-    config = model.config
-    return model.input_table() if config.discrete and config.fold_embedding else None
-
-
-def _prefill(model, prompt: Array, prompt_lengths: Array, num_samples: int) -> _LoopState:
-    """Consume ``prompt[:, :length - 1]`` per row with the teacher-forced path; the carry of a row
-    stays frozen past its length. prompt ``(b, p[, d])`` -> the loop state for ``b * n`` rows."""
+def _prefill(model, prompt: Array, prompt_lengths: Array, num_samples: int) -> FeedState:
+    """Consume ``prompt[:, :length - 1]`` per row with the teacher-forced path (one masked call of
+    the layer stack: a row's carry stays frozen past its length). prompt ``(b, p[, d])`` -> the
+    loop state for ``b * n`` rows, whose next input is each row's last prompt element."""
     batch, length = prompt.shape[:2]
     carry = model.init_carry(batch)
-    rows = jnp.arange(batch)
-    last = prompt[rows, prompt_lengths - 1]  # (b,) or (b, d)
+    last = prompt[jnp.arange(batch), prompt_lengths - 1]  # (b,) or (b, d)
     if length > 1:
         consumed = jnp.swapaxes(prompt[:, :-1], 0, 1)  # time-major (p - 1, b[, d])
         active = jnp.arange(length - 1)[:, None] < (prompt_lengths - 1)[None, :]  # (p - 1, b)
-        hidden = None
-        new_carry = []
-        for layer, cell in enumerate(model.cells):
-            xp = model.project_inputs(consumed) if layer == 0 else cell.project(hidden)
-            layer_carry, hidden = jax.lax.scan(
-                functools.partial(_masked_recur, cell), carry[layer], (xp, active)
-            )
-            new_carry.append(layer_carry)
-        carry = tuple(new_carry)
+        _, carry = model.run_layers(model.project_inputs(consumed), carry, active=active)
     if num_samples > 1:
         repeat = functools.partial(jnp.repeat, repeats=num_samples, axis=0)
         carry, last = jax.tree.map(repeat, carry), repeat(last)
-    rows = last.shape[0]
-    return _LoopState(carry, last, jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.int32))
+    return start_state(carry, last)
 
 
-def _masked_recur(cell, carry, scanned):
-    xp, active = scanned
-    updated, _ = cell.recur(carry, xp)
-    carry = jax.tree.map(lambda new, old: jnp.where(active[:, None], new, old), updated, carry)
-    return carry, cell.output(carry)
-
-
-def _run_chunk(model, table, state: _LoopState, key, start, temperature, top_p, eos_id, *,
+def _run_chunk(model, table, state: FeedState, key, start, temperature, top_p, eos_id, *,
                size: int, top_k, use_top_p: bool, greedy: bool, use_eos: bool,
                return_scores: bool):
-    """Exactly ``size`` free-running steps with global indices ``start ...``. Returns the new
-    state and time-major ``(samples (size, b[, d]), scores or None)``, padded past each row's
-    length."""
+    """Exactly ``size`` free-running steps with global indices ``start ...`` (the feed policy
+    with no truth). Returns the new state and time-major ``(samples (size, b[, d]), scores or
+    None)``, padded past each row's length."""
     head = model.head
-    rows = state.x.shape[0]
-    controls = dict(temperature=temperature, top_k=top_k, top_p=top_p if use_top_p else None,
-                    greedy=greedy)
 
-    def body(state: _LoopState, scanned):
-        _, noise = scanned
-        out, carry = model.step(state.x, state.carry, table=table)
-        sample = sampling.sample_with_noise(head, noise, out, **controls).astype(state.x.dtype)
-        if use_eos:
-            lengths = state.lengths + jnp.where(state.done, 0, 1)
-            state = state._replace(done=state.done | (sample == eos_id), lengths=lengths)
-        state = state._replace(carry=carry, x=sample)
-        return state, (sample, out if return_scores else None)
+    def draw(noise, out):
+        return sampling.sample_with_noise(head, noise, out, temperature=temperature, top_k=top_k,
+                                          top_p=top_p if use_top_p else None, greedy=greedy)
 
-    def segment(state: _LoopState, first, length: int):
-        indices = first + jnp.arange(length, dtype=jnp.int32)
-        # The noise of the whole segment in one vectorised call (much cheaper on the CPU than
-        # one small call per step); step i's noise comes from fold_in(key, i) either way.
-        noise = None if greedy else jax.vmap(
-            lambda index: sampling.draw_noise(head, jax.random.fold_in(key, index), (rows,))
-        )(indices)
-        return jax.lax.scan(body, state, (indices, noise))
-
-    # Segments hold at most NOISE_BUDGET noise elements; equal lengths plus one remainder.
-    per_step = 0 if greedy else sum(
-        leaf.size for leaf in jax.tree.leaves(
-            jax.eval_shape(lambda k: sampling.draw_noise(head, k, (rows,)), key)
-        )
-    )
-    count = max(1, math.ceil(size * per_step / NOISE_BUDGET))
-    length, rest = divmod(size, count)
-    if count == 1:
-        state, records = segment(state, start, size)
-    else:
-        state, records = jax.lax.scan(
-            lambda state, j: segment(state, start + j * length, length),
-            state, jnp.arange(count, dtype=jnp.int32),
-        )
-        records = jax.tree.map(lambda a: a.reshape((count * length,) + a.shape[2:]), records)
-        if rest:
-            state, tail = segment(state, start + count * length, rest)
-            records = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), records, tail)
-    samples, scores = records
+    state, (samples, _, scores) = feed_steps(
+        model, state, key=key, start=start, size=size, draw=draw, table=table,
+        eos_id=eos_id if use_eos else None, greedy=greedy, noise_budget=NOISE_BUDGET,
+        record_outputs=return_scores)
     if not use_eos:  # every row is still going: no per-step bookkeeping needed
         state = state._replace(lengths=state.lengths + size)
     else:
@@ -355,7 +294,7 @@ def _generate_program(model, prompt, prompt_lengths, key, temperature, top_p, eo
                       use_eos: bool, return_scores: bool) -> Generation:
     TRACE_COUNTS["generate"] += 1
     model.eval()  # the traced copy only: the caller's model keeps its mode
-    table = _input_table(model)
+    table = model.input_table()
     state = _prefill(model, prompt, prompt_lengths, num_samples)
     run = functools.partial(
         _run_chunk, model, table, key=key, temperature=temperature, top_p=top_p, eos_id=eos_id,
@@ -405,7 +344,7 @@ _STATIC = ("steps", "num_samples", "top_k", "use_top_p", "greedy", "use_eos", "r
 _compiled_generate = jax.jit(_generate_program, static_argnames=_STATIC)
 
 
-def _prefill_program(model, prompt, prompt_lengths, *, num_samples: int) -> _LoopState:
+def _prefill_program(model, prompt, prompt_lengths, *, num_samples: int) -> FeedState:
     TRACE_COUNTS["prefill"] += 1
     model.eval()
     return _prefill(model, prompt, prompt_lengths, num_samples)
@@ -414,7 +353,7 @@ def _prefill_program(model, prompt, prompt_lengths, *, num_samples: int) -> _Loo
 def _chunk_program(model, state, key, start, temperature, top_p, eos_id, **static):
     TRACE_COUNTS["chunk"] += 1
     model.eval()
-    return _run_chunk(model, _input_table(model), state, key, start, temperature, top_p, eos_id,
+    return _run_chunk(model, model.input_table(), state, key, start, temperature, top_p, eos_id,
                       **static)
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -90,6 +91,14 @@ class ModelConfig(DictConfig):
             bad("head", "real-valued inputs (input_size) need head='gaussian', 'mdn' or "
                 "'bernoulli'; for tokens give vocab_size instead of input_size")
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Like :meth:`DictConfig.from_dict`; run folders written before the Elman cell was named
+        ``"elman"`` say ``cell="rnn"``, which still loads."""
+        if values.get("cell") == "rnn":
+            values = {**values, "cell": "elman"}
+        return super().from_dict(values)
+
     @property
     def discrete(self) -> bool:
         """True for token sequences."""
@@ -149,13 +158,16 @@ class SequenceModel(nnx.Module):
     # -- carry ------------------------------------------------------------------------------
 
     def init_carry(self, batch_size: int) -> tuple:
-        """Zero carry: a tuple with one cell carry per layer, each leaf ``(batch_size, h)``."""
-        return tuple(cell.initialize_carry(batch_size) for cell in self.cells)
+        """Zero carry: a tuple with one cell carry per layer, each leaf ``(batch_size, ...)``."""
+        return tuple(cell.init_carry(batch_size) for cell in self.cells)
 
     # -- input half of layer 0 ----------------------------------------------------------------
 
-    def input_table(self) -> Array:
-        """The folded ``(V, G)`` table ``embedding @ W_i + b`` of layer 0 (token models)."""
+    def input_table(self) -> Array | None:
+        """The folded ``(V, G)`` table ``project(embedding)`` of layer 0, or None when there is no
+        fold (real-valued inputs, ``fold_embedding=False``). A scan over steps builds it once."""
+        if not (self.config.discrete and self.config.fold_embedding):
+            return None
         return self.cells[0].project(self.embed.embedding[...])
 
     def project_inputs(self, inputs: Array, table: Array | None = None) -> Array:
@@ -168,7 +180,7 @@ class SequenceModel(nnx.Module):
             return jnp.take(table, inputs, axis=0)
         return self.cells[0].project(self.embed(inputs))
 
-    # -- the two modes --------------------------------------------------------------------------
+    # -- checks ---------------------------------------------------------------------------------
 
     def _check_inputs(self, inputs: Array, time_axis: bool) -> None:
         config = self.config
@@ -192,52 +204,105 @@ class SequenceModel(nnx.Module):
                     f"[0, {config.vocab_size - 1}]"
                 )
 
-    def hidden_states(self, inputs: Array, carry: tuple | None = None):
-        """Teacher-forced top-layer states. inputs ``(b, t)`` or ``(b, t, d)`` ->
-        ``(hidden (t, b, h) time-major, carry)``. Dropout acts between layers in train mode."""
-        self._check_inputs(inputs, time_axis=True)
-        batch = inputs.shape[0]
-        carry = self.init_carry(batch) if carry is None else carry
-        # Time-major from here on: lax.scan walks the leading axis, and transposing the inputs is
-        # cheaper than transposing the (t, b, G) projections.
+    # -- the one driver of the layer stack --------------------------------------------------------
+
+    def run_layers(self, projected: Array, carry: tuple, *, active: Array | None = None,
+                   key: Array | None = None) -> tuple[Array, tuple]:
+        """Every layer over a time-major sequence whose layer-0 input half is known.
+
+        This is the one walk over the layer stack: the teacher-forced pass, the prefill of
+        :func:`seqmodel.generate`, the scheduled-sampling rollout and :meth:`step` all call it.
+
+        Args:
+          projected: ``(t, b, G)``, layer 0's projected inputs (:meth:`project_inputs`).
+          carry: one carry per layer (:meth:`init_carry`).
+          active: optional ``(t, b)`` bool. Where False, that row's carry stays as it was (a
+            right-padded prompt: each row's carry stops at its own length). Without it every
+            step updates every row and the scan is the cells' fast (custom-VJP) one.
+          key: PRNG key for dropout in train mode (``fold_in(key, layer)`` per layer); without it
+            dropout draws from the model's own RNG stream.
+
+        Returns:
+          ``(hidden, carry)``: the top layer's states ``(t, b, h)`` (dropout applied in train
+          mode) and the new carry. A sequence of length 1 is one ``recur`` per layer: a scan
+          of one step is exactly that, and it keeps a generation step free of loop overhead.
+        """
+        length = projected.shape[0]
         hidden = None
         new_carry = []
         for layer, cell in enumerate(self.cells):
-            if layer == 0:
-                xp = self.project_inputs(jnp.swapaxes(inputs, 0, 1))
+            xp = projected if layer == 0 else cell.project(self._dropout(hidden, key, layer))
+            if active is not None:
+                layer_carry, hidden = jax.lax.scan(
+                    functools.partial(_masked_recur, cell), carry[layer], (xp, active))
+            elif length == 1:
+                layer_carry, output = cell.recur(carry[layer], xp[0])
+                hidden = output[None]
             else:
-                xp = cell.project(self.dropout(hidden))
-            layer_carry, hidden = cell.scan(carry[layer], xp)
+                layer_carry, hidden = cell.scan(carry[layer], xp)
             new_carry.append(layer_carry)
-        return self.dropout(hidden), tuple(new_carry)
+        return self._dropout(hidden, key, len(self.cells)), tuple(new_carry)
 
-    def __call__(self, inputs: Array, carry: tuple | None = None):
+    def _dropout(self, hidden: Array, key: Array | None, layer: int) -> Array:
+        if key is None:
+            return self.dropout(hidden)
+        return self.dropout(hidden, rngs=jax.random.fold_in(key, layer))
+
+    # -- the two modes, built on the driver -------------------------------------------------------
+
+    def hidden_states(self, inputs: Array, carry: tuple | None = None, *,
+                      reset: Array | None = None, key: Array | None = None):
+        """Teacher-forced top-layer states. inputs ``(b, t)`` or ``(b, t, d)`` ->
+        ``(hidden (t, b, h) time-major, carry)``. ``reset`` ``(b,)`` bool zeroes those rows'
+        carry first (a row that starts a new sequence)."""
+        self._check_inputs(inputs, time_axis=True)
+        batch = inputs.shape[0]
+        carry = self.init_carry(batch) if carry is None else carry
+        if reset is not None:
+            carry = reset_carry(carry, reset)
+        # Time-major from here on: lax.scan walks the leading axis, and transposing the inputs is
+        # cheaper than transposing the (t, b, G) projections.
+        projected = self.project_inputs(jnp.swapaxes(inputs, 0, 1))
+        return self.run_layers(projected, carry, key=key)
+
+    def __call__(self, inputs: Array, carry: tuple | None = None, *, reset: Array | None = None,
+                 key: Array | None = None):
         """Teacher forced: inputs ``(b, t)`` tokens or ``(b, t, d)`` values ->
         ``(outputs, carry)``, outputs the head's parameters for every step with leading ``(b, t)``
-        (logits ``(b, t, V)`` for tokens). ``outputs[:, i]`` predicts element ``i + 1``."""
-        hidden, carry = self.hidden_states(inputs, carry)
+        (logits ``(b, t, V)`` for tokens). ``outputs[:, i]`` predicts element ``i + 1``.
+        ``reset`` ``(b,)`` zeroes the carry of those rows first; ``key`` drives dropout."""
+        hidden, carry = self.hidden_states(inputs, carry, reset=reset, key=key)
         return self.head(jnp.swapaxes(hidden, 0, 1)), carry
 
     def step(self, x_t: Array, carry: tuple, *, key: Array | None = None, table: Array | None = None):
         """One step through every layer: ``x_t`` ``(b,)`` tokens or ``(b, d)`` values ->
-        ``(out_t, carry)`` with ``out_t`` the head's parameters ``(b, ...)``.
+        ``(out_t, carry)`` with ``out_t`` the head's parameters ``(b, ...)``: the length-1 case
+        of the teacher-forced call.
 
         ``key`` drives dropout in train mode (the model's own RNG stream when omitted; pass a key
         inside ``lax.scan``). ``table`` is the precomputed :meth:`input_table`, so a scan over
         steps builds it once."""
-        hidden = None
-        new_carry = []
-        for layer, cell in enumerate(self.cells):
-            if layer == 0:
-                xp = self.project_inputs(x_t, table)
-            else:
-                xp = cell.project(self._step_dropout(hidden, key, layer))
-            layer_carry, hidden = cell.recur(carry[layer], xp)
-            new_carry.append(layer_carry)
-        hidden = self._step_dropout(hidden, key, len(self.cells))
-        return self.head(hidden), tuple(new_carry)
+        projected = self.project_inputs(x_t, table)[None]
+        hidden, carry = self.run_layers(projected, carry, key=key)
+        return self.head(hidden[0]), carry
 
-    def _step_dropout(self, hidden: Array, key: Array | None, layer: int) -> Array:
-        if key is None:
-            return self.dropout(hidden)
-        return self.dropout(hidden, rngs=jax.random.fold_in(key, layer))
+
+def _masked_recur(cell, carry, scanned):
+    """One ``recur`` that leaves the carry of inactive rows as it was. scanned: ``(xp (b, G),
+    active (b,))``."""
+    xp, active = scanned
+    updated, _ = cell.recur(carry, xp)
+    carry = jax.tree.map(
+        lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
+        updated, carry)
+    return carry, cell.output(carry)
+
+
+def reset_carry(carry, reset: Array):
+    """Zero the carry of the rows where ``reset`` ``(b,)`` is True (any carry pytree with leading
+    batch axes)."""
+    def zero_rows(leaf):
+        keep = jnp.logical_not(reset).reshape((-1,) + (1,) * (leaf.ndim - 1))
+        return jnp.where(keep, leaf, jnp.zeros_like(leaf))
+
+    return jax.tree.map(zero_rows, carry)

@@ -47,7 +47,7 @@ REFERENCES = {LSTMCell: numpy_lstm, GRUCell: numpy_gru, ElmanCell: numpy_elman}
 
 
 def random_carry(cell, rng, batch):
-    carry = cell.initialize_carry(batch)
+    carry = cell.init_carry(batch)
     return tuple(jnp.asarray(rng.normal(size=c.shape), jnp.float32) for c in carry) if isinstance(
         carry, tuple
     ) else jnp.asarray(rng.normal(size=carry.shape), jnp.float32)
@@ -78,7 +78,7 @@ def test_scan_equals_repeated_recur_and_call_equals_recur_of_project(cell_class)
     rng = np.random.default_rng(2)
     cell = cell_class(4, 5, rngs=nnx.Rngs(0))
     xs = jnp.asarray(rng.normal(size=(6, 2, 4)), jnp.float32)  # time-major
-    carry = cell.initialize_carry(2)
+    carry = cell.init_carry(2)
     scanned_carry, ys = cell.scan(carry, cell.project(xs))
     stepped = []
     for x in xs:
@@ -94,7 +94,7 @@ def test_initialisation_orthogonal_recurrent_blocks(cell_class):
     kernel = np.asarray(cell.recurrent_kernel[...])
     for block in np.split(kernel, cell.num_gates, axis=1):
         np.testing.assert_allclose(block.T @ block, np.eye(8), atol=1e-5)
-    carry = cell.initialize_carry(4)
+    carry = cell.init_carry(4)
     assert cell.output(carry).shape == (4, 8)
 
 

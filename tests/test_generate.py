@@ -13,7 +13,7 @@ import seqmodel as sm
 from seqmodel import sampling
 from seqmodel.generate import TRACE_COUNTS
 
-CELLS = ["lstm", "gru", "rnn"]
+CELLS = ["lstm", "gru", "elman"]
 HEADS = ["categorical", "gaussian", "mdn", "bernoulli"]
 STEPS = 5
 PROMPT_LENGTHS = np.array([4, 1, 2])  # ragged, right-padded to 4

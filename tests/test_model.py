@@ -10,7 +10,7 @@ from flax import nnx
 
 import seqmodel as sm
 
-CELLS = ["lstm", "gru", "rnn"]
+CELLS = ["lstm", "gru", "elman"]
 HEADS = ["categorical", "gaussian", "mdn", "bernoulli"]
 
 

@@ -15,7 +15,7 @@ import seqmodel as sm
 from seqmodel.cells import elman_recur, gru_recur, lstm_recur
 from seqmodel.recurrence import elman_scan, gru_scan, lstm_scan
 
-CELLS = ["lstm", "gru", "rnn"]
+CELLS = ["lstm", "gru", "elman"]
 ATOL = RTOL = 2e-5
 
 
@@ -105,7 +105,7 @@ def test_default_is_fast_and_cells_dispatch():
 def test_scan_functions_values_and_vjp(cell):
     """Direct check of the pure functions: values, and the VJP of random output cotangents."""
     batch, hidden, length = 2, 3, 5
-    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    gates = {"lstm": 4, "gru": 3, "elman": 1}[cell]
     keys = jax.random.split(jax.random.key(11), 6)
     kernel = 0.7 * jax.random.normal(keys[0], (hidden, gates * hidden))
     bias = 0.3 * jax.random.normal(keys[1], (gates * hidden,))
