@@ -38,19 +38,22 @@ class FeedState(NamedTuple):
       carry: the model's carry, leaves ``(b, ...)``.
       x: ``(b,)`` or ``(b, d)``: the element fed at the next step (the last sample).
       done: ``(b,)`` bool: the row has emitted ``eos_id``.
-      lengths: ``(b,)`` int32: elements emitted up to and including ``eos_id``.
+      lengths: ``(b,)`` int32: elements emitted up to and including the one that ended the row.
+      history: what the sampler remembers of each row (the logits processors'
+        :class:`seqmodel.processors.History`; an empty one when none runs).
     """
 
     carry: Any
     x: Array
     done: Array
     lengths: Array
+    history: Any = None
 
 
-def start_state(carry, x: Array) -> FeedState:
+def start_state(carry, x: Array, history: Any = None) -> FeedState:
     """A :class:`FeedState` that feeds ``x`` ``(b[, d])`` first, with no row finished."""
     rows = x.shape[0]
-    return FeedState(carry, x, jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.int32))
+    return FeedState(carry, x, jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.int32), history)
 
 
 def step_noise(head, key: Array, indices: Array, rows: int):
@@ -61,10 +64,10 @@ def step_noise(head, key: Array, indices: Array, rows: int):
 
 
 def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
-               draw: Callable[[Any, Any], Array], truth: Array | None = None,
-               use_truth: Array | None = None, dropout_key: Array | None = None,
-               table: Array | None = None, eos_id: Array | None = None, greedy: bool = False,
-               noise_budget: int = NOISE_BUDGET, record_outputs: bool = True):
+               draw: Callable, truth: Array | None = None, use_truth: Array | None = None,
+               dropout_key: Array | None = None, table: Array | None = None,
+               greedy: bool = False, noise_budget: int = NOISE_BUDGET,
+               record_outputs: bool = True):
     """Exactly ``size`` steps of ``model.step`` with global step indices ``start ...``.
 
     At step ``i`` the input is ``truth[i]`` where ``use_truth[i]`` holds, else ``state.x`` (the
@@ -78,12 +81,12 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
       key: sampling key; step ``i``'s noise comes from ``fold_in(key, i)``.
       start: global index of the first step (int or traced int32 scalar).
       size: number of steps (static).
-      draw: ``(noise, out) -> element``; with ``greedy`` the noise is None.
+      draw: ``(noise, out, history, i) -> (element, history, stopped)``; with ``greedy`` the
+        noise is None.
       truth: optional ``(size, b[, d])`` time-major elements to feed where ``use_truth``.
       use_truth: ``(size, b)`` bool, required with ``truth``.
       dropout_key: drives dropout in train mode (``fold_in(dropout_key, i)`` per step).
       table: the model's folded input table (:meth:`SequenceModel.input_table`).
-      eos_id: when given (an int32 scalar), rows stop counting ``lengths`` once they emit it.
       greedy: no noise is drawn (``draw`` gets None).
       noise_budget: largest number of noise elements drawn ahead of one scan segment.
       record_outputs: also return the head's outputs of every step.
@@ -103,11 +106,12 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
                           truth_t, x)
         step_key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
         out, carry = model.step(x, state.carry, key=step_key, table=table)
-        sample = jax.lax.stop_gradient(draw(noise, out)).astype(state.x.dtype)
-        if eos_id is not None:
+        sample, history, stopped = draw(noise, out, state.history, index)
+        sample = jax.lax.stop_gradient(sample).astype(state.x.dtype)
+        if stopped is not None:
             lengths = state.lengths + jnp.where(state.done, 0, 1)
-            state = state._replace(done=state.done | (sample == eos_id), lengths=lengths)
-        state = state._replace(carry=carry, x=sample)
+            state = state._replace(done=state.done | stopped, lengths=lengths)
+        state = state._replace(carry=carry, x=sample, history=history)
         return state, (sample, x, out if record_outputs else None)
 
     def segment(state: FeedState, offset, length: int, truth_part, use_truth_part):
@@ -179,9 +183,10 @@ def rollout(model, inputs: Array, teacher_mask: Array, *, key: Array, carry=None
     mask_by_time = jnp.swapaxes(teacher_mask.astype(bool), 0, 1).at[0].set(True)
     sample_key, dropout_key = jax.random.split(key)
 
-    def draw(noise, out):
-        return sampling.sample_with_noise(model.head, noise, out, temperature=temperature,
-                                          greedy=greedy)
+    def draw(noise, out, history, index):
+        sample = sampling.sample_with_noise(model.head, noise, out, temperature=temperature,
+                                            greedy=greedy)
+        return sample, history, None
 
     state = start_state(carry, jnp.zeros_like(inputs_by_time[0]))
     state, (_, fed, outputs) = feed_steps(

@@ -15,9 +15,12 @@ How a call runs (all of it inside one ``jax.jit``, cached per shape and static o
    to :func:`generate`. The noise of a whole run of steps (up to :data:`NOISE_BUDGET` elements)
    is drawn in one vectorised call before its scan; inside the scan a step is the model step,
    one add and an argmax.
-3. **Early stop.** With ``eos_id``, the scan runs in chunks of :data:`EARLY_STOP_CHUNK` steps inside
-   a ``lax.while_loop`` that ends once every row has emitted ``eos_id``: no recompiling, at most one
-   chunk of wasted steps. Without ``eos_id`` it is one plain scan over all steps.
+3. **Logits processors** (:mod:`seqmodel.processors`: penalties, bias and bans, min-new-tokens,
+   stop sequences, a user function) change each step's logits before the sampling controls,
+   with what they remember of each row carried in the loop state.
+4. **Early stop.** With ``eos_id`` or stop sequences, the scan runs in chunks of
+   :data:`EARLY_STOP_CHUNK` steps inside a ``lax.while_loop`` that ends once every row has
+   stopped: no recompiling, at most one chunk of wasted steps. Otherwise it is one plain scan.
 
 The model runs in eval mode (no dropout) during generation. The switch happens on the copy of the
 model that lives inside the compiled function, so the caller's model is never modified, not even
@@ -27,22 +30,23 @@ for the duration of the call.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
-import numbers
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqmodel import feed, sampling
-from seqmodel.feed import FeedState, feed_steps, start_state
+from seqmodel import feed, processors, sampling
+from seqmodel.decoding import check_key, check_positive_int, check_prompt, is_int, prefill
+from seqmodel.feed import FeedState, feed_steps
 
 Array = jax.Array
 
-# Steps per chunk of the early-stopping loop (only used with eos_id). Small enough that a finished
-# batch wastes little, large enough that the while loop's per-chunk cost vanishes (see
+# Steps per chunk of the early-stopping loop (only used when rows can stop). Small enough that a
+# finished batch wastes little, large enough that the while loop's per-chunk cost vanishes (see
 # benchmarks/bench_generate.py, which measures the chunked loop against one plain scan).
 EARLY_STOP_CHUNK = 32
 
@@ -61,12 +65,13 @@ class Generation(NamedTuple):
     Attributes:
       samples: ``(b, steps)`` int32 tokens or ``(b, steps, d)`` values: the new elements only.
         With ``num_samples = n`` the ``n`` continuations of prompt row ``r`` are rows
-        ``r * n ... r * n + n - 1``. Past a row's length the samples are padding (``eos_id``).
+        ``r * n ... r * n + n - 1``. Past a row's length the samples are padding (``eos_id``,
+        or 0 without one).
       lengths: ``(b,)`` int32, the number of new elements up to and including the first
-        ``eos_id`` (``steps`` for a row that never emitted it).
+        ``eos_id`` or the end of the first stop sequence (``steps`` for a row that never stopped).
       scores: ``None`` unless ``return_scores=True``; then the head's distribution parameters
-        (logits ``(b, steps, V)``, :class:`~seqmodel.heads.GaussianParams`, ...) with which each
-        sample was drawn, before temperature and filtering, zero past a row's length.
+        (logits ``(b, steps, V)``, :class:`~seqmodel.heads.GaussianParams`, ...) at each step,
+        before logits processors, temperature and filtering, zero past a row's length.
     """
 
     samples: Array
@@ -79,113 +84,43 @@ class Generation(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The static options of a generate program (part of its compile key)."""
+
+    steps: int
+    num_samples: int
+    top_k: int | None
+    use_top_p: bool
+    greedy: bool
+    return_scores: bool
+    processors: processors.ProcessorOptions
+
+
+class _Values(NamedTuple):
+    """The traced numbers of a generate program (new values do not recompile)."""
+
+    temperature: np.float32  # > 0 unless greedy
+    top_p: np.float32  # 1.0 when unused
+    processors: processors.ProcessorValues
+
+
 class _Request(NamedTuple):
-    """Checked, normalised arguments: the traced inputs plus the static options of the program."""
+    """Checked, normalised arguments of :func:`generate` / :func:`generate_stream`."""
 
     prompt: Any  # (b, p) int32 or (b, p, d) float32, NumPy or jax
     prompt_lengths: np.ndarray  # (b,) int32 in 1..p
     key: Array
-    temperature: np.float32  # > 0 unless greedy
-    top_p: np.float32  # 1.0 when unused
-    eos_id: np.int32  # 0 when unused
-    static: dict  # steps, num_samples, top_k, use_top_p, greedy, use_eos, return_scores
+    values: _Values
+    options: _Options
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if not _is_int(value) or value < 1:
-        raise ValueError(f"{name}={value!r} is invalid: allowed is an integer >= 1")
-    return int(value)
-
-
-def _check_key(key: Any) -> Array:
-    if isinstance(key, jax.Array):
-        if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ():
-            return key
-        if key.dtype == jnp.uint32 and key.shape == (2,):
-            return key
-    raise ValueError(
-        f"key={key!r} is invalid: allowed is a single PRNG key such as jax.random.key(0) "
-        "(or a raw jax.random.PRNGKey(0))"
-    )
-
-
-def _check_prompt(model, prompt: Any, prompt_lengths: Any, batch_size: Any):
+def _check_request(model, *, key, steps, prompt, prompt_lengths, batch_size, num_samples,
+                   temperature, top_k, top_p, greedy, eos_id, return_scores,
+                   **processor_arguments) -> _Request:
     config = model.config
-    if prompt is None:
-        if prompt_lengths is not None:
-            raise ValueError(
-                f"prompt_lengths={prompt_lengths!r} is invalid without a prompt: allowed is None "
-                "(or give prompt too)"
-            )
-        batch = 1 if batch_size is None else _check_positive_int("batch_size", batch_size)
-        # The start element: token 0 or the zero vector, fed from the zero carry.
-        shape = (batch, 1) if config.discrete else (batch, 1, config.input_size)
-        dtype = np.int32 if config.discrete else np.float32
-        # NumPy, not jnp: the arrays travel with the jitted call, no extra dispatches.
-        return np.zeros(shape, dtype), np.ones((batch,), np.int32)
-
-    host = np.asarray(prompt)
-    expected = "(b, p) token ids" if config.discrete else f"(b, p, {config.input_size}) values"
-    rank = 2 if config.discrete else 3
-    if (
-        host.ndim != rank
-        or host.shape[0] < 1
-        or host.shape[1] < 1
-        or (not config.discrete and host.shape[-1] != config.input_size)
-    ):
-        raise ValueError(
-            f"prompt of shape {host.shape} is invalid: allowed is shape {expected} with b >= 1 "
-            "and p >= 1"
-        )
-    if config.discrete:
-        if not np.issubdtype(host.dtype, np.integer):
-            raise ValueError(
-                f"prompt of dtype {host.dtype} is invalid: allowed are integer token ids"
-            )
-        low, high = int(host.min()), int(host.max())
-        if low < 0 or high >= config.vocab_size:
-            raise ValueError(
-                f"prompt holds token ids in [{low}, {high}]: allowed are ids in "
-                f"[0, {config.vocab_size - 1}] (the vocabulary)"
-            )
-    batch, length = host.shape[:2]
-    if batch_size is not None and batch_size != batch:
-        raise ValueError(
-            f"batch_size={batch_size!r} is invalid with a prompt of {batch} rows: allowed is None "
-            f"or {batch} (num_samples draws several continuations per row)"
-        )
-    if prompt_lengths is None:
-        lengths = np.full((batch,), length, np.int32)
-    else:
-        lengths = np.asarray(prompt_lengths)
-        if (
-            lengths.shape != (batch,)
-            or not np.issubdtype(lengths.dtype, np.integer)
-            or lengths.min() < 1
-            or lengths.max() > length
-        ):
-            raise ValueError(
-                f"prompt_lengths={lengths.tolist()!r} is invalid: allowed is one integer per "
-                f"prompt row (shape ({batch},)) in 1..{length} (the padded prompt length)"
-            )
-    dtype = np.int32 if config.discrete else np.float32
-    # A prompt already on the device stays there (the host copy above only served the checks);
-    # NumPy arrays travel with the jitted call.
-    prompt = prompt.astype(dtype) if isinstance(prompt, jax.Array) else host.astype(dtype)
-    return prompt, lengths.astype(np.int32)
-
-
-def _check_request(
-    model, *, key, steps, prompt, prompt_lengths, batch_size, num_samples, temperature, top_k,
-    top_p, greedy, eos_id, return_scores,
-) -> _Request:
-    config = model.config
-    steps = _check_positive_int("steps", steps)
-    num_samples = _check_positive_int("num_samples", num_samples)
+    steps = check_positive_int("steps", steps)
+    num_samples = check_positive_int("num_samples", num_samples)
     temperature = sampling.check_temperature(temperature)
     if not isinstance(greedy, bool):
         raise ValueError(f"greedy={greedy!r} is invalid: allowed is True or False")
@@ -196,39 +131,41 @@ def _check_request(
     if config.discrete:
         top_k = sampling.check_top_k(top_k, config.vocab_size)
         top_p = sampling.check_top_p(top_p)
-        if eos_id is not None and (not _is_int(eos_id) or not 0 <= eos_id < config.vocab_size):
+        if eos_id is not None and (not is_int(eos_id) or not 0 <= eos_id < config.vocab_size):
             raise ValueError(
                 f"eos_id={eos_id!r} is invalid: allowed is None or a token id in "
                 f"[0, {config.vocab_size - 1}]"
             )
+        processor_options, processor_values = processors.check_processors(
+            config.vocab_size, eos_id=eos_id, **processor_arguments)
     else:
-        for name, value in (("top_k", top_k), ("top_p", top_p), ("eos_id", eos_id)):
+        given = dict(top_k=top_k, top_p=top_p, eos_id=eos_id, **processor_arguments)
+        for name, value in given.items():
             if value is not None:
                 raise ValueError(
                     f"{name}={value!r} is invalid for a {head_name} head (real-valued "
-                    f"elements): allowed is {name}=None; top_k, top_p and eos_id apply to "
-                    "token models (temperature and greedy work for every head)"
+                    f"elements): allowed is {name}=None; top_k, top_p, eos_id and the logits "
+                    "processors apply to token models (temperature and greedy work for every "
+                    "head)"
                 )
-    prompt, prompt_lengths = _check_prompt(model, prompt, prompt_lengths, batch_size)
-    static = dict(
+        processor_options, processor_values = processors.check_processors(1)
+    prompt, prompt_lengths = check_prompt(model, prompt, prompt_lengths, batch_size)
+    options = _Options(
         steps=steps,
         num_samples=num_samples,
         # Filters are moot when greedy: drop them so that they add no ops and no recompiles.
         top_k=None if greedy else top_k,
         use_top_p=top_p is not None and not greedy,
         greedy=greedy,
-        use_eos=eos_id is not None,
         return_scores=return_scores,
+        processors=processor_options,
     )
-    return _Request(
-        prompt=prompt,
-        prompt_lengths=prompt_lengths,
-        key=_check_key(key),
+    values = _Values(
         temperature=np.float32(1.0 if greedy else temperature),
         top_p=np.float32(1.0 if top_p is None else top_p),
-        eos_id=np.int32(0 if eos_id is None else eos_id),
-        static=static,
+        processors=processor_values,
     )
+    return _Request(prompt, prompt_lengths, check_key(key), values, options)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,47 +173,48 @@ def _check_request(
 # ---------------------------------------------------------------------------------------------
 
 
-def _prefill(model, prompt: Array, prompt_lengths: Array, num_samples: int) -> FeedState:
-    """Consume ``prompt[:, :length - 1]`` per row with the teacher-forced path (one masked call of
-    the layer stack: a row's carry stays frozen past its length). prompt ``(b, p[, d])`` -> the
-    loop state for ``b * n`` rows, whose next input is each row's last prompt element."""
-    batch, length = prompt.shape[:2]
-    carry = model.init_carry(batch)
-    last = prompt[jnp.arange(batch), prompt_lengths - 1]  # (b,) or (b, d)
-    if length > 1:
-        consumed = jnp.swapaxes(prompt[:, :-1], 0, 1)  # time-major (p - 1, b[, d])
-        active = jnp.arange(length - 1)[:, None] < (prompt_lengths - 1)[None, :]  # (p - 1, b)
-        _, carry = model.run_layers(model.project_inputs(consumed), carry, active=active)
-    if num_samples > 1:
-        repeat = functools.partial(jnp.repeat, repeats=num_samples, axis=0)
-        carry, last = jax.tree.map(repeat, carry), repeat(last)
-    return start_state(carry, last)
+def _start(model, prompt, prompt_lengths, options: _Options) -> FeedState:
+    """The prefilled loop state of ``b * num_samples`` rows, with the processors' history."""
+    state = prefill(model, prompt, prompt_lengths, options.num_samples)
+    history = processors.History()
+    if model.config.discrete:
+        repeat = functools.partial(jnp.repeat, repeats=options.num_samples, axis=0)
+        history = processors.initial_history(
+            options.processors, repeat(prompt), repeat(prompt_lengths),
+            vocab_size=model.config.vocab_size, steps=options.steps)
+    return state._replace(history=history)
 
 
-def _run_chunk(model, table, state: FeedState, key, start, temperature, top_p, eos_id, *,
-               size: int, top_k, use_top_p: bool, greedy: bool, use_eos: bool,
-               return_scores: bool):
+def _run_chunk(model, table, state: FeedState, key, start, values: _Values, *, size: int,
+               options: _Options):
     """Exactly ``size`` free-running steps with global indices ``start ...`` (the feed policy
     with no truth). Returns the new state and time-major ``(samples (size, b[, d]), scores or
     None)``, padded past each row's length."""
     head = model.head
+    rules, numbers = options.processors, values.processors
 
-    def draw(noise, out):
-        return sampling.sample_with_noise(head, noise, out, temperature=temperature, top_k=top_k,
-                                          top_p=top_p if use_top_p else None, greedy=greedy)
+    def draw(noise, out, history, index):
+        logits = processors.process_logits(out, history, index, rules, numbers) \
+            if rules.active else out
+        sample = sampling.sample_with_noise(
+            head, noise, logits, temperature=values.temperature, top_k=options.top_k,
+            top_p=values.top_p if options.use_top_p else None, greedy=options.greedy)
+        if not head.discrete:
+            return sample, history, None
+        history = processors.update_history(history, sample, index, rules)
+        return sample, history, processors.ends_row(history, sample, index, rules, numbers)
 
     state, (samples, _, scores) = feed_steps(
         model, state, key=key, start=start, size=size, draw=draw, table=table,
-        eos_id=eos_id if use_eos else None, greedy=greedy, noise_budget=NOISE_BUDGET,
-        record_outputs=return_scores)
-    if not use_eos:  # every row is still going: no per-step bookkeeping needed
+        greedy=options.greedy, noise_budget=NOISE_BUDGET, record_outputs=options.return_scores)
+    if not rules.stops:  # every row is still going: no per-step bookkeeping needed
         state = state._replace(lengths=state.lengths + size)
     else:
         # Padding is decided once per chunk: position i of a row is real when i < its length.
         indices = start + jnp.arange(size, dtype=jnp.int32)
         valid = indices[:, None] < state.lengths[None, :]  # (size, b)
         samples = jnp.where(valid.reshape(valid.shape + (1,) * (samples.ndim - 2)), samples,
-                            eos_id)
+                            numbers.eos_id.astype(samples.dtype))
         if scores is not None:
             scores = jax.tree.map(
                 lambda a: jnp.where(valid.reshape(valid.shape + (1,) * (a.ndim - 2)), a, 0),
@@ -289,19 +227,15 @@ def _batch_major(tree):
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
 
-def _generate_program(model, prompt, prompt_lengths, key, temperature, top_p, eos_id, *,
-                      steps: int, num_samples: int, top_k, use_top_p: bool, greedy: bool,
-                      use_eos: bool, return_scores: bool) -> Generation:
+def _generate_program(model, prompt, prompt_lengths, key, values: _Values, *,
+                      options: _Options) -> Generation:
     TRACE_COUNTS["generate"] += 1
     model.eval()  # the traced copy only: the caller's model keeps its mode
     table = model.input_table()
-    state = _prefill(model, prompt, prompt_lengths, num_samples)
-    run = functools.partial(
-        _run_chunk, model, table, key=key, temperature=temperature, top_p=top_p, eos_id=eos_id,
-        top_k=top_k, use_top_p=use_top_p, greedy=greedy, use_eos=use_eos,
-        return_scores=return_scores,
-    )
-    if not use_eos:
+    state = _start(model, prompt, prompt_lengths, options)
+    run = functools.partial(_run_chunk, model, table, key=key, values=values, options=options)
+    steps = options.steps
+    if not options.processors.stops:
         state, samples, scores = run(state, start=0, size=steps)
         return Generation(_batch_major(samples), state.lengths, _batch_major(scores))
 
@@ -309,7 +243,9 @@ def _generate_program(model, prompt, prompt_lengths, key, temperature, top_p, eo
     num_chunks = math.ceil(steps / chunk)
     chunk_shapes = jax.eval_shape(lambda s: run(s, start=0, size=chunk)[1:], state)
     # Buffers (num_chunks, chunk, b, ...) start as padding; chunks never run stay padding.
-    samples_buffer = jnp.full((num_chunks,) + chunk_shapes[0].shape, eos_id, chunk_shapes[0].dtype)
+    padding = values.processors.eos_id
+    samples_buffer = jnp.full((num_chunks,) + chunk_shapes[0].shape, padding,
+                              chunk_shapes[0].dtype)
     scores_buffer = jax.tree.map(
         lambda s: jnp.zeros((num_chunks,) + s.shape, s.dtype), chunk_shapes[1]
     )
@@ -335,39 +271,34 @@ def _generate_program(model, prompt, prompt_lengths, key, temperature, top_p, eo
 
     samples = flatten(samples_buffer)
     scores = jax.tree.map(flatten, scores_buffer)
-    # A row whose eos fell in the wasted tail of the last chunk counts as never stopping.
+    # A row whose stop fell in the wasted tail of the last chunk counts as never stopping.
     lengths = jnp.minimum(state.lengths, steps)
     return Generation(_batch_major(samples), lengths, _batch_major(scores))
 
 
-_STATIC = ("steps", "num_samples", "top_k", "use_top_p", "greedy", "use_eos", "return_scores")
-_compiled_generate = jax.jit(_generate_program, static_argnames=_STATIC)
+_compiled_generate = jax.jit(_generate_program, static_argnames=("options",))
 
 
-def _prefill_program(model, prompt, prompt_lengths, *, num_samples: int) -> FeedState:
+def _prefill_program(model, prompt, prompt_lengths, *, options: _Options) -> FeedState:
     TRACE_COUNTS["prefill"] += 1
     model.eval()
-    return _prefill(model, prompt, prompt_lengths, num_samples)
+    return _start(model, prompt, prompt_lengths, options)
 
 
-def _chunk_program(model, state, key, start, temperature, top_p, eos_id, **static):
+def _chunk_program(model, state, key, start, values, *, size: int, options: _Options):
     TRACE_COUNTS["chunk"] += 1
     model.eval()
-    return _run_chunk(model, model.input_table(), state, key, start, temperature, top_p, eos_id,
-                      **static)
+    return _run_chunk(model, model.input_table(), state, key, start, values, size=size,
+                      options=options)
 
 
-_compiled_prefill = jax.jit(_prefill_program, static_argnames=("num_samples",))
-_compiled_chunk = jax.jit(
-    _chunk_program,
-    static_argnames=("size", "top_k", "use_top_p", "greedy", "use_eos", "return_scores"),
-)
+_compiled_prefill = jax.jit(_prefill_program, static_argnames=("options",))
+_compiled_chunk = jax.jit(_chunk_program, static_argnames=("size", "options"))
 
 
 # ---------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------
-
 
 def generate(
     model,
@@ -384,6 +315,14 @@ def generate(
     greedy: bool = False,
     eos_id: int | None = None,
     return_scores: bool = False,
+    repetition_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    token_bias: dict[int, float] | None = None,
+    banned_tokens: Sequence[int] | None = None,
+    min_new_tokens: int | None = None,
+    stop_sequences: Sequence[Sequence[int]] | None = None,
+    logits_processor: Callable | None = None,
 ) -> Generation:
     """Generate ``steps`` new elements per row, free running, as one compiled program.
 
@@ -403,8 +342,16 @@ def generate(
       top_k: keep exactly the ``k`` most likely tokens (categorical only).
       top_p: keep the nucleus of probability ``p`` in ``(0, 1]`` (categorical only).
       greedy: take the most likely element (the head's ``mode``) at every step.
-      eos_id: a token that ends its row; the loop stops once every row has emitted it.
+      eos_id: a token that ends its row; the loop stops once every row has stopped.
       return_scores: also return the distribution parameters of every generated step.
+      repetition_penalty: CTRL's penalty (``> 1`` discourages tokens already seen).
+      presence_penalty, frequency_penalty: subtracted once per seen token / per occurrence.
+      token_bias: ``{token id: logit to add}``; banned_tokens: token ids never drawn.
+      min_new_tokens: no ``eos_id`` and no stop-sequence end before this many new tokens.
+      stop_sequences: token-id sequences (e.g. ``[tokenizer.encode("\\n\\n")]``) that end a
+        row when it generates one; the row's length includes it.
+      logits_processor: a jittable ``(logits (b, V), tokens (b, steps), step) -> logits``.
+      The processors run in the order given in :mod:`seqmodel.processors` (token models only).
 
     Returns:
       :class:`Generation` with ``samples`` ``(b * n, steps[, d])``, ``lengths`` ``(b * n,)`` and
@@ -413,18 +360,21 @@ def generate(
     Example::
 
         generation = generate(model, key=jax.random.key(0), steps=200,
-                              prompt=tokens, prompt_lengths=lengths, top_k=20, eos_id=0)
+                              prompt=tokens, prompt_lengths=lengths, top_k=20, eos_id=0,
+                              repetition_penalty=1.2)
         generation.samples   # (b, 200) int32
     """
     request = _check_request(
         model, key=key, steps=steps, prompt=prompt, prompt_lengths=prompt_lengths,
         batch_size=batch_size, num_samples=num_samples, temperature=temperature, top_k=top_k,
         top_p=top_p, greedy=greedy, eos_id=eos_id, return_scores=return_scores,
+        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, token_bias=token_bias, banned_tokens=banned_tokens,
+        min_new_tokens=min_new_tokens, stop_sequences=stop_sequences,
+        logits_processor=logits_processor,
     )
-    return _compiled_generate(
-        model, request.prompt, request.prompt_lengths, request.key, request.temperature,
-        request.top_p, request.eos_id, **request.static,
-    )
+    return _compiled_generate(model, request.prompt, request.prompt_lengths, request.key,
+                              request.values, options=request.options)
 
 
 def generate_stream(
@@ -443,6 +393,14 @@ def generate_stream(
     greedy: bool = False,
     eos_id: int | None = None,
     return_scores: bool = False,
+    repetition_penalty: float | None = None,
+    presence_penalty: float | None = None,
+    frequency_penalty: float | None = None,
+    token_bias: dict[int, float] | None = None,
+    banned_tokens: Sequence[int] | None = None,
+    min_new_tokens: int | None = None,
+    stop_sequences: Sequence[Sequence[int]] | None = None,
+    logits_processor: Callable | None = None,
 ) -> Iterator[Generation]:
     """Like :func:`generate`, but a Python generator of chunks, for long outputs and live display.
 
@@ -451,44 +409,43 @@ def generate_stream(
     chunks' ``samples`` (and ``scores``) along axis 1 gives exactly :func:`generate`'s result for
     the same key. Each yielded :class:`Generation` holds that chunk's ``samples``
     ``(b, c[, d])``, the ``lengths`` so far ``(b,)`` and the chunk's ``scores``. Once every row
-    has emitted ``eos_id`` the remaining chunks are padding, made without running the model.
+    has stopped the remaining chunks are padding, made without running the model.
 
     Example::
 
         for chunk in generate_stream(model, key=key, steps=2000, chunk_size=100, prompt=tokens):
             print(tokenizer.decode(chunk.samples[0]), end="", flush=True)
     """
-    chunk_size = _check_positive_int("chunk_size", chunk_size)
+    chunk_size = check_positive_int("chunk_size", chunk_size)
     request = _check_request(
         model, key=key, steps=steps, prompt=prompt, prompt_lengths=prompt_lengths,
         batch_size=batch_size, num_samples=num_samples, temperature=temperature, top_k=top_k,
         top_p=top_p, greedy=greedy, eos_id=eos_id, return_scores=return_scores,
+        repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty, token_bias=token_bias, banned_tokens=banned_tokens,
+        min_new_tokens=min_new_tokens, stop_sequences=stop_sequences,
+        logits_processor=logits_processor,
     )
-    static = dict(request.static)
-    steps, num_samples = static.pop("steps"), static.pop("num_samples")
-    size = min(chunk_size, steps)
-    return _stream(model, request, steps, size, num_samples, static)
+    return _stream(model, request, min(chunk_size, request.options.steps))
 
 
-def _stream(model, request: _Request, steps, size, num_samples, static) -> Iterator[Generation]:
-    state = _compiled_prefill(
-        model, request.prompt, request.prompt_lengths, num_samples=num_samples
-    )
+def _stream(model, request: _Request, size: int) -> Iterator[Generation]:
+    options, steps = request.options, request.options.steps
+    state = _compiled_prefill(model, request.prompt, request.prompt_lengths, options=options)
     finished = False
     for start in range(0, steps, size):
         take = min(size, steps - start)
         if finished:
             samples, scores = last_chunk
             pad = functools.partial(jnp.full_like, fill_value=0)
-            chunk_samples = jnp.full_like(samples, request.eos_id)
+            chunk_samples = jnp.full_like(samples, request.values.processors.eos_id)
             chunk_scores = jax.tree.map(pad, scores)
         else:
             state, chunk_samples, chunk_scores = _compiled_chunk(
-                model, state, request.key, np.int32(start), request.temperature,
-                request.top_p, request.eos_id, size=size, **static,
-            )
+                model, state, request.key, np.int32(start), request.values, size=size,
+                options=options)
             last_chunk = (chunk_samples, chunk_scores)
-            finished = static["use_eos"] and bool(jnp.all(state.done))
+            finished = options.processors.stops and bool(jnp.all(state.done))
         cut = lambda a: jnp.swapaxes(a[:take], 0, 1)  # noqa: E731
         yield Generation(
             cut(chunk_samples),

@@ -297,9 +297,9 @@ def test_noise_drawn_in_segments_gives_the_same_samples(monkeypatch):
         **arguments,
     )
     monkeypatch.setattr(generate_module, "NOISE_BUDGET", 50)  # 3 rows x 11 tokens per step
-    segmented = jax.jit(generate_module._generate_program, static_argnames=generate_module._STATIC)(
-        model, request.prompt, request.prompt_lengths, request.key, request.temperature,
-        request.top_p, request.eos_id, **request.static,
+    segmented = jax.jit(generate_module._generate_program, static_argnames=("options",))(
+        model, request.prompt, request.prompt_lengths, request.key, request.values,
+        options=request.options,
     )
     np.testing.assert_array_equal(segmented.samples, whole.samples)
     assert_trees_close(segmented.scores, whole.scores)
