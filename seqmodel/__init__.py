@@ -6,6 +6,7 @@ Public API (re-exports only)::
     model = sm.SequenceModel(sm.ModelConfig(vocab_size=65), rngs=nnx.Rngs(0))
 """
 
+from seqmodel.beam import BeamSearchResult, beam_search
 from seqmodel.cells import ElmanCell, GRUCell, LSTMCell
 from seqmodel.data import Batch, ByteTokenizer, CharTokenizer, TextDataset, load_dataset
 from seqmodel.data.numeric import Normalizer, NumericDataset
@@ -40,6 +41,7 @@ def __getattr__(name):
 
 __all__ = [
     "Batch",
+    "BeamSearchResult",
     "Bernoulli",
     "ByteTokenizer",
     "CharTokenizer",
@@ -58,6 +60,7 @@ __all__ = [
     "TextDataset",
     "TrainConfig",
     "TrainState",
+    "beam_search",
     "crps_from_samples",
     "evaluate",
     "exposure_bias_report",
