@@ -67,7 +67,7 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
                draw: Callable, truth: Array | None = None, use_truth: Array | None = None,
                dropout_key: Array | None = None, table: Array | None = None,
                greedy: bool = False, noise_budget: int = NOISE_BUDGET,
-               record_outputs: bool = True):
+               record_outputs: bool = True, next_input: Callable | None = None):
     """Exactly ``size`` steps of ``model.step`` with global step indices ``start ...``.
 
     At step ``i`` the input is ``truth[i]`` where ``use_truth[i]`` holds, else ``state.x`` (the
@@ -90,6 +90,9 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
       greedy: no noise is drawn (``draw`` gets None).
       noise_budget: largest number of noise elements drawn ahead of one scan segment.
       record_outputs: also return the head's outputs of every step.
+      next_input: ``(element, history, i) -> x``: the model input that follows a sampled
+        element (default: the element itself). Models whose inputs carry conditioning features
+        after the element (lags, known covariates) build them here from ``history``.
 
     Returns:
       ``(state, (samples, fed, outputs))``, each time-major ``(size, b, ...)``; ``outputs`` is
@@ -107,12 +110,13 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
         step_key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
         out, carry = model.step(x, state.carry, key=step_key, table=table)
         sample, history, stopped = draw(noise, out, state.history, index)
-        sample = jax.lax.stop_gradient(sample).astype(state.x.dtype)
+        sample = jax.lax.stop_gradient(sample)
+        following = sample if next_input is None else next_input(sample, history, index)
         if stopped is not None:
             lengths = state.lengths + jnp.where(state.done, 0, 1)
             state = state._replace(done=state.done | stopped, lengths=lengths)
-        state = state._replace(carry=carry, x=sample, history=history)
-        return state, (sample, x, out if record_outputs else None)
+        state = state._replace(carry=carry, x=following.astype(state.x.dtype), history=history)
+        return state, (sample.astype(state.x.dtype), x, out if record_outputs else None)
 
     def segment(state: FeedState, offset, length: int, truth_part, use_truth_part):
         indices = start + offset + jnp.arange(length, dtype=jnp.int32)

@@ -42,6 +42,10 @@ class ModelConfig(DictConfig):
 
     vocab_size: int | None = None
     input_size: int | None = None
+    # Real-valued models: features of an element that the head predicts (default: input_size).
+    # Smaller than input_size when every input carries, after the element, conditioning features
+    # that the model reads but does not predict (lags, covariates, time features, scales).
+    target_size: int | None = None
     cell: str = "lstm"
     hidden_size: int = 256
     num_layers: int = 1
@@ -68,7 +72,7 @@ class ModelConfig(DictConfig):
                 f"(real-valued sequences); got vocab_size={self.vocab_size!r}, "
                 f"input_size={self.input_size!r}"
             )
-        for field in ("vocab_size", "input_size"):
+        for field in ("vocab_size", "input_size", "target_size"):
             value = getattr(self, field)
             if value is not None and (not isinstance(value, int) or value < 1):
                 bad(field, "must be a positive integer")
@@ -87,6 +91,10 @@ class ModelConfig(DictConfig):
         if self.vocab_size is not None and self.head != "categorical":
             bad("head", "token inputs (vocab_size) need head='categorical'; for real-valued "
                 "heads give input_size instead of vocab_size")
+        if self.target_size is not None and (
+                self.input_size is None or self.target_size > self.input_size):
+            bad("target_size", "needs input_size and must be at most input_size (the element's "
+                "features come first in each input, conditioning features after them)")
         if self.input_size is not None and self.head == "categorical":
             bad("head", "real-valued inputs (input_size) need head='gaussian', 'mdn' or "
                 "'bernoulli'; for tokens give vocab_size instead of input_size")
@@ -105,6 +113,16 @@ class ModelConfig(DictConfig):
         return self.vocab_size is not None
 
     @property
+    def element_size(self) -> int | None:
+        """Features of one predicted element: ``target_size`` or ``input_size`` (None for tokens)."""
+        return self.target_size if self.target_size is not None else self.input_size
+
+    @property
+    def conditioned(self) -> bool:
+        """True when inputs carry conditioning features after the element."""
+        return self.target_size is not None and self.target_size < self.input_size
+
+    @property
     def compute_dtype(self) -> Any:
         return DTYPES[self.dtype]
 
@@ -115,12 +133,12 @@ def _make_head(config: ModelConfig, rngs: nnx.Rngs):
     if config.head == "categorical":
         return heads_module.Categorical(h, config.vocab_size, rngs=rngs, dtype=dtype)
     if config.head == "gaussian":
-        return heads_module.Gaussian(h, config.input_size, rngs=rngs, dtype=dtype)
+        return heads_module.Gaussian(h, config.element_size, rngs=rngs, dtype=dtype)
     if config.head == "mdn":
         return heads_module.MixtureGaussian(
-            h, config.input_size, config.num_mixtures, rngs=rngs, dtype=dtype
+            h, config.element_size, config.num_mixtures, rngs=rngs, dtype=dtype
         )
-    return heads_module.Bernoulli(h, config.input_size, rngs=rngs, dtype=dtype)
+    return heads_module.Bernoulli(h, config.element_size, rngs=rngs, dtype=dtype)
 
 
 class SequenceModel(nnx.Module):
