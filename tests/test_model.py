@@ -205,3 +205,16 @@ def test_concrete_inputs_closed_over_under_jit_are_checked_without_error():
         return model(tokens)[0]
 
     np.testing.assert_allclose(forward(model), model(tokens)[0], atol=1e-6)
+
+
+def test_conditioned_inputs_predict_only_the_element():
+    config = sm.ModelConfig(input_size=5, target_size=2, head="gaussian", hidden_size=8)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    inputs = jax.random.normal(jax.random.key(0), (3, 4, 5))
+    (outputs, carry), (step_outputs, step_carry) = both_paths(model, inputs)
+    assert outputs.mean.shape == (3, 4, 2)
+    assert_trees_close(outputs, step_outputs, atol=1e-5)
+    with pytest.raises(ValueError, match="conditioning features"):
+        sm.generate(model, key=jax.random.key(0), steps=2)
+    with pytest.raises(ValueError, match="target_size"):
+        sm.ModelConfig(input_size=2, target_size=3, head="gaussian")
