@@ -29,11 +29,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import platform
 import statistics
 import subprocess
 import sys
 import time
+
+if not __package__:  # run by path: Python put benchmarks/ on sys.path, the package needs its parent
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.protocol import environment  # noqa: E402
 
 CONFIG_DEFAULTS = {"cell": "lstm", "hidden_size": 512, "embed_size": 64, "vocab_size": 100,
                    "batch_size": 32, "seq_len": 128, "steps": 20, "scaling": "strong"}
@@ -99,14 +105,14 @@ def worker(devices: int, config: dict) -> None:
 
 class Worker:
     def __init__(self, devices: int, config: dict):
-        environment = dict(os.environ)
         # Several workers may hold one accelerator: no worker grabs most of its memory.
-        environment.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+        extra = {"XLA_PYTHON_CLIENT_PREALLOCATE":
+                 os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE", "false")}
         self.devices = devices
         self.process = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--worker", str(devices),
+            [sys.executable, "-m", "benchmarks.bench_devices", "--worker", str(devices),
              "--config", json.dumps(config)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=environment(extra))
         self.info: dict | None = None
 
     def _reply(self, prefix: str) -> str:

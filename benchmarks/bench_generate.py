@@ -2,9 +2,10 @@
 loop of a jitted step, in one run, on the very same model.
 
 The model: Embedding(65, 64) -> LSTM(h) -> Linear(h, 65), sampling at temperature 1. The PyTorch
-model (``nn.Embedding`` + ``nn.LSTM`` + ``nn.Linear`` + ``torch.multinomial``) gets our weights
-(gate blocks reordered from our ``[i, f, o, g]`` to PyTorch's ``[i, f, g, o]``) and is checked
-to give our logits before anything is timed. Candidates, per (hidden, batch):
+model (``nn.Embedding`` + ``nn.LSTM`` + ``nn.Linear`` + ``torch.multinomial``) holds our weights
+(:func:`seqmodel.interop.to_torch`) and must give our loss and logits on a first batch before
+anything is timed (otherwise the torch candidates are dropped with that message). Candidates,
+per (hidden, batch):
 
 - ``generate``: :func:`seqmodel.generate`, the whole loop one compiled program;
 - ``generate+eos``: the same with an ``eos_id`` the model never emits, i.e. the chunked
@@ -36,20 +37,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import platform
 import statistics
 import sys
 import time
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
+if not __package__:  # run by path: Python put benchmarks/ on sys.path, the package needs its parent
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import seqmodel as sm
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import nnx  # noqa: E402
 
-VOCAB, EMBED = 65, 64
+import seqmodel as sm  # noqa: E402
+from benchmarks import torch_copy  # noqa: E402
+from benchmarks import workload  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,49 +114,6 @@ def _jit_step_candidate(model, batch_size: int, steps: int) -> Callable[[], floa
     return run
 
 
-def torch_model(model):
-    """``nn.Embedding`` + ``nn.LSTM`` + ``nn.Linear`` holding ``model``'s weights."""
-    import torch
-
-    hidden = model.config.hidden_size
-
-    def reorder(array):  # our gate blocks [i, f, o, g] -> PyTorch's [i, f, g, o] (leading axis)
-        i, f, o, g = np.split(np.asarray(array, np.float32), 4, axis=0)
-        return torch.from_numpy(np.concatenate([i, f, g, o], axis=0).copy())
-
-    cell = model.cells[0]
-    embed = torch.nn.Embedding(VOCAB, EMBED)
-    lstm = torch.nn.LSTM(EMBED, hidden, batch_first=True)
-    linear = torch.nn.Linear(hidden, VOCAB)
-    with torch.no_grad():
-        embed.weight.copy_(torch.from_numpy(np.asarray(model.embed.embedding[...])))
-        lstm.weight_ih_l0.copy_(reorder(np.asarray(cell.input_kernel[...]).T))
-        lstm.weight_hh_l0.copy_(reorder(np.asarray(cell.recurrent_kernel[...]).T))
-        lstm.bias_ih_l0.copy_(reorder(cell.bias[...]))
-        lstm.bias_hh_l0.zero_()
-        linear.weight.copy_(torch.from_numpy(np.asarray(model.head.linear.kernel[...]).T.copy()))
-        linear.bias.copy_(torch.from_numpy(np.asarray(model.head.linear.bias[...])))
-    return embed, lstm, linear
-
-
-def check_same_model(model, modules) -> float:
-    """Largest |logit difference| between our teacher-forced pass and PyTorch's (raises if the
-    weight copy is wrong)."""
-    import torch
-
-    embed, lstm, linear = modules
-    tokens = np.random.default_rng(0).integers(0, VOCAB, (2, 20)).astype(np.int32)
-    ours, _ = nnx.with_attributes(model, deterministic=True, raise_if_not_found=False)(
-        jnp.asarray(tokens)
-    )
-    with torch.inference_mode():
-        theirs = linear(lstm(embed(torch.from_numpy(tokens).long()))[0]).numpy()
-    error = float(np.abs(np.asarray(ours) - theirs).max())
-    if error > 1e-3:
-        raise AssertionError(f"the PyTorch copy disagrees with the model: max |diff| {error}")
-    return error
-
-
 def _torch_candidate(modules, batch_size: int, steps: int, threads: int | None):
     import torch
 
@@ -204,14 +165,16 @@ def run(*, hidden_sizes=(128, 512), batch_sizes=(1, 32), steps: int = 500, repea
     generate)."""
     results = []
     for hidden in hidden_sizes:
-        config = sm.ModelConfig(vocab_size=VOCAB, embed_size=EMBED, hidden_size=hidden,
-                                cell="lstm")
-        model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+        model = workload.reference_model("lstm", hidden)  # the speed suite's weights
         model.eval()
-        modules, logit_error = None, None
+        modules, agreement = None, None
         if with_torch:
-            modules = torch_model(model)
-            logit_error = check_same_model(model, modules)
+            modules = torch_copy.torch_modules(model)
+            try:
+                agreement = torch_copy.check_same_loss(model, modules, *workload.batch())
+            except torch_copy.WeightsDisagree as error:
+                log(f"hidden {hidden}: torch candidates dropped: {error}")
+                modules, agreement = None, {"error": str(error)}
         for batch in batch_sizes:
             log(f"hidden {hidden}, batch {batch}: compiling / warming up")
             candidates = {
@@ -223,7 +186,7 @@ def run(*, hidden_sizes=(128, 512), batch_sizes=(1, 32), steps: int = 500, repea
                 "jit-step": _jit_step_candidate(model, batch, steps),
             }
             torch_names = []
-            if with_torch:
+            if modules is not None:
                 for threads in torch_threads:
                     torch_names.append(f"torch-{threads}t")
                     candidates[torch_names[-1]] = _torch_candidate(modules, batch, steps, threads)
@@ -248,7 +211,7 @@ def run(*, hidden_sizes=(128, 512), batch_sizes=(1, 32), steps: int = 500, repea
                 vs_jit_step_fastest=fastest["jit-step"] / fastest["generate"],
                 eos_overhead=seconds["generate+eos"] / seconds["generate"],
                 early_stop_fraction=seconds["eos-at-once"] / seconds["generate"],
-                torch_logit_error=logit_error,
+                torch_agreement=agreement,
             )
             if torch_names:
                 row["torch_best"] = min(torch_names, key=seconds.get)

@@ -1,6 +1,6 @@
 """Probe: several train steps per jitted call (a ``lax.scan`` over steps) against one per call.
 
-Measured for issue 6: one step per call costs twice on CPU. Each call's dispatch takes a core
+Measured on 2 CPU cores: one step per call costs twice on CPU. Each call's dispatch takes a core
 from the devices (with one device per core, the other device then waits in the all-reduce), and
 XLA:CPU maps the program's temporary buffers anew for every call (124 MB and 30k page faults at
 LSTM h512). The 2-device LSTM h128 step ran at 225-254k tokens/s with 4 steps per call, 248-262k

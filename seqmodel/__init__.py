@@ -14,6 +14,7 @@ from seqmodel.distributed import DataParallel
 from seqmodel.forecast import crps_from_samples, exposure_bias_report, sample_paths
 from seqmodel.generate import Generation, generate, generate_stream
 from seqmodel.heads import Bernoulli, Categorical, Gaussian, MixtureGaussian
+from seqmodel.interop import from_torch, to_torch
 from seqmodel.model import ModelConfig, SequenceModel
 from seqmodel.train import (
     TrainConfig,
@@ -65,6 +66,7 @@ __all__ = [
     "evaluate",
     "exposure_bias_report",
     "fit",
+    "from_torch",
     "generate",
     "generate_stream",
     "init_train_state",
@@ -75,4 +77,5 @@ __all__ = [
     "make_train_step",
     "sample_paths",
     "stack_batches",
+    "to_torch",
 ]

@@ -1,41 +1,117 @@
-"""The speed suite's bookkeeping (no timing here: the suite itself lives in benchmarks/)."""
+"""The speed suite's bookkeeping, its worker processes and ``seqmodel bench`` (no timing here: the
+suite itself lives in benchmarks/, a package of the source checkout)."""
 
+import numpy as np
 import pytest
 
-from seqmodel import benchmarking
+from benchmarks import candidates, rooflines, tables, torch_copy
+from benchmarks.workload import reference_model
+from seqmodel import cli
 
 
 def _results():
     entry = {"tokens_per_second": 1000.0, "ratio_to_torch": 1.25, "spread": 0.1,
              "cpu_ms_per_step": 40.0, "compile_seconds": 2.0, "compiled_programs": 1}
+    torch_entry = {"tokens_per_second": 800.0, "first_loss": 4.1744, "seqmodel_first_loss": 4.1743}
     return {
         "rows": [{"cell": "lstm", "hidden": 128, "load_average": {"before": 0.5, "after": 0.7},
-                  "candidates": {"seqmodel": entry, "flax": {"error": "ImportError: no flax"}}}],
+                  "candidates": {"seqmodel": entry, "torch": torch_entry,
+                                 "flax": {"error": "ImportError: no flax"}}}],
         "ceilings_gflops": {"large_gflops": 150.0},
         "command": "seqmodel bench --quick",
     }
 
 
 def test_table_and_markdown_show_every_candidate():
-    table = benchmarking.format_table(_results())
+    table = tables.format_table(_results())
     assert "seqmodel" in table and "1.25" in table and "skipped: ImportError" in table
     assert "1 (1 = no recompile)" in table
-    markdown = benchmarking.format_markdown(_results())
-    assert markdown.count("| lstm | 128 |") == 2
+    assert "first-batch loss equal within 1.0e-04" in table
+    markdown = tables.format_markdown(_results())
+    assert markdown.count("| lstm | 128 |") == 3
     assert "`seqmodel bench --quick`" in markdown
 
 
 def test_step_flops_split_serial_and_parallel():
-    flops = benchmarking.step_flops("lstm", 128)
+    flops = rooflines.step_flops("lstm", 128)
     recurrent = 2 * 32 * 128 * 128 * 512  # 2 * batch * steps * h * 4h
     assert flops["serial_forward"] == flops["serial_backward"] == recurrent
     assert flops["parallel"] > recurrent
-    roofline = benchmarking._roofline("lstm", 128, 0.05, {
+    bound = rooflines.roofline("lstm", 128, 0.05, {
         "large_gflops": 100.0, "serial_gflops_h128x4_forward": 50.0,
         "serial_gflops_h128x4_backward": 50.0})
-    assert 0 < roofline["roofline"] < 1 and roofline["gflops"] > 0
+    expected = (2 * recurrent / 50.0 + flops["parallel"] / 100.0) / 1e9
+    assert bound["bound_seconds"] == pytest.approx(expected)
+    assert bound["roofline"] == pytest.approx(expected / 0.05) and 0 < bound["roofline"] < 1
+    assert set(rooflines.roofline("lstm", 128, 0.05, {})) == {"gflops"}
 
 
 def test_unknown_candidate_is_named():
     with pytest.raises(ValueError, match="unknown candidates.*'pytorch'"):
-        benchmarking.default_candidates(("seqmodel", "pytorch"))
+        candidates.default_candidates(("seqmodel", "pytorch"))
+
+
+def test_worker_process_answers_over_the_protocol():
+    """A real worker (``python -m benchmarks.candidates``), found through PYTHONPATH: the GEMM
+    ceilings at a tiny size, then a worker of an unknown kind reporting its error."""
+    gemm = candidates.start(candidates.Candidate(
+        "gemm", "gemm", {"size": 64, "serial_shapes": [[8, 4]]}), "lstm", 0)
+    try:
+        assert gemm.hello.get("ready"), gemm.hello
+        ceilings = gemm.hello["result"]
+        assert set(ceilings) == {"large_gflops", "serial_gflops_h8x4_forward",
+                                 "serial_gflops_h8x4_backward"}
+        assert all(value > 0 for value in ceilings.values())
+    finally:
+        gemm.close()
+    broken = candidates.start(candidates.Candidate("broken", "no-such-kind"), "lstm", 8)
+    broken.close()
+    assert broken.hello == {"error": "KeyError: 'no-such-kind'"}
+
+
+def test_bench_runs_the_checkouts_suite(capfd):
+    assert cli.main(["bench", "--help"]) == 0
+    assert "usage: seqmodel bench" in capfd.readouterr().out
+    assert cli.main(["bench", "--hidden", "big"]) == 2
+    assert "--hidden: 'big' is not a comma list of integers" in capfd.readouterr().err
+
+
+def test_bench_outside_a_checkout_is_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "seqmodel").mkdir()
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "seqmodel" / "cli.py"))
+    assert cli.main(["bench", "--quick"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "ships with the source checkout only" in error
+
+
+# ---------------------------------------------------------------------------------------------
+# PyTorch baselines hold seqmodel's weights
+# ---------------------------------------------------------------------------------------------
+
+
+def test_torch_copy_gives_the_same_loss_and_a_changed_copy_is_refused():
+    torch = pytest.importorskip("torch", reason="the PyTorch baselines need torch")
+    inputs, targets = np.random.default_rng(0).integers(0, 65, (2, 2, 9)).astype(np.int32)
+    model = reference_model("gru", 16)
+    modules = torch_copy.torch_modules(model)
+    agreement = torch_copy.check_same_loss(model, modules, inputs, targets)
+    assert agreement["loss_error"] <= 1e-5 and agreement["logit_error"] <= 1e-5
+    assert agreement["loss"] == pytest.approx(np.log(65), rel=0.1)
+    with torch.no_grad():
+        modules.rnn.bias_hh_l0[-1] += 0.5  # one entry of b_hn
+    with pytest.raises(torch_copy.WeightsDisagree, match="disagrees.*not timing it"):
+        torch_copy.check_same_loss(model, modules, inputs, targets)
+
+
+def test_torch_worker_trains_the_copy():
+    torch = pytest.importorskip("torch", reason="the PyTorch baselines need torch")
+    from benchmarks import train_workers
+
+    threads = torch.get_num_threads()
+    try:
+        run, info, _ = train_workers.torch_worker(
+            {"cell": "lstm", "hidden": 8, "options": {"threads": 1}})
+        assert abs(info["first_loss"] - info["seqmodel_first_loss"]) <= 1e-4
+        assert run(1) > 0
+    finally:
+        torch.set_num_threads(threads)
