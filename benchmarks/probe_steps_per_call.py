@@ -24,7 +24,7 @@ from seqmodel import distributed
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", default="lstm", choices=("lstm", "gru", "rnn"))
+    parser.add_argument("--cell", default="lstm", choices=("lstm", "gru", "elman"))
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--steps-per-call", type=int, default=4)
     parser.add_argument("--steps", type=int, default=64, help="steps per repetition")

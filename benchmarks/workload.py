@@ -9,7 +9,7 @@ candidates train it and the PyTorch candidates copy its weights (:mod:`benchmark
 from __future__ import annotations
 
 BATCH, SEQUENCE, VOCAB, EMBED = 32, 128, 65, 64
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+GATES = {"lstm": 4, "gru": 3, "elman": 1}
 
 
 def batch(seed: int = 0):

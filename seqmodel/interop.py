@@ -16,7 +16,7 @@ The conventions the two functions translate (shapes: ``h`` hidden, ``G`` gate wi
   ``bias_ih`` and zeros ``bias_hh``.
 - GRU: seqmodel follows PyTorch's equations (gate order ``[r, z, n]``, the reset gate applied to
   ``W_hn h + b_hn``): ``bias`` is ``b_ih`` and ``recurrent_bias`` is ``b_hh``, unchanged.
-- ``nn.RNN`` (tanh) is seqmodel's ``"rnn"`` (Elman) cell, one bias ``b_ih + b_hh``.
+- ``nn.RNN`` (tanh) is seqmodel's ``"elman"`` cell, one bias ``b_ih + b_hh``.
 
 Dropout between layers has no weights and maps as it is; what has no seqmodel counterpart
 (``bidirectional=True``, ``proj_size > 0``, ``nonlinearity='relu'``, other module types) is a
@@ -51,8 +51,8 @@ from flax import nnx
 from seqmodel.model import ModelConfig, SequenceModel
 
 # Gate blocks per cell, as PyTorch stacks them along the weights' first axis.
-GATES = {"lstm": 4, "gru": 3, "rnn": 1}
-TORCH_CLASS_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+GATES = {"lstm": 4, "gru": 3, "elman": 1}
+TORCH_CLASS_NAMES = {"lstm": "LSTM", "gru": "GRU", "elman": "RNN"}
 # ModelConfig fields that from_torch reads off the weights (the others may be passed on).
 _FIELDS_FROM_WEIGHTS = ("vocab_size", "input_size", "cell", "hidden_size", "num_layers",
                         "embed_size", "head")
@@ -111,7 +111,7 @@ def _import_torch():
 def _check_recurrent_module(module) -> str:
     """The seqmodel cell name of a supported torch module; a ValueError naming what is not."""
     torch = _import_torch()
-    kinds = {torch.nn.LSTM: "lstm", torch.nn.GRU: "gru", torch.nn.RNN: "rnn"}
+    kinds = {torch.nn.LSTM: "lstm", torch.nn.GRU: "gru", torch.nn.RNN: "elman"}
     cell = next((name for kind, name in kinds.items() if isinstance(module, kind)), None)
     if cell is None:
         raise ValueError(f"from_torch: the recurrent module must be nn.LSTM, nn.GRU or "
@@ -124,9 +124,9 @@ def _check_recurrent_module(module) -> str:
     if getattr(module, "proj_size", 0):
         raise ValueError(f"from_torch: {name}.proj_size={module.proj_size} is not supported: "
                          "seqmodel's LSTM cell has no output projection; use proj_size=0")
-    if cell == "rnn" and module.nonlinearity != "tanh":
+    if cell == "elman" and module.nonlinearity != "tanh":
         raise ValueError(f"from_torch: {name}.nonlinearity={module.nonlinearity!r} is not "
-                         "supported: seqmodel's 'rnn' cell is tanh; use nonlinearity='tanh'")
+                         "supported: seqmodel's 'elman' cell is tanh; use nonlinearity='tanh'")
     return cell
 
 

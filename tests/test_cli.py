@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import types
 
 import pytest
 
@@ -142,15 +141,6 @@ def test_unknown_prompt_characters_and_existing_out(trained, corpus, capsys):
     assert status == 2 and "'Z'" in err and "'☃'" in err
     status, _, err = run(capsys, "train", "--data", str(corpus), "--out", str(trained))
     assert status == 2 and "already holds a run" in err
-
-
-def test_bench_passes_its_arguments_on(monkeypatch, capsys):
-    calls = []
-    fake = types.ModuleType("seqmodel.benchmarking")
-    fake.main = lambda argv: calls.append(argv) or 0
-    monkeypatch.setitem(sys.modules, "seqmodel.benchmarking", fake)
-    assert cli.main(["bench", "--json", "out.json", "--quick"]) == 0
-    assert calls == [["--json", "out.json", "--quick"]]
 
 
 def test_console_entry_point_reports_one_line(tmp_path):

@@ -13,7 +13,7 @@ from seqmodel import interop  # noqa: E402
 from seqmodel.model import ModelConfig, SequenceModel  # noqa: E402
 
 VOCAB, EMBED, HIDDEN, BATCH, TIME = 11, 5, 7, 3, 6
-TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}
 
 
 def torch_stack(cell: str, layers: int, *, batch_first: bool = True, seed: int = 0):
@@ -76,14 +76,14 @@ def test_outputs_equal_pytorch(cell, layers, batch_first):
 
 
 def test_elman_rnn_equals_pytorch_rnn():
-    modules = torch_stack("rnn", 2)
+    modules = torch_stack("elman", 2)
     model = interop.from_torch(modules[1], embedding=modules[0], head=modules[2])
     logits, _ = model(tokens())
     np.testing.assert_allclose(np.asarray(logits), torch_forward(modules, tokens())[0],
                                rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "elman"])
 def test_round_trip_returns_the_same_weights(cell):
     config = ModelConfig(vocab_size=VOCAB, cell=cell, hidden_size=HIDDEN, num_layers=2,
                          embed_size=EMBED)
