@@ -28,7 +28,7 @@ from seqmodel.train import (
     stack_batches,
 )
 
-__version__ = "0.1.0"
+from seqmodel._version import __version__
 
 
 def __getattr__(name):

@@ -50,26 +50,41 @@ Array = jax.Array
 # ---------------------------------------------------------------------------------------------
 
 
-def crps_from_samples(samples: np.ndarray, truth: np.ndarray, *, axis: int = 1) -> np.ndarray:
-    """Continuous ranked probability score of an empirical distribution, per element.
+def crps_from_samples(samples: np.ndarray, truth: np.ndarray, *, axis: int = 1,
+                      estimator: str = "fair") -> np.ndarray:
+    """Continuous ranked probability score of a forecast given by samples, per element.
 
-    ``CRPS = E|X - y| - 0.5 E|X - X'|`` with ``X, X'`` drawn independently from the ``S`` samples
-    (the plain ensemble estimator, as ``properscoring.crps_ensemble``). The pairwise term is
-    computed from sorted samples in ``O(S log S)``: ``sum_ij |x_i - x_j| = 2 sum_i (2i - S + 1)
-    x_(i)`` (0-based ranks). Lower is better; for one sample it is the absolute error.
+    ``CRPS = E|X - y| - 0.5 E|X - X'|`` with ``X, X'`` independent draws of the forecast. From
+    ``S`` samples ``x_1..x_S`` the first term is the mean of ``|x_i - y|``; the second has two
+    estimators:
+
+    - ``"fair"`` (default): the mean of ``|x_i - x_j|`` over the ``S (S - 1)`` pairs ``i != j``,
+      unbiased, so scores of forecasts with different ``S`` compare (Ferro 2014;
+      ``scoringrules.crps_ensemble(..., estimator="fair")``). Needs ``S >= 2``.
+    - ``"energy"``: the mean over all ``S^2`` pairs, ``i == j`` included, i.e. the CRPS of the
+      empirical distribution (``properscoring.crps_ensemble``); it exceeds the fair value by
+      ``E|X - X'| / (2 S)``.
+
+    The pairwise sum comes from the sorted samples in ``O(S log S)`` time and ``O(S)`` memory per
+    element: ``sum_ij |x_i - x_j| = 2 sum_i (2i - S + 1) x_(i)`` (0-based ranks). Lower is
+    better.
 
     Args:
       samples: draws with the sample axis at ``axis``, e.g. paths ``(b, S, H, d)``.
       truth: the same shape without the sample axis, e.g. ``(b, H, d)``.
+      axis: the sample axis of ``samples``.
+      estimator: ``"fair"`` or ``"energy"``.
 
     Returns:
-      CRPS with the shape of ``truth``.
+      CRPS with the shape of ``truth``, float64.
 
     Example::
 
         crps = crps_from_samples(paths, truth)      # (b, S, H, d), (b, H, d) -> (b, H, d)
         per_horizon = crps.mean(axis=(0, 2))        # (H,)
     """
+    if estimator not in ("fair", "energy"):
+        raise ValueError(f"estimator={estimator!r} is invalid; allowed: 'fair', 'energy'")
     samples = np.moveaxis(np.asarray(samples, np.float64), axis, 0)
     truth = np.asarray(truth, np.float64)
     if samples.shape[1:] != truth.shape:
@@ -78,11 +93,18 @@ def crps_from_samples(samples: np.ndarray, truth: np.ndarray, *, axis: int = 1) 
             f"{truth.shape}; they must match"
         )
     count = samples.shape[0]
+    if estimator == "fair" and count < 2:
+        raise ValueError(
+            f"samples has {count} sample(s) on axis {axis}; estimator='fair' needs at least 2 "
+            "(it averages over pairs of distinct samples): draw more, or pass "
+            "estimator='energy' (one sample: the absolute error)"
+        )
     absolute_error = np.abs(samples - truth[None]).mean(0)
     ordered = np.sort(samples, axis=0)
     rank_weight = (2.0 * np.arange(count) - count + 1.0).reshape((count,) + (1,) * truth.ndim)
-    spread = 2.0 * (rank_weight * ordered).sum(0) / (count * count)
-    return absolute_error - 0.5 * spread
+    pair_sum = 2.0 * (rank_weight * ordered).sum(0)
+    pairs = count * (count - 1) if estimator == "fair" else count * count
+    return absolute_error - 0.5 * pair_sum / pairs
 
 
 def sample_quantiles(samples: np.ndarray, quantiles: Sequence[float], *, axis: int = 1) -> np.ndarray:

@@ -156,6 +156,11 @@ def test_numeric_sources_are_routed_to_the_numeric_loader(monkeypatch):
     assert load_dataset("series.csv", val_fraction=0.2) == "numeric"
     assert load_dataset("sine") == "numeric"
     assert calls[0][0] == "series.csv" and calls[0][1]["val_fraction"] == 0.2
+    # Every suffix the numeric loader reads is routed to it; a .tsv is not a text corpus.
+    for name in ("series.tsv", "SERIES.TAB", "walks.npy"):
+        assert load_dataset(name, time_column="date") == "numeric"
+        assert calls[-1] == (name, {"val_fraction": 0.1, "metadata": None,
+                                    "time_column": "date"})
 
 
 def test_python_stdlib_is_python():

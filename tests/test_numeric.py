@@ -21,12 +21,90 @@ def write(tmp_path, text, name="series.csv"):
 # -- CSV ---------------------------------------------------------------------------------------
 
 
-def test_csv_header_skips_text_columns(tmp_path):
+def test_csv_header_with_a_date_column(tmp_path):
     path = write(tmp_path, "date,open,close\n2024-01-01,1.5,2\n2024-01-02,2.5,3\n2024-01-03,3,4\n")
-    table = numeric.load_csv(path)
-    assert table.columns == ("open", "close")
+    # Undeclared, the date column is refused by name, with the way to declare it.
+    with pytest.raises(ValueError, match=r"column 'date' holds words.*'2024-01-01' on line 2.*"
+                                         r"time_column='date'"):
+        numeric.load_csv(path)
+    table = numeric.load_csv(path, time_column="date")
+    assert table.columns == ("open", "close") and table.time_column == "date"
     assert len(table.sequences) == 1
     np.testing.assert_allclose(table.sequences[0], [[1.5, 2], [2.5, 3], [3, 4]])
+    np.testing.assert_array_equal(
+        table.times[0], np.array(["2024-01-01", "2024-01-02", "2024-01-03"], "datetime64[us]"))
+
+
+def test_csv_without_header_whose_first_column_is_a_date_keeps_every_row(tmp_path):
+    path = write(tmp_path, "2020-01-01,1.0\n2020-01-02,2.0\n2020-01-03,3.0\n")
+    with pytest.raises(ValueError, match=r"column 'column 1' holds words.*'2020-01-01' on line 1"):
+        numeric.load_csv(path)
+    table = numeric.load_csv(path, time_column="column 1")
+    assert table.columns == ("column 2",)
+    np.testing.assert_allclose(table.sequences[0][:, 0], [1.0, 2.0, 3.0])
+    assert table.times[0][0] == np.datetime64("2020-01-01")
+
+
+def test_csv_header_is_decided_by_the_numeric_columns(tmp_path):
+    # A word in the words column of the first row does not make it a header ...
+    table = numeric.load_csv(write(tmp_path, "x,1,5\nx,2,6\ny,3,7\ny,4,8\n"),
+                             id_column="column 1")
+    assert table.columns == ("column 2", "column 3")
+    assert [s[:, 0].tolist() for s in table.sequences] == [[1, 2], [3, 4]]
+    # ... a word in a numeric column does; a missing first value does not.
+    assert numeric.load_csv(write(tmp_path, "id,v\nx,1\nx,2\n"), id_column="id").columns == ("v",)
+    table = numeric.load_csv(write(tmp_path, ",1\n2,3\n4,5\n"), missing="mask")
+    assert table.sequences[0].shape == (3, 2) and np.isnan(table.sequences[0][0, 0])
+
+
+def test_csv_refuses_every_column_of_words_by_name(tmp_path):
+    path = write(tmp_path, "x,city,colour\n1,paris,red\n2,rome,blue\n")
+    with pytest.raises(ValueError, match=r"columns 'city', 'colour' hold words.*'paris' on line 2"
+                                         r".*id_column='city'"):
+        numeric.load_csv(path)
+    with pytest.raises(ValueError, match=r"time_column='when' is not a column.*'x', 'city'"):
+        numeric.load_csv(path, time_column="when")
+
+
+def test_csv_id_column_and_times_per_sequence(tmp_path):
+    text = ("store,day,sales\nb,2024-01-01T00:00:00+01:00,1\nb,2024-01-02,2\n"
+            "a,2024-01-01,10\na,2024-01-02,11\n")
+    table = numeric.load_csv(write(tmp_path, text), time_column="day", id_column="store")
+    assert table.columns == ("sales",)
+    assert [s[:, 0].tolist() for s in table.sequences] == [[1, 2], [10, 11]]
+    # An offset is converted to UTC.
+    assert table.times[0][0] == np.datetime64("2023-12-31T23:00:00")
+    assert [len(times) for times in table.times] == [2, 2]
+    numbers = numeric.load_csv(write(tmp_path, "t,x\n0.5,1\n1.5,2\n"), time_column="t")
+    assert numbers.times[0].dtype == np.float64 and numbers.columns == ("x",)
+    with pytest.raises(ValueError, match=r"line 3, time column 'day': '01/02/2024' is not an ISO"):
+        numeric.load_csv(write(tmp_path, "day,x\n2024-01-01,1\n01/02/2024,2\n"),
+                         time_column="day")
+    with pytest.raises(ValueError, match=r"line 3, id column 'store' is empty"):
+        numeric.load_csv(write(tmp_path, "store,x\na,1\n,2\n"), id_column="store")
+
+
+def test_csv_end_of_row_delimiter_and_empty_named_column(tmp_path):
+    table = numeric.load_csv(write(tmp_path, "a,b,\n1,2,\n3,4,\n"))
+    assert table.columns == ("a", "b")
+    # A named column without values is a feature whose every value is missing, not dropped.
+    with pytest.raises(ValueError, match=r"line 2, column 'c' is missing"):
+        numeric.load_csv(write(tmp_path, "a,c\n1,\n3,\n"))
+
+
+def test_tsv_reads_tabs_and_routes_to_the_numeric_loader(tmp_path):
+    from seqmodel.data import NUMERIC_SUFFIXES, is_numeric_source, load_dataset
+
+    assert {".csv", ".tsv", ".npy"} <= set(NUMERIC_SUFFIXES)
+    assert is_numeric_source("x.TSV") and not is_numeric_source("notes.txt")
+    rows = "".join(f"2024-01-{i + 1:02d}\t{i}\t{2 * i}\n" for i in range(20))
+    path = write(tmp_path, "date\tx\ty\n" + rows, name="series.tsv")
+    dataset = load_dataset(str(path), time_column="date")
+    assert dataset.kind == "numeric" and dataset.columns == ("x", "y")
+    assert dataset.metadata()["time_column"] == "date"
+    # The checkpoint's metadata declares the same columns for data read again.
+    again = load_dataset(str(path), metadata=json.loads(json.dumps(dataset.metadata())))
+    assert again.columns == ("x", "y") and again.normalizer == dataset.normalizer
 
 
 def test_csv_without_header(tmp_path):
@@ -79,8 +157,11 @@ def test_csv_missing_rejected_or_masked(tmp_path):
 def test_missing_file_and_suffix(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         numeric.load_sequences(tmp_path / "nope.csv")
-    with pytest.raises(ValueError, match="suffix '.parquet'"):
+    with pytest.raises(ValueError, match="suffix '.parquet' is not supported; use .csv, .tsv"):
         numeric.load_sequences(tmp_path / "x.parquet")
+    np.save(tmp_path / "a.npy", np.ones((3, 1)))
+    with pytest.raises(ValueError, match="time_column='t' applies to delimited files"):
+        numeric.load_sequences(tmp_path / "a.npy", time_column="t")
 
 
 # -- .npy ----------------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ from seqmodel.data.batching import (
     evaluation_batches,
     make_batch_iterator,
 )
+from seqmodel.data import numeric
+from seqmodel.data.numeric import NUMERIC_SUFFIXES
 from seqmodel.data.text import (
     TEXT_BUILTINS,
     TOKENIZERS,
@@ -70,12 +72,14 @@ class Dataset(Protocol):
     def metadata(self) -> dict: ...
 
 
-# Built-in numeric sources and file suffixes handled by seqmodel.data.numeric (issue 5).
+# Built-in numeric sources. The file suffixes are the numeric loader's own list, so that every
+# file it reads is routed to it (a .tsv read as text would train a character model on digits).
 NUMERIC_BUILTINS = ("sine", "bimodal", "binary-patterns")
-NUMERIC_SUFFIXES = (".csv", ".npy")
 
 
 def is_numeric_source(source: str) -> bool:
+    """Whether ``--data source`` is numeric: a built-in numeric name or a file whose suffix is in
+    :data:`NUMERIC_SUFFIXES` (``.csv``, ``.tsv``, ``.tab``, ``.npy``)."""
     return source in NUMERIC_BUILTINS or pathlib.Path(source).suffix.lower() in NUMERIC_SUFFIXES
 
 
@@ -85,37 +89,29 @@ def load_dataset(source: str, *, val_fraction: float = 0.1, tokenizer: Any = "ch
 
     Args:
       source: a built-in name (text: ``python-stdlib``, ``tinyshakespeare``; numeric:
-        ``sine``, ``bimodal``, ``binary-patterns``) or a path (``.csv`` / ``.npy``: numeric; anything
-        else: a UTF-8 text file).
+        ``sine``, ``bimodal``, ``binary-patterns``) or a path (``.csv``, ``.tsv``, ``.tab``,
+        ``.npy``: numeric; anything else, ``.txt`` included: a UTF-8 text file).
       val_fraction: the last fraction of the stream (or of the sequences) kept for validation.
       tokenizer: text only: ``"char"``, ``"byte"`` or a tokenizer object.
       metadata: the ``dataset.metadata()`` stored in a checkpoint: rebuilds the same tokenizer (or
         normaliser) instead of fitting a new one, so data is encoded as the model was trained.
-      options: source-specific options (numeric sources).
+      options: numeric sources only: ``missing=``, ``normalize=``, ``time_column=``,
+        ``id_column=`` (see :func:`seqmodel.data.numeric.load_numeric_dataset`).
 
     Raises:
       DataError: one clear line (missing file, empty corpus, unknown characters, ...).
     """
     if not isinstance(source, str) or not source:
         raise DataError(f"--data {source!r} is invalid: give a built-in name or a file path")
-    if metadata is not None and metadata.get("kind", "text") != "text":
-        return _load_numeric(source, val_fraction=val_fraction, metadata=metadata, **options)
-    if is_numeric_source(source):
-        return _load_numeric(source, val_fraction=val_fraction, metadata=metadata, **options)
+    numeric_metadata = metadata is not None and metadata.get("kind", "text") != "text"
+    if numeric_metadata or is_numeric_source(source):
+        return numeric.load_numeric_dataset(source, val_fraction=val_fraction, metadata=metadata,
+                                            **options)
     if options:
         raise DataError(f"options {sorted(options)} do not apply to text data {source!r}")
     if metadata is not None:
         tokenizer = tokenizer_from_dict(metadata["tokenizer"])
     return load_text_dataset(source, tokenizer=tokenizer, val_fraction=val_fraction)
-
-
-def _load_numeric(source: str, **kwargs) -> Dataset:
-    try:
-        from seqmodel.data import numeric
-    except ImportError:
-        raise DataError(f"--data {source!r} is numeric data, which this version of seqmodel "
-                        f"cannot load yet (seqmodel.data.numeric is missing)") from None
-    return numeric.load_numeric_dataset(source, **kwargs)
 
 
 __all__ = [
@@ -128,6 +124,7 @@ __all__ = [
     "Dataset",
     "LaneIterator",
     "NUMERIC_BUILTINS",
+    "NUMERIC_SUFFIXES",
     "RandomWindowIterator",
     "TEXT_BUILTINS",
     "TOKENIZERS",

@@ -1,10 +1,12 @@
-"""Real-valued sequences: CSV / ``.npy`` loading, per-feature normalisation, padding with masks.
+"""Real-valued sequences: CSV / TSV / ``.npy`` loading, per-feature normalisation, padding with masks.
 
 A numeric source is a list of sequences, each ``(t_i, d)`` float (rows = time steps, columns =
 features): one long series is a list of one. The pieces:
 
 - :func:`load_csv`, :func:`load_npy`, :func:`load_sequences`: files -> ``[(t_i, d), ...]``,
-  with clear errors (bad cell: its line and column; no numeric column; too few rows).
+  with clear errors (bad cell: its line and column; a column of words that is neither the
+  declared ``time_column`` nor the id column; no numeric column; too few rows). Nothing is
+  dropped silently: every row and every column is data, a header, or an error.
 - :class:`Normalizer`: per-feature ``(x - mean) / scale`` fitted on the training part only and
   saved with the model (``to_dict`` / ``from_dict``), so samples come back in original units. A
   constant feature gets scale 1 (never a division by zero).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import datetime
 import math
 import os
 from typing import Sequence
@@ -32,6 +35,12 @@ from typing import Sequence
 import numpy as np
 
 SEQUENCE_ID_COLUMN = "sequence_id"
+# File suffixes read as delimited text by load_csv; with .npy, the files --data routes to the
+# numeric loader (seqmodel.data.load_dataset uses this very list). Other suffixes, .txt included,
+# are text corpora.
+DELIMITED_SUFFIXES = (".csv", ".tsv", ".tab")
+NUMERIC_SUFFIXES = DELIMITED_SUFFIXES + (".npy",)
+_TAB_SUFFIXES = (".tsv", ".tab")
 MISSING_POLICIES = ("reject", "mask")
 _MISSING_TOKENS = frozenset({"", "nan", "na", "n/a", "null", "none", "?"})
 
@@ -47,11 +56,20 @@ _CONSTANT_RELATIVE_SPREAD = 1e-8
 
 @dataclasses.dataclass(frozen=True)
 class NumericTable:
-    """What a file held: ``sequences`` (list of ``(t_i, d)`` float64, NaN where missing) and
-    ``columns`` (the ``d`` feature names)."""
+    """What a file held.
+
+    - ``sequences``: list of ``(t_i, d)`` float64 arrays, NaN where a value is missing;
+    - ``columns``: the ``d`` feature names;
+    - ``times``: ``None``, or one ``(t_i,)`` array per sequence read from the declared time
+      column: ``datetime64[us]`` for ISO 8601 dates and times (UTC when they carry an offset),
+      float64 when the column holds numbers (step counts, epoch seconds);
+    - ``time_column``: the name of that column, or ``None``.
+    """
 
     sequences: list
     columns: tuple
+    times: list | None = None
+    time_column: str | None = None
 
     @property
     def num_features(self) -> int:
@@ -69,102 +87,226 @@ def _parse_number(cell: str) -> float | None:
         return None
 
 
-def load_csv(path: str | os.PathLike, *, missing: str = "reject") -> NumericTable:
-    """Read a CSV of time steps (rows) by features (numeric columns).
+def _is_word(cell: str) -> bool:
+    """Neither a number nor a missing-value marker: a name, a date, a label."""
+    return _parse_number(cell) is None
 
-    A header row is allowed (detected when its cells are not numbers). Columns whose cells are
-    mostly not numbers (dates, labels) are skipped; a non-number inside a numeric column is an
-    error naming its line and column. A ``sequence_id`` column splits the rows into separate
-    sequences (consecutive rows with the same id, in order of first appearance).
+
+def _column_kind(cells: Sequence[str]) -> str:
+    """``"numbers"`` when most of the non-missing cells are numbers (a stray word is then a bad
+    cell, reported with its line, not a reason to drop the column); ``"missing"`` when every cell
+    is missing; else ``"words"`` (dates, labels)."""
+    parsed = [_parse_number(cell) for cell in cells]
+    present = [value for value in parsed if value is None or not math.isnan(value)]
+    if not present:
+        return "missing"
+    return "numbers" if 2 * sum(value is not None for value in present) > len(present) else "words"
+
+
+def _read_rows(path: str) -> list[tuple[int, list[str]]]:
+    """``(line number, cells)`` of every non-blank row. ``.tsv`` / ``.tab``: tab-separated;
+    otherwise the delimiter (comma, semicolon or tab) is sniffed from the start of the file."""
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        if os.path.splitext(path)[1].lower() in _TAB_SUFFIXES:
+            dialect = csv.excel_tab
+        else:
+            try:
+                dialect = csv.Sniffer().sniff(handle.read(65536), delimiters=",;\t")
+            except csv.Error:
+                dialect = csv.excel
+            handle.seek(0)
+        return [
+            (line_number, row)
+            for line_number, row in enumerate(csv.reader(handle, dialect), start=1)
+            if row and any(cell.strip() for cell in row)
+        ]
+
+
+def _has_header(rows: list[tuple[int, list[str]]]) -> bool:
+    """The first row is a header when a column that holds numbers in the rows below it holds a
+    word in the first row. Columns of words (dates, labels) do not decide, so a header-less file
+    whose first column is a date keeps its first row as data."""
+    first = rows[0][1]
+    below = rows[1:]
+    if not below:
+        return any(_is_word(cell) for cell in first)
+    numeric = [i for i in range(len(first))
+               if _column_kind([row[i] for _, row in below]) == "numbers"]
+    if not numeric:  # nothing to decide by; only the error message (no numeric column) uses it
+        return any(_is_word(cell) for cell in first)
+    return any(_is_word(first[i]) for i in numeric)
+
+
+def _find_column(names: Sequence[str], name: str, argument: str, path: str) -> int:
+    if not isinstance(name, str) or name not in names:
+        raise ValueError(
+            f"{argument}={name!r} is not a column of {path!r}; its columns are "
+            f"{', '.join(repr(n) for n in names)} (a file without a header names them "
+            "'column 1', 'column 2', ...)"
+        )
+    return list(names).index(name)
+
+
+def _parse_times(cells: Sequence[str], lines: Sequence[int], name: str, path: str) -> np.ndarray:
+    """The time column: numbers -> float64; ISO 8601 dates / times -> ``datetime64[us]`` (an
+    offset, e.g. ``+02:00`` or ``Z``, is converted to UTC)."""
+    numbers = [_parse_number(cell) for cell in cells]
+    if all(value is not None and not math.isnan(value) for value in numbers):
+        return np.array(numbers, np.float64)
+    stamps = []
+    for line, cell in zip(lines, cells):
+        try:
+            stamp = datetime.datetime.fromisoformat(cell.strip())
+        except ValueError:
+            raise ValueError(
+                f"{path}: line {line}, time column {name!r}: {cell!r} is not an ISO 8601 date or "
+                "time (e.g. 2024-01-31 or 2024-01-31T12:30:00) nor a number; write the times in "
+                "one of those forms"
+            ) from None
+        if stamp.tzinfo is not None:
+            stamp = stamp.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        stamps.append(stamp)
+    return np.array(stamps, dtype="datetime64[us]")
+
+
+def load_csv(path: str | os.PathLike, *, missing: str = "reject", time_column: str | None = None,
+             id_column: str | None = None) -> NumericTable:
+    """Read a delimited file (``.csv``, ``.tsv``) of time steps (rows) by features (columns).
+
+    Nothing is dropped or invented silently:
+
+    - The first row is a header when a column of numbers has a word in it; columns of dates or
+      labels do not count, so a header-less file starting ``2024-01-01,1.5`` keeps every row.
+    - Every column is a feature (numbers; a stray word in it is an error naming its line and
+      column), the declared ``time_column``, or the id column (``id_column``, by default a
+      column named ``sequence_id``). Any other column of words is an error that names it.
+    - The id column splits the rows into sequences: all rows with the same id, in file order,
+      sequences in order of first appearance.
 
     Args:
-      path: the CSV file.
+      path: the file. ``.tsv`` / ``.tab`` are tab-separated; otherwise the delimiter (comma,
+        semicolon or tab) is detected.
       missing: ``"reject"`` (empty / ``nan`` / ``NA`` cells raise ``ValueError`` naming the line
         and column) or ``"mask"`` (kept as NaN, to be masked out of the loss).
+      time_column: the name of the column that holds each row's time (ISO 8601 dates / times,
+        or numbers); it is parsed into ``NumericTable.times`` and is not a feature. A file
+        without a header names its columns ``"column 1"``, ``"column 2"``, ...
+      id_column: the name of the column whose values say which sequence a row belongs to;
+        default ``"sequence_id"`` when the header has it (any case).
 
     Returns:
       a :class:`NumericTable`; each sequence is ``(t_i, d)`` float64.
 
+    Raises:
+      ValueError: one line naming the line / column at fault and what to do.
+
     Example::
 
-        table = load_csv("prices.csv")              # date,open,close -> columns ('open', 'close')
-        series = table.sequences[0]                 # (t, 2)
+        table = load_csv("prices.csv", time_column="date")   # date,open,close
+        table.columns                                        # ('open', 'close')
+        series, times = table.sequences[0], table.times[0]   # (t, 2), (t,) datetime64[us]
     """
     _check_missing(missing)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"CSV file {path!r} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        sample = handle.read(65536)
-        handle.seek(0)
-        try:
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t")
-        except csv.Error:
-            dialect = csv.excel
-        rows = [
-            (line_number, row)
-            for line_number, row in enumerate(csv.reader(handle, dialect), start=1)
-            if row and any(cell.strip() for cell in row)
-        ]
+    rows = _read_rows(path)
     if not rows:
         raise ValueError(f"CSV file {path!r} is empty: it needs at least two rows of numbers")
-
     first_line, first = rows[0]
-    has_header = any(_parse_number(cell) is None for cell in first)
     width = len(first)
+    for line_number, row in rows:
+        if len(row) != width:
+            raise ValueError(
+                f"{path}: line {line_number} has {len(row)} cells, but the first row (line "
+                f"{first_line}) has {width}; every row needs the same number of cells"
+            )
+
+    has_header = _has_header(rows)
     names = [cell.strip() or f"column {i + 1}" for i, cell in enumerate(first)] if has_header else [
         f"column {i + 1}" for i in range(width)
     ]
     body = rows[1:] if has_header else rows
-    for line_number, row in body:
-        if len(row) != width:
-            raise ValueError(
-                f"{path}: line {line_number} has {len(row)} cells, but the "
-                f"{'header' if has_header else 'first row'} (line {first_line}) has {width}"
-            )
     if not body:
         raise ValueError(f"CSV file {path!r} has a header but no data rows")
+    lines = [line for line, _ in body]
+    cells = [[row[i] for _, row in body] for i in range(width)]  # per column
 
-    id_index = next(
-        (i for i, name in enumerate(names) if has_header and name.lower() == SEQUENCE_ID_COLUMN),
-        None,
-    )
-    # A column is numeric when most of its non-missing cells parse; the others (dates, labels)
-    # are skipped, and a stray word inside a numeric column is reported as a bad cell.
-    parsed = [[_parse_number(row[i]) for _, row in body] for i in range(width)]
-    numeric = []
+    if id_column is not None:
+        id_index = _find_column(names, id_column, "id_column", path)
+    else:
+        id_index = next((i for i, name in enumerate(names)
+                         if has_header and name.lower() == SEQUENCE_ID_COLUMN), None)
+    time_index = None if time_column is None else _find_column(names, time_column, "time_column",
+                                                               path)
+    if time_index is not None and time_index == id_index:
+        raise ValueError(f"time_column={time_column!r} is also the id column; one column cannot "
+                         "be both")
+
+    numeric, refused = [], []
     for i in range(width):
-        if i == id_index:
+        if i in (id_index, time_index):
             continue
-        present = [value for value in parsed[i] if value is None or not math.isnan(value)]
-        good = sum(value is not None for value in present)
-        if present and good * 2 > len(present):
+        kind = _column_kind(cells[i])
+        if kind == "words":
+            refused.append(i)
+        elif kind == "numbers" or any(cell.strip() for cell in cells[i]) or (
+                has_header and first[i].strip()):
+            # A named column whose every cell is missing is a feature for the missing policy to
+            # judge; one with no name and no cell (a delimiter ending every row) is no column.
             numeric.append(i)
     if not numeric:
         raise ValueError(
             f"CSV file {path!r} has no numeric columns (columns: {', '.join(names)}); each "
             "feature needs a column of numbers"
         )
+    if refused:
+        column = refused[0]
+        line, example = next((line, cell) for line, cell in zip(lines, cells[column])
+                             if _is_word(cell))
+        listed = ", ".join(repr(names[i]) for i in refused)
+        which = f"column {listed} holds" if len(refused) == 1 else f"columns {listed} hold"
+        raise ValueError(
+            f"{path}: {which} words, not numbers (e.g. {example!r} on line "
+            f"{line}); declare a time column (time_column={names[column]!r}) or an id column "
+            f"(id_column={names[column]!r}), or remove {'it' if len(refused) == 1 else 'them'} "
+            "from the file"
+        )
+    parsed = {i: [_parse_number(cell) for cell in cells[i]] for i in numeric}
     for i in numeric:
-        for (line_number, row), value in zip(body, parsed[i]):
+        for line_number, cell, value in zip(lines, cells[i], parsed[i]):
             if value is None:
                 raise ValueError(
-                    f"{path}: line {line_number}, column {names[i]!r}: {row[i]!r} is not a number"
+                    f"{path}: line {line_number}, column {names[i]!r}: {cell!r} is not a number"
                 )
     values = np.array([parsed[i] for i in numeric], dtype=np.float64).T  # (rows, d)
     columns = tuple(names[i] for i in numeric)
     if missing == "reject":
-        _reject_missing(values, path, [line for line, _ in body], columns)
+        _reject_missing(values, path, lines, columns)
 
+    times = None
+    if time_index is not None:
+        for line_number, cell in zip(lines, cells[time_index]):
+            if not cell.strip():
+                raise ValueError(f"{path}: line {line_number}, time column "
+                                 f"{names[time_index]!r} is empty; every row needs its time")
+        times = _parse_times(cells[time_index], lines, names[time_index], path)
     if id_index is None:
         sequences = [values]
+        times = None if times is None else [times]
     else:
-        ids = [row[id_index].strip() for _, row in body]
-        order = list(dict.fromkeys(ids))
+        ids = [cell.strip() for cell in cells[id_index]]
+        for line_number, sequence_id in zip(lines, ids):
+            if not sequence_id:
+                raise ValueError(f"{path}: line {line_number}, id column {names[id_index]!r} is "
+                                 "empty; every row needs the id of its sequence")
         id_array = np.array(ids, dtype=object)
-        sequences = [values[id_array == sequence_id] for sequence_id in order]
+        selections = [id_array == sequence_id for sequence_id in dict.fromkeys(ids)]
+        sequences = [values[selection] for selection in selections]
+        times = None if times is None else [times[selection] for selection in selections]
     _check_lengths(sequences, path)
-    return NumericTable(sequences, columns)
+    return NumericTable(sequences, columns, times,
+                        None if time_index is None else names[time_index])
 
 
 def load_npy(path: str | os.PathLike, *, missing: str = "reject") -> NumericTable:
@@ -217,16 +359,30 @@ def load_npy(path: str | os.PathLike, *, missing: str = "reject") -> NumericTabl
     return NumericTable(sequences, columns)
 
 
-def load_sequences(path: str | os.PathLike, *, missing: str = "reject") -> NumericTable:
-    """Dispatch on the suffix: ``.csv`` / ``.tsv`` / ``.txt`` -> :func:`load_csv`, ``.npy`` ->
-    :func:`load_npy`."""
+def load_sequences(path: str | os.PathLike, *, missing: str = "reject",
+                   time_column: str | None = None, id_column: str | None = None) -> NumericTable:
+    """Read a numeric file by its suffix: :data:`DELIMITED_SUFFIXES` (``.csv``, ``.tsv``,
+    ``.tab``) -> :func:`load_csv`, ``.npy`` -> :func:`load_npy`.
+
+    ``time_column`` / ``id_column`` name columns of a delimited file (see :func:`load_csv`).
+
+    Example::
+
+        table = load_sequences("walks.npy")          # or "prices.tsv", time_column="date"
+    """
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix == ".npy":
+        for name, value in (("time_column", time_column), ("id_column", id_column)):
+            if value is not None:
+                raise ValueError(f"{name}={value!r} applies to delimited files "
+                                 f"({', '.join(DELIMITED_SUFFIXES)}), not to the .npy file "
+                                 f"{os.fspath(path)!r}; leave it out")
         return load_npy(path, missing=missing)
-    if suffix in (".csv", ".tsv", ".txt"):
-        return load_csv(path, missing=missing)
+    if suffix in DELIMITED_SUFFIXES:
+        return load_csv(path, missing=missing, time_column=time_column, id_column=id_column)
     raise ValueError(
-        f"numeric file {os.fspath(path)!r}: suffix {suffix!r} is not supported; use .csv or .npy"
+        f"numeric file {os.fspath(path)!r}: suffix {suffix!r} is not supported; use "
+        f"{', '.join(NUMERIC_SUFFIXES)}"
     )
 
 
@@ -572,7 +728,8 @@ class NumericDataset:
     def __init__(self, sequences: Sequence[np.ndarray], *, name: str = "numeric",
                  columns: Sequence[str] | None = None, val_fraction: float = 0.1,
                  normalizer: Normalizer | None = None, normalize: bool | None = None,
-                 missing: str = "reject"):
+                 missing: str = "reject", time_column: str | None = None,
+                 id_column: str | None = None):
         from seqmodel.data.batching import DataError
 
         if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
@@ -588,6 +745,8 @@ class NumericDataset:
         self.columns = tuple(columns) if columns else tuple(f"feature {i}" for i in range(features))
         self.val_fraction = float(val_fraction)
         self.missing = missing
+        # Kept for metadata(): data read again for this model declares the same columns.
+        self.time_column, self.id_column = time_column, id_column
         self.single_series = len(sequences) == 1
         if self.single_series:
             series = sequences[0]
@@ -655,7 +814,8 @@ class NumericDataset:
         """What a checkpoint keeps to rebuild the data side (JSON-compatible)."""
         return {"kind": self.kind, "name": self.name, "normalizer": self.normalizer.to_dict(),
                 "columns": list(self.columns), "val_fraction": self.val_fraction,
-                "missing": self.missing, "binary": self.binary}
+                "missing": self.missing, "binary": self.binary,
+                "time_column": self.time_column, "id_column": self.id_column}
 
     # -- batches ---------------------------------------------------------------------------------
 
@@ -708,19 +868,23 @@ class NumericDataset:
 
 def load_numeric_dataset(source: str | None, *, val_fraction: float = 0.1,
                          metadata: dict | None = None, missing: str | None = None,
-                         normalize: bool | None = None) -> NumericDataset:
+                         normalize: bool | None = None, time_column: str | None = None,
+                         id_column: str | None = None) -> NumericDataset:
     """Resolve a numeric ``--data SOURCE``: a built-in name (``sine``, ``bimodal``,
-    ``binary-patterns``), a ``.csv`` or a ``.npy`` file.
+    ``binary-patterns``), a delimited file (``.csv``, ``.tsv``, ``.tab``) or a ``.npy`` file.
 
     Args:
       metadata: a checkpoint's ``dataset.metadata()``: reuse its normaliser (and ``missing``
-        policy, and ``source`` when ``None``) instead of fitting a new one.
+        policy, declared columns, and ``source`` when ``None``) instead of fitting a new one.
       missing: ``"reject"`` (default) or ``"mask"``, see the module docstring.
       normalize: ``None`` fits a normaliser unless the data is binary; ``False`` never does.
+      time_column, id_column: columns of a delimited file that are not features (see
+        :func:`load_csv`).
 
     Example::
 
         dataset = load_numeric_dataset("sine", val_fraction=0.1)
+        dataset = load_numeric_dataset("prices.csv", time_column="date")
     """
     from seqmodel.data import synthetic
     from seqmodel.data.batching import DataError
@@ -730,15 +894,22 @@ def load_numeric_dataset(source: str | None, *, val_fraction: float = 0.1,
         source = source or metadata.get("name")
         normalizer = Normalizer.from_dict(metadata["normalizer"])
         missing = missing or metadata.get("missing", "reject")
+        time_column = time_column if time_column is not None else metadata.get("time_column")
+        id_column = id_column if id_column is not None else metadata.get("id_column")
     missing = missing or "reject"
     if not source:
         raise DataError("no numeric --data source given")
     try:
         if source in synthetic.SOURCES:
+            for name, value in (("time_column", time_column), ("id_column", id_column)):
+                if value is not None:
+                    raise DataError(f"{name}={value!r} applies to delimited files, not to the "
+                                    f"built-in source {source!r}; leave it out")
             sequences = synthetic.load_synthetic(source, seed=0)
             columns = None
         else:
-            table = load_sequences(source, missing=missing)
+            table = load_sequences(source, missing=missing, time_column=time_column,
+                                   id_column=id_column)
             sequences, columns = table.sequences, table.columns
     except FileNotFoundError as error:
         raise DataError(str(error)) from None
@@ -747,4 +918,5 @@ def load_numeric_dataset(source: str | None, *, val_fraction: float = 0.1,
     except ValueError as error:
         raise DataError(str(error)) from None
     return NumericDataset(sequences, name=source, columns=columns, val_fraction=val_fraction,
-                          normalizer=normalizer, normalize=normalize, missing=missing)
+                          normalizer=normalizer, normalize=normalize, missing=missing,
+                          time_column=time_column, id_column=id_column)
