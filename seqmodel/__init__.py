@@ -7,18 +7,20 @@ Public API (re-exports only)::
 """
 
 from seqmodel.cells import ElmanCell, GRUCell, LSTMCell
-from seqmodel.data import Batch, ByteTokenizer, CharTokenizer, TextDataset, load_dataset
+from seqmodel.data import Batch, ByteTokenizer, CharTokenizer, DataError, TextDataset, load_dataset
 from seqmodel.data.numeric import Normalizer, NumericDataset
-from seqmodel.distributed import DataParallel
+from seqmodel.distributed import DataParallel, DistributedError
+from seqmodel.errors import CheckpointError
+from seqmodel.fit import FitResult, TrainingError, fit
 from seqmodel.forecast import crps_from_samples, exposure_bias_report, sample_paths
 from seqmodel.generate import Generation, generate, generate_stream
 from seqmodel.heads import Bernoulli, Categorical, Gaussian, MixtureGaussian
 from seqmodel.model import ModelConfig, SequenceModel
 from seqmodel.train import (
+    EvalResult,
     TrainConfig,
     TrainState,
     evaluate,
-    fit,
     init_train_state,
     make_multi_step,
     make_optimizer,
@@ -44,8 +46,13 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "Categorical",
+    "CheckpointError",
+    "DataError",
     "DataParallel",
+    "DistributedError",
     "ElmanCell",
+    "EvalResult",
+    "FitResult",
     "GRUCell",
     "Gaussian",
     "Generation",
@@ -58,6 +65,7 @@ __all__ = [
     "TextDataset",
     "TrainConfig",
     "TrainState",
+    "TrainingError",
     "crps_from_samples",
     "evaluate",
     "exposure_bias_report",
