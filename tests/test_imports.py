@@ -139,3 +139,22 @@ def test_the_graph_sees_imports_inside_functions(module):
     assert GRAPH[module], f"{module}: no seqmodel import found"
     if module == "seqmodel.cli":
         assert "seqmodel.data" in GRAPH[module] and "seqmodel.checkpoint" in GRAPH[module]
+
+
+def test_users_import_the_errors_and_results_from_the_top_without_orbax():
+    # In a fresh process: importing seqmodel and its exceptions must not load orbax (slow to
+    # import), matplotlib or tensorboardX; they load when a checkpoint, plot or event file is used.
+    import subprocess
+    import sys
+
+    code = ("import sys, seqmodel\n"
+            "from seqmodel import (CheckpointError, DataError, DistributedError, EvalResult,\n"
+            "                      FitResult, TrainingError, fit, evaluate)\n"
+            "loaded = [m for m in ('orbax', 'matplotlib', 'tensorboardX') if m in sys.modules]\n"
+            "print(','.join(loaded))\n")
+    environment = {"PYTHONPATH": str(PACKAGE_ROOT.parent), "JAX_PLATFORMS": "cpu",
+                   "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env=environment)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == ""
