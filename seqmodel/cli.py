@@ -496,6 +496,8 @@ def cmd_train(args) -> int:
         elif _holds_run(out):
             raise UsageError(f"--out {str(out)!r} already holds a run; pass --resume to continue "
                              f"it, or choose another --out")
+    writers = _metric_writers(args, out, resumed_step=checkpoint_metadata["step"]
+                              if args.resume else None)
     val_fraction = args.val_fraction if args.val_fraction is not None else (
         train_values["val_fraction"] if args.resume else train_defaults()["val_fraction"])
     tokenizer = args.tokenizer or train_defaults()["tokenizer"]
@@ -530,8 +532,6 @@ def cmd_train(args) -> int:
                f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
                f"({_describe(dataset)}) for {' or '.join(limits)} on "
                f"{parallel.describe()}; run folder {out}")
-    writers = _metric_writers(args, out, resumed_step=checkpoint_metadata["step"]
-                              if args.resume else None)
     try:
         result = fit(model, dataset, train_config, out_dir=out, resume=args.resume,
                      progress=not args.no_progress, writers=writers,

@@ -205,3 +205,12 @@ def test_train_writes_tensorboard_event_files(corpus, tmp_path, capsys):
     (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
     assert events.stat().st_size > 0
     assert (out / "metrics.jsonl").is_file()
+
+
+def test_tensorboard_without_tensorboardx_is_a_usage_error(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # what an absent package looks like
+    status, out, err = run(capsys, "train", "--data", str(corpus), "--out",
+                           str(tmp_path / "run"), "--steps", "4", "--tensorboard", *TINY)
+    assert status == 2 and err.strip().count("\n") == 0
+    assert "--tensorboard: TensorBoard event files need tensorboardX" in err
+    assert "seqmodel: training" not in out + err  # refused before the run starts
