@@ -8,19 +8,21 @@ Public API (re-exports only)::
 
 from seqmodel.beam import BeamSearchResult, beam_search
 from seqmodel.cells import ElmanCell, GRUCell, LSTMCell
-from seqmodel.data import Batch, ByteTokenizer, CharTokenizer, TextDataset, load_dataset
+from seqmodel.data import Batch, ByteTokenizer, CharTokenizer, DataError, TextDataset, load_dataset
 from seqmodel.data.numeric import Normalizer, NumericDataset
-from seqmodel.distributed import DataParallel
+from seqmodel.distributed import DataParallel, DistributedError
+from seqmodel.errors import CheckpointError
+from seqmodel.fit import FitResult, TrainingError, fit
 from seqmodel.forecast import crps_from_samples, exposure_bias_report, sample_paths
 from seqmodel.generate import Generation, generate, generate_stream
 from seqmodel.heads import Bernoulli, Categorical, Gaussian, MixtureGaussian
 from seqmodel.interop import from_torch, to_torch
 from seqmodel.model import ModelConfig, SequenceModel
 from seqmodel.train import (
+    EvalResult,
     TrainConfig,
     TrainState,
     evaluate,
-    fit,
     init_train_state,
     make_multi_step,
     make_optimizer,
@@ -47,8 +49,13 @@ __all__ = [
     "ByteTokenizer",
     "CharTokenizer",
     "Categorical",
+    "CheckpointError",
+    "DataError",
     "DataParallel",
+    "DistributedError",
     "ElmanCell",
+    "EvalResult",
+    "FitResult",
     "GRUCell",
     "Gaussian",
     "Generation",
@@ -61,6 +68,7 @@ __all__ = [
     "TextDataset",
     "TrainConfig",
     "TrainState",
+    "TrainingError",
     "beam_search",
     "crps_from_samples",
     "evaluate",

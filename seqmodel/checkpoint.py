@@ -33,11 +33,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from seqmodel.errors import CheckpointError
+
 KINDS = ("best", "latest")
-
-
-class CheckpointError(ValueError):
-    """A missing, unreadable or incompatible checkpoint; the message is one line for the user."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,9 +142,15 @@ class RunCheckpoints:
 # ---------------------------------------------------------------------------------------------
 
 
-def resolve(path: str | os.PathLike, *, prefer: str = "best") -> tuple[pathlib.Path, int]:
-    """``(checkpoint folder, step)`` for a run folder (``prefer`` ``best``, else ``latest``) or a
-    ``latest`` / ``best`` folder."""
+def find_checkpoint(path: str | os.PathLike, *,
+                    prefer: str = "best") -> tuple[pathlib.Path, int]:
+    """``(checkpoint folder, newest step in it)`` for a run folder (its ``prefer`` folder,
+    ``best`` or ``latest``, else the other) or for a ``latest`` / ``best`` folder itself.
+
+    Example::
+
+        find_checkpoint("runs/demo", prefer="latest")   # (Path("runs/demo/latest"), 2000)
+    """
     path = pathlib.Path(path).expanduser()
     if not path.exists():
         raise CheckpointError(f"--checkpoint {str(path)!r}: no such folder")
@@ -176,8 +180,8 @@ def _restore(folder: pathlib.Path, step: int, **items) -> dict:
 
 
 def read_metadata(path: str | os.PathLike, *, prefer: str = "best") -> dict:
-    """The JSON metadata of the checkpoint at ``path`` (see :func:`resolve`)."""
-    folder, step = resolve(path, prefer=prefer)
+    """The JSON metadata of the checkpoint at ``path`` (see :func:`find_checkpoint`)."""
+    folder, step = find_checkpoint(path, prefer=prefer)
     return dict(_restore(folder, step, metadata=ocp.args.JsonRestore())["metadata"])
 
 
@@ -185,7 +189,7 @@ def peek_metadata(path: str | os.PathLike, *, prefer: str = "best") -> dict:
     """Like :func:`read_metadata`, but a plain read of the JSON file that orbax wrote, so that it
     can run before JAX starts (``seqmodel train --resume`` picks its device count from the
     checkpoint's batch size)."""
-    folder, step = resolve(path, prefer=prefer)
+    folder, step = find_checkpoint(path, prefer=prefer)
     return json.loads((folder / str(step) / "metadata" / "metadata").read_text())
 
 
@@ -220,7 +224,7 @@ def _restore_params(raw: dict, template_params, where: str):
 def restore_train_state(run_dir: str | os.PathLike, template, model_config) -> tuple[Any, dict]:
     """Restore the ``latest`` checkpoint of ``run_dir`` into the structure of ``template``
     (a fresh :class:`~seqmodel.train.TrainState`). Returns ``(state, metadata)``."""
-    folder, step = resolve(run_dir, prefer="latest")
+    folder, step = find_checkpoint(run_dir, prefer="latest")
     where = f"checkpoint {folder / str(step)}"
     metadata = dict(_restore(folder, step, metadata=ocp.args.JsonRestore())["metadata"])
     check_model_config(metadata.get("model_config", {}), model_config, where)
@@ -256,7 +260,7 @@ def load_model(path: str | os.PathLike, *, prefer: str = "best", seed: int = 0):
     """
     from seqmodel.model import ModelConfig, SequenceModel
 
-    folder, step = resolve(path, prefer=prefer)
+    folder, step = find_checkpoint(path, prefer=prefer)
     where = f"checkpoint {folder / str(step)}"
     metadata = dict(_restore(folder, step, metadata=ocp.args.JsonRestore())["metadata"])
     if "model_config" not in metadata:

@@ -15,7 +15,10 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import importlib
+import inspect
 import json
 import math
 import os
@@ -24,36 +27,20 @@ import sys
 import time
 from typing import Any, Sequence
 
-# Defaults of `seqmodel train`, chosen so that the argument-free run (python-stdlib) learns
-# Python-looking text within a few minutes on 2 CPU cores, and `--data tinyshakespeare
-# --max-time 110` reaches a validation loss at or below 1.60 nats per character (see
-# benchmarks/bench_quality.py).
-TRAIN_DEFAULTS = {
-    "data": "python-stdlib",
-    "tokenizer": "char",
-    "cell": "gru",
-    "hidden_size": 512,
-    "num_layers": 1,
-    "embed_size": 64,
-    "dropout": 0.0,
-    "head": None,
-    "num_mixtures": 5,
-    "batch_size": 16,
-    "seq_len": 32,
-    "steps": None,
-    "max_time": None,
-    "lr": 5e-3,
-    "warmup": 100,
-    "weight_decay": 0.01,
-    "clip_norm": 1.0,
-    "eval_every": 2000,
-    "val_fraction": 0.1,
-    "teacher_forcing": 1.0,
-    "teacher_forcing_schedule": "constant",
-    "batching": "lanes",
-    "seed": 0,
-    "steps_per_call": 20,
-}
+# Flags of `seqmodel train` that set a field of ModelConfig / TrainConfig: flag -> field. The
+# defaults of these flags are the fields' defaults (train_defaults), so the API, the CLI and
+# --help cannot disagree.
+MODEL_FLAGS = {"cell": "cell", "hidden_size": "hidden_size", "num_layers": "num_layers",
+               "embed_size": "embed_size", "dropout": "dropout", "head": "head",
+               "num_mixtures": "num_mixtures"}
+TRAIN_FLAGS = {"batch_size": "batch_size", "seq_len": "seq_len", "steps": "steps",
+               "max_time": "max_time", "lr": "learning_rate", "warmup": "warmup_steps",
+               "weight_decay": "weight_decay", "clip_norm": "clip_norm", "eval_every": "eval_every",
+               "val_fraction": "val_fraction", "teacher_forcing": "teacher_forcing",
+               "teacher_forcing_schedule": "teacher_forcing_schedule", "batching": "batching",
+               "seed": "seed", "steps_per_call": "steps_per_call"}
+# Defaults that only the command line has. The argument-free run trains on python-stdlib.
+DEFAULT_DATA = "python-stdlib"
 # With neither --steps nor --max-time, a run lasts this many seconds.
 DEFAULT_MAX_TIME = 180.0
 # Characters of the sample printed at the end of `seqmodel train`.
@@ -64,6 +51,31 @@ EXIT_FAILURE = 1
 
 # Flags of `train` that --resume may change; every other explicit flag must match the checkpoint.
 RESUMABLE_OVERRIDES = ("steps", "max_time", "eval_every", "steps_per_call")
+
+
+@functools.cache
+def train_defaults() -> dict[str, Any]:
+    """The default of every ``seqmodel train`` flag, by flag name: the defaults of the
+    :class:`~seqmodel.ModelConfig` / :class:`~seqmodel.TrainConfig` fields that the flags set
+    (the one source of defaults), the tokenizer of :func:`seqmodel.data.load_dataset`, and the
+    defaults that only the CLI has (``data``; ``head`` None: the dataset picks it).
+
+    Example: ``train_defaults()["hidden_size"] == ModelConfig().hidden_size``.
+    """
+    from seqmodel.data import load_dataset
+    from seqmodel.model import ModelConfig
+    from seqmodel.train import TrainConfig
+
+    def field_defaults(config_class) -> dict[str, Any]:
+        return {field.name: field.default for field in dataclasses.fields(config_class)}
+
+    model_fields, train_fields = field_defaults(ModelConfig), field_defaults(TrainConfig)
+    defaults = {flag: model_fields[field] for flag, field in MODEL_FLAGS.items()}
+    defaults.update({flag: train_fields[field] for flag, field in TRAIN_FLAGS.items()})
+    defaults.update(
+        data=DEFAULT_DATA, head=None,
+        tokenizer=inspect.signature(load_dataset).parameters["tokenizer"].default)
+    return defaults
 
 
 class UsageError(Exception):
@@ -124,15 +136,15 @@ def _dropout(text: str) -> float:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``seqmodel train``; their defaults are None so that explicit flags can be told
-    apart (see :data:`TRAIN_DEFAULTS` for the values used when a flag is absent)."""
+    apart (see :func:`train_defaults` for the values used when a flag is absent)."""
     from seqmodel.cells import CELLS
     from seqmodel.data import BATCHINGS, TOKENIZERS
     from seqmodel.heads import HEADS
     from seqmodel.train import TEACHER_FORCING_SCHEDULES
 
-    d = TRAIN_DEFAULTS
+    d = train_defaults()
     add = parser.add_argument
-    add("--data", metavar="SOURCE", help=f"text file, .csv/.npy file or built-in: python-stdlib "
+    add("--data", metavar="SOURCE", help=f"text file, .csv/.npy file or built-in: {d['data']} "
         f"(default), tinyshakespeare, sine, bimodal, binary-patterns")
     add("--out", metavar="DIR", help="run folder for checkpoints, metrics.jsonl and loss.png "
         "(default: runs/<data name>, numbered when it exists)")
@@ -168,15 +180,19 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--val-fraction", type=_fraction, metavar="F", help="last fraction of the data kept for "
         f"validation (default {d['val_fraction']})")
     add("--teacher-forcing", type=probability, metavar="P", help="probability of feeding the truth "
-        "(the floor of a decaying schedule); 1.0 is plain teacher forcing (default)")
+        "(the floor of a decaying schedule); 1.0 is plain teacher forcing (default "
+        f"{d['teacher_forcing']})")
     add("--teacher-forcing-schedule", choices=TEACHER_FORCING_SCHEDULES,
-        help="scheduled sampling (Bengio et al. 2015): constant (default), linear, inverse-sigmoid")
-    add("--batching", choices=BATCHINGS, help="lanes: contiguous lanes, carry passed on (default); "
-        "random: random windows from a zero carry")
+        help="scheduled sampling (Bengio et al. 2015): constant, linear, inverse-sigmoid "
+             f"(default {d['teacher_forcing_schedule']})")
+    add("--batching", choices=BATCHINGS, help="lanes: contiguous lanes, carry passed on; "
+        f"random: random windows from a zero carry (default {d['batching']})")
     add("--seed", type=int, metavar="N", help=f"default {d['seed']}")
     add("--missing", choices=("reject", "mask"), help="real values: empty or NaN cells are an "
         "error naming their line and column (reject, default) or stay out of the loss (mask)")
     add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add("--tensorboard", action="store_true", help="also write TensorBoard event files to "
+        "<run folder>/tensorboard (needs tensorboardX: pip install 'seqmodel[tensorboard]')")
     # Data parallelism and several processes: seqmodel.distributed, docs/distributed.md.
     add("--devices", type=positive_int, metavar="N", help="devices per process to split each batch "
         "over (default: all accelerators; on a CPU-only machine one virtual CPU device per core, "
@@ -207,7 +223,7 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     add("--greedy", action="store_true", help="always take the most likely token")
     add("--stop", metavar="TEXT", help="end each continuation after the first TEXT")
     add("--seed", type=int, default=0, metavar="N", help="same seed, same text (default 0)")
-    # Real-valued models (seqmodel.forecast.cli_sample): context from --prompt-file (.csv/.npy).
+    # Real-valued models (_sample_real_valued): context from --prompt-file (.csv/.npy).
     add("--out", metavar="PATH", help="real values: write sample paths (S, H, d) to this .npy")
     add("--quantiles", metavar="Q1,Q2,...", help="real values: write these quantiles instead")
     add("--plot", metavar="PNG", help="real values: fan chart of the first context")
@@ -219,15 +235,15 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--data", metavar="SOURCE", help="data to evaluate (default: the training data's "
         "validation part)")
     add("--json", action="store_true", help='print {"val_loss": ..., "bpc": ...} as one JSON line')
-    # Real-valued models: the exposure-bias report (seqmodel.forecast.cli_eval).
+    # Real-valued models: the exposure-bias report (_eval_real_valued).
     add("--horizon", type=positive_int, metavar="H", help="real values: free-running steps "
-        "scored per start point (default 20)")
+        f"scored per start point (default {EVAL_HORIZON})")
     add("--num-samples", type=positive_int, metavar="S", help="real values: sample paths per "
-        "start point (default 100)")
+        f"start point (default {_report_default('num_samples')})")
     add("--num-starts", type=positive_int, metavar="N", help="real values: start points "
-        "(default 64)")
+        f"(default {_report_default('num_starts')})")
     add("--min-context", type=positive_int, metavar="N", help="real values: shortest context")
-    add("--seed", type=int, metavar="N", help="real values: sampling seed (default 0)")
+    add("--seed", type=int, metavar="N", help=f"real values: sampling seed (default {EVAL_SEED})")
     add("--plot", metavar="PNG", help="real values: error against horizon chart")
 
 
@@ -274,17 +290,6 @@ def _holds_run(folder: pathlib.Path) -> bool:
     return any((folder / kind).is_dir() and any((folder / kind).iterdir()) for kind in ("latest", "best"))
 
 
-MODEL_FLAGS = {"cell": "cell", "hidden_size": "hidden_size", "num_layers": "num_layers",
-               "embed_size": "embed_size", "dropout": "dropout", "head": "head",
-               "num_mixtures": "num_mixtures"}
-TRAIN_FLAGS = {"batch_size": "batch_size", "seq_len": "seq_len", "steps": "steps",
-               "max_time": "max_time", "lr": "learning_rate", "warmup": "warmup_steps",
-               "weight_decay": "weight_decay", "clip_norm": "clip_norm", "eval_every": "eval_every",
-               "val_fraction": "val_fraction", "teacher_forcing": "teacher_forcing",
-               "teacher_forcing_schedule": "teacher_forcing_schedule", "batching": "batching",
-               "seed": "seed", "steps_per_call": "steps_per_call"}
-
-
 def _flag(name: str) -> str:
     return "--" + {"lr": "lr"}.get(name, name).replace("_", "-")
 
@@ -321,12 +326,14 @@ def _resolve_resume(args, out: pathlib.Path):
 
 
 def _train_configs(args, dataset):
+    """``(ModelConfig, TrainConfig)`` of a new run: the fields the data fixes, the explicit
+    flags, and the dataclasses' own defaults for everything else."""
     from seqmodel.model import ModelConfig
     from seqmodel.train import TrainConfig
 
-    def value(flag):
-        given = getattr(args, flag)
-        return TRAIN_DEFAULTS[flag] if given is None else given
+    def given(flags: dict[str, str], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {field: getattr(args, flag) for flag, field in flags.items()
+                if flag not in skip and getattr(args, flag) is not None}
 
     fields = dict(dataset.model_fields())
     if args.head is not None:
@@ -335,24 +342,11 @@ def _train_configs(args, dataset):
         fields["head"] = args.head
     elif "head" not in fields and getattr(dataset, "default_head", None):
         fields["head"] = dataset.default_head
-    model_config = ModelConfig(
-        **fields, cell=value("cell"), hidden_size=value("hidden_size"),
-        num_layers=value("num_layers"), embed_size=value("embed_size"), dropout=value("dropout"),
-        num_mixtures=value("num_mixtures"),
-    )
-    steps, max_time = args.steps, args.max_time
-    if steps is None and max_time is None:
-        max_time = DEFAULT_MAX_TIME
-    train_config = TrainConfig(
-        batch_size=value("batch_size"), seq_len=value("seq_len"), steps=steps, max_time=max_time,
-        learning_rate=value("lr"), warmup_steps=value("warmup"),
-        weight_decay=value("weight_decay"), clip_norm=value("clip_norm"),
-        eval_every=value("eval_every"), val_fraction=value("val_fraction"),
-        teacher_forcing=value("teacher_forcing"),
-        teacher_forcing_schedule=value("teacher_forcing_schedule"), batching=value("batching"),
-        seed=value("seed"), steps_per_call=value("steps_per_call"),
-    )
-    return model_config, train_config
+    model_config = ModelConfig(**fields, **given(MODEL_FLAGS, skip=("head",)))
+    train_values = given(TRAIN_FLAGS)
+    if args.steps is None and args.max_time is None:
+        train_values["max_time"] = DEFAULT_MAX_TIME
+    return model_config, TrainConfig(**train_values)
 
 
 def _text_sample(model, tokenizer, *, key, steps: int, prompt: str, temperature: float = 1.0,
@@ -395,46 +389,118 @@ def _planned_batch_size(args) -> int | None:
     if args.batch_size is not None:
         return args.batch_size
     if not args.resume:
-        return TRAIN_DEFAULTS["batch_size"]
+        return train_defaults()["batch_size"]
     from seqmodel import checkpoint
 
     out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / (
-        args.data or TRAIN_DEFAULTS["data"])
+        args.data or DEFAULT_DATA)
     try:
         return checkpoint.peek_metadata(out, prefer="latest")["train_config"]["batch_size"]
     except (checkpoint.CheckpointError, KeyError, OSError, ValueError):
         return None  # _resolve_resume reports a missing or unreadable checkpoint
 
 
-def cmd_train(args) -> int:
+def parallel_from_flags(args, *, batch_size: int | None = None):
+    """The :class:`~seqmodel.distributed.DataParallel` that the flags of ``seqmodel train`` ask
+    for (``--devices``, ``--coordinator``, ``--num-processes``, ``--process-id``), set up in the
+    required order by :func:`seqmodel.distributed.from_flags`; ``batch_size`` is the run's batch
+    (for the default device count). Call it before any JAX computation."""
     from seqmodel import distributed
 
+    if args.coordinator is not None and not args.out:
+        # Each process would pick its own numbered default folder (runs/NAME-2, ...).
+        raise distributed.DistributedError(
+            "--coordinator needs --out: every process must name the same run folder (on a file "
+            "system that all hosts share)")
+    return distributed.from_flags(devices=args.devices, coordinator=args.coordinator,
+                                  num_processes=args.num_processes, process_id=args.process_id,
+                                  batch_size=batch_size)
+
+
+def stop_after_failure(error: BaseException, parallel) -> None:
+    """In a run of several processes, end this process at once after a failed collective (another
+    process died) or Ctrl-C: one line on stderr, exit status 1 (130 for Ctrl-C). Returns (for the
+    caller to re-raise) in a single-process run and for errors that are not about other
+    processes.
+
+    Exiting with ``os._exit`` skips JAX's shutdown barrier, which would otherwise wait for the dead
+    process until the heartbeat timeout and then abort with a C++ stack trace.
+
+    Example::
+
+        try:
+            fit(model, dataset, config, parallel=parallel)
+        except Exception as error:
+            stop_after_failure(error, parallel)
+            raise
+    """
+    if parallel.num_processes <= 1:
+        return
+    import jax
+
+    from seqmodel.distributed import is_peer_failure
+
+    if isinstance(error, KeyboardInterrupt):
+        # Leaving at once closes this process's connections, so the others stop too (instead of
+        # waiting in JAX's shutdown barrier while they wait for this process in a collective).
+        print(f"seqmodel train: process {jax.process_index()} interrupted; the checkpoints in "
+              f"--out are the last complete ones; restart every process with --resume",
+              file=sys.stderr, flush=True)
+        os._exit(130)
+    if not is_peer_failure(error):
+        return
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"seqmodel train: process {jax.process_index()} of {parallel.num_processes} stops: "
+          f"another process of the run failed or was stopped ({first_line}). The checkpoints "
+          f"in --out are the last complete ones; restart every process with --resume",
+          file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def _metric_writers(args, out: pathlib.Path, *, resumed_step: int | None) -> list:
+    """The writers that ``seqmodel train`` adds to ``metrics.jsonl``: ``--tensorboard``."""
+    if not args.tensorboard:
+        return []
+    from seqmodel.metrics import TensorBoardWriter
+
+    try:
+        # A resumed run drops what the interrupted one logged past its checkpoint.
+        return [TensorBoardWriter(out / "tensorboard", purge_step=None if resumed_step is None
+                                  else resumed_step + 1)]
+    except ImportError as error:
+        raise UsageError(f"--tensorboard: {error}") from None
+
+
+def cmd_train(args) -> int:
     # Before any JAX computation: virtual CPU devices and jax.distributed must come first.
-    parallel = distributed.from_train_flags(args, batch_size=_planned_batch_size(args))
+    parallel = parallel_from_flags(args, batch_size=_planned_batch_size(args))
     import jax
     from flax import nnx
 
     from seqmodel.data import load_dataset
+    from seqmodel.fit import TrainingError, fit
     from seqmodel.model import SequenceModel
-    from seqmodel.train import TrainConfig, TrainingError, fit
+    from seqmodel.train import TrainConfig
 
     started = time.perf_counter()
     out = pathlib.Path(args.out) if args.out else None
     data_metadata = None
     if args.resume:
-        out = out or pathlib.Path("runs") / (args.data or TRAIN_DEFAULTS["data"])
+        out = out or pathlib.Path("runs") / (args.data or DEFAULT_DATA)
         model_values, train_values, source, checkpoint_metadata = _resolve_resume(args, out)
         data_metadata = checkpoint_metadata["data"]
     else:
-        source = args.data or TRAIN_DEFAULTS["data"]
+        source = args.data or DEFAULT_DATA
         if out is None:
             out = _default_out(source)
         elif _holds_run(out):
             raise UsageError(f"--out {str(out)!r} already holds a run; pass --resume to continue "
                              f"it, or choose another --out")
+    writers = _metric_writers(args, out, resumed_step=checkpoint_metadata["step"]
+                              if args.resume else None)
     val_fraction = args.val_fraction if args.val_fraction is not None else (
-        train_values["val_fraction"] if args.resume else TRAIN_DEFAULTS["val_fraction"])
-    tokenizer = args.tokenizer or TRAIN_DEFAULTS["tokenizer"]
+        train_values["val_fraction"] if args.resume else train_defaults()["val_fraction"])
+    tokenizer = args.tokenizer or train_defaults()["tokenizer"]
     dataset = load_dataset(source, val_fraction=val_fraction, tokenizer=tokenizer,
                            metadata=data_metadata,
                            **({"missing": args.missing} if args.missing else {}))
@@ -468,7 +534,7 @@ def cmd_train(args) -> int:
                f"{parallel.describe()}; run folder {out}")
     try:
         result = fit(model, dataset, train_config, out_dir=out, resume=args.resume,
-                     progress=not args.no_progress,
+                     progress=not args.no_progress, writers=writers,
                      run_metadata={"source": source}, parallel=parallel)
     except TrainingError as error:
         print(f"seqmodel train: {error}", file=sys.stderr)
@@ -476,7 +542,7 @@ def cmd_train(args) -> int:
     except (Exception, KeyboardInterrupt) as error:
         # Several processes: another one died (JAX raises JaxRuntimeError or ValueError), or
         # Ctrl-C: one line, and this process ends at once so that the others stop too.
-        distributed.stop_after_failure(error, parallel)
+        stop_after_failure(error, parallel)
         raise
     summary: dict[str, Any] = {
         "steps": result.steps,
@@ -546,9 +612,7 @@ def cmd_sample(args) -> int:
     model, metadata = _load(args.checkpoint)
     data = metadata.get("data", {})
     if data.get("kind", "text") != "text":
-        from seqmodel.forecast import cli_sample
-
-        return cli_sample(args, model, metadata)
+        return _sample_real_valued(args, model, metadata)
     for flag in ("out", "quantiles", "plot"):
         if getattr(args, flag) is not None:
             raise UsageError(f"seqmodel sample: --{flag} applies to real-valued models only")
@@ -585,9 +649,7 @@ def cmd_eval(args) -> int:
     model, metadata = _load(args.checkpoint)
     data = metadata.get("data", {})
     if data.get("kind", "text") != "text":
-        from seqmodel.forecast import cli_eval
-
-        return cli_eval(args, model, metadata)
+        return _eval_real_valued(args, model, metadata)
     train_config = TrainConfig.from_dict(metadata.get("train_config", {}))
     source = args.data or data.get("name") or metadata.get("source")
     dataset = load_dataset(source, val_fraction=train_config.val_fraction, metadata=data)
@@ -619,6 +681,156 @@ def cmd_eval(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------
+# sample / eval of real-valued checkpoints (seqmodel.forecast)
+# ---------------------------------------------------------------------------------------------
+
+# `seqmodel eval` of a real-valued model: the defaults that only the command line has.
+EVAL_HORIZON = 20
+EVAL_SEED = 0
+
+
+def _report_default(name: str):
+    """The default of an argument of :func:`seqmodel.forecast.exposure_bias_report`."""
+    from seqmodel.forecast import exposure_bias_report
+
+    return inspect.signature(exposure_bias_report).parameters[name].default
+
+
+def parse_quantiles(text: str) -> tuple[float, ...]:
+    """``"0.1,0.5,0.9"`` -> ``(0.1, 0.5, 0.9)``, with a clear error for anything else."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--quantiles {text!r} is not a comma-separated list of numbers") from None
+    if not values or any(not 0.0 <= q <= 1.0 for q in values):
+        raise ValueError(f"--quantiles {text!r}: give numbers in [0, 1], e.g. 0.1,0.5,0.9")
+    return values
+
+
+def _load_contexts(path: str, normalizer):
+    """Contexts for ``seqmodel sample --prompt-file``: a CSV or ``.npy`` file read like training
+    data (a ``sequence_id`` column or an ``(n, t, d)`` array gives several contexts).
+
+    Returns ``(contexts (n, p, d) right-padded, lengths (n,))`` in original units."""
+    import numpy as np
+
+    from seqmodel.data.numeric import load_sequences
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--prompt-file {os.fspath(path)!r}: no such file")
+    table = load_sequences(path)
+    if table.num_features != normalizer.num_features:
+        raise ValueError(
+            f"--prompt-file {os.fspath(path)!r} has {table.num_features} numeric column(s) "
+            f"({', '.join(table.columns)}), but the model was trained on "
+            f"{normalizer.num_features} feature(s)"
+        )
+    lengths = np.array([len(s) for s in table.sequences])
+    if lengths.min() < 1:
+        raise ValueError(f"--prompt-file {os.fspath(path)!r} holds an empty context")
+    contexts = np.zeros((len(lengths), lengths.max(), normalizer.num_features), np.float32)
+    for row, sequence in enumerate(table.sequences):
+        contexts[row, : len(sequence)] = sequence
+    return contexts, lengths
+
+
+def _sample_real_valued(args, model, metadata: dict) -> int:
+    """``seqmodel sample`` for a real-valued checkpoint: sample paths ``(S, H, d)`` per context
+    (``(n, S, H, d)`` for ``n`` contexts) in original units to ``--out`` (``.npy``), or their
+    ``--quantiles`` ``(Q, H, d)``; ``--plot`` draws the fan chart of the first context.
+    Without ``--out`` it prints the quantiles of the first context as CSV."""
+    import jax
+    import numpy as np
+
+    from seqmodel.data.numeric import Normalizer
+    from seqmodel.forecast import forecast, plot_fan, sample_quantiles
+
+    if args.prompt is not None:
+        raise ValueError("--prompt is for text models; a real-valued model continues "
+                         "--prompt-file context.csv (or .npy)")
+    if args.prompt_file is None:
+        raise ValueError("a real-valued model needs a context to continue: --prompt-file "
+                         "context.csv (rows = time steps, columns = features) or .npy")
+    for flag in ("top_k", "top_p", "stop"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to text models only; "
+                             "real-valued sampling takes --temperature (or --greedy)")
+    normalizer = Normalizer.from_dict(metadata["data"]["normalizer"])
+    contexts, lengths = _load_contexts(args.prompt_file, normalizer)
+    quantiles = parse_quantiles(args.quantiles) if args.quantiles else None
+    temperature = 0.0 if args.greedy else args.temperature
+    paths = forecast(model, normalizer, contexts, key=jax.random.key(args.seed),
+                     horizon=args.steps, num_samples=args.num_samples,
+                     context_lengths=lengths, temperature=temperature)  # (n, S, H, d)
+    result = paths if quantiles is None else np.moveaxis(
+        sample_quantiles(paths, quantiles, axis=1), 0, 1)  # (n, Q, H, d)
+    if len(contexts) == 1:
+        result = result[0]
+    if args.plot:
+        plot_fan(contexts[0, : lengths[0]], paths[0], args.plot,
+                 feature_names=metadata["data"].get("columns"))
+    if args.out:
+        np.save(args.out, result.astype(np.float32))
+        what = "quantiles " + ",".join(f"{q:g}" for q in quantiles) if quantiles else "sample paths"
+        print(f"wrote {what} {tuple(result.shape)} in original units to {args.out}"
+              + (f"; fan chart {args.plot}" if args.plot else ""), file=sys.stderr)
+        return 0
+    shown = quantiles or (0.1, 0.5, 0.9)
+    table = sample_quantiles(paths[0], shown, axis=0)  # (Q, H, d)
+    columns = metadata["data"].get("columns") or [f"feature {i}" for i in range(paths.shape[-1])]
+    print(",".join(["step"] + [f"{name} q{q:g}" for name in columns for q in shown]))
+    for step in range(table.shape[1]):
+        cells = [f"{table[q, step, f]:.6g}" for f in range(table.shape[2]) for q in range(len(shown))]
+        print(",".join([str(step + 1)] + cells))
+    return 0
+
+
+def _eval_real_valued(args, model, metadata: dict) -> int:
+    """``seqmodel eval`` for a real-valued checkpoint: the exposure-bias report on the validation
+    part of ``--data`` (default: the training data), as text or one ``--json`` line, and
+    ``--plot`` its chart."""
+    import jax
+
+    from seqmodel.data.numeric import load_numeric_dataset
+    from seqmodel.forecast import exposure_bias_report, plot_report
+
+    data = metadata["data"]
+    val_fraction = metadata.get("train_config", {}).get("val_fraction", data.get("val_fraction", 0.1))
+    source = args.data or data.get("name") or metadata.get("source")
+    dataset = load_numeric_dataset(source, val_fraction=val_fraction, metadata=data)
+    if dataset.input_size != model.config.input_size:
+        raise ValueError(f"--data {source!r} has {dataset.input_size} feature(s) but the "
+                         f"checkpoint's model expects {model.config.input_size}")
+    if not dataset.val_sequences:
+        raise ValueError(f"--data {source!r} has no validation part (val_fraction "
+                         f"{val_fraction}); nothing to evaluate")
+    horizon = EVAL_HORIZON if args.horizon is None else args.horizon
+    options = {name: getattr(args, name) for name in ("num_samples", "num_starts", "min_context")
+               if getattr(args, name) is not None}
+    report = exposure_bias_report(
+        model, dataset.val_sequences, dataset.normalizer,
+        key=jax.random.key(EVAL_SEED if args.seed is None else args.seed), horizon=horizon,
+        **options)
+    report = {"val_loss": report["nll"], **report, "data": source}
+    if args.plot:
+        plot_report(report, args.plot, title=f"{source}: exposure-bias report")
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"{source}: teacher-forced NLL {report['nll']:.4f} nats per step (normalised units; "
+          f"{report['nll_original_units']:.4f} in original units); {report['num_starts']} starts "
+          f"x {report['num_samples']} sample paths")
+    print(f"{'horizon':>8} {'MAE':>10} {'CRPS':>10} {'teacher':>10} {'persist.':>10}")
+    shown = sorted({h for h in (1, 2, 5, 10, 20, 50, 100, 200, horizon) if h <= horizon})
+    for h in shown:
+        print(f"{h:>8} {report['mae'][h - 1]:>10.4f} {report['crps'][h - 1]:>10.4f} "
+              f"{report['teacher_forced_mae'][h - 1]:>10.4f} {report['persistence_mae'][h - 1]:>10.4f}")
+    print("MAE: free running, median of the paths; teacher: one-step MAE fed the truth; "
+          "persist.: last value repeated" + (f"; chart {args.plot}" if args.plot else ""))
+    return 0
+
+
 def cmd_bench(args) -> int:
     """Run the speed suite (``python -m benchmarks.bench_speed``) of the source checkout that holds
     this package, in a process of its own, with the user's working directory (for ``--json``)."""
@@ -642,8 +854,8 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "bench":
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``seqmodel`` console script; returns the exit status."""
-    from seqmodel.checkpoint import CheckpointError
     from seqmodel.data import DataError
+    from seqmodel.errors import CheckpointError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()

@@ -15,6 +15,10 @@ every process takes part in a checkpoint save, in which orbax lets process 0 wri
 Virtual CPU devices (for tests and benchmarks on a machine without accelerators) must be asked for
 before JAX starts its backend: :func:`request_cpu_devices` (``seqmodel train --devices N`` does it).
 
+This module knows meshes, placement and the compiled train step's shardings; the loop that runs
+the step is :func:`seqmodel.fit.fit`, and the command-line side (flags, messages, exit codes) is
+:mod:`seqmodel.cli`.
+
 Example::
 
     from seqmodel import distributed
@@ -29,6 +33,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import os
@@ -38,6 +43,8 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from seqmodel import train
 
 DATA_AXIS = "data"
 
@@ -94,7 +101,7 @@ def request_cpu_devices(count: int) -> None:
 
 
 # Rows each device keeps at least when the default splits a batch over the cores. Measured on 2
-# cores (issue 6): 16 rows a device (batch 32) trained up to 1.6x faster than one device, 8 rows a
+# cores: 16 rows a device (batch 32) trained up to 1.6x faster than one device, 8 rows a
 # device (batch 16, the training default) on par with it; fewer rows leave too little work per step.
 MIN_ROWS_PER_CPU_DEVICE = 8
 # At most this many by default: only 2 cores were measured, and every step's all-reduce waits for
@@ -313,10 +320,8 @@ class DataParallel:
     def state_shardings(self):
         """Shardings of a :class:`~seqmodel.train.TrainState` (a prefix tree): the carry split
         by rows, everything else replicated."""
-        from seqmodel.train import TrainState
-
         replicated = self.replicated
-        return TrainState(step=replicated, params=replicated, model_state=replicated,
+        return train.TrainState(step=replicated, params=replicated, model_state=replicated,
                           opt_state=replicated, carry=self.rows, key=replicated,
                           horizon=replicated)
 
@@ -417,17 +422,6 @@ class DataParallel:
 
         return jax.tree.map(local, tree)
 
-    # -- stopping ------------------------------------------------------------------------------
-
-    def stop_request(self):
-        """The context manager behind Ctrl-C in :func:`seqmodel.train.fit`: in one process, the
-        first Ctrl-C stops after the current step and saves; across processes each would stop
-        after its own step and the others would wait in a collective, so Ctrl-C interrupts at
-        once (``KeyboardInterrupt``) and the run resumes from its last checkpoint."""
-        from seqmodel.train import _StopRequest
-
-        return _StopRequest() if self.num_processes == 1 else _NoStopRequest()
-
     # -- the train step ------------------------------------------------------------------------
 
     def train_step(self, graphdef, config, *, stacked: bool = False):
@@ -436,10 +430,7 @@ class DataParallel:
         ``stacked=True`` :func:`seqmodel.train.make_multi_step` instead, K steps over stacked
         batches ``(K, b, ...)`` (:meth:`shard_batch` with ``stacked=True``; one compile per K).
         Shared by every run with the same model graph, optimizer settings and mesh."""
-        from seqmodel.train import _STEP_NEUTRAL
-
-        return _cached_train_step(graphdef, dataclasses.replace(config, **_STEP_NEUTRAL), self,
-                                  stacked)
+        return _cached_train_step(graphdef, train.step_neutral_config(config), self, stacked)
 
 
 @functools.lru_cache(maxsize=64)
@@ -449,28 +440,13 @@ def _local_rows(parallel: DataParallel, batch_size: int) -> slice:
 
 @functools.lru_cache(maxsize=8)
 def _cached_train_step(graphdef, config, parallel: DataParallel, stacked: bool):
-    from seqmodel.train import make_multi_step, make_optimizer, make_train_step
-
-    tx = make_optimizer(config)
+    tx = train.make_optimizer(config)
     states = parallel.state_shardings()
-    make, batch_sharding = ((make_multi_step, parallel.stacked_rows) if stacked
-                            else (make_train_step, parallel.rows))
+    make, batch_sharding = ((train.make_multi_step, parallel.stacked_rows) if stacked
+                            else (train.make_train_step, parallel.rows))
     step = make(graphdef, tx, config, in_shardings=(states, batch_sharding),
                 out_shardings=(states, parallel.replicated))
     return tx, step
-
-
-class _NoStopRequest:
-    """Leaves SIGINT alone (Ctrl-C raises KeyboardInterrupt); ``requested`` is set by a callback."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 class LocalBatches:
@@ -493,23 +469,57 @@ class LocalBatches:
         to ``(count, b, ...)`` leaves (the input of :func:`seqmodel.train.make_multi_step`)
         when they all have one shape, else each on its own (``count`` batches of one step; e.g.
         padded sequence sets bucketed by length)."""
-        from seqmodel.train import batch_shapes, stack_batches
-
         batches = [next(self.batches) for _ in range(count)]
-        if count == 1 or len({batch_shapes(batch) for batch in batches}) > 1:
+        if count == 1 or len({train.batch_shapes(batch) for batch in batches}) > 1:
             return [(self.parallel.shard_batch(batch), 1) for batch in batches]
-        return [(self.parallel.shard_batch(stack_batches(batches), stacked=True), count)]
+        return [(self.parallel.shard_batch(train.stack_batches(batches), stacked=True), count)]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.batches, name)
 
 
-def resolve(parallel: DataParallel | None, batch_size: int | None = None) -> DataParallel:
-    """``parallel``, or when None as many of this process's devices as split ``batch_size``
-    evenly (all of them when it divides, down to one), so that a plain ``fit`` call never fails
-    on a batch size that does not match the machine's device count."""
-    if parallel is not None:
-        return parallel
+# How many dispatched train calls (of one or several steps) may be unfinished at once. XLA:CPU's
+# PjRt client queues up to 32 executions per device; one more blocks the dispatching task on a
+# thread of the client's pool, which has one thread per core. With several CPU devices and an
+# all-reduce in the step, two such blocked threads leave none to start one device's half of a
+# step, whose other half waits in the all-reduce forever (XLA aborts after 40 s; seen in ~1 of 3
+# tight loops of 400 steps on 2 cores, diagnosed with gdb). A few calls of lead keep the devices
+# busy just as well.
+MAX_CALLS_IN_FLIGHT = 8
+
+
+class CallsInFlight:
+    """Keeps asynchronous dispatch at most ``limit`` calls ahead: :meth:`add` each call's outputs
+    (e.g. its metrics) right after dispatching it; it waits for the outputs of the call
+    dispatched ``limit`` calls earlier. Any loop over a multi-device step needs it (see
+    :data:`MAX_CALLS_IN_FLIGHT`); :func:`seqmodel.fit.fit` uses it.
+
+    Example::
+
+        in_flight = CallsInFlight()
+        for batch in batches:
+            state, metrics = train_step(state, batch)
+            in_flight.add(metrics)
+    """
+
+    def __init__(self, limit: int = MAX_CALLS_IN_FLIGHT):
+        self.limit = limit
+        self.outputs: collections.deque = collections.deque()
+
+    def add(self, outputs) -> None:
+        self.outputs.append(outputs)
+        if len(self.outputs) > self.limit:
+            # In a steady run this call is long done: the wait costs nothing.
+            jax.block_until_ready(self.outputs.popleft())
+
+
+def default_parallel(batch_size: int | None = None) -> DataParallel:
+    """As many of this process's devices as split ``batch_size`` evenly (all of them when it
+    divides, down to one): what :func:`seqmodel.fit.fit` uses without ``parallel=``, so that a
+    plain ``fit`` call never fails on a batch size that does not match the device count.
+
+    Example: on a machine with 4 devices ``default_parallel(6).num_devices == 2``.
+    """
     devices = jax.local_device_count()
     while batch_size is not None and batch_size % devices:
         devices -= 1
@@ -549,20 +559,6 @@ def from_flags(*, devices: int | None = None, coordinator: str | None = None,
     return DataParallel.create(devices)
 
 
-def from_train_flags(args, *, batch_size: int | None = None) -> DataParallel:
-    """:func:`from_flags` for the parsed flags of ``seqmodel train`` (``args.devices``,
-    ``args.coordinator``, ``args.num_processes``, ``args.process_id``, ``args.out``);
-    ``batch_size`` is the run's batch (for the default device count)."""
-    coordinator = getattr(args, "coordinator", None)
-    if coordinator is not None and not getattr(args, "out", None):
-        # Each process would pick its own numbered default folder (runs/NAME-2, ...).
-        raise DistributedError("--coordinator needs --out: every process must name the same run "
-                               "folder (on a file system that all hosts share)")
-    return from_flags(devices=getattr(args, "devices", None), coordinator=coordinator,
-                      num_processes=getattr(args, "num_processes", None),
-                      process_id=getattr(args, "process_id", None), batch_size=batch_size)
-
-
 # Words of the errors that JAX, gloo and NCCL raise when another process of the run is gone.
 _PEER_FAILURE_WORDS = ("gloo", "nccl", "connection", "coordination service", "heartbeat",
                        "barrier", "unavailable", "peer", "socket")
@@ -574,40 +570,3 @@ def is_peer_failure(error: BaseException) -> bool:
     text = str(error).lower()
     return (isinstance(error, jax.errors.JaxRuntimeError)
             or any(word in text for word in _PEER_FAILURE_WORDS))
-
-
-def stop_after_failure(error: BaseException, parallel: DataParallel) -> None:
-    """In a run of several processes, end this process at once after a failed collective (another
-    process died): one line on stderr, exit status 1. Returns (for the caller to re-raise) in a
-    single-process run and for errors that are not about other processes.
-
-    Exiting with ``os._exit`` skips JAX's shutdown barrier, which would otherwise wait for the dead
-    process until the heartbeat timeout and then abort with a C++ stack trace.
-
-    Example::
-
-        try:
-            fit(model, dataset, config, parallel=parallel)
-        except Exception as error:
-            stop_after_failure(error, parallel)
-            raise
-    """
-    if parallel.num_processes <= 1:
-        return
-    import sys
-
-    if isinstance(error, KeyboardInterrupt):
-        # Leaving at once closes this process's connections, so the others stop too (instead of
-        # waiting in JAX's shutdown barrier while they wait for this process in a collective).
-        print(f"seqmodel train: process {jax.process_index()} interrupted; the checkpoints in "
-              f"--out are the last complete ones; restart every process with --resume",
-              file=sys.stderr, flush=True)
-        os._exit(130)
-    if not is_peer_failure(error):
-        return
-    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-    print(f"seqmodel train: process {jax.process_index()} of {parallel.num_processes} stops: "
-          f"another process of the run failed or was stopped ({first_line}). The checkpoints "
-          f"in --out are the last complete ones; restart every process with --resume",
-          file=sys.stderr, flush=True)
-    os._exit(1)

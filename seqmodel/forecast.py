@@ -14,9 +14,9 @@ Errors are in original units (the :class:`~seqmodel.data.numeric.Normalizer` is 
 
 Pure metric functions (numpy): :func:`crps_from_samples`, :func:`sample_quantiles`,
 :func:`horizon_mean`. Model functions: :func:`sample_paths`, :func:`forecast`,
-:func:`teacher_forced_outputs`, :func:`exposure_bias_report`. Plots: :func:`plot_fan`,
-:func:`plot_report`. Command line (called by :mod:`seqmodel.cli` for real-valued checkpoints):
-:func:`cli_sample`, :func:`cli_eval`, :func:`load_contexts`.
+:func:`teacher_forced_outputs`, :func:`exposure_bias_report`. Plots (matplotlib's object API):
+:func:`plot_fan`, :func:`plot_report`. ``seqmodel sample`` / ``seqmodel eval`` of a real-valued
+checkpoint (:mod:`seqmodel.cli`) call these.
 
 Example::
 
@@ -29,10 +29,8 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import sys
 from typing import Sequence
 
 import jax
@@ -125,17 +123,6 @@ def horizon_mean(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
     return (values * mask).sum(0) / np.maximum(mask.sum(0), 1.0)
 
 
-def parse_quantiles(text: str) -> tuple[float, ...]:
-    """``"0.1,0.5,0.9"`` -> ``(0.1, 0.5, 0.9)``, with a clear error for anything else."""
-    try:
-        values = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"--quantiles {text!r} is not a comma-separated list of numbers") from None
-    if not values or any(not 0.0 <= q <= 1.0 for q in values):
-        raise ValueError(f"--quantiles {text!r}: give numbers in [0, 1], e.g. 0.1,0.5,0.9")
-    return values
-
-
 # ---------------------------------------------------------------------------------------------
 # Sample paths
 # ---------------------------------------------------------------------------------------------
@@ -155,7 +142,8 @@ def sample_paths(model, context: Array, *, key: Array, horizon: int, num_samples
     """Free-running sample paths in the model's (normalised) units.
 
     Args:
-      model: a real-valued :class:`seqmodel.SequenceModel` (put it in eval mode first).
+      model: a real-valued :class:`seqmodel.SequenceModel` (sampled in eval mode; the caller's
+        model keeps its mode).
       context: ``(b, p, d)`` right-padded contexts (prompts).
       key: PRNG key; the same key gives the same paths.
       horizon: ``H`` steps to draw after each context.
@@ -280,7 +268,8 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
     """Teacher-forced NLL and free-running forecast errors against horizon, on held-out data.
 
     Args:
-      model: a trained real-valued :class:`seqmodel.SequenceModel` (switched to eval mode here).
+      model: a trained real-valued :class:`seqmodel.SequenceModel` (run in eval mode, without
+        switching the caller's model out of its mode).
       sequences: validation sequences ``[(t_i, d), ...]`` in original units (NaN = missing).
       normalizer: the model's :class:`Normalizer`.
       key: PRNG key for the sample paths and the one-step draws.
@@ -311,7 +300,7 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    model.eval()
+    model = nnx.view(model, deterministic=True)  # dropout off in this view only
     if min_context is None:
         # Up to 32 steps of context, fewer when the sequences are too short for that + horizon.
         longest = max(len(s) for s in sequences)
@@ -390,17 +379,15 @@ def _floats(values: np.ndarray) -> list[float]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pyplot():
+def _figure(**options):
+    """A :class:`matplotlib.figure.Figure` (object API: no pyplot state, no backend switch)."""
     try:
-        import matplotlib
+        from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(
             "plots need matplotlib: pip install 'seqmodel[plot]' (or pip install matplotlib)"
         ) from None
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**options)
 
 
 def plot_fan(context: np.ndarray, paths: np.ndarray, path: str | os.PathLike, *,
@@ -416,10 +403,10 @@ def plot_fan(context: np.ndarray, paths: np.ndarray, path: str | os.PathLike, *,
 
         plot_fan(history, paths, "fan.png")          # (p, d), (S, H, d)
     """
-    plt = _pyplot()
     context, paths = np.asarray(context), np.asarray(paths)
     features = min(paths.shape[-1], max_features)
-    figure, axes = plt.subplots(features, 1, figsize=(8, 2.6 * features), squeeze=False)
+    figure = _figure(figsize=(8, 2.6 * features))
+    axes = figure.subplots(features, 1, squeeze=False)
     past = np.arange(-len(context) + 1, 1)
     future = np.arange(1, paths.shape[1] + 1)
     low, median, high = np.quantile(paths, (band[0], 0.5, band[1]), axis=0)
@@ -440,16 +427,15 @@ def plot_fan(context: np.ndarray, paths: np.ndarray, path: str | os.PathLike, *,
     axes[-1, 0].set_xlabel("step (0 = last context step)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return os.fspath(path)
 
 
 def plot_report(report: dict, path: str | os.PathLike, *, title: str | None = None) -> str:
     """Error against horizon: free running (MAE of the median and CRPS), teacher forced
     (one-step MAE at the same steps) and persistence, from :func:`exposure_bias_report`."""
-    plt = _pyplot()
     steps = np.arange(1, report["horizon"] + 1)
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = _figure(figsize=(7, 4))
+    axis = figure.subplots()
     axis.plot(steps, report["mae"], color="tab:blue", label="free running: MAE of median")
     axis.plot(steps, report["crps"], color="tab:blue", linestyle="--",
               label="free running: CRPS")
@@ -467,134 +453,4 @@ def plot_report(report: dict, path: str | os.PathLike, *, title: str | None = No
     axis.legend(fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return os.fspath(path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line: `seqmodel sample` / `seqmodel eval` for real-valued checkpoints
-# ---------------------------------------------------------------------------------------------
-
-EVAL_DEFAULTS = {"horizon": 20, "num_samples": 100, "num_starts": 64, "seed": 0}
-
-
-def _arg(args, name: str, default=None):
-    value = getattr(args, name, None)
-    return default if value is None else value
-
-
-def load_contexts(path: str | os.PathLike, normalizer: Normalizer):
-    """Contexts for ``seqmodel sample --prompt-file``: a CSV or ``.npy`` file read like training
-    data (a ``sequence_id`` column or an ``(n, t, d)`` array gives several contexts).
-
-    Returns ``(contexts (n, p, d) right-padded, lengths (n,))`` in original units."""
-    from seqmodel.data.numeric import load_sequences
-
-    if not os.path.isfile(path):
-        raise ValueError(f"--prompt-file {os.fspath(path)!r}: no such file")
-    table = load_sequences(path)
-    if table.num_features != normalizer.num_features:
-        raise ValueError(
-            f"--prompt-file {os.fspath(path)!r} has {table.num_features} numeric column(s) "
-            f"({', '.join(table.columns)}), but the model was trained on "
-            f"{normalizer.num_features} feature(s)"
-        )
-    lengths = np.array([len(s) for s in table.sequences])
-    if lengths.min() < 1:
-        raise ValueError(f"--prompt-file {os.fspath(path)!r} holds an empty context")
-    contexts = np.zeros((len(lengths), lengths.max(), normalizer.num_features), np.float32)
-    for row, sequence in enumerate(table.sequences):
-        contexts[row, : len(sequence)] = sequence
-    return contexts, lengths
-
-
-def cli_sample(args, model, metadata: dict) -> int:
-    """``seqmodel sample`` for a real-valued checkpoint: sample paths ``(S, H, d)`` per context
-    (``(n, S, H, d)`` for ``n`` contexts) in original units to ``--out`` (``.npy``), or their
-    ``--quantiles`` ``(Q, H, d)``; ``--plot`` draws the fan chart of the first context.
-    Without ``--out`` it prints the quantiles of the first context as CSV."""
-    if getattr(args, "prompt", None) is not None:
-        raise ValueError("--prompt is for text models; a real-valued model continues "
-                         "--prompt-file context.csv (or .npy)")
-    if getattr(args, "prompt_file", None) is None:
-        raise ValueError("a real-valued model needs a context to continue: --prompt-file "
-                         "context.csv (rows = time steps, columns = features) or .npy")
-    for flag in ("top_k", "top_p", "stop"):
-        if getattr(args, flag, None) is not None:
-            raise ValueError(f"--{flag.replace('_', '-')} applies to text models only; "
-                             "real-valued sampling takes --temperature (or --greedy)")
-    normalizer = Normalizer.from_dict(metadata["data"]["normalizer"])
-    contexts, lengths = load_contexts(args.prompt_file, normalizer)
-    quantiles = parse_quantiles(args.quantiles) if getattr(args, "quantiles", None) else None
-    temperature = 0.0 if getattr(args, "greedy", False) else _arg(args, "temperature", 1.0)
-    model.eval()
-    paths = forecast(model, normalizer, contexts, key=jax.random.key(_arg(args, "seed", 0)),
-                     horizon=args.steps, num_samples=args.num_samples,
-                     context_lengths=lengths, temperature=temperature)  # (n, S, H, d)
-    result = paths if quantiles is None else np.moveaxis(
-        sample_quantiles(paths, quantiles, axis=1), 0, 1)  # (n, Q, H, d)
-    if len(contexts) == 1:
-        result = result[0]
-    if getattr(args, "plot", None):
-        plot_fan(contexts[0, : lengths[0]], paths[0], args.plot,
-                 feature_names=metadata["data"].get("columns"))
-    out = getattr(args, "out", None)
-    if out:
-        np.save(out, result.astype(np.float32))
-        what = "quantiles " + ",".join(f"{q:g}" for q in quantiles) if quantiles else "sample paths"
-        print(f"wrote {what} {tuple(result.shape)} in original units to {out}"
-              + (f"; fan chart {args.plot}" if getattr(args, "plot", None) else ""),
-              file=sys.stderr)
-        return 0
-    shown = quantiles or (0.1, 0.5, 0.9)
-    table = sample_quantiles(paths[0], shown, axis=0)  # (Q, H, d)
-    columns = metadata["data"].get("columns") or [f"feature {i}" for i in range(paths.shape[-1])]
-    print(",".join(["step"] + [f"{name} q{q:g}" for name in columns for q in shown]))
-    for step in range(table.shape[1]):
-        cells = [f"{table[q, step, f]:.6g}" for f in range(table.shape[2]) for q in range(len(shown))]
-        print(",".join([str(step + 1)] + cells))
-    return 0
-
-
-def cli_eval(args, model, metadata: dict) -> int:
-    """``seqmodel eval`` for a real-valued checkpoint: the exposure-bias report on the validation
-    part of ``--data`` (default: the training data), as text or one ``--json`` line, and
-    ``--plot`` its chart."""
-    from seqmodel.data.numeric import load_numeric_dataset
-
-    data = metadata["data"]
-    val_fraction = metadata.get("train_config", {}).get("val_fraction", data.get("val_fraction", 0.1))
-    source = getattr(args, "data", None) or data.get("name") or metadata.get("source")
-    dataset = load_numeric_dataset(source, val_fraction=val_fraction, metadata=data)
-    if dataset.input_size != model.config.input_size:
-        raise ValueError(f"--data {source!r} has {dataset.input_size} feature(s) but the "
-                         f"checkpoint's model expects {model.config.input_size}")
-    if not dataset.val_sequences:
-        raise ValueError(f"--data {source!r} has no validation part (val_fraction "
-                         f"{val_fraction}); nothing to evaluate")
-    horizon = _arg(args, "horizon", EVAL_DEFAULTS["horizon"])
-    report = exposure_bias_report(
-        model, dataset.val_sequences, dataset.normalizer,
-        key=jax.random.key(_arg(args, "seed", EVAL_DEFAULTS["seed"])), horizon=horizon,
-        num_samples=_arg(args, "num_samples", EVAL_DEFAULTS["num_samples"]),
-        num_starts=_arg(args, "num_starts", EVAL_DEFAULTS["num_starts"]),
-        min_context=getattr(args, "min_context", None),
-    )
-    report = {"val_loss": report["nll"], **report, "data": source}
-    if getattr(args, "plot", None):
-        plot_report(report, args.plot, title=f"{source}: exposure-bias report")
-    if getattr(args, "json", False):
-        print(json.dumps(report))
-        return 0
-    print(f"{source}: teacher-forced NLL {report['nll']:.4f} nats per step (normalised units; "
-          f"{report['nll_original_units']:.4f} in original units); {report['num_starts']} starts "
-          f"x {report['num_samples']} sample paths")
-    print(f"{'horizon':>8} {'MAE':>10} {'CRPS':>10} {'teacher':>10} {'persist.':>10}")
-    shown = sorted({h for h in (1, 2, 5, 10, 20, 50, 100, 200, horizon) if h <= horizon})
-    for h in shown:
-        print(f"{h:>8} {report['mae'][h - 1]:>10.4f} {report['crps'][h - 1]:>10.4f} "
-              f"{report['teacher_forced_mae'][h - 1]:>10.4f} {report['persistence_mae'][h - 1]:>10.4f}")
-    print("MAE: free running, median of the paths; teacher: one-step MAE fed the truth; "
-          "persist.: last value repeated" + (f"; chart {args.plot}" if getattr(args, "plot", None)
-                                             else ""))
-    return 0

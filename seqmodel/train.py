@@ -1,34 +1,25 @@
-"""Training: ``TrainConfig``, ``TrainState``, a pure jitted train step, evaluation and ``fit``.
+"""Training, the pure part: ``TrainConfig``, ``TrainState``, the jitted train step, evaluation.
 
 The train step is a pure function ``(state, batch) -> (state, metrics)`` over pytrees (the model
 is split with ``nnx.split`` into a static graph and arrays), jitted with the state donated, so
-it can later be given input/output shardings (a ``data`` mesh axis over the batch and the lanes'
-carry, parameters replicated) without changing its shape.
+it can be given input/output shardings (a ``data`` mesh axis over the batch and the lanes'
+carry, parameters replicated; :mod:`seqmodel.distributed`) without changing its shape. The host
+loop that drives it (time budget, evaluation schedule, metrics, checkpoints) is
+:func:`seqmodel.fit.fit`.
 
 Example::
 
-    model = SequenceModel(ModelConfig(vocab_size=dataset.vocab_size), rngs=nnx.Rngs(0))
-    result = fit(model, dataset, TrainConfig(steps=1000), out_dir="runs/demo")
-    result.val_loss, result.checkpoint
-
-    # or step by step
     tx = make_optimizer(config)
     graphdef, state = init_train_state(model, tx, config)
     train_step = make_train_step(graphdef, tx, config)
     state, metrics = train_step(state, batch)          # metrics["loss"] is a () array
+    result = evaluate(model, dataset.validation_batches(batch_size=32, seq_len=256))
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
 import math
-import os
-import pathlib
-import signal
-import threading
-import time
 from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
@@ -37,7 +28,6 @@ import numpy as np
 import optax
 from flax import nnx
 
-from seqmodel import distributed
 from seqmodel.configs import DictConfig
 from seqmodel.data import BATCHINGS, Batch
 from seqmodel.feed import rollout
@@ -45,10 +35,6 @@ from seqmodel.feed import rollout
 Array = jax.Array
 
 TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse-sigmoid")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a NaN loss); the message says what happened and what was kept."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,10 +47,11 @@ class TrainConfig(DictConfig):
     """Every knob of a training run (the model's shape lives in :class:`seqmodel.ModelConfig`).
 
     Length of the run: ``steps`` and/or ``max_time`` (seconds of wall time for the whole of
-    :func:`fit`, evaluation and checkpoints included). The learning rate warms up linearly over
-    ``warmup_steps`` then decays with a cosine to ``learning_rate * final_learning_rate_fraction``
-    at the end of the run: at ``steps``, or, with ``max_time`` only, at the step count estimated
-    from the measured speed (re-estimated as the run goes, so a time-bounded run also ends decayed).
+    :func:`seqmodel.fit.fit`, evaluation and checkpoints included). The learning rate warms up
+    linearly over ``warmup_steps`` then decays with a cosine to ``learning_rate *
+    final_learning_rate_fraction`` at the end of the run: at ``steps``, or, with ``max_time``
+    only, at the step count estimated from the measured speed (re-estimated as the run goes, so a
+    time-bounded run also ends decayed).
 
     Example::
 
@@ -252,9 +239,9 @@ class TrainState:
 
 
 def split_model(model) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
-    """``model`` -> ``(graphdef, params, other state)``, in training mode."""
-    model.train()
-    return nnx.split(model, nnx.Param, ...)
+    """``model`` -> ``(graphdef, params, other state)`` of its training-mode graph (dropout on),
+    without switching ``model`` itself out of its mode."""
+    return nnx.split(nnx.view(model, deterministic=False), nnx.Param, ...)
 
 
 def eval_graphdef(model) -> nnx.GraphDef:
@@ -422,46 +409,27 @@ def batch_shapes(batch: Batch) -> tuple:
     return tuple(np.shape(leaf) for leaf in jax.tree.leaves(batch))
 
 
-# How many dispatched train calls (of one or several steps) may be unfinished at once. XLA:CPU's
-# PjRt client queues up to 32 executions per device; one more blocks the dispatching task on a
-# thread of the client's pool, which has one thread per core. With several CPU devices and an
-# all-reduce in the step, two such blocked threads leave none to start one device's half of a
-# step, whose other half waits in the all-reduce forever (XLA aborts after 40 s; seen in ~1 of 3
-# tight loops of 400 steps on 2 cores, diagnosed with gdb). A few calls of lead keep the devices
-# busy just as well.
-MAX_CALLS_IN_FLIGHT = 8
 
 
-class CallsInFlight:
-    """Keeps asynchronous dispatch at most ``limit`` calls ahead: :meth:`add` each call's outputs
-    (e.g. its metrics) right after dispatching it; it waits for the outputs of the call
-    dispatched ``limit`` calls earlier.
+# Fields of TrainConfig that the compiled step does not read, and the values they take in
+# step_neutral_config.
+_STEP_NEUTRAL_VALUES = dict(batch_size=1, seq_len=1, steps=None, max_time=None, eval_every=None,
+                            eval_batch_size=1, eval_seq_len=1, val_fraction=0.0, batching="lanes",
+                            seed=0, log_every=1, steps_per_call=1)
+
+
+def step_neutral_config(config: TrainConfig) -> TrainConfig:
+    """``config`` with every field that the compiled train step does not read set to a fixed
+    value: two runs whose configs differ only in those fields (length of the run, batch shape,
+    evaluation and logging settings, seed) share one compiled step when it is cached by this key
+    (tests and repeated fits in one process then compile once; see
+    :meth:`seqmodel.distributed.DataParallel.train_step`).
 
     Example::
 
-        in_flight = CallsInFlight()
-        for batch in batches:
-            state, metrics = train_step(state, batch)
-            in_flight.add(metrics)
+        step_neutral_config(TrainConfig(steps=10)) == step_neutral_config(TrainConfig(steps=99))
     """
-
-    def __init__(self, limit: int = MAX_CALLS_IN_FLIGHT):
-        self.limit = limit
-        self.outputs: collections.deque = collections.deque()
-
-    def add(self, outputs) -> None:
-        self.outputs.append(outputs)
-        if len(self.outputs) > self.limit:
-            # In a steady run this call is long done: the wait costs nothing.
-            jax.block_until_ready(self.outputs.popleft())
-
-
-# Fields of TrainConfig that the compiled step does not read: runs that differ only in these
-# share one compiled step (tests and repeated fits in one process compile once; see
-# DataParallel.train_step).
-_STEP_NEUTRAL = dict(batch_size=1, seq_len=1, steps=None, max_time=None, eval_every=None,
-                     eval_batch_size=1, eval_seq_len=1, val_fraction=0.0, batching="lanes", seed=0,
-                     log_every=1, steps_per_call=1)
+    return dataclasses.replace(config, **_STEP_NEUTRAL_VALUES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,7 +437,7 @@ _STEP_NEUTRAL = dict(batch_size=1, seq_len=1, steps=None, max_time=None, eval_ev
 # ---------------------------------------------------------------------------------------------
 
 
-def _eval_rows(graphdef, params, model_state, carry, batch: Batch):
+def _evaluation_rows(graphdef, params, model_state, carry, batch: Batch):
     """One evaluation batch ``(b, t)``: ``(carry, (b,) NLL sums, (b,) weights)``."""
     model = nnx.merge(graphdef, params, model_state)
     carry = reset_carry(carry, batch.reset)
@@ -481,18 +449,30 @@ def _eval_rows(graphdef, params, model_state, carry, batch: Batch):
     return carry, totals, weights
 
 
-_eval_batch = jax.jit(_eval_rows, static_argnums=0)
+@jax.jit(static_argnums=0)
+def evaluate_batch(graphdef, params, model_state, carry, batch: Batch):
+    """The compiled evaluation of one batch ``(b, t)`` in the graph ``graphdef`` (an eval graph,
+    :func:`eval_graphdef`): ``(carry, (b,) NLL sums, (b,) weights)``. Rows with ``batch.reset``
+    start from a zero carry.
+
+    Example::
+
+        carry, totals, weights = evaluate_batch(eval_graphdef(model), params, rest,
+                                                model.init_carry(4), batch)
+    """
+    return _evaluation_rows(graphdef, params, model_state, carry, batch)
 
 
 @jax.jit(static_argnums=0)
-def _eval_stacked(graphdef, params, model_state, carry, batches: Batch):
-    """:func:`_eval_rows` over stacked batches ``(K, b, t)`` as one ``lax.scan``: the per-row sums
-    of all K. One call instead of K saves their dispatches and XLA:CPU's per-call temp buffers
-    (37 batches of GRU h512 evaluation: 3.9 s instead of 4.9 s, 17k page faults instead of 618k)."""
+def evaluate_stacked(graphdef, params, model_state, carry, batches: Batch):
+    """:func:`evaluate_batch` over stacked batches ``(K, b, t)`` as one ``lax.scan``: the per-row
+    sums ``(b,)`` of all K. One call instead of K saves their dispatches and XLA:CPU's per-call
+    temp buffers (37 batches of GRU h512 evaluation: 3.9 s instead of 4.9 s, 17k page faults
+    instead of 618k)."""
     def add_batch(running, batch):
         carry, totals, weights = running
-        carry, batch_totals, batch_weights = _eval_rows(graphdef, params, model_state, carry,
-                                                        batch)
+        carry, batch_totals, batch_weights = _evaluation_rows(graphdef, params, model_state,
+                                                              carry, batch)
         return (carry, totals + batch_totals, weights + batch_weights), None
 
     zeros = jnp.zeros(batches.reset.shape[1:], jnp.float32)
@@ -551,13 +531,12 @@ def _host_sum(values: Array) -> float:
     return float(np.sum(np.asarray(values, np.float64)))
 
 
-def evaluate(model, batches: Iterable[Batch], *, graphdef: nnx.GraphDef | None = None,
-             params=None, model_state=None) -> EvalResult:
-    """Exact NLL over ``batches`` (e.g. ``dataset.validation_batches(...)``), in eval mode.
+def evaluate(model, batches: Iterable[Batch]) -> EvalResult:
+    """Exact NLL of ``model`` over ``batches`` (e.g. ``dataset.validation_batches(...)``, each
+    ``(b, t)``), in eval mode (no dropout) without switching ``model`` out of its mode.
 
     The carry starts at zero and is passed from batch to batch (rows with ``reset`` start anew);
-    it belongs to this call only, so evaluating never touches a training run's carry. Give either
-    ``model`` or, inside training, its eval ``graphdef`` with ``params`` / ``model_state``.
+    it belongs to this call only, so evaluating never touches a training run's carry.
     Consecutive host batches of one shape run as one compiled call (:func:`eval_chunks`).
 
     Example::
@@ -565,15 +544,21 @@ def evaluate(model, batches: Iterable[Batch], *, graphdef: nnx.GraphDef | None =
         result = evaluate(model, dataset.validation_batches(batch_size=32, seq_len=256))
         result.loss, result.bits
     """
-    if graphdef is None:
-        graphdef = eval_graphdef(model)
-        _, params, model_state = nnx.split(model, nnx.Param, ...)
-    return _evaluate_chunks(eval_chunks(batches), graphdef, params, model_state)
+    _, params, model_state = nnx.split(model, nnx.Param, ...)
+    return evaluate_chunks(eval_chunks(batches), eval_graphdef(model), params, model_state)
 
 
-def _evaluate_chunks(chunks: list[tuple[Batch, bool]], graphdef, params,
-                     model_state) -> EvalResult:
-    """:func:`evaluate` over the output of :func:`eval_chunks` (placed once by ``fit``)."""
+def evaluate_chunks(chunks: list[tuple[Batch, bool]], graphdef: nnx.GraphDef, params,
+                    model_state) -> EvalResult:
+    """:func:`evaluate` over the output of :func:`eval_chunks`, for a model given as its eval
+    ``graphdef`` (:func:`eval_graphdef`) and its ``params`` / ``model_state`` (the arrays of a
+    :class:`TrainState`): how :func:`seqmodel.fit.fit` evaluates chunks it placed once per run.
+
+    Example::
+
+        chunks = eval_chunks(batches, place=parallel.place_eval_batch)
+        result = evaluate_chunks(chunks, eval_graphdef(model), state.params, state.model_state)
+    """
     # Per-row sums stay on the devices (a split elementwise add, no collective); the host adds
     # the rows once at the end. Every batch has the carry's rows, so the shapes always match.
     row_totals = row_weights = carry = None
@@ -581,7 +566,7 @@ def _evaluate_chunks(chunks: list[tuple[Batch, bool]], graphdef, params,
         if carry is None:
             rows = batch.reset.shape[-1]
             carry = nnx.merge(graphdef, params, model_state).init_carry(rows)
-        program = _eval_stacked if stacked else _eval_batch
+        program = evaluate_stacked if stacked else evaluate_batch
         carry, totals, weights = program(graphdef, params, model_state, carry, batch)
         row_totals = totals if row_totals is None else row_totals + totals
         row_weights = weights if row_weights is None else row_weights + weights
@@ -590,520 +575,3 @@ def _evaluate_chunks(chunks: list[tuple[Batch, bool]], graphdef, params,
     total, weight = _host_sum(row_totals), _host_sum(row_weights)
     loss = total / max(weight, 1.0)
     return EvalResult(loss, loss / math.log(2.0), int(round(weight)))
-
-
-# ---------------------------------------------------------------------------------------------
-# fit
-# ---------------------------------------------------------------------------------------------
-
-
-class FitResult(NamedTuple):
-    """What :func:`fit` returns. Losses are nats per element; ``val_bits`` is bits per element
-    (per character for text). ``checkpoint`` is the run's latest checkpoint folder or None.
-    ``tokens_per_second`` is over the whole run (compile, evaluation, checkpoints included);
-    ``step_tokens_per_second`` over the train steps alone, without the first (compiling) interval."""
-
-    state: TrainState
-    steps: int
-    tokens: int
-    train_seconds: float
-    tokens_per_second: float
-    step_tokens_per_second: float | None
-    train_loss: float
-    val_loss: float | None
-    val_bits: float | None
-    best_val_loss: float | None
-    checkpoint: str | None
-    interrupted: bool
-
-
-class _StopRequest:
-    """Turns the first Ctrl-C into a request to stop after the current step (the state buffers
-    are donated to the step in flight, so raising in the middle of it would lose them); a second
-    Ctrl-C interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-class _Clock:
-    """Wall time of the run, the deadline, and the step-time estimate behind the horizon."""
-
-    now = staticmethod(time.perf_counter)  # replaceable in tests
-
-    def __init__(self, max_time: float | None, elapsed_before: float):
-        self.start = self.now() - elapsed_before
-        self.max_time = max_time
-        self.seconds_per_step: float | None = None
-        self.eval_seconds: float | None = None
-        self.save_seconds: float | None = None
-
-    def elapsed(self) -> float:
-        return self.now() - self.start
-
-    def record_steps(self, steps: int, seconds: float) -> None:
-        if steps <= 0 or seconds <= 0:
-            return
-        rate = seconds / steps
-        # Averaged so that one slow interval (another process on the machine) does not swing it.
-        self.seconds_per_step = rate if self.seconds_per_step is None else (
-            0.7 * self.seconds_per_step + 0.3 * rate)
-
-    def reserve(self, estimated_eval: float) -> float:
-        """Seconds kept for the final evaluation and checkpoint (and a margin for the last step)."""
-        if self.eval_seconds is not None:  # measured beats estimated
-            estimated_eval = 1.2 * (self.eval_seconds + (self.save_seconds or 0.0))
-        return estimated_eval + 1.0
-
-    def out_of_time(self, estimated_eval: float, *, steps: int = 1) -> bool:
-        """Whether ``steps`` more steps and the final evaluation would pass ``max_time``."""
-        if self.max_time is None:
-            return False
-        next_steps = (self.seconds_per_step or 0.0) * steps
-        return self.elapsed() + next_steps + self.reserve(estimated_eval) >= self.max_time
-
-    def estimated_total_steps(self, step: int, estimated_eval: float) -> int | None:
-        if self.max_time is None or self.seconds_per_step is None:
-            return None
-        remaining = self.max_time - self.elapsed() - self.reserve(estimated_eval)
-        return step + max(int(remaining / self.seconds_per_step), 1)
-
-
-def _time_eval_batch(graphdef: nnx.GraphDef, state: TrainState, batch: Batch) -> float:
-    """Seconds of one compiled evaluation batch (compiling it first)."""
-    carry = nnx.merge(graphdef, state.params, state.model_state).init_carry(batch.reset.shape[0])
-    jax.block_until_ready(_eval_batch(graphdef, state.params, state.model_state, carry, batch))
-    times = []
-    for _ in range(3):  # the fastest of three: the first runs after a compile may be slow
-        started = time.perf_counter()
-        jax.block_until_ready(_eval_batch(graphdef, state.params, state.model_state, carry, batch))
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
-def _finite(value) -> bool:
-    return value is not None and math.isfinite(value)
-
-
-class _Run:
-    """One call of :func:`fit`: the state, the data, the clock and the run folder, and the steps
-    of the loop (log, evaluate, save) as methods."""
-
-    def __init__(self, model, dataset, config: TrainConfig, *, out_path, resume: bool,
-                 progress: bool, callback, run_metadata: dict | None, parallel):
-        from seqmodel import checkpoint as checkpoint_module  # keeps orbax off the import path
-
-        self.model, self.dataset, self.config = model, dataset, config
-        self.out_path, self.callback = out_path, callback
-        self.run_metadata = run_metadata or {}
-        self.parallel = parallel = distributed.resolve(parallel, config.batch_size)
-        parallel.check_config(config)
-        graphdef = split_model(model)[0]
-        tx, self.train_step = parallel.train_step(graphdef, config)
-        # K steps per call where they fit (see steps_this_call); the programs compile on first use.
-        self.multi_step = (parallel.train_step(graphdef, config, stacked=True)[1]
-                           if config.steps_per_call > 1 else None)
-        _, state = init_train_state(model, tx, config)
-        self.evaluation_graph = eval_graphdef(model)
-        position, elapsed_before, self.best_val, self.tokens_before = None, 0.0, None, 0
-        if resume:
-            if out_path is None:
-                raise ValueError("resume=True needs out_dir")
-            state, saved = checkpoint_module.restore_train_state(out_path, state, model.config)
-            position = saved.get("data_position")
-            elapsed_before = float(saved.get("train_seconds", 0.0))
-            self.best_val = saved.get("best_val_loss")
-            self.tokens_before = int(saved.get("tokens", 0))
-            if config.steps is not None:
-                state = state.replace(horizon=jnp.asarray(config.steps, jnp.int32))
-        self.state = parallel.place_state(state)
-        self.elapsed_before = elapsed_before
-
-        self.batches = parallel.local_batches(dataset.train_batches(
-            batch_size=config.batch_size, seq_len=config.seq_len, batching=config.batching,
-            seed=config.seed, position=position))
-        val_batches = dataset.validation_batches(batch_size=config.eval_batch_size,
-                                                 seq_len=config.eval_seq_len)
-        val_batches = list(val_batches)
-        self.val_batch_count = len(val_batches)
-        # Placed once for the run, stacked into as few compiled calls as the shapes allow.
-        self.val_chunks = eval_chunks(val_batches, place=parallel.place_eval_batch)
-        self.unit = getattr(dataset, "bits_per_unit", None)
-        self.clock = _Clock(config.max_time, elapsed_before)
-        # A time-bounded run keeps time for its final evaluation and checkpoint: one evaluation
-        # batch is compiled and timed up front. Evaluation itself runs the batches stacked, about
-        # 20% faster than batch by batch, so the estimate errs on the safe side until the first
-        # evaluation is measured.
-        self.eval_batch_seconds = 0.0
-        if config.max_time is not None and val_batches:
-            self.eval_batch_seconds = _time_eval_batch(
-                self.evaluation_graph, self.state, parallel.place_eval_batch(val_batches[0]))
-
-        self.metrics_file = None
-        if out_path is not None and parallel.is_main:
-            out_path.mkdir(parents=True, exist_ok=True)
-            self.metrics_file = open(out_path / "metrics.jsonl", "a" if resume else "w",
-                                     encoding="utf-8")
-        self.saver = checkpoint_module.RunCheckpoints(out_path) if out_path is not None else None
-        self.bar = None
-        if progress and parallel.is_main:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=int(self.state.horizon) if config.steps else None,
-                            initial=int(self.state.step), unit="step", dynamic_ncols=True,
-                            leave=True)
-
-        self.step = int(self.state.step)
-        self.tokens = self.tokens_before
-        self.train_loss = float("nan")
-        self.last_val: EvalResult | None = None
-        self.last_saved_step: int | None = self.step if resume else None
-        self.interrupted = False
-        self.evaluated_at: int | None = None  # the step of the last evaluation
-        # (last step of a call, steps in it, its metrics still on the device)
-        self.pending: list[tuple[int, int, dict]] = []
-        # Fetched steps whose log interval is not complete: (step, seconds, metrics).
-        self.unlogged: list[tuple[int, float, dict]] = []
-        self.in_flight = CallsInFlight()
-        self.interval_start, self.interval_steps = time.perf_counter(), 0
-        # An interval in which a program ran for the first time holds its compile: its speed is
-        # not the step's (the first interval always; the one-step program's first use later on).
-        self.programs_used: set[int] = set()
-        self.interval_compiled = False
-        self.steady_elements, self.steady_seconds = 0.0, 0.0  # train steps after the compile
-
-    # -- time -------------------------------------------------------------------------------------
-
-    def estimated_eval_seconds(self) -> float:
-        evaluation = 1.25 * self.eval_batch_seconds * self.val_batch_count
-        saving = (self.clock.save_seconds or 1.0) if self.out_path is not None else 0.0
-        return evaluation + saving
-
-    # -- records ----------------------------------------------------------------------------------
-
-    def write(self, record: dict) -> None:
-        if self.metrics_file is not None:
-            self.metrics_file.write(json.dumps(record) + "\n")
-            self.metrics_file.flush()
-
-    def flush(self, *, final: bool = False) -> list[dict]:
-        """Fetch the pending metrics, check them, log them; returns the summaries written, one
-        per finished log interval (every ``log_every`` steps; with ``final``, before an
-        evaluation or at the end, also the unfinished one)."""
-        if not self.pending:
-            return self.log_steps(final=final)
-        fetched_calls = jax.device_get([metrics for _, _, metrics in self.pending])
-        # Per step: a call of K steps returns (K,) metrics, a one-step call scalars.
-        steps_done, fetched = [], []
-        for (last_step, count, _), metrics in zip(self.pending, fetched_calls):
-            for index in range(count):
-                steps_done.append(last_step - count + 1 + index)
-                fetched.append({key: float(np.atleast_1d(value)[index])
-                                for key, value in metrics.items()})
-        self.pending = []
-        now = time.perf_counter()
-        seconds = now - self.interval_start
-        for at_step, metrics in zip(steps_done, fetched):
-            if not math.isfinite(metrics["loss"]):
-                raise self.diverged(metrics["loss"], at_step)
-        elements = sum(metrics["elements"] for metrics in fetched)
-        self.tokens += int(round(elements))
-        if not self.interval_compiled:
-            self.clock.record_steps(self.interval_steps, seconds)
-            self.steady_elements += elements
-            self.steady_seconds += seconds
-        self.interval_compiled = False
-        self.train_loss = float(np.mean([metrics["loss"] for metrics in fetched]))
-        for at_step, metrics in zip(steps_done, fetched):
-            self.unlogged.append((at_step, seconds / len(fetched), metrics))
-        self.interval_start, self.interval_steps = now, 0
-        # A time-bounded run re-estimates where its schedule ends from the measured speed.
-        if self.config.steps is None:
-            total = self.clock.estimated_total_steps(self.step, self.estimated_eval_seconds())
-            if total is not None:
-                # Laid out as the step's input: a plain array here made the step compile again.
-                self.state = self.state.replace(horizon=jax.device_put(
-                    np.asarray(total, np.int32), self.parallel.replicated))
-                if self.bar is not None:
-                    self.bar.total = total
-        if self.bar is not None:
-            self.bar.set_postfix(loss=f"{self.train_loss:.3f}",
-                                 tok_s=f"{elements / seconds if seconds > 0 else 0:,.0f}",
-                                 refresh=False)
-        return self.log_steps(final=final)
-
-    def log_steps(self, *, final: bool) -> list[dict]:
-        """Write one record per finished log interval of the fetched steps (and with ``final``
-        the unfinished one too); returns the records. A call of several steps may pass a log
-        step, so the steps wait here until their interval is complete: records then fall every
-        ``log_every`` steps whatever the steps per call."""
-        log_every = self.config.log_every
-        summaries = []
-        while self.unlogged:
-            last_step = self.unlogged[-1][0]
-            # The steps of the first interval in the buffer: up to its next multiple of log_every.
-            end = (self.unlogged[0][0] - 1) // log_every * log_every + log_every
-            if last_step < end and not final:
-                break
-            group = [entry for entry in self.unlogged if entry[0] <= end]
-            self.unlogged = self.unlogged[len(group):]
-            at_step, _, last = group[-1]
-            seconds = sum(share for _, share, _ in group)
-            elements = sum(metrics["elements"] for _, _, metrics in group)
-            summary = {"step": at_step,
-                       "loss": float(np.mean([metrics["loss"] for _, _, metrics in group])),
-                       "learning_rate": last["learning_rate"], "grad_norm": last["grad_norm"],
-                       "tokens_per_second": elements / seconds if seconds > 0 else None,
-                       "elapsed": round(self.clock.elapsed(), 3)}
-            if not self.config.plain_teacher_forcing:
-                summary["teacher_forcing"] = last["teacher_forcing"]
-            self.write(summary)
-            summaries.append(summary)
-        return summaries
-
-    def diverged(self, value: float, at_step: int) -> TrainingError:
-        kept = (f"the last good checkpoint (step {self.last_saved_step}) is in {self.out_path}"
-                if self.last_saved_step is not None and self.out_path is not None
-                else "no checkpoint was written")
-        return TrainingError(f"training stopped: the loss became {value} at step {at_step}; "
-                             f"{kept}. Lower --lr or --clip-norm, or check the data")
-
-    # -- evaluation and checkpoints ---------------------------------------------------------------
-
-    def evaluate(self) -> EvalResult | None:
-        if not self.val_chunks:
-            return None
-        started = time.perf_counter()
-        # No multi-device train step may still be in flight when evaluation's programs start:
-        # with virtual CPU devices, interleaved collectives of two programs can starve XLA:CPU's
-        # all-reduce rendezvous (seen as a 40 s abort under load).
-        jax.block_until_ready(self.state)
-        result = _evaluate_chunks(self.val_chunks, self.evaluation_graph, self.state.params,
-                                  self.state.model_state)
-        self.clock.eval_seconds = time.perf_counter() - started
-        self.evaluated_at = self.step
-        record = {"step": self.step, "val_loss": result.loss,
-                  "elapsed": round(self.clock.elapsed(), 3)}
-        if self.unit:
-            record[f"val_bits_per_{self.unit}"] = result.bits
-        self.write(record)
-        return result
-
-    def save(self, val: EvalResult | None) -> None:
-        if self.saver is None:
-            return
-        started = time.perf_counter()
-        improved = val is not None and _finite(val.loss) and (
-            self.best_val is None or val.loss < self.best_val)
-        if improved:
-            self.best_val = val.loss
-        metadata = {
-            **self.run_metadata,
-            "model_config": self.model.config.to_dict(),
-            "train_config": self.config.to_dict(),
-            "data": self.dataset.metadata(),
-            "data_position": self.batches.position,
-            "step": self.step,
-            "tokens": self.tokens,
-            "train_seconds": self.clock.elapsed(),
-            "val_loss": None if self.last_val is None else self.last_val.loss,
-            "best_val_loss": self.best_val,
-        }
-        self.saver.save(self.step, self.parallel.host_state(self.state), metadata, best=improved)
-        self.last_saved_step = self.step
-        self.clock.save_seconds = max(self.clock.save_seconds or 0.0,
-                                      time.perf_counter() - started)
-
-    # -- the loop ---------------------------------------------------------------------------------
-
-    def done(self) -> bool:
-        return self.config.steps is not None and self.step >= self.config.steps
-
-    def steps_this_call(self) -> int:
-        """``config.steps_per_call`` when that many steps fit before the next evaluation and the
-        end of the run, else 1. The calls then fall at the same steps in a resumed run as in an
-        uninterrupted one (a run stops, and so resumes, only between calls), so the same
-        programs compute the same steps."""
-        config = self.config
-        count = config.steps_per_call
-        if count == 1:
-            return 1
-        boundaries = []
-        if config.eval_every is not None:
-            boundaries.append((self.step // config.eval_every + 1) * config.eval_every)
-        if config.steps is not None:
-            boundaries.append(config.steps)
-        return count if not boundaries or self.step + count <= min(boundaries) else 1
-
-    def call_steps(self, count: int) -> None:
-        """Dispatch the next ``count`` train steps: as one call when their batches stack (one
-        shape), else one call each. The metrics stay pending on the device until the next
-        :meth:`flush`."""
-        for batch, steps in self.batches.take(count):
-            if steps not in self.programs_used:
-                self.programs_used.add(steps)
-                self.interval_compiled = True
-            program = self.train_step if steps == 1 else self.multi_step
-            self.state, metrics = program(self.state, batch)
-            self.pending.append((self.step + steps, steps, metrics))
-            self.in_flight.add(metrics)
-            self.step += steps
-            self.interval_steps += steps
-        if self.bar is not None:
-            self.bar.update(count)
-
-    def train(self) -> None:
-        config = self.config
-        with self.parallel.stop_request() as stop:
-            while not self.done():
-                count = self.steps_this_call()
-                if stop.requested or self.clock.out_of_time(self.estimated_eval_seconds(),
-                                                            steps=count):
-                    self.interrupted = stop.requested
-                    break
-                before = self.step
-                self.call_steps(count)
-                # A call never passes an evaluation step (steps_this_call), but may pass a log one.
-                at_eval = config.eval_every is not None and self.step % config.eval_every == 0
-                if self.step // config.log_every > before // config.log_every or at_eval:
-                    for summary in self.flush(final=at_eval):
-                        if self.callback is not None and self.callback(summary["step"], summary):
-                            stop.requested = True
-                if at_eval and not self.done():
-                    self.last_val = self.evaluate()
-                    self.save(self.last_val)
-                    self.interval_start = time.perf_counter()  # evaluation is not step time
-                    if self.bar is not None and self.last_val is not None:
-                        self.bar.write(f"step {self.step}: val_loss {self.last_val.loss:.4f}")
-            self.flush(final=True)
-            if self.bar is not None and config.steps is None:
-                # A time-bounded run ends where its time does, not at the last estimate.
-                self.bar.total = self.step
-                self.bar.refresh()
-            # A time-bounded run may run out of time right after an evaluation step: that step is
-            # then evaluated and saved already.
-            finished_at_evaluation = self.evaluated_at == self.step and (
-                self.saver is None or self.last_saved_step == self.step)
-            if not finished_at_evaluation:
-                if not self.interrupted:
-                    self.last_val = self.evaluate()
-                self.save(None if self.interrupted else self.last_val)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        if self.metrics_file is not None:
-            self.metrics_file.close()
-        if self.saver is not None:
-            self.saver.close()
-
-    def result(self) -> FitResult:
-        state = self.state
-        nnx.update(self.model, *self.parallel.local_copy((state.params, state.model_state)))
-        train_seconds = self.clock.elapsed()
-        if self.out_path is not None and self.parallel.is_main:
-            plot_losses(self.out_path / "metrics.jsonl", self.out_path / "loss.png")
-        run_seconds = max(train_seconds - self.elapsed_before, 1e-9)
-        return FitResult(
-            state=state,
-            steps=self.step,
-            tokens=self.tokens,
-            train_seconds=train_seconds,
-            tokens_per_second=(self.tokens - self.tokens_before) / run_seconds,
-            step_tokens_per_second=(self.steady_elements / self.steady_seconds
-                                    if self.steady_seconds > 0 else None),
-            train_loss=self.train_loss,
-            val_loss=None if self.last_val is None else self.last_val.loss,
-            val_bits=None if self.last_val is None else self.last_val.bits,
-            best_val_loss=self.best_val,
-            checkpoint=None if self.saver is None else str(self.saver.latest_path()),
-            interrupted=self.interrupted,
-        )
-
-
-def fit(model, dataset, config: TrainConfig, *, out_dir: str | os.PathLike | None = None,
-        resume: bool = False, progress: bool = True,
-        callback: Callable[[int, dict], bool | None] | None = None,
-        run_metadata: dict | None = None, parallel=None) -> FitResult:
-    """Train ``model`` on ``dataset`` (see :class:`seqmodel.data.Dataset`) as ``config`` says.
-
-    Every ``config.eval_every`` steps and at the end: exact validation NLL, then the checkpoints
-    ``out_dir/latest`` and (when validation improved) ``out_dir/best``. ``out_dir`` also receives
-    ``metrics.jsonl`` (one JSON object per log interval or evaluation) and ``loss.png``.
-    ``resume=True`` continues from ``out_dir/latest`` exactly: parameters, optimizer state, step,
-    schedule, carry, RNG and data position.
-
-    Ctrl-C stops after the current step, saves ``latest`` and returns with ``interrupted=True``.
-    A non-finite loss raises :class:`TrainingError` without saving, so the checkpoints on disk
-    stay the last good ones. ``callback(step, metrics)`` runs at each log interval; returning True
-    stops the run as Ctrl-C does. ``model`` ends up holding the trained parameters.
-
-    ``parallel`` (a :class:`seqmodel.distributed.DataParallel`; None: all devices) splits each
-    batch and the lanes' carry over its ``data`` mesh axis; with several processes only process 0
-    writes ``metrics.jsonl``, ``loss.png`` and the progress bar (see ``docs/distributed.md``).
-
-    Example::
-
-        result = fit(model, load_dataset("tinyshakespeare"), TrainConfig(max_time=110),
-                     out_dir="runs/shakespeare")
-    """
-    if config.steps is None and config.max_time is None:
-        raise ValueError("TrainConfig needs steps or max_time (or both) to know when to stop")
-    run = _Run(model, dataset, config, out_path=pathlib.Path(out_dir) if out_dir is not None else None,
-               resume=resume, progress=progress, callback=callback, run_metadata=run_metadata,
-               parallel=parallel)
-    try:
-        run.train()
-    finally:
-        run.close()
-    return run.result()
-
-
-def plot_losses(metrics_path: str | os.PathLike, image_path: str | os.PathLike) -> bool:
-    """Draw train and validation loss against steps from ``metrics.jsonl`` into a PNG.
-
-    Returns False (and draws nothing) when matplotlib is not installed or there is nothing to draw."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    train, val = [], []
-    with open(metrics_path, encoding="utf-8") as handle:
-        for line in handle:
-            record = json.loads(line)
-            if "loss" in record:
-                train.append((record["step"], record["loss"]))
-            if "val_loss" in record:
-                val.append((record["step"], record["val_loss"]))
-    if not train and not val:
-        return False
-    figure, axes = plt.subplots(figsize=(7, 4))
-    if train:
-        axes.plot(*zip(*train), label="train")
-    if val:
-        axes.plot(*zip(*val), "o-", label="validation")
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss (nats per element)")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(image_path, dpi=100)
-    plt.close(figure)
-    return True

@@ -11,15 +11,16 @@ from flax import nnx
 
 from seqmodel import ModelConfig, SequenceModel
 from seqmodel.checkpoint import (
-    CheckpointError,
+    find_checkpoint,
     load_model,
     peek_metadata,
     read_metadata,
-    resolve,
     restore_train_state,
 )
 from seqmodel.data import ByteTokenizer, TextDataset
-from seqmodel.train import TrainConfig, fit, init_train_state, make_optimizer
+from seqmodel.errors import CheckpointError
+from seqmodel.fit import fit
+from seqmodel.train import TrainConfig, init_train_state, make_optimizer
 
 VOCAB = 6
 
@@ -75,7 +76,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_pat
 
     first = fit(model(), dataset(), config, out_dir=tmp_path, progress=False, callback=press_ctrl_c)
     assert first.interrupted and first.steps == stopped_at
-    assert resolve(tmp_path, prefer="latest") == (tmp_path / "latest", stopped_at)
+    assert find_checkpoint(tmp_path, prefer="latest") == (tmp_path / "latest", stopped_at)
     assert read_metadata(tmp_path, prefer="latest")["data_position"]["index"] > 0
 
     resumed_model = model(hidden_size=12)
@@ -118,8 +119,15 @@ def test_incompatible_checkpoint_is_a_clear_error(uninterrupted):
         restore_train_state(folder, template, other.config)
 
 
+def test_checkpoint_error_is_the_one_users_import():
+    import seqmodel
+    from seqmodel import checkpoint
+
+    assert checkpoint.CheckpointError is CheckpointError is seqmodel.CheckpointError
+
+
 def test_missing_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="no such folder"):
-        resolve(tmp_path / "absent")
+        find_checkpoint(tmp_path / "absent")
     with pytest.raises(CheckpointError, match="holds no checkpoint"):
         load_model(tmp_path)

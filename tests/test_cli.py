@@ -154,15 +154,53 @@ def test_console_entry_point_reports_one_line(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "holds no checkpoint" in result.stderr
 
 
-def test_cli_defaults_are_the_library_defaults():
+def test_cli_defaults_are_the_library_defaults(capsys):
+    from seqmodel.model import ModelConfig
     from seqmodel.train import TrainConfig
 
-    library = TrainConfig()
-    names = {"batch_size": "batch_size", "seq_len": "seq_len", "lr": "learning_rate",
-             "warmup": "warmup_steps", "weight_decay": "weight_decay", "clip_norm": "clip_norm",
-             "eval_every": "eval_every", "val_fraction": "val_fraction",
-             "teacher_forcing": "teacher_forcing", "batching": "batching", "seed": "seed",
-             "teacher_forcing_schedule": "teacher_forcing_schedule",
-             "steps_per_call": "steps_per_call"}
-    for flag, field in names.items():
-        assert cli.TRAIN_DEFAULTS[flag] == getattr(library, field), flag
+    defaults, model, train = cli.train_defaults(), ModelConfig(vocab_size=5), TrainConfig()
+    for flag, field in cli.TRAIN_FLAGS.items():
+        assert defaults[flag] == getattr(train, field), flag
+    for flag, field in cli.MODEL_FLAGS.items():
+        if flag != "head":  # the CLI lets the data pick the head
+            assert defaults[flag] == getattr(model, field), flag
+    assert (defaults["cell"], defaults["hidden_size"]) == ("gru", 512)  # the tuned defaults
+
+    # A run without flags gets the dataclasses' defaults (and the CLI's own time bound).
+    class Data:
+        def model_fields(self):
+            return {"vocab_size": 5}
+
+    args = cli.build_parser().parse_args(["train"])
+    model_config, train_config = cli._train_configs(args, Data())
+    assert model_config == model
+    assert train_config == TrainConfig(max_time=cli.DEFAULT_MAX_TIME)
+
+    # --help shows the same values.
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for text in (f"recurrent cell (default {model.cell})", f"--hidden-size N default "
+                 f"{model.hidden_size}", f"peak learning rate (default {train.learning_rate})",
+                 f"(default {train.steps_per_call})", f"(default {train.batching})"):
+        assert text in help_text, text
+
+
+def test_train_writes_tensorboard_event_files(corpus, tmp_path, capsys):
+    pytest.importorskip("tensorboardX")
+    out = tmp_path / "run"
+    status, _, err = run(capsys, "train", "--data", str(corpus), "--out", str(out), "--steps", "4",
+                         "--tensorboard", *TINY)
+    assert status == 0, err
+    (events,) = (out / "tensorboard").glob("events.out.tfevents.*")
+    assert events.stat().st_size > 0
+    assert (out / "metrics.jsonl").is_file()
+
+
+def test_tensorboard_without_tensorboardx_is_a_usage_error(corpus, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # what an absent package looks like
+    status, out, err = run(capsys, "train", "--data", str(corpus), "--out",
+                           str(tmp_path / "run"), "--steps", "4", "--tensorboard", *TINY)
+    assert status == 2 and err.strip().count("\n") == 0
+    assert "--tensorboard: TensorBoard event files need tensorboardX" in err
+    assert "seqmodel: training" not in out + err  # refused before the run starts

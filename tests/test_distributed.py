@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 
 from seqmodel import cli, distributed
-from seqmodel import train as train_module
 from seqmodel.data import Batch
+from seqmodel.fit import stopping
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 CORPUS = "The quick brown fox jumps over the lazy dog; pack my box with five dozen jugs.\n" * 30
@@ -72,8 +72,8 @@ from seqmodel.data import load_dataset
 dataset = load_dataset(corpus)
 one, params_one = train(dataset, distributed.DataParallel.create(1))
 four, params_four = train(dataset, distributed.DataParallel.create(4), out_dir=out + "/four")
-carry_devices = len(four.state.carry[0][0].sharding.device_set)
-carry_spec = str(four.state.carry[0][0].sharding.spec)
+carry_devices = len(jax.tree.leaves(four.state.carry)[0].sharding.device_set)
+carry_spec = str(jax.tree.leaves(four.state.carry)[0].sharding.spec)
 # The 4-device checkpoint resumes on 1 device (checkpoints hold no sharding).
 resumed, _ = train(dataset, distributed.DataParallel.create(1), out_dir=out + "/four", steps=7,
                    resume=True)
@@ -89,11 +89,11 @@ _, params, rest = nnx.split(model, nnx.Param, ...)
 params, rest = jax.device_put((params, rest), mesh_of_four.replicated)
 eval_batch = mesh_of_four.place_eval_batch(next(iter(dataset.validation_batches(batch_size=4, seq_len=32))))
 eval_carry = jax.device_put(model.init_carry(4), mesh_of_four.rows)
-eval_program = train_module._eval_batch.lower(train_module.eval_graphdef(model), params, rest,
+eval_program = train_module.evaluate_batch.lower(train_module.eval_graphdef(model), params, rest,
                                               eval_carry, eval_batch).compile().as_text()
 host_batches = list(dataset.validation_batches(batch_size=4, seq_len=32))[:2]
 stacked_batch = mesh_of_four.place_eval_batch(train_module.stack_batches(host_batches), stacked=True)
-stacked_program = train_module._eval_stacked.lower(train_module.eval_graphdef(model), params, rest,
+stacked_program = train_module.evaluate_stacked.lower(train_module.eval_graphdef(model), params, rest,
                                                    eval_carry, stacked_batch).compile().as_text()
 report(devices=jax.device_count(), carry_devices=carry_devices,
        eval_collectives=sum(program.count(op + "(") for op in
@@ -146,7 +146,7 @@ try:
     report(survived=float(total))
 except Exception as error:  # JaxRuntimeError or ValueError, depending on where
     report(failed_after=time.time() - started)
-    distributed.stop_after_failure(error, parallel)
+    cli.stop_after_failure(error, parallel)
 """
 
 
@@ -248,12 +248,12 @@ def test_cli_train_sets_devices_from_the_planned_batch_size(monkeypatch, corpus,
         seen.append(batch_size)
         raise distributed.DistributedError("stopped by the test")
 
-    monkeypatch.setattr(distributed, "from_train_flags", stop_here)
+    monkeypatch.setattr(cli, "parallel_from_flags", stop_here)
     for extra in ([], ["--batch-size", "32"]):
         status = cli.main(["train", "--data", str(corpus), "--out", str(tmp_path / "new"),
                            "--steps", "1", *extra])
         assert status == cli.EXIT_USAGE and "stopped by the test" in capsys.readouterr().err
-    assert seen == [cli.TRAIN_DEFAULTS["batch_size"], 32]
+    assert seen == [cli.train_defaults()["batch_size"], 32]
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "host:port", ":123", "h:70000"])
@@ -280,27 +280,36 @@ def test_cli_refuses_process_flags_without_a_shared_run_folder(capsys):
     assert "go together" in capsys.readouterr().err
 
 
-def test_fit_stops_as_its_parallel_layout_says(corpus):
-    # Across processes Ctrl-C must interrupt at once (DataParallel.stop_request); fit has to ask it.
+def test_fit_stops_as_its_parallel_layout_says(corpus, monkeypatch):
+    # Across processes Ctrl-C must interrupt at once (stopping.stop_request_for); fit has to ask.
     from flax import nnx
 
     from seqmodel import ModelConfig, SequenceModel, TrainConfig, fit
     from seqmodel.data import load_dataset
 
-    class StopAtOnce(distributed.DataParallel):
-        def stop_request(self):
-            request = distributed._NoStopRequest()
-            request.requested = True
-            return request
+    class TwoProcesses(distributed.DataParallel):  # the arithmetic only; this process is alone
+        num_processes = 2
 
+    one = distributed.DataParallel.create(1)
+    # In one process the first Ctrl-C still finishes the step and saves; across two it does not.
+    assert isinstance(stopping.stop_request_for(one), stopping.StopRequest)
+    assert isinstance(stopping.stop_request_for(TwoProcesses(one.mesh)), stopping.InterruptAtOnce)
+
+    asked = []
+
+    def stop_at_once(parallel):
+        asked.append(parallel)
+        request = stopping.InterruptAtOnce()
+        request.requested = True
+        return request
+
+    monkeypatch.setattr(stopping, "stop_request_for", stop_at_once)
     dataset = load_dataset(str(corpus))
     model = SequenceModel(ModelConfig(vocab_size=dataset.model_fields()["vocab_size"],
                                       hidden_size=8, embed_size=4), rngs=nnx.Rngs(0))
     result = fit(model, dataset, TrainConfig(batch_size=2, seq_len=4, steps=5, eval_every=None),
-                 progress=False, parallel=StopAtOnce(distributed.data_mesh(1)))
-    assert result.interrupted and result.steps == 0
-    # In one process the first Ctrl-C still finishes the step and saves.
-    assert isinstance(distributed.DataParallel.create(1).stop_request(), train_module._StopRequest)
+                 progress=False, parallel=one)
+    assert result.interrupted and result.steps == 0 and asked == [one]
 
 
 # ---------------------------------------------------------------------------------------------

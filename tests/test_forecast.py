@@ -57,7 +57,7 @@ def test_crps_prefers_the_right_forecast():
     assert scores[0] < scores[1] and scores[0] < scores[2]
 
 
-def test_quantiles_horizon_mean_and_parse():
+def test_quantiles_and_horizon_mean():
     paths = np.broadcast_to(np.arange(101.0)[None, :, None, None], (2, 101, 3, 1))
     q = forecast.sample_quantiles(paths, (0.1, 0.5, 0.9))
     assert q.shape == (3, 2, 3, 1)
@@ -65,10 +65,15 @@ def test_quantiles_horizon_mean_and_parse():
     errors = np.array([[[1.0], [2.0]], [[3.0], [100.0]]])  # (b=2, H=2, d=1)
     np.testing.assert_allclose(forecast.horizon_mean(errors), [2.0, 51.0])
     np.testing.assert_allclose(forecast.horizon_mean(errors, np.array([[1, 1], [1, 0]])), [2, 2])
-    assert forecast.parse_quantiles("0.1, 0.5,0.9") == (0.1, 0.5, 0.9)
+
+
+def test_parse_quantiles_of_the_command_line():
+    from seqmodel.cli import parse_quantiles
+
+    assert parse_quantiles("0.1, 0.5,0.9") == (0.1, 0.5, 0.9)
     for bad in ("", "0.1,x", "1.5"):
         with pytest.raises(ValueError, match="--quantiles"):
-            forecast.parse_quantiles(bad)
+            parse_quantiles(bad)
 
 
 def test_choose_starts():
@@ -146,3 +151,17 @@ def test_forecast_original_units_and_report(tiny_model, tmp_path):
     for name in (fan, chart):
         with open(name, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_runs_in_eval_mode_and_leaves_the_callers_mode():
+    config = sm.ModelConfig(input_size=2, head="gaussian", hidden_size=8, num_layers=2,
+                            dropout=0.5)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    model.train()
+    normalizer = Normalizer(mean=(0.0, 0.0), scale=(1.0, 1.0))
+    sequences = [np.random.default_rng(2).normal(size=(16, 2))]
+    options = dict(key=jax.random.key(0), horizon=2, num_samples=4, num_starts=3, min_context=4)
+    first = forecast.exposure_bias_report(model, sequences, normalizer, **options)
+    second = forecast.exposure_bias_report(model, sequences, normalizer, **options)
+    assert first["nll"] == second["nll"]  # no dropout noise in the teacher-forced pass
+    assert not model.dropout.deterministic  # the caller's model is still in training mode

@@ -15,7 +15,8 @@ import seqmodel as sm
 from seqmodel import forecast
 from seqmodel.data import Batch, synthetic
 from seqmodel.data.numeric import NumericDataset, pad_sequences
-from seqmodel.train import TrainConfig, fit, make_loss_fn
+from seqmodel.fit import fit
+from seqmodel.train import TrainConfig, make_loss_fn
 
 
 def train(dataset, *, head, steps, hidden_size=16, seq_len=32, num_mixtures=2, seed=0):

@@ -1,4 +1,4 @@
-"""Training: schedules, the pure train step, exact teacher forcing, evaluation, fit."""
+"""Training, the pure part: schedules, the train step, exact teacher forcing, evaluation."""
 
 import dataclasses
 import itertools
@@ -12,15 +12,12 @@ import optax
 import pytest
 from flax import nnx
 
-from seqmodel import ModelConfig, SequenceModel, distributed
+from seqmodel import ModelConfig, SequenceModel
 from seqmodel.data import Batch, ByteTokenizer, TextDataset, evaluation_batches
 from seqmodel.train import (
-    _Clock,
     TrainConfig,
-    TrainingError,
     eval_chunks,
     evaluate,
-    fit,
     init_train_state,
     learning_rate_at,
     make_loss_fn,
@@ -30,6 +27,7 @@ from seqmodel.train import (
     reset_carry,
     split_model,
     stack_batches,
+    step_neutral_config,
     teacher_forcing_at,
 )
 
@@ -177,8 +175,47 @@ def test_train_step_learns_carries_state_and_compiles_once():
     # The last step (step index 39 of 40) ran at the end of the cosine schedule.
     assert float(metrics["learning_rate"]) == pytest.approx(float(learning_rate_at(config, 39, 40)))
     assert float(metrics["learning_rate"]) < 1e-2 * 0.06
-    assert float(jnp.abs(state.carry[0][1]).sum()) > 0  # the lanes' carry is passed on
+    assert float(jnp.abs(jax.tree.leaves(state.carry)[0][1]).sum()) > 0  # the carry is passed on
     assert step._cache_size() == 1
+
+
+def test_multi_step_equals_the_steps_one_by_one():
+    model = tiny_model()
+    config = TrainConfig(steps=10, **FAST)
+    tx = make_optimizer(config)
+    graphdef, state = init_train_state(model, tx, config)
+    copy = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
+    batches = list(itertools.islice(tiny_dataset().train_batches(batch_size=4, seq_len=8), 3))
+    one_step = make_train_step(graphdef, tx, config)
+    losses = []
+    for batch in batches:
+        state, metrics = one_step(state, batch)
+        losses.append(float(metrics["loss"]))
+    copy, stacked_metrics = make_multi_step(graphdef, tx, config)(copy, stack_batches(batches))
+    assert stacked_metrics["loss"].shape == (3,)
+    np.testing.assert_allclose(np.asarray(stacked_metrics["loss"]), losses, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(copy.params), jax.tree.leaves(state.params)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert int(copy.step) == 3
+
+
+def test_step_neutral_config_keeps_only_what_the_step_reads():
+    config = TrainConfig(steps=10, batch_size=4, eval_every=5, seed=3, learning_rate=2e-3)
+    other = TrainConfig(max_time=60.0, batch_size=8, eval_every=None, seed=9, learning_rate=2e-3)
+    assert step_neutral_config(config) == step_neutral_config(other)  # one compiled step
+    for changed in (dict(learning_rate=1e-3), dict(teacher_forcing=0.5), dict(clip_norm=2.0)):
+        assert (step_neutral_config(dataclasses.replace(config, **changed))
+                != step_neutral_config(config)), changed
+
+
+def test_split_model_leaves_the_callers_mode_alone():
+    model = tiny_model(dropout=0.5, num_layers=2)
+    model.eval()
+    graphdef, params, _ = split_model(model)
+    assert model.dropout.deterministic  # still in eval mode
+    # The split graph is the training one: dropout on.
+    rest = nnx.state(model, nnx.Not(nnx.Param))
+    assert not nnx.merge(graphdef, params, rest).dropout.deterministic
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -221,191 +258,3 @@ def test_evaluate_runs_in_eval_mode():
     first, second = evaluate(model, batches), evaluate(model, batches)
     assert first.loss == second.loss  # no dropout noise
     assert not model.dropout.deterministic  # the caller's model keeps its mode
-
-
-# -- fit -----------------------------------------------------------------------------------------
-
-
-def test_fit_writes_checkpoints_metrics_and_plot(tmp_path):
-    model = tiny_model()
-    config = TrainConfig(steps=24, eval_every=12, **FAST)
-    result = fit(model, tiny_dataset(), config, out_dir=tmp_path, progress=False)
-    assert result.steps == 24 and result.tokens == 24 * 4 * 8
-    assert result.val_loss < math.log(VOCAB)
-    assert result.best_val_loss == pytest.approx(min(result.val_loss, result.best_val_loss))
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "val_loss" in r] == [12, 24]
-    assert sum("loss" in r for r in records) == 24
-    assert (tmp_path / "latest" / "24").is_dir() and (tmp_path / "best").is_dir()
-    plot = tmp_path / "loss.png"
-    pytest.importorskip("matplotlib")
-    assert plot.read_bytes()[:4] == b"\x89PNG"
-    # The trained parameters end up in the caller's model.
-    np.testing.assert_array_equal(params_of(model)[0],
-                                  jax.tree.leaves(result.state.params)[0])
-
-
-@pytest.mark.parametrize("steps_per_call, calls", [(1, 30), (4, 9)])  # 4: 7 calls of 4, 2 of 1
-def test_fit_keeps_at_most_a_few_calls_in_flight(monkeypatch, steps_per_call, calls):
-    # More than 32 queued calls per device can deadlock XLA:CPU's collectives with several CPU
-    # devices (train.MAX_CALLS_IN_FLIGHT); between logs fit must wait for old calls itself.
-    from seqmodel import train as train_module
-
-    waited = []
-    original = jax.block_until_ready
-
-    def recording(tree):
-        if isinstance(tree, dict) and "loss" in tree:
-            waited.append(tree)
-        return original(tree)
-
-    monkeypatch.setattr(train_module.jax, "block_until_ready", recording)
-    steps, limit = 30, train_module.MAX_CALLS_IN_FLIGHT
-    result = fit(tiny_model(), tiny_dataset(), TrainConfig(
-        steps=steps, eval_every=None, steps_per_call=steps_per_call,
-        **{**FAST, "log_every": 1000}), progress=False)
-    assert result.steps == steps
-    assert len(waited) == calls - limit  # one wait per call beyond the first `limit`
-
-
-def test_several_steps_per_call_train_and_log_like_one_step_per_call(tmp_path):
-    # log_every=3 with 4 steps per call: calls end at 4, 8, 9, 10 (none passes the evaluation at
-    # 10), 11, 12; the records still fall every 3 steps and at the evaluation, as with one step
-    # per call.
-    records, params = {}, {}
-    for steps_per_call in (1, 4):
-        model = tiny_model()
-        config = TrainConfig(steps=12, eval_every=10, steps_per_call=steps_per_call,
-                             **{**FAST, "log_every": 3})
-        result = fit(model, tiny_dataset(), config, out_dir=tmp_path / str(steps_per_call),
-                     progress=False)
-        assert result.steps == 12 and result.tokens == 12 * 4 * 8
-        lines = (tmp_path / str(steps_per_call) / "metrics.jsonl").read_text().splitlines()
-        records[steps_per_call] = [json.loads(line) for line in lines]
-        params[steps_per_call] = params_of(model)
-    for one, several in zip(records[1], records[4], strict=True):
-        assert one["step"] == several["step"] and one.keys() == several.keys()
-        for key in {"loss", "val_loss", "learning_rate", "grad_norm"} & one.keys():
-            assert one[key] == pytest.approx(several[key], rel=1e-6)
-    assert [record["step"] for record in records[4] if "loss" in record] == [3, 6, 9, 10, 12]
-    for one, several in zip(params[1], params[4]):
-        np.testing.assert_allclose(one, several, rtol=1e-6, atol=1e-7)
-
-
-def test_multi_step_equals_the_steps_one_by_one():
-    model = tiny_model()
-    config = TrainConfig(steps=10, **FAST)
-    tx = make_optimizer(config)
-    graphdef, state = init_train_state(model, tx, config)
-    copy = jax.tree.map(lambda leaf: jnp.array(leaf, copy=True), state)
-    batches = list(itertools.islice(tiny_dataset().train_batches(batch_size=4, seq_len=8), 3))
-    one_step = make_train_step(graphdef, tx, config)
-    losses = []
-    for batch in batches:
-        state, metrics = one_step(state, batch)
-        losses.append(float(metrics["loss"]))
-    copy, stacked_metrics = make_multi_step(graphdef, tx, config)(copy, stack_batches(batches))
-    assert stacked_metrics["loss"].shape == (3,)
-    np.testing.assert_allclose(np.asarray(stacked_metrics["loss"]), losses, rtol=1e-6)
-    for got, want in zip(jax.tree.leaves(copy.params), jax.tree.leaves(state.params)):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    assert int(copy.step) == 3
-
-
-def test_evaluation_does_not_disturb_training(tmp_path):
-    """Same run with and without intermediate evaluations: identical parameters."""
-    dataset = tiny_dataset()
-    with_eval = tiny_model()
-    fit(with_eval, dataset, TrainConfig(steps=12, eval_every=3, **FAST), progress=False)
-    without = tiny_model()
-    fit(without, dataset, TrainConfig(steps=12, eval_every=None, **FAST), progress=False)
-    for a, b in zip(params_of(with_eval), params_of(without)):
-        np.testing.assert_array_equal(a, b)
-
-
-class _PoisonedDataset:
-    """Wraps a dataset; from batch ``poison_at`` on, a token id outside the vocabulary makes the
-    loss NaN (an out-of-range gather fills with NaN)."""
-
-    def __init__(self, dataset, poison_at):
-        self.dataset, self.poison_at = dataset, poison_at
-
-    def __getattr__(self, name):
-        return getattr(self.dataset, name)
-
-    def train_batches(self, **kwargs):
-        inner = self.dataset.train_batches(**kwargs)
-        poison_at = self.poison_at
-
-        class Iterator:
-            position = property(lambda self: inner.position)
-
-            def __iter__(self):
-                return self
-
-            def __next__(self):
-                index = inner.position["index"] + inner.position["epoch"] * inner.batches_per_epoch
-                batch = next(inner)
-                if index + 1 >= poison_at:
-                    batch = batch._replace(inputs=np.full_like(batch.inputs, 250))
-                return batch
-
-        return Iterator()
-
-
-def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    dataset = _PoisonedDataset(tiny_dataset(), poison_at=8)
-    config = TrainConfig(steps=20, eval_every=5, **FAST)
-    with pytest.raises(TrainingError, match=r"loss became nan at step 8; the last good checkpoint "
-                                            r"\(step 5\)"):
-        fit(tiny_model(), dataset, config, out_dir=tmp_path, progress=False)
-    assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == ["5"]
-
-
-def test_fit_needs_a_stopping_rule():
-    with pytest.raises(ValueError, match="steps or max_time"):
-        fit(tiny_model(), tiny_dataset(), TrainConfig(**FAST), progress=False)
-
-
-def test_max_time_ends_the_run_with_an_evaluation(monkeypatch):
-    ticks = itertools.count(0.0, 0.25)  # a clock that advances 0.25 s whenever it is read
-    monkeypatch.setattr(_Clock, "now", staticmethod(lambda: next(ticks)))
-    # One step per call: the fake clock then advances a fixed amount per step.
-    config = TrainConfig(max_time=20.0, eval_every=None, steps_per_call=1, **FAST)
-    model = tiny_model(hidden_size=24)  # a graph of its own: a train step no other test compiled
-    result = fit(model, tiny_dataset(), config, progress=False)
-    assert 5 < result.steps < 80
-    assert result.val_loss is not None and not result.interrupted
-    assert int(result.state.horizon) < 10**9  # the schedule's end was estimated from the speed
-    # Re-estimating the horizon must not change the step's input layout (it once recompiled).
-    _, train_step = distributed.resolve(None, config.batch_size).train_step(
-        split_model(model)[0], config)
-    assert train_step._cache_size() == 1
-
-
-def test_time_running_out_at_an_evaluation_step_evaluates_and_saves_once(monkeypatch, tmp_path):
-    from seqmodel import train as train_module
-
-    checks = itertools.count()  # one time check per call: calls at steps 0 and 4, then 8
-    monkeypatch.setattr(_Clock, "out_of_time", lambda self, *args, **kwargs: next(checks) >= 2)
-    evaluations = []
-    original = train_module._evaluate_chunks
-    monkeypatch.setattr(train_module, "_evaluate_chunks",
-                        lambda *args, **kwargs: evaluations.append(1) or original(*args, **kwargs))
-    config = TrainConfig(max_time=1000.0, eval_every=8, steps_per_call=4, **FAST)
-    result = fit(tiny_model(), tiny_dataset(), config, out_dir=tmp_path, progress=False)
-    assert result.steps == 8 and not result.interrupted and result.val_loss is not None
-    assert len(evaluations) == 1  # the evaluation at step 8 is the final one
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "val_loss" in r] == [8]
-    assert (tmp_path / "latest" / "8").is_dir() and result.checkpoint is not None
-
-
-def test_clock_keeps_time_for_the_final_evaluation():
-    clock = _Clock(max_time=100.0, elapsed_before=90.0)
-    clock.record_steps(10, 1.0)  # 0.1 s per step
-    assert not clock.out_of_time(estimated_eval=2.0)
-    assert clock.out_of_time(estimated_eval=9.5)  # 90 + 0.1 + 9.5 + 1 s margin > 100
-    assert clock.out_of_time(estimated_eval=2.0, steps=70)  # a call of 70 steps takes 7 s
-    total = clock.estimated_total_steps(500, estimated_eval=4.0)
-    assert 540 <= total <= 550  # about (100 - 90 - 5) / 0.1 more steps

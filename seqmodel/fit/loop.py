@@ -1,0 +1,260 @@
+"""``fit``: the host loop that drives the pure train step of :mod:`seqmodel.train`.
+
+The loop dispatches calls of train steps without waiting for them (:class:`Training`), fetches
+their metrics at log and evaluation steps (:class:`LogIntervals`, :class:`Throughput`), evaluates
+and saves on the schedule (:class:`CallSchedule`, :class:`Validation`, :class:`RunSaver`), and
+stops at ``steps``, at ``max_time`` (:class:`TimeBudget`), on Ctrl-C or when a callback asks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import time
+from typing import Callable, NamedTuple, Sequence
+
+from flax import nnx
+
+from seqmodel import distributed, metrics, train
+from seqmodel.fit import stopping
+from seqmodel.fit.clock import TimeBudget
+from seqmodel.fit.log_records import LogIntervals
+from seqmodel.fit.progress import ProgressBar
+from seqmodel.fit.saving import RunSaver
+from seqmodel.fit.schedule import CallSchedule
+from seqmodel.fit.throughput import Throughput
+from seqmodel.fit.training import Training
+from seqmodel.fit.validation import Validation
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a NaN loss); the message says what happened and what was kept."""
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` returns. Losses are nats per element; ``val_bits`` is bits per element
+    (per character for text). ``checkpoint`` is the run's latest checkpoint folder or None.
+    ``tokens_per_second`` is over the whole run (compile, evaluation, checkpoints included);
+    ``step_tokens_per_second`` over the train steps alone, without the first (compiling)
+    interval."""
+
+    state: train.TrainState
+    steps: int
+    tokens: int
+    train_seconds: float
+    tokens_per_second: float
+    step_tokens_per_second: float | None
+    train_loss: float
+    val_loss: float | None
+    val_bits: float | None
+    best_val_loss: float | None
+    checkpoint: str | None
+    interrupted: bool
+
+
+def fit(model, dataset, config: train.TrainConfig, *, out_dir: str | os.PathLike | None = None,
+        resume: bool = False, progress: bool = True,
+        callback: Callable[[int, dict], bool | None] | None = None,
+        writers: Sequence[metrics.MetricWriter] = (), run_metadata: dict | None = None,
+        parallel: distributed.DataParallel | None = None) -> FitResult:
+    """Train ``model`` on ``dataset`` (see :class:`seqmodel.data.Dataset`) as ``config`` says.
+
+    Every ``config.eval_every`` steps and at the end: exact validation NLL, then the checkpoints
+    ``out_dir/latest`` and (when validation improved) ``out_dir/best``. ``out_dir`` also receives
+    ``metrics.jsonl`` (one JSON object per log interval or evaluation) and ``loss.png``.
+    ``resume=True`` continues from ``out_dir/latest`` exactly: parameters, optimizer state, step,
+    schedule, carry, RNG and data position.
+
+    Ctrl-C stops after the current step, saves ``latest`` and returns with ``interrupted=True``.
+    A non-finite loss raises :class:`TrainingError` without saving, so the checkpoints on disk
+    stay the last good ones. ``callback(step, record)`` runs at each log interval (in every
+    process); returning True stops the run as Ctrl-C does. ``writers`` (see
+    :mod:`seqmodel.metrics`) receive every record besides ``metrics.jsonl``, and are closed at the
+    end of the run. ``model`` ends up holding the trained parameters (in the mode it had).
+
+    ``parallel`` (a :class:`seqmodel.distributed.DataParallel`; None: as many devices as split
+    the batch) splits each batch and the lanes' carry over its ``data`` mesh axis; with several
+    processes only process 0 writes records, ``loss.png`` and the progress bar (see
+    ``docs/distributed.md``).
+
+    Example::
+
+        result = fit(model, load_dataset("tinyshakespeare"), TrainConfig(max_time=110),
+                     out_dir="runs/shakespeare")
+        result.val_loss, result.checkpoint
+    """
+    if config.steps is None and config.max_time is None:
+        raise ValueError("TrainConfig needs steps or max_time (or both) to know when to stop")
+    out_path = pathlib.Path(out_dir) if out_dir is not None else None
+    if resume and out_path is None:
+        raise ValueError("resume=True needs out_dir")
+    parallel = parallel if parallel is not None else distributed.default_parallel(
+        config.batch_size)
+    parallel.check_config(config)
+    training, resumed = Training.start(model, dataset, config, parallel, out_path=out_path,
+                                       resume=resume)
+    validation = Validation(dataset, config, parallel, train.eval_graphdef(model))
+    budget = TimeBudget(config.max_time, resumed.elapsed)
+    if config.max_time is not None:
+        # A time-bounded run keeps time for its final evaluation and checkpoint.
+        validation.time_one_batch(training.state, parallel)
+
+    history = metrics.MemoryWriter()  # what loss.png is drawn from
+    own_writers: list = []
+    if out_path is not None and parallel.is_main:
+        metrics_path = out_path / "metrics.jsonl"
+        # A resumed run's plot shows its whole history: the records of the runs before it.
+        history = metrics.MemoryWriter(metrics.read_jsonl(metrics_path) if resume else ())
+        own_writers = [metrics.JsonlWriter(metrics_path, append=resume), history]
+    # Only process 0 writes records.
+    run_writers = own_writers + list(writers) if parallel.is_main else []
+    saver = RunSaver(out_path, metadata={**(run_metadata or {}),
+                                         "model_config": model.config.to_dict(),
+                                         "train_config": config.to_dict(),
+                                         "data": dataset.metadata()},
+                     best_val_loss=resumed.best_val_loss, saved_step=resumed.saved_step)
+    bar = ProgressBar(enabled=progress and parallel.is_main,
+                      total=int(training.state.horizon) if config.steps else None,
+                      initial=training.step)
+    log = LogIntervals(config.log_every, teacher_forcing=not config.plain_teacher_forcing)
+    loop = _Loop(config, training, budget=budget, validation=validation, saver=saver, log=log,
+                 meter=Throughput(resumed.tokens), writers=run_writers, bar=bar,
+                 callback=callback)
+    try:
+        loop.run()
+    finally:
+        bar.close()
+        for writer in [*own_writers, *writers]:
+            writer.close()
+        saver.close()
+
+    state = training.state
+    nnx.update(model, *parallel.local_copy((state.params, state.model_state)))
+    train_seconds = budget.elapsed()
+    if out_path is not None and parallel.is_main:
+        metrics.plot_losses(history.records, out_path / "loss.png")
+    run_seconds = max(train_seconds - resumed.elapsed, 1e-9)
+    return FitResult(
+        state=state,
+        steps=training.step,
+        tokens=loop.meter.tokens,
+        train_seconds=train_seconds,
+        tokens_per_second=(loop.meter.tokens - resumed.tokens) / run_seconds,
+        step_tokens_per_second=loop.meter.step_tokens_per_second(),
+        train_loss=log.train_loss,
+        val_loss=None if loop.last_val is None else loop.last_val.loss,
+        val_bits=None if loop.last_val is None else loop.last_val.bits,
+        best_val_loss=saver.best_val_loss,
+        checkpoint=saver.latest_path(),
+        interrupted=loop.interrupted,
+    )
+
+
+class _Loop:
+    """The loop of one :func:`fit` call over its parts: when to dispatch, log, evaluate, save
+    and stop."""
+
+    def __init__(self, config: train.TrainConfig, training: Training, *, budget: TimeBudget,
+                 validation: Validation, saver: RunSaver, log: LogIntervals, meter: Throughput,
+                 writers: list, bar: ProgressBar, callback):
+        self.schedule = CallSchedule(config)
+        self.training = training
+        self.budget, self.validation, self.saver = budget, validation, saver
+        self.log, self.meter, self.writers, self.bar = log, meter, writers, bar
+        self.callback = callback
+        self.last_val: train.EvalResult | None = None
+        self.interrupted = False
+
+    def run(self) -> None:
+        schedule, training = self.schedule, self.training
+        with stopping.stop_request_for(training.parallel) as stop:
+            while not schedule.done(training.step):
+                count = schedule.steps_this_call(training.step)
+                if stop.requested or self.budget.out_of_time(self.estimated_eval_seconds(),
+                                                             steps=count):
+                    self.interrupted = stop.requested
+                    break
+                before = training.step
+                self.meter.dispatched(count, compiled=training.dispatch(count))
+                self.bar.update(count)
+                # A call never passes an evaluation step (steps_this_call), but may pass a log one.
+                at_eval = schedule.evaluates_at(training.step)
+                if schedule.logs_between(before, training.step) or at_eval:
+                    for record in self.flush(final=at_eval):
+                        if self.callback is not None and self.callback(record["step"], record):
+                            stop.requested = True
+                if at_eval and not schedule.done(training.step):
+                    self.last_val = self.evaluate()
+                    self.save(self.last_val)
+                    self.meter.restart_interval()  # evaluation is not step time
+                    if self.last_val is not None:
+                        self.bar.note(f"step {training.step}: val_loss {self.last_val.loss:.4f}")
+            self.flush(final=True)
+            if schedule.config.steps is None:
+                self.bar.end_at(training.step)
+            # A time-bounded run may run out of time right after an evaluation step: that step is
+            # then evaluated and saved already.
+            finished_at_evaluation = self.validation.evaluated_at == training.step and (
+                not self.saver.active or self.saver.saved_step == training.step)
+            if not finished_at_evaluation:
+                if not self.interrupted:
+                    self.last_val = self.evaluate()
+                self.save(None if self.interrupted else self.last_val)
+
+    def estimated_eval_seconds(self) -> float:
+        saving = (self.budget.save_seconds or 1.0) if self.saver.active else 0.0
+        return self.validation.estimated_seconds() + saving
+
+    def write(self, record: dict) -> None:
+        for writer in self.writers:
+            writer.write(record)
+
+    def flush(self, *, final: bool = False) -> list[dict]:
+        """Fetch the pending metrics, check them, log them; returns the records written, one
+        per finished log interval (with ``final``, before an evaluation or at the end, also the
+        unfinished one)."""
+        steps = self.training.fetch()
+        if steps:
+            for at_step, step_metrics in steps:
+                if not math.isfinite(step_metrics["loss"]):
+                    raise TrainingError(
+                        f"training stopped: the loss became {step_metrics['loss']} at step "
+                        f"{at_step}; {self.saver.kept()}. Lower --lr or --clip-norm, or check "
+                        f"the data")
+            elements = sum(step_metrics["elements"] for _, step_metrics in steps)
+            seconds = self.meter.close_interval(elements, self.budget)
+            self.log.add(steps, seconds)
+            # A time-bounded run re-estimates where its schedule ends from the measured speed.
+            if self.schedule.config.steps is None:
+                total = self.budget.estimated_total_steps(self.training.step,
+                                                          self.estimated_eval_seconds())
+                if total is not None:
+                    self.training.set_horizon(total)
+                    self.bar.set_total(total)
+            self.bar.show(loss=self.log.train_loss,
+                          tokens_per_second=elements / seconds if seconds > 0 else 0)
+        records = self.log.complete(final=final, elapsed=self.budget.elapsed())
+        for record in records:
+            self.write(record)
+        return records
+
+    def evaluate(self) -> train.EvalResult | None:
+        started = time.perf_counter()
+        result = self.validation.run(self.training.state, self.training.step)
+        if result is None:
+            return None
+        self.budget.eval_seconds = time.perf_counter() - started
+        self.write(self.validation.record(self.training.step, result, self.budget.elapsed()))
+        return result
+
+    def save(self, val: train.EvalResult | None) -> None:
+        if not self.saver.active:
+            return
+        started = time.perf_counter()
+        training = self.training
+        self.saver.save(training.step, training.parallel.host_state(training.state), val=val,
+                        last_val=self.last_val, data_position=training.batches.position,
+                        tokens=self.meter.tokens, train_seconds=self.budget.elapsed())
+        self.budget.save_seconds = max(self.budget.save_seconds or 0.0,
+                                       time.perf_counter() - started)
