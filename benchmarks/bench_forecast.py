@@ -30,7 +30,7 @@ from flax import nnx
 import seqmodel as sm
 from seqmodel import forecast
 from seqmodel.data import load_dataset
-from seqmodel.train import TrainConfig, fit
+from seqmodel import TrainConfig, fit
 
 VARIANTS = {
     # name: (teacher_forcing, schedule)

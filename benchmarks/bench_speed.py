@@ -8,7 +8,7 @@ Embedding 64 -> cell -> Linear, vocabulary 65, AdamW + global-norm clipping, fp3
   ``seqmodel`` (the library's step, :func:`seqmodel.train.make_train_step` as ``seqmodel train``
   runs it by default: custom-VJP recurrences, on a CPU-only machine the batch split over one
   device per core, :func:`seqmodel.distributed.default_cpu_devices`), ``seqmodel-1dev`` (the same
-  step on one device, ``--devices 1``), ``seqmodel-fit`` (:func:`seqmodel.train.fit` itself with
+  step on one device, ``--devices 1``), ``seqmodel-fit`` (:func:`seqmodel.fit` itself with
   its default devices: data pipeline, logging and run folder around the same step),
   ``seqmodel-plain`` (``fast_recurrence=False``: ``lax.scan`` differentiated by JAX, one device),
   ``flax`` (``nnx.RNN(OptimizedLSTMCell / GRUCell)``, same optax chain), ``torch``

@@ -41,7 +41,8 @@ def main() -> None:
 
     from seqmodel.data import Batch
     from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel.train import CallsInFlight, TrainConfig, init_train_state, stack_batches
+    from seqmodel.distributed import CallsInFlight
+    from seqmodel.train import TrainConfig, init_train_state, stack_batches
 
     per_call = args.steps_per_call
     model = SequenceModel(ModelConfig(vocab_size=65, cell=args.cell, hidden_size=args.hidden,

@@ -96,7 +96,8 @@ def seqmodel_worker(spec: dict):
 
     from seqmodel import distributed
     from seqmodel.data import Batch
-    from seqmodel.train import CallsInFlight, TrainConfig, init_train_state, stack_batches
+    from seqmodel.distributed import CallsInFlight
+    from seqmodel.train import TrainConfig, init_train_state, stack_batches
 
     options = spec["options"]
     # Before any JAX computation: virtual CPU devices must be asked for first.
@@ -158,7 +159,7 @@ def _generate_runner(model, steps: int = SEQUENCE):
 
 
 def fit_worker(spec: dict):
-    """:func:`seqmodel.train.fit` itself, as ``seqmodel train`` runs it: a text dataset in lanes,
+    """:func:`seqmodel.fit` itself, as ``seqmodel train`` runs it: a text dataset in lanes,
     metrics fetched and written to ``metrics.jsonl`` every ``log_every`` steps, the NaN check, a
     run folder. A repetition of ``n`` steps is one ``fit`` of one more log interval than that;
     the time quoted runs from the end of its first interval (the run's start) to the end of its
@@ -171,7 +172,7 @@ def fit_worker(spec: dict):
     from seqmodel import distributed
     from seqmodel.data.text import TextDataset
     from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel.train import TrainConfig, fit
+    from seqmodel import TrainConfig, fit
 
     options = spec["options"]
     parallel = distributed.from_flags(devices=options.get("devices"), batch_size=BATCH)

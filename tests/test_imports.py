@@ -17,15 +17,18 @@ PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent / "seqmodel"
 # Low to high. A module may import modules of its own layer or of lower layers (and, within its
 # own layer, only without closing a cycle). A package (data, fit) is one layer with its modules.
 LAYERS = [
-    "configs", "errors",
+    "_version", "configs", "errors",
     "steps",
     "recurrence",
     "cells",
     "heads",
     "model",
     "sampling",
+    "processors",
     "feed",
+    "decoding",
     "generate",
+    "beam",
     "data",
     "train",
     "checkpoint",
@@ -34,9 +37,8 @@ LAYERS = [
     "forecast",
     "fit",
     "interop",
-    # The benchmark harness is leaving the package; while it is here it sits under the CLI.
-    "benchmarking",
     "cli",
+    "__main__",
 ]
 RANK = {name: rank for rank, name in enumerate(LAYERS)}
 
