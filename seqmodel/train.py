@@ -31,6 +31,7 @@ from flax import nnx
 from seqmodel.configs import DictConfig
 from seqmodel.data import BATCHINGS, Batch
 from seqmodel.feed import rollout
+from seqmodel.model import reset_carry  # noqa: F401  (re-exported: the train step's reset)
 
 Array = jax.Array
 
@@ -268,15 +269,6 @@ def init_train_state(model, tx: optax.GradientTransformation, config: TrainConfi
         horizon=jnp.asarray(horizon, jnp.int32),
     )
     return graphdef, state
-
-
-def reset_carry(carry, reset: Array):
-    """Zero the carry of the rows where ``reset`` ``(b,)`` is True."""
-    def zero_rows(leaf):
-        keep = jnp.logical_not(reset).reshape((-1,) + (1,) * (leaf.ndim - 1))
-        return jnp.where(keep, leaf, jnp.zeros_like(leaf))
-
-    return jax.tree.map(zero_rows, carry)
 
 
 def _as_model_input(values: Array) -> Array:
