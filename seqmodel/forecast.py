@@ -298,8 +298,9 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
     _check_real_valued(model)
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if num_samples < 2:
+        raise ValueError(f"num_samples={num_samples} is invalid: allowed is an integer >= 2 (the "
+                         "fair CRPS compares pairs of sample paths)")
     model = nnx.view(model, deterministic=True)  # dropout off in this view only
     if min_context is None:
         # Up to 32 steps of context, fewer when the sequences are too short for that + horizon.

@@ -23,7 +23,8 @@ def test_crps_matches_pairwise_definition():
     rng = np.random.default_rng(0)
     samples = rng.normal(size=(3, 17, 4, 2))  # (b, S, H, d)
     truth = rng.normal(size=(3, 4, 2))
-    fast = forecast.crps_from_samples(samples, truth)
+    # The pairwise mean over all S^2 pairs is the energy form (the fair form: tests/test_scores.py).
+    fast = forecast.crps_from_samples(samples, truth, estimator="energy")
     assert fast.shape == (3, 4, 2)
     for index in np.ndindex(3, 4, 2):
         b, h, d = index
@@ -32,8 +33,8 @@ def test_crps_matches_pairwise_definition():
 
 
 def test_crps_of_one_sample_is_absolute_error_and_gaussian_closed_form():
-    np.testing.assert_allclose(forecast.crps_from_samples(np.array([[1.0]]), np.array([0.3])),
-                               [0.7])
+    np.testing.assert_allclose(forecast.crps_from_samples(np.array([[1.0]]), np.array([0.3]),
+                                                          estimator="energy"), [0.7])
     # CRPS(N(mu, sigma), y) = sigma (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)), z = (y - mu)/sigma
     sigma, y = 2.0, 1.0
     z = y / sigma
