@@ -113,36 +113,36 @@ def _log_beta(a: Array, b: Array) -> Array:
     with the ``log1p`` form of the difference instead (the method of TensorFlow Probability's
     ``lbeta``)."""
     small, large = jnp.minimum(a, b), jnp.maximum(a, b)
-    # Each branch sees only arguments valid for it, so that the unused branch of a jnp.where
-    # cannot put a NaN into the gradient.
     both_large = small >= _STIRLING_THRESHOLD
     one_large = large >= _STIRLING_THRESHOLD
-    small_s = jnp.where(both_large, small, _STIRLING_THRESHOLD)
-    large_s = jnp.where(one_large, large, _STIRLING_THRESHOLD)
-    small_d = jnp.where(one_large, small, 1.0)
-    total_s = small_s + large_s
-    stirling_both = (
+    # Each branch sees only arguments valid for it, so that the unused branch of a jnp.where
+    # cannot put a NaN into the gradient.
+    stirling_small = jnp.where(both_large, small, _STIRLING_THRESHOLD)
+    stirling_large = jnp.where(one_large, large, _STIRLING_THRESHOLD)
+    total = stirling_small + stirling_large
+    # (a - 1/2) log a + (b - 1/2) log b - (a + b - 1/2) log(a + b) rearranged around log1p.
+    both_stirling = (
         0.5 * math.log(2 * math.pi)
-        + (small_s - 0.5) * jnp.log(small_s / total_s)
-        - large_s * jnp.log1p(small_s / large_s)
-        + 0.5 * jnp.log1p(small_s / large_s)
-        - 0.5 * jnp.log(total_s)
-        + _stirling_correction(small_s) + _stirling_correction(large_s)
-        - _stirling_correction(total_s)
+        + (stirling_small - 0.5) * jnp.log(stirling_small / total)
+        - (stirling_large - 0.5) * jnp.log1p(stirling_small / stirling_large)
+        - 0.5 * jnp.log(total)
+        + _stirling_correction(stirling_small) + _stirling_correction(stirling_large)
+        - _stirling_correction(total)
     )
-    # lgamma(large) - lgamma(large + small) by Stirling, lgamma(small) directly.
-    total_d = small_d + large_s
-    stirling_one = (
-        gammaln(small_d)
-        - (large_s - 0.5) * jnp.log1p(small_d / large_s)
-        - small_d * jnp.log(total_d)
-        + small_d
-        + _stirling_correction(large_s) - _stirling_correction(total_d)
+    # lgamma(small) directly plus lgamma(large) - lgamma(large + small) by Stirling.
+    direct_small = jnp.where(one_large, small, 1.0)
+    total = direct_small + stirling_large
+    one_stirling = (
+        gammaln(direct_small)
+        - (stirling_large - 0.5) * jnp.log1p(direct_small / stirling_large)
+        - direct_small * jnp.log(total)
+        + direct_small
+        + _stirling_correction(stirling_large) - _stirling_correction(total)
     )
-    small_p = jnp.where(one_large, 1.0, small)
-    large_p = jnp.where(one_large, 1.0, large)
-    plain = gammaln(small_p) + gammaln(large_p) - gammaln(small_p + large_p)
-    return jnp.where(both_large, stirling_both, jnp.where(one_large, stirling_one, plain))
+    plain_small = jnp.where(one_large, 1.0, small)
+    plain_large = jnp.where(one_large, 1.0, large)
+    plain = gammaln(plain_small) + gammaln(plain_large) - gammaln(plain_small + plain_large)
+    return jnp.where(both_large, both_stirling, jnp.where(one_large, one_stirling, plain))
 
 
 def _per_element_keys(key: Array, batch_shape: tuple[int, ...]) -> Array:
@@ -456,8 +456,9 @@ class StudentT(_Head):
     """Diagonal Student-t over ``d`` real features: heavy tails, robust to outliers.
 
     Params: location, log-scale (bounded below like the Gaussian's) and degrees of freedom
-    ``df = 2 + softplus(raw)``, so the variance ``scale^2 df / (df - 2)`` is always finite (as in
-    GluonTS's ``StudentTOutput``). Elements are float ``(..., d)``.
+    ``df = 2 + softplus(raw)``, so the variance ``scale^2 df / (df - 2)`` is finite (as in
+    GluonTS's ``StudentTOutput``; float32 rounds ``df`` to 2 only for ``raw < -16``). Elements
+    are float ``(..., d)``.
 
     Example::
 
