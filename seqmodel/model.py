@@ -99,8 +99,10 @@ class ModelConfig(DictConfig):
             bad("target_size", "needs input_size and must be at most input_size (the element's "
                 "features come first in each input, conditioning features after them)")
         if self.input_size is not None and self.head == "categorical":
-            bad("head", "real-valued inputs (input_size) need head='gaussian', 'mdn' or "
-                "'bernoulli'; for tokens give vocab_size instead of input_size")
+            real_valued = ", ".join(repr(name) for name in heads_module.HEADS
+                                    if name != "categorical")
+            bad("head", f"real-valued inputs (input_size) need one of {real_valued}; for "
+                "tokens give vocab_size instead of input_size")
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelConfig":
@@ -135,13 +137,17 @@ def _make_head(config: ModelConfig, rngs: nnx.Rngs):
     h, dtype = config.hidden_size, config.compute_dtype
     if config.head == "categorical":
         return heads_module.Categorical(h, config.vocab_size, rngs=rngs, dtype=dtype)
-    if config.head == "gaussian":
-        return heads_module.Gaussian(h, config.element_size, rngs=rngs, dtype=dtype)
     if config.head == "mdn":
         return heads_module.MixtureGaussian(
             h, config.element_size, config.num_mixtures, rngs=rngs, dtype=dtype
         )
-    return heads_module.Bernoulli(h, config.element_size, rngs=rngs, dtype=dtype)
+    real_valued = {
+        "gaussian": heads_module.Gaussian,
+        "bernoulli": heads_module.Bernoulli,
+        "student_t": heads_module.StudentT,
+        "negbin": heads_module.NegativeBinomial,
+    }
+    return real_valued[config.head](h, config.element_size, rngs=rngs, dtype=dtype)
 
 
 class SequenceModel(nnx.Module):

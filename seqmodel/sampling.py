@@ -225,9 +225,9 @@ def draw_noise(head, key: Array, batch_shape: tuple[int, ...]) -> Any:
         x = sample_with_noise(model.head, noise, out, temperature=0.8)
     """
     if not isinstance(head, heads_module.HEAD_CLASSES):
+        allowed = ", ".join(cls.__name__ for cls in heads_module.HEAD_CLASSES)
         raise ValueError(
-            f"head={type(head).__name__} is not supported: allowed are Categorical, Gaussian, "
-            "MixtureGaussian and Bernoulli"
+            f"head={type(head).__name__} is not supported: allowed are {allowed}"
         )
     return head.draw_noise(key, tuple(batch_shape))
 

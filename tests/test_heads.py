@@ -9,6 +9,8 @@ import pytest
 from flax import nnx
 
 from seqmodel.heads import (
+    HEAD_CLASSES,
+    HEADS,
     MIN_SCALE,
     Bernoulli,
     Categorical,
@@ -16,7 +18,13 @@ from seqmodel.heads import (
     GaussianParams,
     MixtureGaussian,
     MixtureParams,
+    NegativeBinomial,
+    NegativeBinomialParams,
+    StudentT,
+    StudentTParams,
 )
+
+stats = pytest.importorskip("scipy.stats")
 
 
 def numpy_normal_log_density(x, mean, scale):
@@ -116,7 +124,7 @@ def test_mixture_samples_pick_components_by_weight():
     np.testing.assert_allclose(head.mean(params)[0], [0.3 * -5 + 0.7 * 5], atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["categorical", "gaussian", "mdn", "bernoulli"])
+@pytest.mark.parametrize("name", HEADS)
 def test_low_temperature_approaches_the_mode(name):
     rngs = nnx.Rngs(0)
     head = {
@@ -124,11 +132,16 @@ def test_low_temperature_approaches_the_mode(name):
         "gaussian": lambda: Gaussian(4, 2, rngs=rngs),
         "mdn": lambda: MixtureGaussian(4, 2, 3, rngs=rngs),
         "bernoulli": lambda: Bernoulli(4, 5, rngs=rngs),
+        "student_t": lambda: StudentT(4, 2, rngs=rngs),
+        "negbin": lambda: NegativeBinomial(4, 2, rngs=rngs),
     }[name]()
     params = head(jax.random.normal(jax.random.key(3), (64, 4)) * 3.0)
     mode = head.mode(params)
-    for temperature in (1e-6, 0.0):
-        sample = head.sample(jax.random.key(4), params, temperature=temperature)
+    # 1e-8: sqrt(T) = 1e-4 keeps even a Student-t's heavy-tailed draws within atol.
+    # 1e-8 is compiled (eager sampling loops are slow); 0 takes sample's own mode branch
+    cool = jax.jit(lambda key, params: head.sample(key, params, temperature=1e-8))
+    for sample in (cool(jax.random.key(4), params),
+                   head.sample(jax.random.key(4), params, temperature=0.0)):
         assert sample.shape == mode.shape and sample.dtype == mode.dtype
         np.testing.assert_allclose(np.asarray(sample, float), np.asarray(mode, float), atol=0.02)
 
@@ -138,3 +151,212 @@ def test_bad_temperature_names_the_argument(temperature):
     head = Categorical(2, 3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="temperature"):
         head.sample(jax.random.key(0), jnp.zeros((3,)), temperature=temperature)
+
+
+# ---------------------------------------------------------------------------------------------
+# Student-t and negative binomial against scipy; quantiles of every real-valued head
+# ---------------------------------------------------------------------------------------------
+
+# (loc, scale, df): light to very heavy tails, and a df where float32 lgamma sums would lose digits
+STUDENT_T_CASES = [(0.5, 2.0, 2.05), (-1.0, 0.3, 3.0), (2.0, 1.0, 10.0), (0.0, 5.0, 150.0),
+                   (1.0, 0.5, 1e5)]
+# (mu, alpha): small and large means, over- and nearly Poisson dispersion
+NEGBIN_CASES = [(0.3, 0.5), (5.0, 0.1), (5.0, 2.0), (100.0, 0.01), (2000.0, 0.3), (30.0, 1e-5)]
+
+
+def student_t_params(loc, scale, df, shape=(1, 1)):
+    return StudentTParams(*(jnp.full(shape, value, jnp.float32)
+                            for value in (loc, math.log(scale), df)))
+
+
+def negbin_params(mu, alpha, shape=(1, 1)):
+    return NegativeBinomialParams(jnp.full(shape, mu, jnp.float32),
+                                  jnp.full(shape, alpha, jnp.float32))
+
+
+def scipy_negbin(mu, alpha):
+    return stats.nbinom(1.0 / alpha, 1.0 / (1.0 + alpha * mu))
+
+
+def test_registry_lists_every_head_once():
+    assert len(HEADS) == len(set(HEADS)) == len(HEAD_CLASSES)
+    assert {"student_t", "negbin"} <= set(HEADS)
+
+
+@pytest.mark.parametrize("name,cls", [("student_t", StudentT), ("negbin", NegativeBinomial)])
+def test_new_heads_are_built_from_the_model_config(name, cls):
+    from seqmodel.model import ModelConfig, SequenceModel
+
+    model = SequenceModel(ModelConfig(input_size=2, head=name, hidden_size=8), rngs=nnx.Rngs(0))
+    assert isinstance(model.head, cls)
+    outputs, _ = model(jnp.ones((2, 3, 2)))
+    assert all(leaf.shape == (2, 3, 2) for leaf in jax.tree.leaves(outputs))
+    with pytest.raises(ValueError, match="student_t"):
+        ModelConfig(input_size=2, head="categorical")
+
+
+def test_student_t_parameters_are_bounded():
+    head = StudentT(4, 3, rngs=nnx.Rngs(0))
+    params = head(jnp.asarray(np.random.default_rng(0).normal(size=(5, 4)) * 1e3, jnp.float32))
+    assert np.all(np.asarray(params.df) >= 2.0)  # 2 + softplus rounds to 2 in float32
+    assert np.all(np.exp(np.asarray(params.log_scale)) >= MIN_SCALE * 0.999)
+    negbin = NegativeBinomial(4, 3, rngs=nnx.Rngs(0))(jnp.ones((5, 4)))
+    assert np.all(np.asarray(negbin.mean) > 0) and np.all(np.asarray(negbin.dispersion) > 0)
+
+
+# One compiled program per head for all the cases below (same shapes), instead of eager loops.
+student_t_head = StudentT(2, 1, rngs=nnx.Rngs(0))
+negbin_head = NegativeBinomial(2, 1, rngs=nnx.Rngs(0))
+student_t_log_prob = jax.jit(student_t_head.log_prob)
+student_t_quantile = jax.jit(student_t_head.quantile)
+negbin_log_prob = jax.jit(negbin_head.log_prob)
+negbin_quantile = jax.jit(negbin_head.quantile)
+
+
+@pytest.mark.parametrize("loc,scale,df", STUDENT_T_CASES)
+def test_student_t_log_prob_mean_and_quantile_match_scipy(loc, scale, df):
+    targets = np.array([-40.0, loc - scale, loc, loc + 0.3, 25.0])
+    params = student_t_params(loc, scale, df, shape=(5, 1))
+    reference = stats.t(float(np.float32(df)), loc, scale)
+    np.testing.assert_allclose(student_t_log_prob(params, jnp.asarray(targets[:, None], jnp.float32)),
+                               reference.logpdf(targets), rtol=2e-6, atol=2e-5)
+    np.testing.assert_allclose(student_t_head.mean(params)[:, 0], reference.mean(), rtol=1e-6)
+    levels = np.array([0.0, 1e-6, 0.025, 0.1, 0.5, 0.8, 0.975, 0.999, 1.0], np.float32)
+    quantiles = student_t_quantile(student_t_params(loc, scale, df), levels)
+    assert quantiles.shape == (9, 1, 1)  # the ends are -inf and inf, as scipy's
+    np.testing.assert_allclose(quantiles[:, 0, 0], reference.ppf(levels.astype(np.float64)),
+                               rtol=2e-5, atol=2e-5 * scale)
+
+
+@pytest.mark.parametrize("mu,alpha", NEGBIN_CASES)
+def test_negbin_log_prob_mean_and_quantile_match_scipy(mu, alpha):
+    reference = scipy_negbin(mu, alpha)
+    counts = np.concatenate([[0.0, 1.0, 7.0], np.round(reference.ppf([0.3, 0.9, 0.999]))])
+    params = negbin_params(mu, alpha, shape=(len(counts), 1))
+    np.testing.assert_allclose(negbin_log_prob(params, jnp.asarray(counts[:, None], jnp.float32)),
+                               reference.logpmf(counts), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(negbin_head.mean(params)[:, 0], reference.mean(), rtol=1e-6)
+    # the mode is a most likely count
+    mode = float(negbin_head.mode(negbin_params(mu, alpha))[0, 0])
+    assert reference.pmf(mode) >= reference.pmf(np.arange(int(3 * mu) + 5)).max() * (1 - 1e-4)
+    levels = np.array([0.0, 0.01, 0.1, 0.3, 0.5, 0.9, 0.99, 1.0])
+    quantiles = np.asarray(negbin_quantile(negbin_params(mu, alpha), levels))[:, 0, 0]
+    assert quantiles[0] == 0 and quantiles[-1] == np.inf
+    levels, quantiles = levels[1:-1], quantiles[1:-1]
+    # the smallest count whose CDF reaches the level, up to float32's CDF error
+    tolerance = 2e-4
+    assert np.all(quantiles == np.round(quantiles)) and np.all(quantiles >= 0)
+    assert np.all(reference.cdf(quantiles) >= levels - tolerance)
+    assert np.all(reference.cdf(quantiles - 1) < levels + tolerance)
+
+
+def test_negbin_log_prob_holds_for_large_counts_and_near_poisson_dispersion():
+    # A plain lgamma sum loses ~0.1 nat in float32 at these values.
+    for mu, alpha, count in [(1e5, 0.5, 1.2e5), (3.0, 1e-6, 5.0), (1e6, 1e-3, 1e6)]:
+        got = negbin_log_prob(negbin_params(mu, alpha), jnp.full((1, 1), count))
+        np.testing.assert_allclose(got, scipy_negbin(mu, alpha).logpmf(count), atol=2e-3)
+
+
+def test_log_prob_gradients_are_finite_at_extreme_parameters():
+    counts = jnp.array([[0.0], [3.0], [1e5]])
+    negbin_gradient = jax.jit(jax.grad(lambda p: negbin_head.log_prob(p, counts).sum()))
+    for mu, alpha in [(0.01, 1e-7), (1e4, 50.0), (1e5, 1e-4)]:
+        grads = negbin_gradient(negbin_params(mu, alpha, (3, 1)))
+        assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    student_gradient = jax.jit(jax.grad(lambda p: student_t_head.log_prob(p, counts).sum()))
+    for df in (2.0001, 7.9, 8.0, 1e6):
+        grads = student_gradient(student_t_params(0.0, 1.0, df, (3, 1)))
+        assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+
+
+def test_gaussian_and_bernoulli_quantiles_match_scipy():
+    params = GaussianParams(jnp.array([[1.0, -2.0]]), jnp.log(jnp.array([[0.5, 3.0]])))
+    levels = np.array([0.025, 0.2, 0.5, 0.9])
+    got = Gaussian(2, 2, rngs=nnx.Rngs(0)).quantile(params, levels)
+    assert got.shape == (4, 1, 2)
+    expected = stats.norm.ppf(levels[:, None], [1.0, -2.0], [0.5, 3.0])
+    np.testing.assert_allclose(got[:, 0], expected, rtol=1e-5)
+    logits = jnp.array([[0.0, 2.0, -1.0]])
+    got = Bernoulli(2, 3, rngs=nnx.Rngs(0)).quantile(logits, levels)
+    p = 1 / (1 + np.exp(-np.array([0.0, 2.0, -1.0])))
+    np.testing.assert_array_equal(got[:, 0], stats.bernoulli.ppf(levels[:, None], p))
+
+
+def test_mixture_quantile_inverts_the_mixture_cdf():
+    params = MixtureParams(jnp.array([0.2, -1.0, 0.5]),
+                           jnp.array([[0.0, 1.0], [3.0, -2.0], [-1.0, 10.0]]),
+                           jnp.log(jnp.array([[1.0, 0.5], [0.3, 2.0], [2.0, 0.1]])))
+    levels = np.array([0.01, 0.3, 0.5, 0.95])
+    got = np.asarray(MixtureGaussian(2, 2, 3, rngs=nnx.Rngs(0)).quantile(params, levels))
+    assert got.shape == (4, 2)
+    weights = np.asarray(jax.nn.softmax(params.logits))
+    means, scales = np.asarray(params.mean), np.exp(np.asarray(params.log_scale))
+    for feature in range(2):
+        cdf = sum(weights[k] * stats.norm.cdf(got[:, feature], means[k, feature],
+                                              scales[k, feature]) for k in range(3))
+        np.testing.assert_allclose(cdf, levels, atol=1e-6)
+
+
+def test_quantile_shapes_and_bad_levels():
+    head = Gaussian(2, 3, rngs=nnx.Rngs(0))
+    params = head(jnp.ones((4, 5, 2)))
+    assert head.quantile(params, 0.5).shape == (4, 5, 3)
+    assert head.quantile(params, [0.1, 0.9]).shape == (2, 4, 5, 3)
+    np.testing.assert_allclose(head.quantile(params, 0.5), params.mean, rtol=1e-6)
+    for bad in (1.5, [0.1, -0.2], [[0.5]]):
+        with pytest.raises(ValueError, match="q"):
+            head.quantile(params, bad)
+
+
+def within_standard_errors(draws, mean, variance, excess_kurtosis, count=4.0):
+    n = draws.size
+    assert abs(draws.mean() - mean) < count * math.sqrt(variance / n)
+    variance_error = variance * math.sqrt((2.0 + excess_kurtosis) / n)
+    assert abs(draws.var() - variance) < count * variance_error
+
+
+def sampler(head):
+    """A compiled ``(noise, params, temperature) -> draws`` for ``head``."""
+    return jax.jit(lambda noise, params, temperature: head.sample_from_noise(
+        noise, params, temperature=temperature))
+
+
+N_DRAWS = 20000
+# One program per head for every draw below (same shapes).
+student_t_draw = sampler(student_t_head)
+negbin_draw = sampler(negbin_head)
+
+
+def test_student_t_and_negbin_draw_the_right_moments():
+    noise = student_t_head.draw_noise(jax.random.key(5), (N_DRAWS,))
+    draws = np.asarray(student_t_draw(noise, student_t_params(1.0, 0.5, 9.0, (N_DRAWS, 1)), 1.0))
+    mean, variance, _, kurtosis = stats.t.stats(9.0, 1.0, 0.5, moments="mvsk")
+    within_standard_errors(draws, mean, variance, kurtosis)
+    # temperature scales the spread: variance * T
+    cooled = np.asarray(student_t_draw(noise, student_t_params(1.0, 0.5, 9.0, (N_DRAWS, 1)), 0.25))
+    within_standard_errors(cooled, mean, variance * 0.25, kurtosis)
+    # heavy tails (df = 3, infinite kurtosis): compare the empirical CDF instead
+    heavy = np.asarray(student_t_draw(noise, student_t_params(0.0, 1.0, 3.0, (N_DRAWS, 1)), 1.0))
+    for point in (-3.0, -1.0, 0.5, 4.0):
+        p = stats.t.cdf(point, 3.0)
+        assert abs((heavy <= point).mean() - p) < 4 * math.sqrt(p * (1 - p) / N_DRAWS)
+
+    for mu, alpha in [(5.0, 0.1), (40.0, 0.5), (0.5, 2.0)]:
+        counts = np.asarray(negbin_draw(noise, negbin_params(mu, alpha, (N_DRAWS, 1)), 1.0))
+        assert np.all(counts == np.round(counts)) and counts.min() >= 0
+        mean, variance, _, kurtosis = scipy_negbin(mu, alpha).stats(moments="mvsk")
+        within_standard_errors(counts, mean, variance, kurtosis)
+
+
+def test_noise_determines_the_draw():
+    # typed and raw uint32 keys give the same per-element keys
+    typed = negbin_head.draw_noise(jax.random.key(0), (N_DRAWS,))
+    raw = negbin_head.draw_noise(jax.random.PRNGKey(0), (N_DRAWS,))
+    assert typed.shape == (N_DRAWS,)
+    np.testing.assert_array_equal(jax.random.key_data(typed), jax.random.key_data(raw))
+    other = negbin_head.draw_noise(jax.random.key(1), (N_DRAWS,))
+    for draw, params in [(student_t_draw, student_t_params(0.0, 1.0, 4.0, (N_DRAWS, 1))),
+                         (negbin_draw, negbin_params(9.0, 0.3, (N_DRAWS, 1)))]:
+        first = np.asarray(draw(typed, params, 1.0))
+        np.testing.assert_array_equal(first, draw(typed, params, 1.0))
+        assert not np.array_equal(first, np.asarray(draw(other, params, 1.0)))
