@@ -15,7 +15,9 @@ from seqmodel.errors import CheckpointError
 from seqmodel.fit import FitResult, TrainingError, fit
 from seqmodel.forecast import crps_from_samples, exposure_bias_report, sample_paths
 from seqmodel.generate import Generation, generate, generate_stream
-from seqmodel.heads import Bernoulli, Categorical, Gaussian, MixtureGaussian
+from seqmodel.heads import (
+    Bernoulli, Categorical, Gaussian, MixtureGaussian, NegativeBinomial, StudentT,
+)
 from seqmodel.interop import from_torch, to_torch
 from seqmodel.model import ModelConfig, SequenceModel
 from seqmodel.train import (
@@ -30,7 +32,7 @@ from seqmodel.train import (
     stack_batches,
 )
 
-from seqmodel._version import __version__
+from seqmodel._version import __version__  # noqa: F401  (the package version)
 
 
 def __getattr__(name):
@@ -62,9 +64,11 @@ __all__ = [
     "LSTMCell",
     "MixtureGaussian",
     "ModelConfig",
+    "NegativeBinomial",
     "Normalizer",
     "NumericDataset",
     "SequenceModel",
+    "StudentT",
     "TextDataset",
     "TrainConfig",
     "TrainState",

@@ -438,7 +438,7 @@ def generate_stream(
 def _stream(model, request: _Request, size: int) -> Iterator[Generation]:
     options, steps = request.options, request.options.steps
     state = _compiled_prefill(model, request.prompt, request.prompt_lengths, options=options)
-    finished = False
+    finished, last_chunk = False, None
     for start in range(0, steps, size):
         take = min(size, steps - start)
         if finished:

@@ -1,6 +1,5 @@
 """Shared test settings: deterministic fp32 math on the CPU, small shapes everywhere."""
 
-import os
 import pathlib
 
 import jax

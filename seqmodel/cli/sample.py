@@ -1,0 +1,196 @@
+"""``seqmodel sample``: continue a text prompt from a checkpoint, or draw sample paths of a
+real-valued model (quantiles, fan chart)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+from seqmodel.cli.common import (
+    UsageError, load_checkpoint, non_negative_float, number_type, positive_int,
+)
+
+
+def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--checkpoint", required=True, metavar="DIR", help="run folder (best checkpoint, else latest)")
+    prompt = parser.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", metavar="TEXT", help="text to continue (default: a newline)")
+    prompt.add_argument("--prompt-file", metavar="FILE", help="UTF-8 file whose text to continue")
+    add("--steps", type=positive_int, default=500, metavar="N", help="new elements (default 500)")
+    add("--num-samples", type=positive_int, default=1, metavar="N", help="continuations (default 1)")
+    add("--temperature", type=non_negative_float, default=1.0, metavar="T",
+        help="divides the logits; 0 is greedy (default 1.0)")
+    add("--top-k", type=positive_int, metavar="K", help="sample among the K most likely tokens")
+    add("--top-p", type=number_type(float, low=0, low_open=True, high=1), metavar="P",
+        help="sample within the nucleus of probability P")
+    add("--greedy", action="store_true", help="always take the most likely token")
+    add("--stop", metavar="TEXT", help="end each continuation after the first TEXT")
+    add("--seed", type=int, default=0, metavar="N", help="same seed, same text (default 0)")
+    # Real-valued models (_sample_real_valued): context from --prompt-file (.csv/.npy).
+    add("--out", metavar="PATH", help="real values: write sample paths (S, H, d) to this .npy")
+    add("--quantiles", metavar="Q1,Q2,...", help="real values: write these quantiles instead")
+    add("--plot", metavar="PNG", help="real values: fan chart of the first context")
+
+
+def text_sample(model, tokenizer, *, key, steps: int, prompt: str, temperature: float = 1.0,
+                 top_k=None, top_p=None, greedy=False, num_samples: int = 1,
+                 stop: str | None = None) -> list[str]:
+    """Continuations of ``prompt`` as text (prompt not included)."""
+    import numpy as np
+
+    from seqmodel.generate import generate
+
+    ids = tokenizer.encode(prompt, what="prompt")
+    eos_id = None
+    if stop:
+        stop_ids = tokenizer.encode(stop, what="--stop text")
+        if len(stop_ids) == 1:
+            eos_id = int(stop_ids[0])  # a one-symbol stop also ends the compiled loop early
+    generation = generate(model, key=key, steps=steps, prompt=np.asarray(ids, np.int32)[None],
+                          num_samples=num_samples, temperature=temperature, top_k=top_k,
+                          top_p=top_p, greedy=greedy, eos_id=eos_id)
+    samples = np.asarray(generation.samples)
+    lengths = np.asarray(generation.lengths)
+    texts = []
+    for row, length in zip(samples, lengths):
+        text = tokenizer.decode(row[:length])
+        if stop and stop in text:
+            text = text[: text.index(stop) + len(stop)]
+        texts.append(text)
+    return texts
+
+
+def default_prompt(tokenizer) -> str:
+    if tokenizer.kind == "byte" or "\n" in getattr(tokenizer, "vocabulary", ""):
+        return "\n"
+    return tokenizer.vocabulary[0]
+
+
+def cmd_sample(args) -> int:
+    import jax
+
+    from seqmodel.data import tokenizer_from_dict
+
+    model, metadata = load_checkpoint(args.checkpoint)
+    data = metadata.get("data", {})
+    if data.get("kind", "text") != "text":
+        return _sample_real_valued(args, model, metadata)
+    for flag in ("out", "quantiles", "plot"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"seqmodel sample: --{flag} applies to real-valued models only")
+    tokenizer = tokenizer_from_dict(data["tokenizer"])
+    if args.prompt_file is not None:
+        try:
+            prompt = pathlib.Path(args.prompt_file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"--prompt-file {args.prompt_file!r}: no such file") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"--prompt-file {args.prompt_file!r} is not valid UTF-8") from None
+    elif args.prompt is not None:
+        prompt = args.prompt
+    else:
+        prompt = default_prompt(tokenizer)
+    if prompt == "":
+        raise UsageError("--prompt is empty; give at least one character")
+    texts = text_sample(model, tokenizer, key=jax.random.key(args.seed), steps=args.steps,
+                         prompt=prompt, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
+                         stop=args.stop)
+    for index, text in enumerate(texts):
+        if index:
+            print("\n" + "-" * 40)
+        sys.stdout.write(prompt + text + ("" if text.endswith("\n") else "\n"))
+    sys.stdout.flush()
+    return 0
+
+
+def parse_quantiles(text: str) -> tuple[float, ...]:
+    """``"0.1,0.5,0.9"`` -> ``(0.1, 0.5, 0.9)``, with a clear error for anything else."""
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--quantiles {text!r} is not a comma-separated list of numbers") from None
+    if not values or any(not 0.0 <= q <= 1.0 for q in values):
+        raise ValueError(f"--quantiles {text!r}: give numbers in [0, 1], e.g. 0.1,0.5,0.9")
+    return values
+
+
+def load_contexts(path: str, normalizer):
+    """Contexts for ``seqmodel sample --prompt-file``: a CSV or ``.npy`` file read like training
+    data (a ``sequence_id`` column or an ``(n, t, d)`` array gives several contexts).
+
+    Returns ``(contexts (n, p, d) right-padded, lengths (n,))`` in original units."""
+    import numpy as np
+
+    from seqmodel.data.numeric import load_sequences
+
+    if not os.path.isfile(path):
+        raise ValueError(f"--prompt-file {os.fspath(path)!r}: no such file")
+    table = load_sequences(path)
+    if table.num_features != normalizer.num_features:
+        raise ValueError(
+            f"--prompt-file {os.fspath(path)!r} has {table.num_features} numeric column(s) "
+            f"({', '.join(table.columns)}), but the model was trained on "
+            f"{normalizer.num_features} feature(s)"
+        )
+    lengths = np.array([len(s) for s in table.sequences])
+    if lengths.min() < 1:
+        raise ValueError(f"--prompt-file {os.fspath(path)!r} holds an empty context")
+    contexts = np.zeros((len(lengths), lengths.max(), normalizer.num_features), np.float32)
+    for row, sequence in enumerate(table.sequences):
+        contexts[row, : len(sequence)] = sequence
+    return contexts, lengths
+
+
+def _sample_real_valued(args, model, metadata: dict) -> int:
+    """``seqmodel sample`` for a real-valued checkpoint: sample paths ``(S, H, d)`` per context
+    (``(n, S, H, d)`` for ``n`` contexts) in original units to ``--out`` (``.npy``), or their
+    ``--quantiles`` ``(Q, H, d)``; ``--plot`` draws the fan chart of the first context.
+    Without ``--out`` it prints the quantiles of the first context as CSV."""
+    import jax
+    import numpy as np
+
+    from seqmodel.data.numeric import Normalizer
+    from seqmodel.forecast import forecast, plot_fan, sample_quantiles
+
+    if args.prompt is not None:
+        raise ValueError("--prompt is for text models; a real-valued model continues "
+                         "--prompt-file context.csv (or .npy)")
+    if args.prompt_file is None:
+        raise ValueError("a real-valued model needs a context to continue: --prompt-file "
+                         "context.csv (rows = time steps, columns = features) or .npy")
+    for flag in ("top_k", "top_p", "stop"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"--{flag.replace('_', '-')} applies to text models only; "
+                             "real-valued sampling takes --temperature (or --greedy)")
+    normalizer = Normalizer.from_dict(metadata["data"]["normalizer"])
+    contexts, lengths = load_contexts(args.prompt_file, normalizer)
+    quantiles = parse_quantiles(args.quantiles) if args.quantiles else None
+    temperature = 0.0 if args.greedy else args.temperature
+    paths = forecast(model, normalizer, contexts, key=jax.random.key(args.seed),
+                     horizon=args.steps, num_samples=args.num_samples,
+                     context_lengths=lengths, temperature=temperature)  # (n, S, H, d)
+    result = paths if quantiles is None else np.moveaxis(
+        sample_quantiles(paths, quantiles, axis=1), 0, 1)  # (n, Q, H, d)
+    if len(contexts) == 1:
+        result = result[0]
+    if args.plot:
+        plot_fan(contexts[0, : lengths[0]], paths[0], args.plot,
+                 feature_names=metadata["data"].get("columns"))
+    if args.out:
+        np.save(args.out, result.astype(np.float32))
+        what = "quantiles " + ",".join(f"{q:g}" for q in quantiles) if quantiles else "sample paths"
+        print(f"wrote {what} {tuple(result.shape)} in original units to {args.out}"
+              + (f"; fan chart {args.plot}" if args.plot else ""), file=sys.stderr)
+        return 0
+    shown = quantiles or (0.1, 0.5, 0.9)
+    table = sample_quantiles(paths[0], shown, axis=0)  # (Q, H, d)
+    columns = metadata["data"].get("columns") or [f"feature {i}" for i in range(paths.shape[-1])]
+    print(",".join(["step"] + [f"{name} q{q:g}" for name in columns for q in shown]))
+    for step in range(table.shape[1]):
+        cells = [f"{table[q, step, f]:.6g}" for f in range(table.shape[2]) for q in range(len(shown))]
+        print(",".join([str(step + 1)] + cells))
+    return 0

@@ -1,0 +1,431 @@
+"""``seqmodel train``: its flags (defaults read from ModelConfig / TrainConfig, the one source of
+defaults), resuming a run folder, the device set-up and the call of :func:`seqmodel.fit`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import inspect
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Any
+
+from seqmodel.cli.common import (
+    EXIT_FAILURE, UsageError, dropout_probability, fraction, non_negative_float, non_negative_int,
+    positive_float, positive_int, probability, rounded, say,
+)
+from seqmodel.cli.sample import default_prompt, text_sample
+
+
+# Flags of `seqmodel train` that set a field of ModelConfig / TrainConfig: flag -> field. The
+# defaults of these flags are the fields' defaults (train_defaults), so the API, the CLI and
+# --help cannot disagree.
+MODEL_FLAGS = {"cell": "cell", "hidden_size": "hidden_size", "num_layers": "num_layers",
+               "embed_size": "embed_size", "dropout": "dropout", "head": "head",
+               "num_mixtures": "num_mixtures"}
+
+
+TRAIN_FLAGS = {"batch_size": "batch_size", "seq_len": "seq_len", "steps": "steps",
+               "max_time": "max_time", "lr": "learning_rate", "warmup": "warmup_steps",
+               "weight_decay": "weight_decay", "clip_norm": "clip_norm", "eval_every": "eval_every",
+               "val_fraction": "val_fraction", "teacher_forcing": "teacher_forcing",
+               "teacher_forcing_schedule": "teacher_forcing_schedule", "batching": "batching",
+               "seed": "seed", "steps_per_call": "steps_per_call"}
+
+
+# Defaults that only the command line has. The argument-free run trains on python-stdlib.
+DEFAULT_DATA = "python-stdlib"
+
+
+# With neither --steps nor --max-time, a run lasts this many seconds.
+DEFAULT_MAX_TIME = 180.0
+
+
+# Characters of the sample printed at the end of `seqmodel train`.
+TRAIN_SAMPLE_STEPS = 600
+
+
+# Flags of `train` that --resume may change; every other explicit flag must match the checkpoint.
+RESUMABLE_OVERRIDES = ("steps", "max_time", "eval_every", "steps_per_call")
+
+
+@functools.cache
+def train_defaults() -> dict[str, Any]:
+    """The default of every ``seqmodel train`` flag, by flag name: the defaults of the
+    :class:`~seqmodel.ModelConfig` / :class:`~seqmodel.TrainConfig` fields that the flags set
+    (the one source of defaults), the tokenizer of :func:`seqmodel.data.load_dataset`, and the
+    defaults that only the CLI has (``data``; ``head`` None: the dataset picks it).
+
+    Example: ``train_defaults()["hidden_size"] == ModelConfig().hidden_size``.
+    """
+    from seqmodel.data import load_dataset
+    from seqmodel.model import ModelConfig
+    from seqmodel.train import TrainConfig
+
+    def field_defaults(config_class) -> dict[str, Any]:
+        return {field.name: field.default for field in dataclasses.fields(config_class)}
+
+    model_fields, train_fields = field_defaults(ModelConfig), field_defaults(TrainConfig)
+    defaults = {flag: model_fields[field] for flag, field in MODEL_FLAGS.items()}
+    defaults.update({flag: train_fields[field] for flag, field in TRAIN_FLAGS.items()})
+    defaults.update(
+        data=DEFAULT_DATA, head=None,
+        tokenizer=inspect.signature(load_dataset).parameters["tokenizer"].default)
+    return defaults
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``seqmodel train``; their defaults are None so that explicit flags can be told
+    apart (see :func:`train_defaults` for the values used when a flag is absent)."""
+    from seqmodel.cells import CELLS
+    from seqmodel.data import BATCHINGS, TOKENIZERS
+    from seqmodel.heads import HEADS
+    from seqmodel.train import TEACHER_FORCING_SCHEDULES
+
+    d = train_defaults()
+    add = parser.add_argument
+    add("--data", metavar="SOURCE", help=f"text file, .csv/.npy file or built-in: {d['data']} "
+        f"(default), tinyshakespeare, sine, bimodal, binary-patterns")
+    add("--out", metavar="DIR", help="run folder for checkpoints, metrics.jsonl and loss.png "
+        "(default: runs/<data name>, numbered when it exists)")
+    add("--tokenizer", choices=TOKENIZERS, help=f"text: one symbol per character or per byte "
+        f"(default {d['tokenizer']})")
+    add("--cell", choices=sorted(CELLS), help=f"recurrent cell (default {d['cell']})")
+    add("--hidden-size", type=positive_int, metavar="N", help=f"default {d['hidden_size']}")
+    add("--num-layers", type=positive_int, metavar="N", help=f"default {d['num_layers']}")
+    add("--embed-size", type=positive_int, metavar="N", help=f"default {d['embed_size']}")
+    add("--dropout", type=dropout_probability, metavar="P", help=f"between layers (default {d['dropout']})")
+    add("--head", choices=HEADS, help="output distribution (default: categorical for text, "
+        "gaussian for real values, bernoulli for 0/1 data)")
+    add("--num-mixtures", type=positive_int, metavar="K", help="components of --head mdn "
+        f"(default {d['num_mixtures']})")
+    add("--batch-size", type=positive_int, metavar="N", help=f"default {d['batch_size']}")
+    add("--seq-len", type=positive_int, metavar="N", help="steps of backpropagation through "
+        f"time (default {d['seq_len']})")
+    add("--steps", type=positive_int, metavar="N", help="optimizer steps (default: as many as "
+        "--max-time allows)")
+    add("--max-time", type=positive_float, metavar="SECONDS", help="wall-time bound of the whole "
+        f"run, evaluation included (default {DEFAULT_MAX_TIME:.0f} when --steps is not given)")
+    add("--lr", type=positive_float, metavar="F", help=f"peak learning rate (default {d['lr']})")
+    add("--warmup", type=non_negative_int, metavar="N", help=f"warmup steps (default {d['warmup']})")
+    add("--weight-decay", type=non_negative_float, metavar="F",
+        help=f"AdamW decay of weight matrices (default {d['weight_decay']})")
+    add("--clip-norm", type=positive_float, metavar="F",
+        help=f"global gradient-norm clip (default {d['clip_norm']})")
+    add("--eval-every", type=positive_int, metavar="N", help="evaluate and checkpoint every N "
+        f"steps, and at the end (default {d['eval_every']})")
+    add("--steps-per-call", type=positive_int, metavar="K", help="train steps per compiled call; "
+        f"the same results for any K, fewer dispatches for larger K (default "
+        f"{d['steps_per_call']})")
+    add("--val-fraction", type=fraction, metavar="F", help="last fraction of the data kept for "
+        f"validation (default {d['val_fraction']})")
+    add("--teacher-forcing", type=probability, metavar="P", help="probability of feeding the truth "
+        "(the floor of a decaying schedule); 1.0 is plain teacher forcing (default "
+        f"{d['teacher_forcing']})")
+    add("--teacher-forcing-schedule", choices=TEACHER_FORCING_SCHEDULES,
+        help="scheduled sampling (Bengio et al. 2015): constant, linear, inverse-sigmoid "
+             f"(default {d['teacher_forcing_schedule']})")
+    add("--batching", choices=BATCHINGS, help="lanes: contiguous lanes, carry passed on; "
+        f"random: random windows from a zero carry (default {d['batching']})")
+    add("--seed", type=int, metavar="N", help=f"default {d['seed']}")
+    add("--missing", choices=("reject", "mask"), help="real values: empty or NaN cells are an "
+        "error naming their line and column (reject, default) or stay out of the loss (mask)")
+    add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    add("--tensorboard", action="store_true", help="also write TensorBoard event files to "
+        "<run folder>/tensorboard (needs tensorboardX: pip install 'seqmodel[tensorboard]')")
+    # Data parallelism and several processes: seqmodel.distributed, docs/distributed.md.
+    add("--devices", type=positive_int, metavar="N", help="devices per process to split each batch "
+        "over (default: all accelerators; on a CPU-only machine one virtual CPU device per core, "
+        "at most 8, fewer when the batch does not split into at least 8 rows a device; 1: one "
+        "device)")
+    add("--coordinator", metavar="HOST:PORT", help="several processes: address of process 0 "
+        "(with --num-processes and --process-id; needs --out and --steps)")
+    add("--num-processes", type=positive_int, metavar="N", help="processes in the run")
+    add("--process-id", type=non_negative_int, metavar="I", help="this process, 0 to N-1 "
+        "(process 0 writes logs, samples and metrics)")
+    add("--json", action="store_true", help="print one final JSON line (and nothing else on stdout)")
+    add("--no-progress", action="store_true", help="no progress bar")
+
+
+def _default_out(name: str) -> pathlib.Path:
+    stem = pathlib.Path(name).stem if os.sep in name or "." in name else name
+    base = pathlib.Path("runs") / stem
+    if not base.exists():
+        return base
+    number = 2
+    while (base.parent / f"{base.name}-{number}").exists():
+        number += 1
+    return base.parent / f"{base.name}-{number}"
+
+
+def _holds_run(folder: pathlib.Path) -> bool:
+    return any((folder / kind).is_dir() and any((folder / kind).iterdir()) for kind in ("latest", "best"))
+
+
+def _flag(name: str) -> str:
+    return "--" + {"lr": "lr"}.get(name, name).replace("_", "-")
+
+
+def _resolve_resume(args, out: pathlib.Path):
+    """(model config dict, train config dict, data source, checkpoint metadata) of the run to
+    resume, with explicit flags checked against the checkpoint."""
+    from seqmodel import checkpoint
+
+    if not _holds_run(out):
+        raise UsageError(f"--resume: {str(out)!r} holds no checkpoint to resume; train without "
+                         f"--resume first, or give the run folder with --out")
+    metadata = checkpoint.read_metadata(out, prefer="latest")
+    model_values = dict(metadata["model_config"])
+    train_values = dict(metadata["train_config"])
+    conflicts = []
+    for flag, field in MODEL_FLAGS.items():
+        given = getattr(args, flag)
+        if given is not None and given != model_values.get(field):
+            conflicts.append(f"{_flag(flag)} {given} (checkpoint: {model_values.get(field)})")
+    for flag, field in TRAIN_FLAGS.items():
+        given = getattr(args, flag)
+        if given is None:
+            continue
+        if flag in RESUMABLE_OVERRIDES:
+            train_values[field] = given
+        elif given != train_values.get(field):
+            conflicts.append(f"{_flag(flag)} {given} (checkpoint: {train_values.get(field)})")
+    if conflicts:
+        raise UsageError(f"--resume: the checkpoint in {out} was trained with other settings: "
+                         f"{'; '.join(conflicts)}; drop these flags or use another --out")
+    source = args.data or metadata["data"].get("name")
+    return model_values, train_values, source, metadata
+
+
+def _train_configs(args, dataset):
+    """``(ModelConfig, TrainConfig)`` of a new run: the fields the data fixes, the explicit
+    flags, and the dataclasses' own defaults for everything else."""
+    from seqmodel.model import ModelConfig
+    from seqmodel.train import TrainConfig
+
+    def given(flags: dict[str, str], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+        return {field: getattr(args, flag) for flag, field in flags.items()
+                if flag not in skip and getattr(args, flag) is not None}
+
+    fields = dict(dataset.model_fields())
+    if args.head is not None:
+        if hasattr(dataset, "check_head"):
+            dataset.check_head(args.head)
+        fields["head"] = args.head
+    elif "head" not in fields and getattr(dataset, "default_head", None):
+        fields["head"] = dataset.default_head
+    model_config = ModelConfig(**fields, **given(MODEL_FLAGS, skip=("head",)))
+    train_values = given(TRAIN_FLAGS)
+    if args.steps is None and args.max_time is None:
+        train_values["max_time"] = DEFAULT_MAX_TIME
+    return model_config, TrainConfig(**train_values)
+
+
+def _planned_batch_size(args) -> int | None:
+    """The run's batch size, read before JAX starts (it sets the default device count): the
+    flag, the checkpoint's when resuming (its metadata is a JSON file), else the default."""
+    if args.batch_size is not None:
+        return args.batch_size
+    if not args.resume:
+        return train_defaults()["batch_size"]
+    from seqmodel import checkpoint
+
+    out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / (
+        args.data or DEFAULT_DATA)
+    try:
+        return checkpoint.peek_metadata(out, prefer="latest")["train_config"]["batch_size"]
+    except (checkpoint.CheckpointError, KeyError, OSError, ValueError):
+        return None  # _resolve_resume reports a missing or unreadable checkpoint
+
+
+def parallel_from_flags(args, *, batch_size: int | None = None):
+    """The :class:`~seqmodel.distributed.DataParallel` that the flags of ``seqmodel train`` ask
+    for (``--devices``, ``--coordinator``, ``--num-processes``, ``--process-id``), set up in the
+    required order by :func:`seqmodel.distributed.from_flags`; ``batch_size`` is the run's batch
+    (for the default device count). Call it before any JAX computation."""
+    from seqmodel import distributed
+
+    if args.coordinator is not None and not args.out:
+        # Each process would pick its own numbered default folder (runs/NAME-2, ...).
+        raise distributed.DistributedError(
+            "--coordinator needs --out: every process must name the same run folder (on a file "
+            "system that all hosts share)")
+    return distributed.from_flags(devices=args.devices, coordinator=args.coordinator,
+                                  num_processes=args.num_processes, process_id=args.process_id,
+                                  batch_size=batch_size)
+
+
+def stop_after_failure(error: BaseException, parallel) -> None:
+    """In a run of several processes, end this process at once after a failed collective (another
+    process died) or Ctrl-C: one line on stderr, exit status 1 (130 for Ctrl-C). Returns (for the
+    caller to re-raise) in a single-process run and for errors that are not about other
+    processes.
+
+    Exiting with ``os._exit`` skips JAX's shutdown barrier, which would otherwise wait for the dead
+    process until the heartbeat timeout and then abort with a C++ stack trace.
+
+    Example::
+
+        try:
+            fit(model, dataset, config, parallel=parallel)
+        except Exception as error:
+            stop_after_failure(error, parallel)
+            raise
+    """
+    if parallel.num_processes <= 1:
+        return
+    import jax
+
+    from seqmodel.distributed import is_peer_failure
+
+    if isinstance(error, KeyboardInterrupt):
+        # Leaving at once closes this process's connections, so the others stop too (instead of
+        # waiting in JAX's shutdown barrier while they wait for this process in a collective).
+        print(f"seqmodel train: process {jax.process_index()} interrupted; the checkpoints in "
+              f"--out are the last complete ones; restart every process with --resume",
+              file=sys.stderr, flush=True)
+        os._exit(130)
+    if not is_peer_failure(error):
+        return
+    first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"seqmodel train: process {jax.process_index()} of {parallel.num_processes} stops: "
+          f"another process of the run failed or was stopped ({first_line}). The checkpoints "
+          f"in --out are the last complete ones; restart every process with --resume",
+          file=sys.stderr, flush=True)
+    os._exit(1)
+
+
+def _metric_writers(args, out: pathlib.Path, *, resumed_step: int | None) -> list:
+    """The writers that ``seqmodel train`` adds to ``metrics.jsonl``: ``--tensorboard``."""
+    if not args.tensorboard:
+        return []
+    from seqmodel.metrics import TensorBoardWriter
+
+    try:
+        # A resumed run drops what the interrupted one logged past its checkpoint.
+        return [TensorBoardWriter(out / "tensorboard", purge_step=None if resumed_step is None
+                                  else resumed_step + 1)]
+    except ImportError as error:
+        raise UsageError(f"--tensorboard: {error}") from None
+
+
+def cmd_train(args) -> int:
+    # Before any JAX computation: virtual CPU devices and jax.distributed must come first.
+    parallel = parallel_from_flags(args, batch_size=_planned_batch_size(args))
+    import jax
+    from flax import nnx
+
+    from seqmodel.data import load_dataset
+    from seqmodel.fit import TrainingError, fit
+    from seqmodel.model import SequenceModel
+    from seqmodel.train import TrainConfig
+
+    started = time.perf_counter()
+    out = pathlib.Path(args.out) if args.out else None
+    data_metadata = None
+    if args.resume:
+        out = out or pathlib.Path("runs") / (args.data or DEFAULT_DATA)
+        model_values, train_values, source, checkpoint_metadata = _resolve_resume(args, out)
+        data_metadata = checkpoint_metadata["data"]
+    else:
+        source = args.data or DEFAULT_DATA
+        if out is None:
+            out = _default_out(source)
+        elif _holds_run(out):
+            raise UsageError(f"--out {str(out)!r} already holds a run; pass --resume to continue "
+                             f"it, or choose another --out")
+    writers = _metric_writers(args, out, resumed_step=checkpoint_metadata["step"]
+                              if args.resume else None)
+    val_fraction = args.val_fraction if args.val_fraction is not None else (
+        train_values["val_fraction"] if args.resume else train_defaults()["val_fraction"])
+    tokenizer = args.tokenizer or train_defaults()["tokenizer"]
+    dataset = load_dataset(source, val_fraction=val_fraction, tokenizer=tokenizer,
+                           metadata=data_metadata,
+                           **({"missing": args.missing} if args.missing else {}))
+    if args.resume:
+        from seqmodel.model import ModelConfig
+
+        model_config = ModelConfig.from_dict(model_values)
+        train_config = TrainConfig.from_dict(train_values)
+    else:
+        model_config, train_config = _train_configs(args, dataset)
+    if args.resume and train_config.steps is not None:
+        at_step = checkpoint_metadata["step"]
+        if at_step >= train_config.steps:
+            say(args, f"seqmodel train: the run in {out} is already at step {at_step} and "
+                       f"--steps is {train_config.steps}: nothing to train (raise --steps to "
+                       f"continue it)")
+            if args.json and parallel.is_main:
+                print(json.dumps({"steps": at_step, "checkpoint": str(out),
+                                  "nothing_to_train": True}), flush=True)
+            return 0
+    model = SequenceModel(model_config, rngs=nnx.Rngs(train_config.seed))
+    units = getattr(dataset, "bits_per_unit", None)
+    limits = []
+    if train_config.steps:
+        limits.append(f"{train_config.steps} steps")
+    if train_config.max_time:
+        limits.append(f"{train_config.max_time:g} s")
+    say(args, f"seqmodel: {'resuming' if args.resume else 'training'} {model_config.cell} "
+               f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
+               f"({_describe(dataset)}) for {' or '.join(limits)} on "
+               f"{parallel.describe()}; run folder {out}")
+    try:
+        result = fit(model, dataset, train_config, out_dir=out, resume=args.resume,
+                     progress=not args.no_progress, writers=writers,
+                     run_metadata={"source": source}, parallel=parallel)
+    except TrainingError as error:
+        print(f"seqmodel train: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (Exception, KeyboardInterrupt) as error:
+        # Several processes: another one died (JAX raises JaxRuntimeError or ValueError), or
+        # Ctrl-C: one line, and this process ends at once so that the others stop too.
+        stop_after_failure(error, parallel)
+        raise
+    summary: dict[str, Any] = {
+        "steps": result.steps,
+        "tokens": result.tokens,
+        "train_seconds": round(result.train_seconds, 3),
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "step_tokens_per_second": rounded(result.step_tokens_per_second),
+        "train_loss": rounded(result.train_loss),
+        "val_loss": rounded(result.val_loss),
+        "best_val_loss": rounded(result.best_val_loss),
+        "checkpoint": str(out),
+        "interrupted": result.interrupted,
+    }
+    if units:
+        summary[f"val_bits_per_{units}"] = rounded(result.val_bits)
+        if units == "char":
+            summary["bpc"] = rounded(result.val_bits)
+    val_text = "n/a" if result.val_loss is None else f"{result.val_loss:.4f} nats/{units or 'element'}"
+    if result.interrupted:
+        say(args, f"interrupted at step {result.steps}; saved {out / 'latest'}; continue with "
+                   f"--resume --out {out}")
+    else:
+        say(args, f"done: {result.steps} steps, {result.tokens:,} tokens in "
+                   f"{result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); "
+                   f"val loss {val_text}; checkpoints in {out}")
+    if dataset.kind == "text" and not result.interrupted and parallel.is_main:
+        model.eval()
+        prompt = default_prompt(dataset.tokenizer)
+        text = text_sample(model, dataset.tokenizer, key=jax.random.key(train_config.seed),
+                            steps=TRAIN_SAMPLE_STEPS, prompt=prompt, temperature=0.8)[0]
+        summary["sample"] = text
+        say(args, "--- sample (temperature 0.8) ---", prompt.lstrip("\n") + text, "---")
+    summary["wall_seconds"] = round(time.perf_counter() - started, 3)
+    if args.json and parallel.is_main:
+        print(json.dumps(summary), flush=True)
+    return 130 if result.interrupted else 0
+
+
+def _describe(dataset) -> str:
+    if dataset.kind == "text":
+        return (f"{len(dataset.train_tokens):,} train / {len(dataset.val_tokens):,} validation "
+                f"{dataset.tokenizer.kind}s, vocabulary {dataset.vocab_size}")
+    fields = dataset.model_fields()
+    return ", ".join(f"{key} {value}" for key, value in fields.items())
