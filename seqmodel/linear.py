@@ -115,7 +115,7 @@ class _LinearCell(nnx.Module):
                 f"{name} got scan='log_space', which needs positive inputs b_t (only minGRU and "
                 "minLSTM have them); use 'auto', 'sequential', 'associative' or 'chunked'"
             )
-        linear_scan.serial_depth("chunked", 1, chunk_size=chunk_size)  # validates chunk_size
+        linear_scan.check_chunk_size(chunk_size)
 
     def coefficients(self, xp: Array) -> tuple[Array, Array]:
         """``(a, b)`` of ``h_t = a h_{t-1} + b``, float32, from ``xp`` ``(..., P)``."""
@@ -371,10 +371,11 @@ class ResidualBlock(nnx.Module):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         griffin = cell == "rglru"
         conv_width = (4 if griffin else 0) if conv_width is None else conv_width
-        if not isinstance(conv_width, int) or isinstance(conv_width, bool) or conv_width < 0:
+        if (not isinstance(conv_width, int) or isinstance(conv_width, bool) or conv_width < 0
+                or conv_width == 1):
             raise ValueError(
-                f"conv_width must be an integer >= 0 (0 or 1: no convolution window), got "
-                f"{conv_width!r}")
+                f"conv_width must be 0 (no convolution) or an integer >= 2 (time steps the "
+                f"causal convolution sees), got {conv_width!r}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.dtype = dtype
@@ -392,7 +393,7 @@ class ResidualBlock(nnx.Module):
         # own input projection already does that.
         self.recurrence_input = nnx.Linear(hidden_size, width, **linear) if griffin else None
         conv_features = width if griffin else hidden_size
-        if conv_width > 1:
+        if conv_width:
             # recurrentgemma's Conv1D initialisation: variance 0.01 / fan_in over (w, d).
             kernel_init = nnx.initializers.variance_scaling(0.01, "fan_in", "normal")
             self.conv_kernel = nnx.Param(kernel_init(rngs.params(), (conv_width, conv_features),
@@ -409,7 +410,7 @@ class ResidualBlock(nnx.Module):
     @property
     def has_window(self) -> bool:
         """True when the block convolves over time (and the carry holds a window)."""
-        return self.conv_width > 1
+        return self.conv_width > 0
 
     def init_carry(self, batch_size: int) -> dict[str, Array]:
         """Zero carry: ``{"state": (b, E) float32}`` and ``"window": (b, conv_width - 1, d)``."""
@@ -428,15 +429,15 @@ class ResidualBlock(nnx.Module):
     def _temporal(self, carry: dict, normed: Array, *, sequence: bool) -> tuple[dict, Array]:
         """The temporal mixing of ``normed`` ``(t, b, h)`` (``sequence``) or ``(b, h)`` (a step)."""
         new_carry = {}
-        u = normed if self.recurrence_input is None else self.recurrence_input(normed)
+        features = normed if self.recurrence_input is None else self.recurrence_input(normed)
         if self.has_window:
             window = jnp.swapaxes(carry["window"], 0, 1)
-            u, window = causal_conv(window, u if sequence else u[None],
-                                    self.conv_kernel[...].astype(self.dtype),
-                                    self.conv_bias[...].astype(self.dtype))
-            u = u if sequence else u[0]
+            features, window = causal_conv(window, features if sequence else features[None],
+                                           self.conv_kernel[...].astype(self.dtype),
+                                           self.conv_bias[...].astype(self.dtype))
+            features = features if sequence else features[0]
             new_carry["window"] = jnp.swapaxes(window, 0, 1)
-        xp = self.recurrence.project(u)
+        xp = self.recurrence.project(features)
         run = self.recurrence.scan if sequence else self.recurrence.recur
         new_carry["state"], h = run(carry["state"], xp)
         if self.gate is not None:

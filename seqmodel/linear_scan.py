@@ -90,13 +90,14 @@ def serial_depth(method: str, length: int, *, chunk_size: int = DEFAULT_CHUNK_SI
         return max(1, 2 * levels)
     if method == "log_space":
         return max(1, 4 * levels)
-    _check_chunk_size(chunk_size)
+    check_chunk_size(chunk_size)
     chunk = min(chunk_size, length)
     chunk_levels = math.ceil(math.log2(chunk)) if chunk > 1 else 0
     return math.ceil(length / chunk) + 2 * chunk_levels + 1
 
 
-def _check_chunk_size(chunk_size) -> None:
+def check_chunk_size(chunk_size) -> None:
+    """Raise a ValueError unless ``chunk_size`` is a positive integer."""
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
         raise ValueError(
             f"chunk_size must be a positive integer (time steps per chunk), got {chunk_size!r}"
@@ -180,7 +181,7 @@ def chunked(a: Array, b: Array, initial: Array, *,
                                 chunk_size=16)
     """
     _check_shapes(a, b, initial)
-    _check_chunk_size(chunk_size)
+    check_chunk_size(chunk_size)
     length = a.shape[0]
     chunk = min(chunk_size, length)
     chunks = -(-length // chunk)

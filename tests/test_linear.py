@@ -221,8 +221,8 @@ def test_g_is_positive_and_log_g_is_its_log():
 
 
 def test_rglru_initial_decay_range():
-    lam = linear.rglru_lambda_init()(jax.random.key(0), (20_000,))
-    power = np.asarray(numpy_sigmoid(np.asarray(lam, np.float64)) ** 8)
+    parameter = linear.rglru_lambda_init()(jax.random.key(0), (20_000,))
+    power = numpy_sigmoid(np.asarray(parameter, np.float64)) ** 8
     assert power.min() >= 0.9 - 1e-6 and power.max() <= 0.999 + 1e-6
     assert power.min() < 0.901 and power.max() > 0.998  # the whole ring is covered
     # (a^c)^2 uniform on [0.9^2, 0.999^2]: its mean is the midpoint.
@@ -300,5 +300,6 @@ def test_errors_name_the_argument():
         ResidualBlock(4, 4, rngs=rngs, cell="lstm")
     with pytest.raises(ValueError, match="mlp_expansion"):
         ResidualBlock(4, 4, rngs=rngs, mlp_expansion=0)
-    with pytest.raises(ValueError, match="conv_width"):
-        ResidualBlock(4, 4, rngs=rngs, conv_width=-1)
+    for conv_width in (-1, 1):
+        with pytest.raises(ValueError, match=f"conv_width must be 0 .* got {conv_width}"):
+            ResidualBlock(4, 4, rngs=rngs, conv_width=conv_width)
