@@ -18,11 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seqmodel import cells as cells_module
 from seqmodel import heads as heads_module
-from seqmodel.cells import CELLS
+from seqmodel import linear as linear_module
+from seqmodel import linear_scan
 from seqmodel.configs import DictConfig
 
 Array = jax.Array
+
+# Every recurrence a layer can run: the serial cells, then the linear recurrences (as blocks).
+CELLS = (*cells_module.CELLS, *linear_module.CELLS)
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -57,6 +62,14 @@ class ModelConfig(DictConfig):
     head: str = "categorical"
     num_mixtures: int = 5
     dtype: str = "float32"
+    # Linear recurrences (cell "mingru", "minlstm", "rglru") run as residual blocks: how the
+    # training path scans h_t = a_t h_{t-1} + b_t ("auto": what bench_linear measured fastest on
+    # the backend; see seqmodel.linear_scan.AUTO_SCAN), the chunk of the chunked scan, the
+    # recurrence's width (expansion x hidden_size) and the gated MLP's (mlp_expansion x).
+    scan: str = "auto"
+    chunk_size: int = linear_scan.DEFAULT_CHUNK_SIZE
+    expansion: int = 1
+    mlp_expansion: int = 3
     # Fold the embedding into the first layer's input projection: one (vocab, G) table gathered per
     # token instead of an embedding gather plus a matmul. Exact (no dropout sits between them).
     fold_embedding: bool = True
@@ -80,8 +93,11 @@ class ModelConfig(DictConfig):
             if value is not None and (not isinstance(value, int) or value < 1):
                 bad(field, "must be a positive integer")
         if self.cell not in CELLS:
-            bad("cell", f"allowed: {', '.join(sorted(CELLS))}")
-        for field in ("hidden_size", "num_layers", "embed_size", "num_mixtures"):
+            bad("cell", f"allowed: {', '.join(CELLS)}")
+        if self.scan not in linear_scan.METHODS + ("auto",):
+            bad("scan", f"allowed: auto, {', '.join(linear_scan.METHODS)}")
+        for field in ("hidden_size", "num_layers", "embed_size", "num_mixtures", "chunk_size",
+                      "expansion", "mlp_expansion"):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 bad(field, "must be a positive integer")
@@ -118,6 +134,11 @@ class ModelConfig(DictConfig):
         return self.vocab_size is not None
 
     @property
+    def linear(self) -> bool:
+        """True for the linear recurrences, which run as residual blocks."""
+        return self.cell in linear_module.CELLS
+
+    @property
     def element_size(self) -> int | None:
         """Features of one predicted element: ``target_size`` or ``input_size`` (None for tokens)."""
         return self.target_size if self.target_size is not None else self.input_size
@@ -131,6 +152,18 @@ class ModelConfig(DictConfig):
     def compute_dtype(self) -> Any:
         return DTYPES[self.dtype]
 
+
+
+def _make_layer(config: ModelConfig, input_size: int, rngs: nnx.Rngs):
+    """One layer: a serial cell, or a residual block around a linear recurrence."""
+    dtype = config.compute_dtype
+    if config.linear:
+        return linear_module.ResidualBlock(
+            input_size, config.hidden_size, rngs=rngs, dtype=dtype, cell=config.cell,
+            expansion=config.expansion, mlp_expansion=config.mlp_expansion, scan=config.scan,
+            chunk_size=config.chunk_size)
+    return cells_module.CELLS[config.cell](input_size, config.hidden_size, rngs=rngs, dtype=dtype,
+                                           fast_recurrence=config.fast_recurrence)
 
 
 def _make_head(config: ModelConfig, rngs: nnx.Rngs):
@@ -171,14 +204,13 @@ class SequenceModel(nnx.Module):
         else:
             self.embed = None
             first_input = config.input_size
-        cell_class = CELLS[config.cell]
-        self.cells = nnx.List(
-            [
-                cell_class(first_input if layer == 0 else config.hidden_size, config.hidden_size,
-                           rngs=rngs, dtype=dtype, fast_recurrence=config.fast_recurrence)
-                for layer in range(config.num_layers)
-            ]
-        )
+        self.cells = nnx.List([
+            _make_layer(config, first_input if layer == 0 else config.hidden_size, rngs)
+            for layer in range(config.num_layers)
+        ])
+        # Residual blocks leave an unnormalised stream; the head reads it normalised (Griffin).
+        self.final_norm = (nnx.RMSNorm(config.hidden_size, rngs=rngs, dtype=dtype)
+                           if config.linear else None)
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
         self.head = _make_head(config, rngs)
 
@@ -268,6 +300,8 @@ class SequenceModel(nnx.Module):
             else:
                 layer_carry, hidden = cell.scan(carry[layer], xp)
             new_carry.append(layer_carry)
+        if self.final_norm is not None:
+            hidden = self.final_norm(hidden)
         return self._dropout(hidden, key, len(self.cells)), tuple(new_carry)
 
     def _dropout(self, hidden: Array, key: Array | None, layer: int) -> Array:
@@ -318,11 +352,12 @@ def _masked_recur(cell, carry, scanned):
     """One ``recur`` that leaves the carry of inactive rows as it was. scanned: ``(xp (b, G),
     active (b,))``."""
     xp, active = scanned
-    updated, _ = cell.recur(carry, xp)
+    updated, output = cell.recur(carry, xp)
     carry = jax.tree.map(
         lambda new, old: jnp.where(active.reshape((-1,) + (1,) * (new.ndim - 1)), new, old),
         updated, carry)
-    return carry, cell.output(carry)
+    # An inactive row's output feeds only the next layer's inactive (frozen) step.
+    return carry, output
 
 
 def reset_carry(carry, reset: Array):

@@ -13,8 +13,8 @@ import seqmodel as sm
 from seqmodel import sampling
 from seqmodel.generate import TRACE_COUNTS
 
-CELLS = ["lstm", "gru", "elman"]
-HEADS = ["categorical", "gaussian", "mdn", "bernoulli"]
+CELLS = ["lstm", "gru", "elman", "mingru", "minlstm", "rglru"]
+HEADS = ["categorical", "gaussian", "mdn", "bernoulli", "student_t", "negbin"]
 STEPS = 5
 PROMPT_LENGTHS = np.array([4, 1, 2])  # ragged, right-padded to 4
 

@@ -21,6 +21,8 @@ LAYERS = [
     "steps",
     "recurrence",
     "cells",
+    "linear_scan",
+    "linear",
     "heads",
     "model",
     "sampling",

@@ -10,8 +10,8 @@ from flax import nnx
 
 import seqmodel as sm
 
-CELLS = ["lstm", "gru", "elman"]
-HEADS = ["categorical", "gaussian", "mdn", "bernoulli"]
+CELLS = ["lstm", "gru", "elman", "mingru", "minlstm", "rglru"]
+HEADS = ["categorical", "gaussian", "mdn", "bernoulli", "student_t", "negbin"]
 
 
 def make_config(head: str, **overrides) -> sm.ModelConfig:

@@ -26,7 +26,8 @@ from seqmodel.cli.sample import default_prompt, text_sample
 # --help cannot disagree.
 MODEL_FLAGS = {"cell": "cell", "hidden_size": "hidden_size", "num_layers": "num_layers",
                "embed_size": "embed_size", "dropout": "dropout", "head": "head",
-               "num_mixtures": "num_mixtures"}
+               "num_mixtures": "num_mixtures", "scan": "scan", "expansion": "expansion",
+               "mlp_expansion": "mlp_expansion"}
 
 
 TRAIN_FLAGS = {"batch_size": "batch_size", "seq_len": "seq_len", "steps": "steps",
@@ -81,8 +82,9 @@ def train_defaults() -> dict[str, Any]:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``seqmodel train``; their defaults are None so that explicit flags can be told
     apart (see :func:`train_defaults` for the values used when a flag is absent)."""
-    from seqmodel.cells import CELLS
     from seqmodel.data import BATCHINGS, TOKENIZERS
+    from seqmodel.linear_scan import METHODS
+    from seqmodel.model import CELLS
     from seqmodel.heads import HEADS
     from seqmodel.train import TEACHER_FORCING_SCHEDULES
 
@@ -94,7 +96,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: runs/<data name>, numbered when it exists)")
     add("--tokenizer", choices=TOKENIZERS, help=f"text: one symbol per character or per byte "
         f"(default {d['tokenizer']})")
-    add("--cell", choices=sorted(CELLS), help=f"recurrent cell (default {d['cell']})")
+    add("--cell", choices=CELLS, help=f"recurrent cell: serial (lstm, gru, elman) or a linear "
+        f"recurrence run as a residual block (mingru, minlstm, rglru) (default {d['cell']})")
     add("--hidden-size", type=positive_int, metavar="N", help=f"default {d['hidden_size']}")
     add("--num-layers", type=positive_int, metavar="N", help=f"default {d['num_layers']}")
     add("--embed-size", type=positive_int, metavar="N", help=f"default {d['embed_size']}")
@@ -103,6 +106,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "gaussian for real values, bernoulli for 0/1 data)")
     add("--num-mixtures", type=positive_int, metavar="K", help="components of --head mdn "
         f"(default {d['num_mixtures']})")
+    add("--scan", choices=("auto",) + METHODS, help="linear recurrences: how training scans "
+        f"h = a h + b over time (default {d['scan']}: the fastest measured on the backend)")
+    add("--expansion", type=positive_int, metavar="N", help="linear recurrences: the recurrence "
+        f"is N x hidden-size wide (default {d['expansion']})")
+    add("--mlp-expansion", type=positive_int, metavar="N", help="linear recurrences: the block's "
+        f"gated MLP is N x hidden-size wide (default {d['mlp_expansion']})")
     add("--batch-size", type=positive_int, metavar="N", help=f"default {d['batch_size']}")
     add("--seq-len", type=positive_int, metavar="N", help="steps of backpropagation through "
         f"time (default {d['seq_len']})")
