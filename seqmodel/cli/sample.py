@@ -27,7 +27,16 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     add("--top-p", type=number_type(float, low=0, low_open=True, high=1), metavar="P",
         help="sample within the nucleus of probability P")
     add("--greedy", action="store_true", help="always take the most likely token")
-    add("--stop", metavar="TEXT", help="end each continuation after the first TEXT")
+    add("--beams", type=positive_int, metavar="N", help="beam search with N beams instead of "
+        "sampling (--num-samples best hypotheses, at most N)")
+    add("--length-penalty", type=number_type(float), metavar="F", help="with --beams: a "
+        "hypothesis scores sum(log p) / length**F (default 1.0)")
+    add("--repetition-penalty", type=number_type(float, low=0, low_open=True), metavar="F",
+        help="divide the logits of tokens already seen by F (> 1 discourages repeats)")
+    add("--min-new-tokens", type=positive_int, metavar="N", help="no --stop text ends a "
+        "continuation before N new tokens")
+    add("--stop", metavar="TEXT", action="append", help="end each continuation after the first "
+        "TEXT (repeat the flag for several)")
     add("--seed", type=int, default=0, metavar="N", help="same seed, same text (default 0)")
     # Real-valued models (_sample_real_valued): context from --prompt-file (.csv/.npy).
     add("--out", metavar="PATH", help="real values: write sample paths (S, H, d) to this .npy")
@@ -36,31 +45,53 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def text_sample(model, tokenizer, *, key, steps: int, prompt: str, temperature: float = 1.0,
-                 top_k=None, top_p=None, greedy=False, num_samples: int = 1,
-                 stop: str | None = None) -> list[str]:
-    """Continuations of ``prompt`` as text (prompt not included)."""
+                top_k=None, top_p=None, greedy=False, num_samples: int = 1,
+                stop: list[str] | None = None, beams: int | None = None,
+                length_penalty: float | None = None, repetition_penalty: float | None = None,
+                min_new_tokens: int | None = None) -> list[str]:
+    """Continuations of ``prompt`` as text (prompt not included): sampled, or the best
+    ``num_samples`` hypotheses of a beam search with ``beams`` beams. Each ``stop`` text ends a
+    continuation (included in it)."""
     import numpy as np
 
+    from seqmodel.beam import beam_search
     from seqmodel.generate import generate
 
-    ids = tokenizer.encode(prompt, what="prompt")
-    eos_id = None
-    if stop:
-        stop_ids = tokenizer.encode(stop, what="--stop text")
-        if len(stop_ids) == 1:
-            eos_id = int(stop_ids[0])  # a one-symbol stop also ends the compiled loop early
-    generation = generate(model, key=key, steps=steps, prompt=np.asarray(ids, np.int32)[None],
-                          num_samples=num_samples, temperature=temperature, top_k=top_k,
-                          top_p=top_p, greedy=greedy, eos_id=eos_id)
-    samples = np.asarray(generation.samples)
-    lengths = np.asarray(generation.lengths)
-    texts = []
-    for row, length in zip(samples, lengths):
-        text = tokenizer.decode(row[:length])
-        if stop and stop in text:
-            text = text[: text.index(stop) + len(stop)]
-        texts.append(text)
-    return texts
+    ids = np.asarray(tokenizer.encode(prompt, what="prompt"), np.int32)[None]
+    stop_sequences = [list(tokenizer.encode(text, what="--stop text")) for text in stop or []]
+    processors = dict(stop_sequences=stop_sequences or None,
+                      repetition_penalty=repetition_penalty, min_new_tokens=min_new_tokens)
+    if beams is None:
+        generation = generate(model, key=key, steps=steps, prompt=ids, num_samples=num_samples,
+                              temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+                              **processors)
+        rows = zip(np.asarray(generation.samples), np.asarray(generation.lengths))
+    else:
+        result = beam_search(model, prompt=ids, steps=steps, num_beams=beams,
+                             num_return_sequences=num_samples,
+                             length_penalty=1.0 if length_penalty is None else length_penalty,
+                             **processors)
+        rows = zip(np.asarray(result.sequences[0]), np.asarray(result.lengths[0]))
+    return [tokenizer.decode(row[:length]) for row, length in rows]
+
+
+def _check_decoding_flags(args) -> None:
+    """Flags that contradict each other: one line naming them."""
+    if args.beams is None:
+        if args.length_penalty is not None:
+            raise UsageError("seqmodel sample: --length-penalty applies to --beams only")
+        return
+    if args.num_samples > args.beams:
+        raise UsageError(f"seqmodel sample: --num-samples {args.num_samples} is more than "
+                         f"--beams {args.beams}: a beam search returns at most one hypothesis "
+                         "per beam")
+    for flag in ("top_k", "top_p"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"seqmodel sample: --{flag.replace('_', '-')} is a sampling control; "
+                             "it does not apply to --beams")
+    if args.greedy or args.temperature != 1.0:
+        raise UsageError("seqmodel sample: --greedy and --temperature are sampling controls; "
+                         "they do not apply to --beams")
 
 
 def default_prompt(tokenizer) -> str:
@@ -81,6 +112,7 @@ def cmd_sample(args) -> int:
     for flag in ("out", "quantiles", "plot"):
         if getattr(args, flag) is not None:
             raise UsageError(f"seqmodel sample: --{flag} applies to real-valued models only")
+    _check_decoding_flags(args)
     tokenizer = tokenizer_from_dict(data["tokenizer"])
     if args.prompt_file is not None:
         try:
@@ -96,9 +128,11 @@ def cmd_sample(args) -> int:
     if prompt == "":
         raise UsageError("--prompt is empty; give at least one character")
     texts = text_sample(model, tokenizer, key=jax.random.key(args.seed), steps=args.steps,
-                         prompt=prompt, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
-                         stop=args.stop)
+                        prompt=prompt, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
+                        stop=args.stop, beams=args.beams, length_penalty=args.length_penalty,
+                        repetition_penalty=args.repetition_penalty,
+                        min_new_tokens=args.min_new_tokens)
     for index, text in enumerate(texts):
         if index:
             print("\n" + "-" * 40)
