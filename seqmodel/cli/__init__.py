@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(commands.add_parser("train", help="train a model (default: python-stdlib)"))
     add_sample_arguments(commands.add_parser("sample", help="continue a prompt from a checkpoint"))
     add_eval_arguments(commands.add_parser("eval", help="validation loss of a checkpoint"))
-    bench = commands.add_parser("bench", help="train-step and generation speed (seqmodel.benchmarking)",
+    bench = commands.add_parser("bench", help="train-step and generation speed (the source checkout's benchmarks/)",
                                 add_help=False)
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
