@@ -49,7 +49,7 @@ def test_train_json_line_and_run_folder(corpus, tmp_path, capsys):
     assert summary["step_tokens_per_second"] > 0
     assert summary["val_loss"] > 0 and summary["bpc"] == pytest.approx(summary["val_loss"] / 0.693147, rel=1e-3)
     assert summary["checkpoint"] == str(out) and isinstance(summary["sample"], str)
-    assert (out / "metrics.jsonl").is_file() and (out / "latest" / "12").is_dir()
+    assert (out / "metrics.jsonl").is_file() and (out / "checkpoints" / "12").is_dir()
     assert "sample" in stderr  # the human-readable report went to stderr
 
 
