@@ -330,7 +330,7 @@ def test_four_devices_train_like_one_device(corpus, tmp_path):
     assert result["val_four"] == pytest.approx(result["val_one"], rel=1e-5)
     assert result["params"] < 1e-5
     assert result["resumed_steps"] == 7
-    assert (tmp_path / "four" / "latest" / "7").is_dir()
+    assert (tmp_path / "four" / "checkpoints" / "7").is_dir()
 
 
 def test_two_processes_train_together_and_a_dead_one_stops_the_other(corpus, tmp_path):
@@ -376,7 +376,7 @@ def test_two_processes_train_together_and_a_dead_one_stops_the_other(corpus, tmp
     assert not any(line.startswith("{") for line in stdout1.splitlines())
     assert "seqmodel: training" not in stderr1
     assert (tmp_path / "cli" / "metrics.jsonl").is_file()
-    assert (tmp_path / "cli" / "latest" / "4").is_dir()
+    assert (tmp_path / "cli" / "checkpoints" / "4").is_dir()
 
     # fit() across both processes: the same parameters in both, equal to one device's run.
     assert library0["devices"] == 4 and library0["processes"] == 2

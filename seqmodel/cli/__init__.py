@@ -139,11 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise  # a bug: its traceback
         if getattr(args, "debug", False) or (args is None and "--debug" in argv):
             traceback.print_exc()
-        if isinstance(error, UsageError):
-            print(str(error), file=sys.stderr)
+        command = getattr(args, "command", None)
+        prefix = f"seqmodel {command}" if command else "seqmodel"
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, UsageError):  # argparse's messages start with the program's name
+            print(first_line if first_line.startswith("seqmodel") else f"{prefix}: {first_line}",
+                  file=sys.stderr)
         else:
-            command = getattr(args, "command", None)
-            prefix = f"seqmodel {command}" if command else "seqmodel"
-            first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"{prefix}: error: {first_line}", file=sys.stderr)
         return EXIT_USAGE
