@@ -42,8 +42,10 @@ import dataclasses
 import json
 import math
 import os
+import logging
 import pathlib
 import re
+import shutil
 from typing import Any, NamedTuple
 
 import jax
@@ -55,6 +57,8 @@ from orbax.checkpoint import checkpoint_managers
 
 from seqmodel.errors import CheckpointError
 
+log = logging.getLogger("seqmodel")
+
 CHECKPOINTS = "checkpoints"  # RUN/checkpoints/<step>
 LEGACY_KINDS = ("latest", "best")  # RUN/latest/<step>, RUN/best/<step> of earlier versions
 KIND_PREFERENCES = ("best", "latest")
@@ -62,6 +66,9 @@ KEEP_LATEST = 2
 RECORDS = "metrics.jsonl"
 # Where a resumed run moves the steps it could not read (newer than the one it resumed from).
 UNREADABLE = "unreadable-checkpoints"
+# orbax renames the steps it drops into RUN/checkpoints/.deleted (one atomic rename: a process
+# killed while deleting leaves no half-deleted step), and RunCheckpoints empties it.
+DELETED = ".deleted"
 TEMPORARY_MARK = ".orbax-checkpoint-tmp"
 
 # The fields of a TrainState that `train_state` holds (params are their own item).
@@ -282,7 +289,9 @@ def _validation_loss(metrics: dict) -> float:
 class RunCheckpoints:
     """The checkpoints of one run folder: one orbax ``CheckpointManager`` on
     ``RUN/checkpoints`` that keeps the newest ``keep_latest`` steps and the best one, saving
-    asynchronously. Opening it removes the partial steps of a killed save.
+    asynchronously. Opening it removes the partial steps of a killed save. Steps that the policy
+    drops leave the step listing in one rename (into ``.deleted``, emptied at the next save), so
+    that a process killed while deleting leaves no half-deleted step.
 
     Example::
 
@@ -303,17 +312,25 @@ class RunCheckpoints:
         ])
         options = ocp.CheckpointManagerOptions(
             create=True, cleanup_tmp_directories=True, enable_async_checkpointing=True,
-            preservation_policy=policy,
+            preservation_policy=policy, todelete_subdir=DELETED,
             # With best_fn orbax writes each step's metrics, so a resumed run still knows
             # which earlier step is the best one.
             best_fn=_validation_loss, best_mode="min")
         self.manager = ocp.CheckpointManager(self.folder.absolute(), options=options)
+        self._empty_deleted()
+
+    def _empty_deleted(self) -> None:
+        """Remove the steps orbax dropped (process 0 writes and deletes for the run)."""
+        if jax.process_index() == 0:
+            shutil.rmtree(self.folder / DELETED, ignore_errors=True)
 
     def save(self, step: int, state, metadata: dict, *, val_loss: float | None) -> bool:
         """Start saving ``state`` (a :class:`~seqmodel.train.TrainState`) at ``step``, evaluated
         at ``val_loss`` (None: saved without an evaluation). Copies the state to the host, waits
         for the previous save, and returns while the files are written; :meth:`wait` raises if
         writing failed. A step already on disk is not saved again (returns False)."""
+        self.manager.wait_until_finished()  # the previous save, and the steps it dropped
+        self._empty_deleted()
         if step in self.manager.all_steps():
             return False
         params = _named_arrays(nnx.to_pure_dict(state.params))
@@ -332,6 +349,7 @@ class RunCheckpoints:
 
     def close(self) -> None:
         self.manager.close()
+        self._empty_deleted()
 
 
 def set_aside_newer_steps(run_dir: str | os.PathLike, step: int) -> list[pathlib.Path]:
@@ -568,6 +586,8 @@ def restore_train_state(run_dir: str | os.PathLike, template, model_config) -> R
 
 def load_model(path: str | os.PathLike, *, prefer: str = "best", seed: int = 0):
     """Rebuild the model saved at ``path`` (a run folder: its ``best`` step, else its newest).
+    A step that cannot be read gives way to the others, newest first, with a warning (logger
+    ``seqmodel``).
 
     Returns ``(model, metadata)``; ``metadata["data"]`` rebuilds the tokenizer or normaliser.
 
@@ -575,24 +595,37 @@ def load_model(path: str | os.PathLike, *, prefer: str = "best", seed: int = 0):
 
         model, metadata = load_model("runs/demo")
     """
+    run = _checked_folder(path)
+    chosen = run.pick(prefer)
+    # The chosen step first; should it be unreadable, the others, newest first.
+    candidates = [chosen] + [saved for saved in run.steps if saved != chosen]
+    skipped = []
+    for saved in candidates:
+        try:
+            model, metadata = _load_step(saved, seed)
+        except _Unreadable as error:
+            skipped.append(f"step {saved.step} ({error})")
+            continue
+        if skipped:
+            log.warning(f"loaded step {saved.step} of {run.path}: {'; '.join(skipped)} cannot "
+                        f"be read")
+        return model, metadata
+    raise CheckpointError(f"no readable checkpoint in {run.path}: {'; '.join(skipped)}")
+
+
+def _load_step(saved: SavedStep, seed: int):
     from seqmodel.model import ModelConfig, SequenceModel
 
-    saved = _checked_folder(path).pick(prefer)
     where = f"checkpoint {saved.path}"
+    metadata = _read_metadata(saved)
+    if "model_config" not in metadata:
+        raise CheckpointError(f"{where} has no model_config in its metadata")
     try:
-        metadata = _read_metadata(saved)
-        if "model_config" not in metadata:
-            raise CheckpointError(f"{where} has no model_config in its metadata")
-        try:
-            config = ModelConfig.from_dict(metadata["model_config"])
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"{where}: its model_config is not valid here "
-                                  f"({error})") from None
-        model = SequenceModel(config, rngs=nnx.Rngs(seed))
-        _, template_params, _ = nnx.split(model, nnx.Param, ...)
-        params = _restore_params(saved, template_params)
-    except _Unreadable as error:
-        raise CheckpointError(f"cannot read {where}: {error}") from None
-    nnx.update(model, params)
+        config = ModelConfig.from_dict(metadata["model_config"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{where}: its model_config is not valid here ({error})") from None
+    model = SequenceModel(config, rngs=nnx.Rngs(seed))
+    _, template_params, _ = nnx.split(model, nnx.Param, ...)
+    nnx.update(model, _restore_params(saved, template_params))
     model.eval()
     return model, metadata

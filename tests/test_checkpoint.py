@@ -15,6 +15,7 @@ from flax import nnx
 from seqmodel import ModelConfig, SequenceModel
 from seqmodel.checkpoint import (
     CHECKPOINTS,
+    DELETED,
     UNREADABLE,
     find_checkpoint,
     inspect_run,
@@ -119,6 +120,8 @@ def test_the_newest_two_steps_and_the_best_are_kept(uninterrupted):
     assert best.read_metadata()["step_val_loss"] == pytest.approx(min(evaluated.values()))
     assert evaluated[best.step] == pytest.approx(result.best_val_loss)
     assert not run.partial and run.holds_run and run.holds_checkpoint
+    # Dropped steps left in one rename, and the run emptied that folder when it closed.
+    assert not any((folder / CHECKPOINTS / DELETED).glob("*"))
 
 
 def test_load_model_restores_parameters_and_metadata(uninterrupted):
@@ -208,6 +211,18 @@ def test_a_damaged_newest_step_gives_way_to_the_one_before(uninterrupted, tmp_pa
     assert [r["step"] for r in records if "val_loss" in r] == [5, 10, 14]
     assert (tmp_path / UNREADABLE / "14").is_dir()  # set aside, not deleted
     assert [s.step for s in inspect_run(tmp_path).steps][:2] == [14, 10]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_loading_a_damaged_step_falls_back_to_another(tmp_path, caplog):
+    config = dataclasses.replace(CONFIG, steps=10)
+    fit(model(), dataset(), config, out_dir=tmp_path, progress=False)
+    (tmp_path / CHECKPOINTS / "10" / "params" / "_METADATA").write_text("{")
+    with caplog.at_level(logging.WARNING, logger="seqmodel"):
+        _, metadata = load_model(tmp_path, prefer="latest")
+    assert metadata["step"] == 5
+    assert any(r.getMessage().startswith(f"loaded step 5 of {tmp_path}: step 10 (")
+               for r in caplog.records)
 
 
 def test_no_readable_step_is_a_clear_error(tmp_path):
