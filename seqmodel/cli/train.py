@@ -395,7 +395,7 @@ def cmd_train(args) -> int:
         limits.append(f"{train_config.steps} steps")
     if train_config.max_time:
         limits.append(f"{train_config.max_time:g} s")
-    say(args, f"seqmodel: {'resuming' if args.resume else 'training'} {model_config.cell} "
+    say(args, f"seqmodel: {'resuming' if from_checkpoint else 'training'} {model_config.cell} "
                f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
                f"({_describe(dataset)}) for {' or '.join(limits)} on "
                f"{parallel.describe()}; run folder {out}")

@@ -128,8 +128,7 @@ def fit(model, dataset, config: train.TrainConfig, *, out_dir: str | os.PathLike
     try:
         if resumed.skipped:
             loop.write(_fallback_record(resumed))
-        loop.run()
-        saver.wait()  # the last save is on disk before the run returns
+        loop.run()  # ends once the last save is on disk
     finally:
         bar.close()
         for writer in [*own_writers, *writers]:
@@ -261,6 +260,8 @@ class _Loop:
                 if not self.interrupted:
                     self.last_val = self.evaluate()
                 self.save(None if self.interrupted else self.last_val)
+            # Still under the stop request: a signal now does not cut the last save short.
+            self.saver.wait()
 
     def estimated_eval_seconds(self) -> float:
         saving = (self.budget.save_seconds or 1.0) if self.saver.active else 0.0
