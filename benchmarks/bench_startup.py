@@ -32,6 +32,7 @@ CASES = {
     "seqmodel trian (unknown command)": ["trian"],
     "seqmodel train --batch-size 0": ["train", "--batch-size", "0"],
     "seqmodel sample (missing --checkpoint)": ["sample"],
+    "seqmodel eval (missing --checkpoint)": ["eval"],
     "seqmodel train --help": ["train", "--help"],
 }
 

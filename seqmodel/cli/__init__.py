@@ -84,8 +84,8 @@ def build_parser(command: str | None = "all") -> argparse.ArgumentParser:
         # value of `seqmodel --debug train` alone.
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                help=DEBUG_HELP)
-    bench = commands.add_parser("bench", help="train-step and generation speed (seqmodel.benchmarking)",
-                                add_help=False)
+    bench = commands.add_parser("bench", add_help=False,
+                                help="train-step and generation speed (seqmodel.benchmarking)")
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     return parser
 

@@ -23,6 +23,7 @@ from seqmodel.cli.common import (
 )
 from seqmodel.cli.sample import default_prompt, text_sample
 
+
 # Flags of `seqmodel train` that set a field of ModelConfig / TrainConfig: flag -> field. The
 # defaults of these flags are the fields' defaults (train_defaults), so the API, the CLI and
 # --help cannot disagree.
