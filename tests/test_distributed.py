@@ -281,7 +281,8 @@ def test_cli_refuses_process_flags_without_a_shared_run_folder(capsys):
 
 
 def test_fit_stops_as_its_parallel_layout_says(corpus, monkeypatch):
-    # Across processes Ctrl-C must interrupt at once (stopping.stop_request_for); fit has to ask.
+    # Across processes a stop is agreed on at log and evaluation steps (stopping.stop_request_for
+    # knows the processes); fit has to ask with its layout.
     from flax import nnx
 
     from seqmodel import ModelConfig, SequenceModel, TrainConfig, fit
@@ -291,16 +292,16 @@ def test_fit_stops_as_its_parallel_layout_says(corpus, monkeypatch):
         num_processes = 2
 
     one = distributed.DataParallel.create(1)
-    # In one process the first Ctrl-C still finishes the step and saves; across two it does not.
-    assert isinstance(stopping.stop_request_for(one), stopping.StopRequest)
-    assert isinstance(stopping.stop_request_for(TwoProcesses(one.mesh)), stopping.InterruptAtOnce)
+    assert stopping.stop_request_for(one).processes == 1
+    assert stopping.stop_request_for(TwoProcesses(one.mesh)).processes == 2
 
     asked = []
 
     def stop_at_once(parallel):
         asked.append(parallel)
-        request = stopping.InterruptAtOnce()
-        request.requested = True
+        request = stopping.StopRequest(processes=1)
+        request.ask()
+        request.stopping = True
         return request
 
     monkeypatch.setattr(stopping, "stop_request_for", stop_at_once)
