@@ -13,7 +13,9 @@ its writers, in process 0 only:
 - :class:`MemoryWriter`: a list in memory (``fit`` draws ``loss.png`` from one with
   :func:`plot_losses`).
 
-Any object with ``write(record)`` and ``close()`` is a writer (:class:`MetricWriter`).
+Any object with ``write(record)`` and ``close()`` is a writer (:class:`MetricWriter`). A writer
+may also have ``rewind(step)``: a resumed run calls it before its first record, to drop what the
+interrupted run recorded past the step it resumes from (so that each step is recorded once).
 
 Example::
 
@@ -45,7 +47,8 @@ class MetricWriter(Protocol):
 
 class JsonlWriter:
     """Appends each record as one JSON line to ``path`` and flushes it (a crash loses nothing
-    already written). ``append=False`` starts the file anew; a resumed run appends.
+    already written). ``append=False`` starts the file anew; a resumed run appends, after
+    :meth:`rewind` to the step it resumes from.
 
     Example::
 
@@ -63,17 +66,43 @@ class JsonlWriter:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
+    def rewind(self, step: int) -> None:
+        """Drop the records past ``step`` from the file (and a last line cut short by a
+        crash). The file is replaced in one rename, so a crash here leaves the old or the new
+        file, never a mix."""
+        self._file.close()
+        kept = [record for record in read_jsonl(self.path, skip_damaged=True)
+                if record.get("step", 0) <= step]
+        temporary = self.path.with_name(self.path.name + ".rewind")
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(record) + "\n" for record in kept)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")
+
     def close(self) -> None:
         self._file.close()
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The records of a :class:`JsonlWriter` file, in order (``[]`` when there is no file)."""
+def read_jsonl(path: str | os.PathLike, *, skip_damaged: bool = False) -> list[dict]:
+    """The records of a :class:`JsonlWriter` file, in order (``[]`` when there is no file).
+    ``skip_damaged``: leave out lines that are not JSON (a line cut short by a killed process)
+    instead of raising."""
     path = pathlib.Path(path)
     if not path.is_file():
         return []
+    records = []
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                if not skip_damaged:
+                    raise
+    return records
 
 
 def tensorboard_tag(key: str) -> str:
@@ -89,8 +118,9 @@ class TensorBoardWriter:
     non-finite values are skipped.
 
     The event file opens at the first record, so a writer that is never written to (e.g. in
-    processes other than 0) leaves no file. ``purge_step``: a resumed run passes the step after
-    its checkpoint, so that TensorBoard drops what the interrupted run logged past it.
+    processes other than 0) leaves no file. ``purge_step``: events at and past this step that
+    earlier runs wrote are dropped by TensorBoard; a resumed run sets it through :meth:`rewind`
+    (to the step after its checkpoint), so the interrupted run's steps past it show once.
 
     Example::
 
@@ -110,6 +140,12 @@ class TensorBoardWriter:
         self.logdir = pathlib.Path(logdir)
         self.purge_step = purge_step
         self._writer = None
+
+    def rewind(self, step: int) -> None:
+        """Drop what earlier runs logged past ``step`` (call before the first record)."""
+        if self._writer is not None:
+            raise RuntimeError("TensorBoardWriter.rewind must come before the first record")
+        self.purge_step = step + 1
 
     def write(self, record: dict) -> None:
         if self._writer is None:
@@ -167,6 +203,10 @@ class MemoryWriter:
 
     def write(self, record: dict) -> None:
         self.records.append(dict(record))
+
+    def rewind(self, step: int) -> None:
+        """Drop the records past ``step``."""
+        self.records = [record for record in self.records if record.get("step", 0) <= step]
 
     def close(self) -> None:
         return None

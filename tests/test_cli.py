@@ -49,7 +49,7 @@ def test_train_json_line_and_run_folder(corpus, tmp_path, capsys):
     assert summary["step_tokens_per_second"] > 0
     assert summary["val_loss"] > 0 and summary["bpc"] == pytest.approx(summary["val_loss"] / 0.693147, rel=1e-3)
     assert summary["checkpoint"] == str(out) and isinstance(summary["sample"], str)
-    assert (out / "metrics.jsonl").is_file() and (out / "latest" / "12").is_dir()
+    assert (out / "metrics.jsonl").is_file() and (out / "checkpoints" / "12").is_dir()
     assert "sample" in stderr  # the human-readable report went to stderr
 
 
@@ -204,3 +204,83 @@ def test_tensorboard_without_tensorboardx_is_a_usage_error(corpus, tmp_path, mon
     assert status == 2 and err.strip().count("\n") == 0
     assert "--tensorboard: TensorBoard event files need tensorboardX" in err
     assert "seqmodel: training" not in out + err  # refused before the run starts
+
+
+# -- which errors are the user's, and the start-up of the command ------------------------------
+
+
+def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    import seqmodel.data
+
+    def broken(*args, **kwargs):  # a bug inside the library, not an argument check
+        raise ValueError("internal: this is a bug")
+
+    cli.train_defaults()  # read load_dataset's defaults before it is replaced
+    monkeypatch.setattr(seqmodel.data, "load_dataset", broken)
+    with pytest.raises(ValueError, match="internal: this is a bug"):
+        cli.main(["train", "--data", "x.txt", "--steps", "1"])
+    monkeypatch.setattr(seqmodel.data, "load_dataset",
+                        lambda *args, **kwargs: {}["missing key"])
+    with pytest.raises(KeyError):
+        cli.main(["train", "--data", "x.txt", "--steps", "1"])
+
+
+def test_debug_shows_the_traceback_of_user_errors_too(capsys):
+    for argv in (["--debug", "sample", "--checkpoint", "/no/such/run"],
+                 ["sample", "--checkpoint", "/no/such/run", "--debug"]):
+        status, _, err = run(capsys, *argv)
+        assert status == 2
+        assert err.startswith("Traceback (most recent call last)")
+        assert err.strip().splitlines()[-1] == \
+            "seqmodel sample: --checkpoint '/no/such/run': no such folder"
+
+
+def test_argument_checks_of_configs_are_user_errors():
+    from seqmodel.train import TrainConfig
+
+    with pytest.raises(ValueError) as config_error:
+        TrainConfig(batch_size=0)
+    assert cli._is_argument_check(config_error.value)
+    with pytest.raises(ValueError) as other:
+        int("not a number")  # raised here, outside the command line and the configs
+    assert not cli._is_argument_check(other.value)
+
+
+def test_help_and_argument_errors_do_not_import_the_library():
+    """`seqmodel --help` and a missing or unknown command: no JAX, Flax or orbax imported."""
+    code = ("import sys\nfrom seqmodel.cli import main\nfor argv in (['--help'], [], ['trian']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'orbax'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert "invalid choice: 'trian'" in result.stderr
+
+
+def test_the_package_exports_every_public_name_lazily():
+    import ast
+    import importlib
+    import pathlib
+
+    import seqmodel
+
+    source = pathlib.Path(seqmodel.__file__).read_text(encoding="utf-8")
+    type_checking = next(node for node in ast.walk(ast.parse(source))
+                         if isinstance(node, ast.If) and getattr(node.test, "id", "") ==
+                         "TYPE_CHECKING")
+    seen = {alias.asname or alias.name for node in type_checking.body
+            for alias in node.names}
+    assert seen == set(seqmodel.__all__)  # what type checkers see is what the package exports
+    for name in seqmodel.__all__:
+        value = getattr(seqmodel, name)
+        module = importlib.import_module(seqmodel._MODULE_OF[name])
+        assert value is getattr(module, name), name
+    # The submodules named like a function stay the function's names.
+    import seqmodel.fit.loop  # noqa: F401
+    import seqmodel.generate  # noqa: F401
+
+    assert callable(seqmodel.fit) and callable(seqmodel.generate)
+    assert seqmodel.train.TrainConfig is seqmodel.TrainConfig  # a submodule, imported on use
+    with pytest.raises(AttributeError):
+        seqmodel.no_such_name

@@ -281,7 +281,8 @@ def test_cli_refuses_process_flags_without_a_shared_run_folder(capsys):
 
 
 def test_fit_stops_as_its_parallel_layout_says(corpus, monkeypatch):
-    # Across processes Ctrl-C must interrupt at once (stopping.stop_request_for); fit has to ask.
+    # Across processes a stop is agreed on at log and evaluation steps (stopping.stop_request_for
+    # knows the processes); fit has to ask with its layout.
     from flax import nnx
 
     from seqmodel import ModelConfig, SequenceModel, TrainConfig, fit
@@ -291,16 +292,16 @@ def test_fit_stops_as_its_parallel_layout_says(corpus, monkeypatch):
         num_processes = 2
 
     one = distributed.DataParallel.create(1)
-    # In one process the first Ctrl-C still finishes the step and saves; across two it does not.
-    assert isinstance(stopping.stop_request_for(one), stopping.StopRequest)
-    assert isinstance(stopping.stop_request_for(TwoProcesses(one.mesh)), stopping.InterruptAtOnce)
+    assert stopping.stop_request_for(one).processes == 1
+    assert stopping.stop_request_for(TwoProcesses(one.mesh)).processes == 2
 
     asked = []
 
     def stop_at_once(parallel):
         asked.append(parallel)
-        request = stopping.InterruptAtOnce()
-        request.requested = True
+        request = stopping.StopRequest(processes=1)
+        request.ask()
+        request.stopping = True
         return request
 
     monkeypatch.setattr(stopping, "stop_request_for", stop_at_once)
@@ -330,7 +331,7 @@ def test_four_devices_train_like_one_device(corpus, tmp_path):
     assert result["val_four"] == pytest.approx(result["val_one"], rel=1e-5)
     assert result["params"] < 1e-5
     assert result["resumed_steps"] == 7
-    assert (tmp_path / "four" / "latest" / "7").is_dir()
+    assert (tmp_path / "four" / "checkpoints" / "7").is_dir()
 
 
 def test_two_processes_train_together_and_a_dead_one_stops_the_other(corpus, tmp_path):
@@ -376,7 +377,7 @@ def test_two_processes_train_together_and_a_dead_one_stops_the_other(corpus, tmp
     assert not any(line.startswith("{") for line in stdout1.splitlines())
     assert "seqmodel: training" not in stderr1
     assert (tmp_path / "cli" / "metrics.jsonl").is_file()
-    assert (tmp_path / "cli" / "latest" / "4").is_dir()
+    assert (tmp_path / "cli" / "checkpoints" / "4").is_dir()
 
     # fit() across both processes: the same parameters in both, equal to one device's run.
     assert library0["devices"] == 4 and library0["processes"] == 2

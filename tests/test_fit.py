@@ -63,7 +63,7 @@ def test_fit_writes_checkpoints_metrics_and_plot(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [12, 24]
     assert sum("loss" in r for r in records) == 24
-    assert (tmp_path / "latest" / "24").is_dir() and (tmp_path / "best").is_dir()
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [12, 24]
     plot = tmp_path / "loss.png"
     pytest.importorskip("matplotlib")
     assert plot.read_bytes()[:4] == b"\x89PNG"
@@ -164,7 +164,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(TrainingError, match=r"loss became nan at step 8; the last good checkpoint "
                                             r"\(step 5\)"):
         fit(tiny_model(), dataset, config, out_dir=tmp_path, progress=False)
-    assert sorted(p.name for p in (tmp_path / "latest").iterdir()) == ["5"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["5"]
 
 
 def test_fit_needs_a_stopping_rule():
@@ -201,7 +201,7 @@ def test_time_running_out_at_an_evaluation_step_evaluates_and_saves_once(monkeyp
     assert len(evaluations) == 1  # the evaluation at step 8 is the final one
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [8]
-    assert (tmp_path / "latest" / "8").is_dir() and result.checkpoint is not None
+    assert (tmp_path / "checkpoints" / "8").is_dir() and result.checkpoint is not None
 
 
 def test_clock_keeps_time_for_the_final_evaluation():
@@ -261,7 +261,7 @@ def test_only_process_0_writes(tmp_path):
     assert result.steps == 4 and result.val_loss is not None
     assert memory.records == []
     assert not (tmp_path / "metrics.jsonl").exists() and not (tmp_path / "loss.png").exists()
-    assert (tmp_path / "latest" / "4").is_dir()  # every process takes part in checkpoints
+    assert (tmp_path / "checkpoints" / "4").is_dir()  # every process takes part in checkpoints
 
 
 # -- the parts ----------------------------------------------------------------------------------

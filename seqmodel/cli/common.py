@@ -4,9 +4,12 @@ printing for the user."""
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import signal
 import sys
 
+from seqmodel.errors import UserError
 
 EXIT_USAGE = 2
 
@@ -14,8 +17,26 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
-class UsageError(Exception):
-    """A user error: printed as one line, exit status 2."""
+def exit_status_of_signal(signal_number: int) -> int:
+    """The exit status of a run stopped by a signal: 128 + its number, as a shell reports a
+    process that the signal ended (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + int(signal_number)
+
+
+# The epilog of every command's --help.
+EXIT_STATUSES = f"""\
+exit status:
+  0    done
+  1    the run failed (diverged, or a checkpoint could not be written): one line says what
+       is kept; any other unexpected error shows its traceback
+  2    a user error (bad flag, missing file, incompatible checkpoint): one line
+  {exit_status_of_signal(signal.SIGINT)}  train stopped by Ctrl-C (SIGINT), after saving its latest checkpoint
+  {exit_status_of_signal(signal.SIGTERM)}  train stopped by SIGTERM (a scheduler's stop), after saving its latest
+       checkpoint; continue either with --resume --out RUN"""
+
+
+class UsageError(UserError):
+    """A user error found by the command line: printed as one line, exit status 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -84,6 +105,52 @@ def rounded(value):
 
 
 def load_checkpoint(checkpoint_path: str):
+    """``(model, metadata)`` of the run folder ``--checkpoint``; a missing folder or one without
+    a checkpoint is a one-line usage error naming the flag."""
     from seqmodel import checkpoint
 
+    run = checkpoint.inspect_run(checkpoint_path)
+    if not run.path.exists():
+        raise UsageError(f"--checkpoint {checkpoint_path!r}: no such folder")
+    if not run.holds_checkpoint:
+        partial = " (only a partial step, left by a run killed during its first save)" \
+            if run.partial else ""
+        raise UsageError(f"--checkpoint {checkpoint_path!r} holds no checkpoint{partial}: give a "
+                         f"run folder written by `seqmodel train --out`")
     return checkpoint.load_model(checkpoint_path)
+
+
+# Library messages (logger "seqmodel": e.g. a resumed run that falls back to an older step) are
+# printed as one line each, "seqmodel COMMAND: message".
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to the ``sys.stderr`` of the moment (which tests replace)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+_LOG_HANDLER = _StderrHandler()
+
+
+def configure_logging(command: str | None, *, debug: bool = False) -> None:
+    """Print the library's warnings (logger ``seqmodel``) as ``seqmodel COMMAND: message`` lines
+    on stderr, and keep orbax's own log lines (logger ``absl``: its retries and the tracebacks
+    of a failed save, which the one-line error already reports) out of sight unless ``debug``."""
+    prefix = f"seqmodel {command}" if command else "seqmodel"
+    _LOG_HANDLER.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
+    library = logging.getLogger("seqmodel")
+    if _LOG_HANDLER not in library.handlers:
+        library.addHandler(_LOG_HANDLER)
+    library.propagate = False
+    library.setLevel(logging.DEBUG if debug else logging.INFO)
+    logging.getLogger("absl").setLevel(logging.DEBUG if debug else logging.CRITICAL)
+
+
+def quiet_logging() -> None:
+    """Only errors from the library's logger (the processes of a run other than process 0)."""
+    logging.getLogger("seqmodel").setLevel(logging.ERROR)

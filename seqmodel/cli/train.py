@@ -10,13 +10,16 @@ import inspect
 import json
 import os
 import pathlib
+import signal
 import sys
 import time
+import traceback
 from typing import Any
 
 from seqmodel.cli.common import (
-    EXIT_FAILURE, UsageError, dropout_probability, fraction, non_negative_float, non_negative_int,
-    positive_float, positive_int, probability, rounded, say,
+    EXIT_FAILURE, UsageError, dropout_probability, exit_status_of_signal, fraction,
+    non_negative_float, non_negative_int, positive_float, positive_int, probability, quiet_logging,
+    rounded, say,
 )
 from seqmodel.cli.sample import default_prompt, text_sample
 
@@ -171,8 +174,23 @@ def _default_out(name: str) -> pathlib.Path:
     return base.parent / f"{base.name}-{number}"
 
 
-def _holds_run(folder: pathlib.Path) -> bool:
-    return any((folder / kind).is_dir() and any((folder / kind).iterdir()) for kind in ("latest", "best"))
+def _run_folder(args, out: pathlib.Path | None):
+    """What ``--out`` holds (:func:`seqmodel.checkpoint.inspect_run`, the one reading of a run
+    folder), checked against ``--resume``: a folder that holds a run is continued with
+    ``--resume`` and refused without it; ``--resume`` on a folder that holds none is refused.
+    Returns the :class:`~seqmodel.checkpoint.RunFolder` (None: a fresh run, no ``--out``)."""
+    from seqmodel import checkpoint
+
+    if out is None:
+        return None
+    run = checkpoint.inspect_run(out)
+    if args.resume and not run.holds_run:
+        raise UsageError(f"--resume --out {str(out)!r}: holds no run to resume (no checkpoint, "
+                         f"no metrics.jsonl); drop --resume to start one there")
+    if not args.resume and run.holds_run:
+        raise UsageError(f"--out {str(out)!r} already holds a run; pass --resume to continue it, "
+                         f"or choose another --out")
+    return run
 
 
 def _flag(name: str) -> str:
@@ -184,10 +202,10 @@ def _resolve_resume(args, out: pathlib.Path):
     resume, with explicit flags checked against the checkpoint."""
     from seqmodel import checkpoint
 
-    if not _holds_run(out):
-        raise UsageError(f"--resume: {str(out)!r} holds no checkpoint to resume; train without "
-                         f"--resume first, or give the run folder with --out")
-    metadata = checkpoint.read_metadata(out, prefer="latest")
+    try:
+        metadata = checkpoint.peek_metadata(out, prefer="latest")
+    except checkpoint.CheckpointError as error:
+        raise UsageError(f"--resume --out {str(out)!r}: {error}") from None
     model_values = dict(metadata["model_config"])
     train_values = dict(metadata["train_config"])
     conflicts = []
@@ -243,12 +261,20 @@ def _planned_batch_size(args) -> int | None:
         return train_defaults()["batch_size"]
     from seqmodel import checkpoint
 
-    out = pathlib.Path(args.out) if args.out else pathlib.Path("runs") / (
-        args.data or DEFAULT_DATA)
+    out = _resume_out(args)
+    run = checkpoint.inspect_run(out)
+    if run.holds_run and not run.holds_checkpoint:
+        return train_defaults()["batch_size"]  # killed before its first save: starts anew
     try:
         return checkpoint.peek_metadata(out, prefer="latest")["train_config"]["batch_size"]
     except (checkpoint.CheckpointError, KeyError, OSError, ValueError):
-        return None  # _resolve_resume reports a missing or unreadable checkpoint
+        return None  # _run_folder and _resolve_resume report a missing or unreadable checkpoint
+
+
+def _resume_out(args) -> pathlib.Path:
+    """The run folder that ``--resume`` continues: ``--out``, else the default of ``--data``."""
+    return pathlib.Path(args.out) if args.out else pathlib.Path("runs") / (
+        args.data or DEFAULT_DATA)
 
 
 def parallel_from_flags(args, *, batch_size: int | None = None):
@@ -308,16 +334,15 @@ def stop_after_failure(error: BaseException, parallel) -> None:
     os._exit(1)
 
 
-def _metric_writers(args, out: pathlib.Path, *, resumed_step: int | None) -> list:
-    """The writers that ``seqmodel train`` adds to ``metrics.jsonl``: ``--tensorboard``."""
+def _metric_writers(args, out: pathlib.Path) -> list:
+    """The writers that ``seqmodel train`` adds to ``metrics.jsonl``: ``--tensorboard`` (a
+    resumed run rewinds it to the step it continues from: see :func:`seqmodel.fit`)."""
     if not args.tensorboard:
         return []
     from seqmodel.metrics import TensorBoardWriter
 
     try:
-        # A resumed run drops what the interrupted one logged past its checkpoint.
-        return [TensorBoardWriter(out / "tensorboard", purge_step=None if resumed_step is None
-                                  else resumed_step + 1)]
+        return [TensorBoardWriter(out / "tensorboard")]
     except ImportError as error:
         raise UsageError(f"--tensorboard: {error}") from None
 
@@ -333,36 +358,37 @@ def cmd_train(args) -> int:
     from seqmodel.model import SequenceModel
     from seqmodel.train import TrainConfig
 
+    if not parallel.is_main:
+        quiet_logging()  # process 0 reports for the run
     started = time.perf_counter()
-    out = pathlib.Path(args.out) if args.out else None
+    out = _resume_out(args) if args.resume else (pathlib.Path(args.out) if args.out else None)
+    run = _run_folder(args, out)
+    # --resume of a run killed before any step was saved completely: it starts anew from the
+    # flags given now (fit says so in one line).
+    from_checkpoint = args.resume and run.holds_checkpoint
     data_metadata = None
-    if args.resume:
-        out = out or pathlib.Path("runs") / (args.data or DEFAULT_DATA)
+    if from_checkpoint:
         model_values, train_values, source, checkpoint_metadata = _resolve_resume(args, out)
         data_metadata = checkpoint_metadata["data"]
     else:
         source = args.data or DEFAULT_DATA
         if out is None:
             out = _default_out(source)
-        elif _holds_run(out):
-            raise UsageError(f"--out {str(out)!r} already holds a run; pass --resume to continue "
-                             f"it, or choose another --out")
-    writers = _metric_writers(args, out, resumed_step=checkpoint_metadata["step"]
-                              if args.resume else None)
+    writers = _metric_writers(args, out)
     val_fraction = args.val_fraction if args.val_fraction is not None else (
-        train_values["val_fraction"] if args.resume else train_defaults()["val_fraction"])
+        train_values["val_fraction"] if from_checkpoint else train_defaults()["val_fraction"])
     tokenizer = args.tokenizer or train_defaults()["tokenizer"]
     dataset = load_dataset(source, val_fraction=val_fraction, tokenizer=tokenizer,
                            metadata=data_metadata,
                            **({"missing": args.missing} if args.missing else {}))
-    if args.resume:
+    if from_checkpoint:
         from seqmodel.model import ModelConfig
 
         model_config = ModelConfig.from_dict(model_values)
         train_config = TrainConfig.from_dict(train_values)
     else:
         model_config, train_config = _train_configs(args, dataset)
-    if args.resume and train_config.steps is not None:
+    if from_checkpoint and train_config.steps is not None:
         at_step = checkpoint_metadata["step"]
         if at_step >= train_config.steps:
             say(args, f"seqmodel train: the run in {out} is already at step {at_step} and "
@@ -379,7 +405,7 @@ def cmd_train(args) -> int:
         limits.append(f"{train_config.steps} steps")
     if train_config.max_time:
         limits.append(f"{train_config.max_time:g} s")
-    say(args, f"seqmodel: {'resuming' if args.resume else 'training'} {model_config.cell} "
+    say(args, f"seqmodel: {'resuming' if from_checkpoint else 'training'} {model_config.cell} "
                f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
                f"({_describe(dataset)}) for {' or '.join(limits)} on "
                f"{parallel.describe()}; run folder {out}")
@@ -388,6 +414,8 @@ def cmd_train(args) -> int:
                      progress=not args.no_progress, writers=writers,
                      run_metadata={"source": source}, parallel=parallel)
     except TrainingError as error:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
         print(f"seqmodel train: {error}", file=sys.stderr)
         return EXIT_FAILURE
     except (Exception, KeyboardInterrupt) as error:
@@ -406,6 +434,8 @@ def cmd_train(args) -> int:
         "best_val_loss": rounded(result.best_val_loss),
         "checkpoint": str(out),
         "interrupted": result.interrupted,
+        "stop_signal": signal.Signals(result.stop_signal).name if result.stop_signal else None,
+        "checkpoint_wait_seconds": round(result.checkpoint_wait_seconds, 3),
     }
     if units:
         summary[f"val_bits_per_{units}"] = rounded(result.val_bits)
@@ -413,7 +443,9 @@ def cmd_train(args) -> int:
             summary["bpc"] = rounded(result.val_bits)
     val_text = "n/a" if result.val_loss is None else f"{result.val_loss:.4f} nats/{units or 'element'}"
     if result.interrupted:
-        say(args, f"interrupted at step {result.steps}; saved {out / 'latest'}; continue with "
+        cause = (f"stopped by {signal.Signals(result.stop_signal).name}" if result.stop_signal
+                 else "interrupted")
+        say(args, f"{cause} at step {result.steps}; saved {result.checkpoint}; continue with "
                    f"--resume --out {out}")
     else:
         say(args, f"done: {result.steps} steps, {result.tokens:,} tokens in "
@@ -429,7 +461,9 @@ def cmd_train(args) -> int:
     summary["wall_seconds"] = round(time.perf_counter() - started, 3)
     if args.json and parallel.is_main:
         print(json.dumps(summary), flush=True)
-    return 130 if result.interrupted else 0
+    if result.interrupted:
+        return exit_status_of_signal(result.stop_signal or signal.SIGINT)
+    return 0
 
 
 def _describe(dataset) -> str:

@@ -7,7 +7,7 @@
 - :mod:`~seqmodel.fit.validation`: evaluation during the run;
 - :mod:`~seqmodel.fit.saving`: checkpoints of the run folder;
 - :mod:`~seqmodel.fit.log_records`, :mod:`~seqmodel.fit.throughput`: log records and speed;
-- :mod:`~seqmodel.fit.stopping`, :mod:`~seqmodel.fit.progress`: Ctrl-C and the progress bar.
+- :mod:`~seqmodel.fit.stopping`, :mod:`~seqmodel.fit.progress`: Ctrl-C and SIGTERM, the progress bar.
 
 Metric records go to the writers of :mod:`seqmodel.metrics`.
 

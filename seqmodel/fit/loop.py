@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple, Sequence
 from flax import nnx
 
 from seqmodel import distributed, metrics, train
+from seqmodel.errors import TrainingError
 from seqmodel.fit import stopping
 from seqmodel.fit.clock import TimeBudget
 from seqmodel.fit.log_records import LogIntervals
@@ -24,20 +25,18 @@ from seqmodel.fit.progress import ProgressBar
 from seqmodel.fit.saving import RunSaver
 from seqmodel.fit.schedule import CallSchedule
 from seqmodel.fit.throughput import Throughput
-from seqmodel.fit.training import Training
+from seqmodel.fit.training import Resumed, Training
 from seqmodel.fit.validation import Validation
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a NaN loss); the message says what happened and what was kept."""
 
 
 class FitResult(NamedTuple):
     """What :func:`fit` returns. Losses are nats per element; ``val_bits`` is bits per element
-    (per character for text). ``checkpoint`` is the run's latest checkpoint folder or None.
+    (per character for text). ``checkpoint`` is the run's checkpoint folder or None.
     ``tokens_per_second`` is over the whole run (compile, evaluation, checkpoints included);
     ``step_tokens_per_second`` over the train steps alone, without the first (compiling)
-    interval."""
+    interval. ``interrupted``: stopped by a signal or a callback before its end, after saving;
+    ``stop_signal``: the signal's number (``signal.SIGINT``, ``signal.SIGTERM``; None: not a
+    signal). ``checkpoint_wait_seconds``: the time the loop waited for checkpoint saves."""
 
     state: train.TrainState
     steps: int
@@ -51,6 +50,8 @@ class FitResult(NamedTuple):
     best_val_loss: float | None
     checkpoint: str | None
     interrupted: bool
+    stop_signal: int | None = None
+    checkpoint_wait_seconds: float = 0.0
 
 
 def fit(model, dataset, config: train.TrainConfig, *, out_dir: str | os.PathLike | None = None,
@@ -60,16 +61,24 @@ def fit(model, dataset, config: train.TrainConfig, *, out_dir: str | os.PathLike
         parallel: distributed.DataParallel | None = None) -> FitResult:
     """Train ``model`` on ``dataset`` (see :class:`seqmodel.data.Dataset`) as ``config`` says.
 
-    Every ``config.eval_every`` steps and at the end: exact validation NLL, then the checkpoints
-    ``out_dir/latest`` and (when validation improved) ``out_dir/best``. ``out_dir`` also receives
+    Every ``config.eval_every`` steps and at the end: exact validation NLL, then a checkpoint
+    in ``out_dir/checkpoints`` (:mod:`seqmodel.checkpoint`: the newest two steps and the best
+    one are kept), written in the background while training goes on. ``out_dir`` also receives
     ``metrics.jsonl`` (one JSON object per log interval or evaluation) and ``loss.png``.
-    ``resume=True`` continues from ``out_dir/latest`` exactly: parameters, optimizer state, step,
-    schedule, carry, RNG and data position.
+    ``resume=True`` continues from the newest readable step exactly: parameters, optimizer state,
+    step, schedule, carry, RNG and data position. The records past that step (logged by the
+    interrupted run after its last checkpoint) are dropped from ``metrics.jsonl`` and from
+    ``writers`` that have a ``rewind(step)`` method, so each step is recorded once. A newest
+    step that cannot be read gives way to the one before it, with a warning (logger
+    ``seqmodel``) and a record ``{"event": "resumed_from_older_step", ...}``; a run that never
+    saved a step completely starts from step 0, with a warning.
 
-    Ctrl-C stops after the current step, saves ``latest`` and returns with ``interrupted=True``.
-    A non-finite loss raises :class:`TrainingError` without saving, so the checkpoints on disk
-    stay the last good ones. ``callback(step, record)`` runs at each log interval (in every
-    process); returning True stops the run as Ctrl-C does. ``writers`` (see
+    Ctrl-C (SIGINT) or SIGTERM stops after the current call of steps, saves, and returns with
+    ``interrupted=True`` and ``stop_signal``; with several processes, all stop at the same log
+    step. A non-finite loss raises :class:`TrainingError` without saving, so the checkpoints on
+    disk stay the last good ones; so does a checkpoint that cannot be written (the steps saved
+    before it stay readable). ``callback(step, record)`` runs at each log interval (in every
+    process); returning True stops the run as a signal does. ``writers`` (see
     :mod:`seqmodel.metrics`) receive every record besides ``metrics.jsonl``, and are closed at the
     end of the run. ``model`` ends up holding the trained parameters (in the mode it had).
 
@@ -100,15 +109,10 @@ def fit(model, dataset, config: train.TrainConfig, *, out_dir: str | os.PathLike
         # A time-bounded run keeps time for its final evaluation and checkpoint.
         validation.time_one_batch(training.state, parallel)
 
-    history = metrics.MemoryWriter()  # what loss.png is drawn from
-    own_writers: list = []
-    if out_path is not None and parallel.is_main:
-        metrics_path = out_path / "metrics.jsonl"
-        # A resumed run's plot shows its whole history: the records of the runs before it.
-        history = metrics.MemoryWriter(metrics.read_jsonl(metrics_path) if resume else ())
-        own_writers = [metrics.JsonlWriter(metrics_path, append=resume), history]
-    # Only process 0 writes records.
-    run_writers = own_writers + list(writers) if parallel.is_main else []
+    run_writers, own_writers, history = _writers(out_path, writers, parallel, resumed if resume
+                                                 else None)
+    if resumed.skipped:
+        _set_aside_unreadable(out_path, resumed, parallel)
     saver = RunSaver(out_path, metadata={**(run_metadata or {}),
                                          "model_config": model.config.to_dict(),
                                          "train_config": config.to_dict(),
@@ -122,7 +126,9 @@ def fit(model, dataset, config: train.TrainConfig, *, out_dir: str | os.PathLike
                  meter=Throughput(resumed.tokens), writers=run_writers, bar=bar,
                  callback=callback)
     try:
-        loop.run()
+        if resumed.skipped:
+            loop.write(_fallback_record(resumed))
+        loop.run()  # ends once the last save is on disk
     finally:
         bar.close()
         for writer in [*own_writers, *writers]:
@@ -148,7 +154,54 @@ def fit(model, dataset, config: train.TrainConfig, *, out_dir: str | os.PathLike
         best_val_loss=saver.best_val_loss,
         checkpoint=saver.latest_path(),
         interrupted=loop.interrupted,
+        stop_signal=loop.stop_signal,
+        checkpoint_wait_seconds=saver.wait_seconds,
     )
+
+
+def _writers(out_path: pathlib.Path | None, writers: Sequence[metrics.MetricWriter], parallel,
+             resumed: Resumed | None) -> tuple[list, list, metrics.MemoryWriter]:
+    """``(the run's writers, those fit opened, the records loss.png is drawn from)``. Only
+    process 0 writes. A resumed run (``resumed``) first rewinds ``metrics.jsonl`` and the
+    writers that can to the step it continues from."""
+    history = metrics.MemoryWriter()
+    if not parallel.is_main:
+        return [], [], history
+    own_writers: list = []
+    if out_path is not None:
+        metrics_path = out_path / "metrics.jsonl"
+        jsonl = metrics.JsonlWriter(metrics_path, append=resumed is not None)
+        if resumed is not None:
+            jsonl.rewind(resumed.step)
+        # A resumed run's plot shows its whole history: the records of the runs before it.
+        history = metrics.MemoryWriter(metrics.read_jsonl(metrics_path) if resumed else ())
+        own_writers = [jsonl, history]
+    if resumed is not None:
+        for writer in writers:
+            rewind = getattr(writer, "rewind", None)
+            if callable(rewind):
+                rewind(resumed.step)
+    return own_writers + list(writers), own_writers, history
+
+
+def _fallback_record(resumed: Resumed) -> dict:
+    """The record of a resumed run that skipped newer steps it could not read."""
+    return {"step": resumed.step, "event": "resumed_from_older_step",
+            "unreadable_steps": [step for step, _ in resumed.skipped],
+            "reasons": [reason for _, reason in resumed.skipped]}
+
+
+def _set_aside_unreadable(out_path: pathlib.Path, resumed: Resumed, parallel) -> None:
+    """Move the unreadable steps newer than the resumed one out of the checkpoint folder (in
+    process 0; the others wait), so that the run saves those steps anew."""
+    from seqmodel import checkpoint
+
+    if parallel.is_main:
+        checkpoint.set_aside_newer_steps(out_path, resumed.step)
+    if parallel.num_processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("seqmodel: unreadable steps set aside")
 
 
 class _Loop:
@@ -165,42 +218,50 @@ class _Loop:
         self.callback = callback
         self.last_val: train.EvalResult | None = None
         self.interrupted = False
+        self.stop_signal: int | None = None
 
     def run(self) -> None:
         schedule, training = self.schedule, self.training
         with stopping.stop_request_for(training.parallel) as stop:
             while not schedule.done(training.step):
                 count = schedule.steps_this_call(training.step)
-                if stop.requested or self.budget.out_of_time(self.estimated_eval_seconds(),
-                                                             steps=count):
-                    self.interrupted = stop.requested
+                if stop.stopping or self.budget.out_of_time(self.estimated_eval_seconds(),
+                                                            steps=count):
+                    self.interrupted = stop.stopping
                     break
                 before = training.step
                 self.meter.dispatched(count, compiled=training.dispatch(count))
                 self.bar.update(count)
                 # A call never passes an evaluation step (steps_this_call), but may pass a log one.
                 at_eval = schedule.evaluates_at(training.step)
-                if schedule.logs_between(before, training.step) or at_eval:
+                synced = schedule.logs_between(before, training.step) or at_eval
+                if synced:
                     for record in self.flush(final=at_eval):
                         if self.callback is not None and self.callback(record["step"], record):
-                            stop.requested = True
+                            stop.ask()
+                # Every process fetched the same steps here: a stop is agreed on across them.
+                stop.poll(sync=synced)
                 if at_eval and not schedule.done(training.step):
                     self.last_val = self.evaluate()
                     self.save(self.last_val)
                     self.meter.restart_interval()  # evaluation is not step time
                     if self.last_val is not None:
                         self.bar.note(f"step {training.step}: val_loss {self.last_val.loss:.4f}")
+            self.stop_signal = stop.signal_number if self.interrupted and (
+                stop.signal_number != stopping.CALLBACK) else None
             self.flush(final=True)
             if schedule.config.steps is None:
                 self.bar.end_at(training.step)
             # A time-bounded run may run out of time right after an evaluation step: that step is
             # then evaluated and saved already.
             finished_at_evaluation = self.validation.evaluated_at == training.step and (
-                not self.saver.active or self.saver.saved_step == training.step)
+                not self.saver.active or self.saver.newest_step == training.step)
             if not finished_at_evaluation:
                 if not self.interrupted:
                     self.last_val = self.evaluate()
                 self.save(None if self.interrupted else self.last_val)
+            # Still under the stop request: a signal now does not cut the last save short.
+            self.saver.wait()
 
     def estimated_eval_seconds(self) -> float:
         saving = (self.budget.save_seconds or 1.0) if self.saver.active else 0.0
@@ -253,8 +314,12 @@ class _Loop:
             return
         started = time.perf_counter()
         training = self.training
+        # A time-bounded run times one whole save (the write included) to keep time for the
+        # last one; every other save returns while the disk writes.
+        measure = self.budget.max_time is not None and self.budget.save_seconds is None
         self.saver.save(training.step, training.parallel.host_state(training.state), val=val,
                         last_val=self.last_val, data_position=training.batches.position,
-                        tokens=self.meter.tokens, train_seconds=self.budget.elapsed())
+                        tokens=self.meter.tokens, train_seconds=self.budget.elapsed(),
+                        wait=measure)
         self.budget.save_seconds = max(self.budget.save_seconds or 0.0,
                                        time.perf_counter() - started)

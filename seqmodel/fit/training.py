@@ -4,6 +4,7 @@ metrics of dispatched calls that the host has not fetched yet."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 
 import jax
@@ -13,17 +14,23 @@ import numpy as np
 from seqmodel import train
 from seqmodel.distributed import CallsInFlight, DataParallel
 
+log = logging.getLogger("seqmodel")
+
 
 @dataclasses.dataclass(frozen=True)
 class Resumed:
     """What a run takes over from the checkpoint it resumes, besides the train state (a fresh
-    run: the defaults)."""
+    run: the defaults). ``step``: the step it continues from (0 for a fresh run, and for a
+    resumed run that no step of was saved completely); ``skipped``: the newer steps that could
+    not be read, as ``(step, reason)``."""
 
     data_position: dict | None = None
     elapsed: float = 0.0
     best_val_loss: float | None = None
     tokens: int = 0
     saved_step: int | None = None
+    step: int = 0
+    skipped: tuple[tuple[int, str], ...] = ()
 
 
 class Training:
@@ -67,13 +74,7 @@ class Training:
         _, state = train.init_train_state(model, tx, config)
         resumed = Resumed()
         if resume:
-            from seqmodel import checkpoint  # keeps orbax off the import path
-
-            state, saved = checkpoint.restore_train_state(out_path, state, model.config)
-            resumed = Resumed(data_position=saved.get("data_position"),
-                              elapsed=float(saved.get("train_seconds", 0.0)),
-                              best_val_loss=saved.get("best_val_loss"),
-                              tokens=int(saved.get("tokens", 0)), saved_step=int(state.step))
+            state, resumed = _resume(out_path, state, model.config)
             if config.steps is not None:
                 state = state.replace(horizon=jnp.asarray(config.steps, jnp.int32))
         state = parallel.place_state(state)
@@ -119,3 +120,32 @@ class Training:
         # Laid out as the step's input: a plain array here made the step compile again.
         self.state = self.state.replace(horizon=jax.device_put(
             np.asarray(total_steps, np.int32), self.parallel.replicated))
+
+
+def _resume(out_path: pathlib.Path, state: train.TrainState,
+            model_config) -> tuple[train.TrainState, Resumed]:
+    """The newest readable step of the run in ``out_path`` (see
+    :func:`seqmodel.checkpoint.restore_train_state`), or ``state`` itself when the run never
+    saved a step completely (it was killed during its first save): the run then starts from
+    step 0, with a one-line notice."""
+    from seqmodel import checkpoint  # keeps orbax off the import path
+
+    run = checkpoint.inspect_run(out_path)
+    if not run.holds_checkpoint:
+        if not run.holds_run:
+            raise checkpoint.CheckpointError(
+                f"{str(out_path)!r} holds no run to resume (no checkpoint, no metrics.jsonl); "
+                f"start it without resume")
+        log.warning(f"no step of the run in {out_path} was saved completely; starting it from "
+                    f"step 0")
+        return state, Resumed()
+    restored = checkpoint.restore_train_state(out_path, state, model_config)
+    saved, step = restored.metadata, int(restored.state.step)
+    if restored.skipped:
+        newest = ", ".join(f"step {skipped} ({reason})" for skipped, reason in restored.skipped)
+        log.warning(f"resuming from step {step}: the newer {newest} cannot be read and is set "
+                    f"aside in {out_path / checkpoint.UNREADABLE}")
+    return restored.state, Resumed(
+        data_position=saved.get("data_position"), elapsed=float(saved.get("train_seconds", 0.0)),
+        best_val_loss=saved.get("best_val_loss"), tokens=int(saved.get("tokens", 0)),
+        saved_step=step, step=step, skipped=restored.skipped)
