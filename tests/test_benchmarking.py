@@ -77,8 +77,10 @@ def test_bench_runs_the_checkouts_suite(capfd):
 
 
 def test_bench_outside_a_checkout_is_one_line(tmp_path, monkeypatch, capsys):
+    import seqmodel.cli.bench as bench
+
     (tmp_path / "seqmodel").mkdir()
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "seqmodel" / "cli.py"))
+    monkeypatch.setattr(bench, "PACKAGE_DIRECTORY", tmp_path / "seqmodel")
     assert cli.main(["bench", "--quick"]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "ships with the source checkout only" in error

@@ -180,7 +180,7 @@ def test_cli_defaults_are_the_library_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    for text in (f"recurrent cell (default {model.cell})", f"--hidden-size N default "
+    for text in (f"residual block (mingru, minlstm, rglru) (default {model.cell})", f"--hidden-size N default "
                  f"{model.hidden_size}", f"peak learning rate (default {train.learning_rate})",
                  f"(default {train.steps_per_call})", f"(default {train.batching})"):
         assert text in help_text, text

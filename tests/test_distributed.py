@@ -13,6 +13,7 @@ about 1e-7 for both). Processes of one run compute the same replicated update, s
 are bitwise equal.
 """
 
+import importlib
 import json
 import os
 import pathlib
@@ -248,7 +249,8 @@ def test_cli_train_sets_devices_from_the_planned_batch_size(monkeypatch, corpus,
         seen.append(batch_size)
         raise distributed.DistributedError("stopped by the test")
 
-    monkeypatch.setattr(cli, "parallel_from_flags", stop_here)
+    train_command = importlib.import_module("seqmodel.cli.train")
+    monkeypatch.setattr(train_command, "parallel_from_flags", stop_here)
     for extra in ([], ["--batch-size", "32"]):
         status = cli.main(["train", "--data", str(corpus), "--out", str(tmp_path / "new"),
                            "--steps", "1", *extra])

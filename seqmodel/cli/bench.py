@@ -9,13 +9,16 @@ import sys
 
 from seqmodel.cli.common import UsageError
 
+# The installed seqmodel package; in a source checkout its parent holds benchmarks/.
+PACKAGE_DIRECTORY = pathlib.Path(__file__).resolve().parents[1]
+
 
 def cmd_bench(args) -> int:
     """Run the speed suite (``python -m benchmarks.bench_speed``) of the source checkout that holds
     this package, in a process of its own, with the user's working directory (for ``--json``)."""
     import subprocess
 
-    checkout = pathlib.Path(__file__).resolve().parents[2]
+    checkout = PACKAGE_DIRECTORY.parent
     if not (checkout / "benchmarks" / "__init__.py").is_file():
         raise UsageError("seqmodel bench: the benchmark suite ships with the source checkout "
                          f"only (no benchmarks/ package beside {checkout / 'seqmodel'}); clone "
