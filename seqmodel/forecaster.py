@@ -166,10 +166,11 @@ def _free_run(model, contexts: Contexts, key, temperature, truth, *, spec, horiz
         return features.assemble(spec, element, _lagged(spec, history.buffer), known,
                                  history.scale)
 
-    _, (samples, fed, _) = feed_steps(
+    _, (samples, fed, outputs) = feed_steps(
         model, state, key=key, start=0, size=horizon, draw=draw, next_input=next_input,
-        greedy=greedy or truth is not None, record_outputs=False)
-    return jnp.swapaxes(samples, 0, 1), jnp.swapaxes(fed, 0, 1)  # (b * S, H, ...)
+        greedy=greedy or truth is not None, record_outputs=truth is not None)
+    # (b * S, H, ...); with the truth fed, outputs[:, i] is the one-step distribution of step i.
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (samples, fed, outputs))
 
 
 def sample_contexts(model, spec: features.FeatureSpec, contexts: Contexts, *, key: Array,
@@ -183,19 +184,37 @@ def sample_contexts(model, spec: features.FeatureSpec, contexts: Contexts, *, ke
 
     Returns:
       ``(paths (n, S, H, d), fed (n, S, H, input_size))``: the samples and the inputs fed at
-      each step (``fed[:, :, 0]`` is the last context input).
+      each step (``fed[:, :, 0]`` is the last context input). With ``truth``, see
+      :func:`teacher_forced_steps` for the head's outputs.
     """
+    samples, fed, _ = _run(model, spec, contexts, key=key, horizon=horizon,
+                           num_samples=num_samples, temperature=temperature, truth=truth)
+    return samples, fed
+
+
+def teacher_forced_steps(model, spec: features.FeatureSpec, contexts: Contexts,
+                         truth: np.ndarray):
+    """The head's outputs at each forecast step when the loop is fed ``truth`` ``(n, H, d)``
+    (globally normalised): the teacher-forced one-step distributions of the ``H`` steps, in
+    the model's units (scaled back by the model), leaves ``(n, H, ...)``."""
+    _, _, outputs = _run(model, spec, contexts, key=jax.random.key(0), horizon=truth.shape[1],
+                         num_samples=1, temperature=1.0, truth=truth)
+    return jax.tree.map(lambda a: np.asarray(a).reshape((len(truth),) + a.shape[1:]), outputs)
+
+
+def _run(model, spec, contexts: Contexts, *, key, horizon, num_samples, temperature, truth):
     sampling.check_temperature(temperature)
     view = nnx.view(model, deterministic=True)  # dropout off in this view only
     greedy = temperature == 0.0
     truth = None if truth is None else jnp.asarray(truth, jnp.float32)
-    samples, fed = _free_run(view, contexts, key, jnp.float32(1.0 if greedy else temperature),
-                             truth, spec=spec, horizon=horizon, num_samples=num_samples,
-                             greedy=greedy)
+    samples, fed, outputs = _free_run(view, contexts, key,
+                                      jnp.float32(1.0 if greedy else temperature), truth,
+                                      spec=spec, horizon=horizon, num_samples=num_samples,
+                                      greedy=greedy)
     rows = len(contexts.lengths)
     samples = np.asarray(samples).reshape(rows, num_samples, horizon, -1)
     fed = np.asarray(fed).reshape(rows, num_samples, horizon, -1)
-    return samples, fed
+    return samples, fed, outputs
 
 
 def forecast_series(model, spec: features.FeatureSpec, normalizer: Normalizer,
@@ -235,3 +254,91 @@ def forecast_series(model, spec: features.FeatureSpec, normalizer: Normalizer,
     paths, _ = sample_contexts(model, spec, contexts, key=key, horizon=horizon,
                                num_samples=num_samples, temperature=temperature)
     return normalizer.denormalize(paths.astype(np.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# The exposure-bias report of a forecaster
+# ---------------------------------------------------------------------------------------------
+
+
+def series_report(model, spec: features.FeatureSpec, normalizer: Normalizer, series: Sequence,
+                  splits: Sequence[int], *, key: Array, horizon: int, num_samples: int = 100,
+                  num_starts: int = 64, season: int = 1, temperature: float = 1.0,
+                  nll: float | None = None) -> dict:
+    """:func:`seqmodel.forecast.exposure_bias_report` for a model with forecasting features:
+    free-running errors against horizon from start points in the validation part of each series,
+    next to the teacher-forced one-step errors at the same steps (the same loop fed the truth),
+    persistence and seasonal naive.
+
+    Args:
+      series: :class:`seqmodel.data.forecasting.Series`; ``splits``: each one's first
+        validation step (starts lie at or after it, with ``horizon`` steps after them).
+      season: the seasonal naive forecast repeats the last ``season`` steps.
+      nll: the validation NLL to report (e.g. :func:`seqmodel.train.evaluate`'s).
+
+    Returns:
+      the keys of :func:`seqmodel.forecast.exposure_bias_report` (``nll``, ``mae``, ``crps``,
+      ``persistence_mae``, ``teacher_forced_mae``, ...) plus ``seasonal_naive_mae``.
+
+    Example::
+
+        report = series_report(model, dataset.spec, dataset.normalizer, dataset.series,
+                               dataset.splits, key=jax.random.key(0), horizon=12, season=12)
+    """
+    from seqmodel.forecast import _draw, crps_from_samples, horizon_mean
+
+    if num_samples < 2:
+        raise ValueError(f"num_samples={num_samples} is invalid: allowed is an integer >= 2 (the "
+                         "fair CRPS compares pairs of sample paths)")
+    first_start = max(spec.max_lag, season)
+    candidates = [(row, origin) for row, (item, split) in enumerate(zip(series, splits))
+                  for origin in range(max(split, first_start), len(item) - horizon + 1)]
+    if not candidates:
+        raise ValueError(f"no start point fits: the validation parts are shorter than the "
+                         f"horizon {horizon} (or the history before them than the longest lag "
+                         f"{spec.max_lag} / season {season}); lower --horizon or raise "
+                         "--val-fraction")
+    if len(candidates) > num_starts:
+        picks = np.linspace(0, len(candidates) - 1, num_starts).round().astype(int)
+        candidates = [candidates[i] for i in picks]
+    values = [series[row].values[:origin] for row, origin in candidates]
+    known = [series[row].known[: origin + horizon] for row, origin in candidates]
+    truth_normalised = np.stack([series[row].values[origin : origin + horizon]
+                                 for row, origin in candidates])  # (b, H, d)
+    present = np.isfinite(truth_normalised).all(-1).astype(np.float64)  # (b, H)
+    contexts = prepare_contexts(spec, values, known, horizon)
+    path_key, draw_key = jax.random.split(key)
+    paths, _ = sample_contexts(model, spec, contexts, key=path_key, horizon=horizon,
+                               num_samples=num_samples, temperature=temperature)
+    paths = normalizer.denormalize(paths.astype(np.float64))  # (b, S, H, d)
+    truth = normalizer.denormalize(truth_normalised.astype(np.float64))
+    filled = np.nan_to_num(truth)
+    mae = horizon_mean(np.abs(np.median(paths, axis=1) - filled), present)
+    crps = horizon_mean(crps_from_samples(paths, filled), present)
+    histories = [normalizer.denormalize(np.asarray(v, np.float64)) for v in values]
+    last = np.stack([history[-1] for history in histories])  # (b, d)
+    persistence = horizon_mean(np.abs(last[:, None] - filled), present)
+    steps = np.arange(horizon)
+    seasonal = np.stack([history[len(history) - season + steps % season]
+                         for history in histories])  # (b, H, d)
+    seasonal_naive = horizon_mean(np.abs(seasonal - filled), present)
+    outputs = teacher_forced_steps(model, spec, contexts, np.nan_to_num(truth_normalised))
+    draws = _draw(nnx.view(model, deterministic=True).head, outputs,
+                  jax.random.split(draw_key, num_samples), temperature)
+    draws = normalizer.denormalize(np.moveaxis(np.asarray(draws, np.float64), 0, 1))
+    teacher_mae = horizon_mean(np.abs(np.median(draws, axis=1) - filled), present)
+    teacher_crps = horizon_mean(crps_from_samples(draws, filled), present)
+
+    def floats(array):
+        return [round(float(v), 6) for v in np.asarray(array)]
+
+    nll = float("nan") if nll is None else float(nll)
+    return {
+        "nll": nll, "nll_original_units": nll + normalizer.log_scale_sum(),
+        "horizon": int(horizon), "mae": floats(mae), "crps": floats(crps),
+        "persistence_mae": floats(persistence), "seasonal_naive_mae": floats(seasonal_naive),
+        "season": int(season), "teacher_forced_mae": floats(teacher_mae),
+        "teacher_forced_crps": floats(teacher_crps), "one_step_mae": float(teacher_mae.mean()),
+        "one_step_crps": float(teacher_crps.mean()), "num_starts": len(candidates),
+        "num_samples": int(num_samples), "min_context": int(min(contexts.lengths)),
+    }

@@ -286,7 +286,9 @@ def _target_normalizer(values: list, head: str, scaling: str) -> Normalizer:
     return Normalizer((0.0,) * d, tuple(float(s) for s in scale))
 
 
-def _known_rows(spec, times, covariates, static, length) -> np.ndarray:
+def known_rows(spec: features.FeatureSpec, times, covariates, static, length: int) -> np.ndarray:
+    """The known features ``(length, K)`` of one series: :func:`seqmodel.features.
+    known_features`, or the static one-hot alone repeated ``length`` times."""
     if spec.known_size == 0:
         return np.zeros((length, 0), np.float32)
     if spec.time_features or spec.covariate_columns:
@@ -308,7 +310,7 @@ def build_series(spec: features.FeatureSpec, normalizer: Normalizer, table) -> l
             table.categories[name][index] for name in spec.static_columns)
         covariates = sequence[:, covariate_index] if covariate_index else None
         values = normalizer.normalize(sequence[:, target_index])
-        known = _known_rows(spec, times, covariates, static, len(sequence))
+        known = known_rows(spec, times, covariates, static, len(sequence))
         name = table.ids[index] if table.ids else f"series {index}"
         result.append(Series(str(name), values, known, times, static))
     return result

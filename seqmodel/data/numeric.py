@@ -176,6 +176,23 @@ def _parse_times(cells: Sequence[str], lines: Sequence[int], name: str, path: st
     return np.array(stamps, dtype="datetime64[us]")
 
 
+def column_names(path: str | os.PathLike) -> list[str]:
+    """The column names of a delimited file as :func:`load_csv` names them (``"column 1"``, ...
+    without a header).
+
+    Example::
+
+        "date" in column_names("future.csv")
+    """
+    rows = _read_rows(os.fspath(path))
+    if not rows:
+        return []
+    first = rows[0][1]
+    if _has_header(rows):
+        return [cell.strip() or f"column {i + 1}" for i, cell in enumerate(first)]
+    return [f"column {i + 1}" for i in range(len(first))]
+
+
 def load_csv(path: str | os.PathLike, *, missing: str = "reject", time_column: str | None = None,
              id_column: str | None = None, category_columns: Sequence[str] = (),
              numeric_columns: Sequence[str] = ()) -> NumericTable:
