@@ -128,7 +128,19 @@ class Frequency:
 
 
 def _describe_gap(gap) -> str:
-    return str(np.timedelta64(gap, "s")) if isinstance(gap, np.timedelta64) else repr(gap)
+    """``2 days``, ``30 minutes``."""
+    if not isinstance(gap, np.timedelta64):
+        return repr(gap)
+    frequency = _fixed_frequency(gap)
+    return f"{frequency.multiple} {frequency.unit}{'s' if frequency.multiple != 1 else ''}"
+
+
+def _describe_time(stamp) -> str:
+    """A date alone at midnight, else the time to the second."""
+    if not isinstance(stamp, np.datetime64):
+        return repr(stamp)
+    day = stamp.astype("datetime64[D]")
+    return str(day) if stamp == day else str(stamp.astype("datetime64[s]"))
 
 
 def _fixed_frequency(step: np.timedelta64) -> Frequency:
@@ -202,8 +214,9 @@ def infer_frequency(times: Sequence[np.ndarray], *, lines: Sequence[np.ndarray] 
         if len(backwards):
             row = int(backwards[0]) + 1
             raise ValueError(
-                f"time column {column!r}, {where(row)}: {stamps[row]} does not come after "
-                f"{stamps[row - 1]}; sort the rows by time (one row per time step)")
+                f"time column {column!r}, {where(row)}: {_describe_time(stamps[row])} does not "
+                f"come after {_describe_time(stamps[row - 1])}; sort the rows by time (one row "
+                "per time step)")
         if np.issubdtype(stamps.dtype, np.datetime64):
             stamps = stamps.astype("datetime64[us]")
             if np.all(gaps == gaps[0]):
@@ -215,8 +228,9 @@ def infer_frequency(times: Sequence[np.ndarray], *, lines: Sequence[np.ndarray] 
                 if frequency is None:
                     row = _first_irregular_row(stamps)
                     raise ValueError(
-                        f"time column {column!r}, {where(row)}: {stamps[row - 1]} -> "
-                        f"{stamps[row]} is a step of {_describe_gap(gaps[row - 1])}, but the "
+                        f"time column {column!r}, {where(row)}: "
+                        f"{_describe_time(stamps[row - 1])} -> {_describe_time(stamps[row])} is "
+                        f"a step of {_describe_gap(gaps[row - 1])}, but the "
                         f"first step is {_describe_gap(gaps[0])}; the rows must advance by one "
                         "fixed step (fill missing rows with empty cells and --missing mask)")
         else:

@@ -131,25 +131,28 @@ def test_noisy_sine_forecasts_beat_persistence_at_every_horizon():
 
 
 def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
-    """`seqmodel train --data series.csv --head mdn`, then `sample` (paths in original units,
-    same seed same paths, quantiles, fan chart) and `eval --json` (the report's keys)."""
+    """`seqmodel train --data series.csv --time-column date --head mdn` (a forecaster of two
+    targets with time features), then `sample` (paths in original units, same seed same paths,
+    quantiles, fan chart) and `eval --json` (the report's keys)."""
     import json
 
     from seqmodel.cli import main
 
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
+    days = np.datetime64("2024-01-01") + np.arange(40)
     rows = ["sequence_id,date,temp,load"]
     for sequence in range(6):
         for step in range(40):
-            rows.append(f"s{sequence},2024-01-{step % 28 + 1:02d},"
+            rows.append(f"s{sequence},{days[step]},"
                         f"{np.sin(step / 5 + sequence):.4f},{100 + rng.normal():.4f}")
     (tmp_path / "series.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "context.csv").write_text(
-        "temp,load\n" + "\n".join(f"{np.sin(i / 5):.4f},100" for i in range(12)) + "\n")
+    (tmp_path / "context.csv").write_text("date,temp,load\n" + "\n".join(
+        f"{days[i]},{np.sin(i / 5):.4f},100" for i in range(12)) + "\n")
     common = ["--hidden-size", "8", "--seq-len", "16", "--batch-size", "4", "--no-progress"]
     assert main(["train", "--data", "series.csv", "--head", "mdn", "--num-mixtures", "2",
-                 "--steps", "10", "--out", "run", *common]) == 0
+                 "--steps", "150", "--lr", "0.02", "--out", "run", "--time-column", "date",
+                 *common]) == 0
     sample = ["sample", "--checkpoint", "run", "--prompt-file", "context.csv", "--steps", "5",
               "--num-samples", "8"]
     assert main([*sample, "--out", "a.npy", "--plot", "fan.png"]) == 0
@@ -173,7 +176,7 @@ def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     # Clear one-line errors, exit status 2.
     assert main(["sample", "--checkpoint", "run", "--prompt", "abc"]) == 2
     assert main(["train", "--data", "series.csv", "--head", "bernoulli", "--steps", "1",
-                 "--out", "other", *common]) == 2
+                 "--out", "other", "--time-column", "date", *common]) == 2
     (tmp_path / "holes.csv").write_text("a,b\n1,2\n3,\n5,6\n")
     assert main(["train", "--data", "holes.csv", "--steps", "1", "--out", "holes"]) == 2
     errors = capsys.readouterr().err

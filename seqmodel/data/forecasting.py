@@ -397,6 +397,10 @@ def load_forecast_dataset(source: str, *, val_fraction: float = 0.1,
         for values in targets:
             _check_counts(values, source)
     if head in BINARY_HEADS:
+        present = np.concatenate([values[np.isfinite(values)] for values in targets])
+        if not np.all((present == 0.0) | (present == 1.0)):
+            raise DataError(f"--head bernoulli needs binary (0/1) data, but --data {source!r} "
+                            "holds other values; use --head student_t, gaussian or mdn")
         scaling = "none"
     if saved is not None:
         spec = saved
