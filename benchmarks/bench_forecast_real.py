@@ -167,7 +167,7 @@ def train_head(train_csv: str, head: str, setting: Setting, *, panel: bool, seco
                                   max_time=seconds, learning_rate=setting.learning_rate,
                                   warmup_steps=50, eval_every=setting.eval_every,
                                   eval_seq_len=setting.seq_len, steps_per_call=20, seed=seed)
-    out = os.path.join(folder, f"run-{head}")
+    out = os.path.join(folder, f"run-{os.path.basename(train_csv)}-{head}")
     result = fit(model, dataset, train_config, out_dir=out, progress=not quiet)
     best, _ = checkpoint.load_model(out, prefer="best")  # early stopping on the validation tail
     return dataset, best, result

@@ -207,8 +207,13 @@ def infer_frequency(times: Sequence[np.ndarray], *, lines: Sequence[np.ndarray] 
         stamps = np.asarray(stamps)
         if len(stamps) < 2:
             continue
-        where = (lambda row: f"line {lines[index][row]}") if lines is not None else (
-            lambda row: f"sequence {index}, row {row}")
+        rows_lines = None if lines is None else lines[index]
+
+        def where(row: int, sequence: int = index, rows_lines=rows_lines) -> str:
+            if rows_lines is not None:
+                return f"line {rows_lines[row]}"
+            return f"sequence {sequence}, row {row}"
+
         gaps = np.diff(stamps)
         backwards = np.flatnonzero(gaps <= gaps.dtype.type(0))
         if len(backwards):

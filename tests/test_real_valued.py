@@ -193,7 +193,6 @@ def test_cli_forecaster_round_trip_with_covariates_and_backtest(tmp_path, monkey
     from seqmodel.cli import main
 
     monkeypatch.chdir(tmp_path)
-    rng = np.random.default_rng(0)
     days = np.datetime64("2024-01-01") + np.arange(70)
     rows = ["date,store,sales,price"]
     for store, level in (("a", 10.0), ("b", 500.0)):
