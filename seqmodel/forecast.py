@@ -130,6 +130,11 @@ def horizon_mean(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
 
 
 def _check_real_valued(model) -> None:
+    if model.config.conditioned:
+        raise ValueError(
+            "this model's inputs carry conditioning features after each element (lags, scale, "
+            "time features, covariates): forecast it with seqmodel.forecaster.forecast_series "
+            "(or the backtest of seqmodel.backtest), which builds them step by step")
     if model.config.discrete:
         raise ValueError(
             "forecasting needs a real-valued model (ModelConfig(input_size=d, head='gaussian' | "
