@@ -5,7 +5,8 @@ The report measures the gap between the two on held-out sequences: from many sta
 draws ``S`` free-running sample paths of ``H`` steps and scores them per horizon step (MAE of the
 median, CRPS estimated from the samples) next to
 
-- the persistence baseline (the last context value repeated), and
+- the persistence baseline (the last context value repeated), the seasonal naive baseline (the
+  last season of the context repeated), and
 - the model's own one-step error under teacher forcing at the same time steps (what the training
   loss sees): free running at horizon 1 is the same distribution; beyond it, any growth of the
   free-running error over the teacher-forced one is compounding of the model's own errors.
@@ -129,6 +130,11 @@ def horizon_mean(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarr
 
 
 def _check_real_valued(model) -> None:
+    if model.config.conditioned:
+        raise ValueError(
+            "this model's inputs carry conditioning features after each element (lags, scale, "
+            "time features, covariates): forecast it with seqmodel.forecaster.forecast_series "
+            "(or the backtest of seqmodel.backtest), which builds them step by step")
     if model.config.discrete:
         raise ValueError(
             "forecasting needs a real-valued model (ModelConfig(input_size=d, head='gaussian' | "
@@ -264,7 +270,7 @@ def choose_starts(lengths: Sequence[int], mask: np.ndarray, *, horizon: int, min
 def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Normalizer, *,
                          key: Array, horizon: int, num_samples: int = 100, num_starts: int = 64,
                          min_context: int | None = None, max_context: int | None = 1024,
-                         temperature: float = 1.0) -> dict:
+                         temperature: float = 1.0, season: int = 1) -> dict:
     """Teacher-forced NLL and free-running forecast errors against horizon, on held-out data.
 
     Args:
@@ -281,11 +287,14 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
       max_context: the free-running paths start from at most this many steps of context (the
         last ones before the start), which bounds memory on one long series; None: all of it.
       temperature: spread scaling of the head for the paths and the one-step draws.
+      season: the seasonal naive baseline repeats the last ``season`` steps before a start (1:
+        persistence); starts with less history than a season leave it out.
 
     Returns:
       a JSON-ready dict: ``nll`` (teacher-forced, nats per step, normalised units as the training
       loss), ``nll_original_units``, ``horizon``, ``mae`` / ``crps`` (free running, lists of
-      ``H``), ``persistence_mae`` (list), ``teacher_forced_mae`` / ``teacher_forced_crps`` (lists:
+      ``H``), ``persistence_mae`` and ``seasonal_naive_mae`` (lists), ``season``,
+      ``teacher_forced_mae`` / ``teacher_forced_crps`` (lists:
       one-step error at the same steps, fed the truth), ``one_step_mae`` / ``one_step_crps`` (their
       means), ``num_starts``, ``num_samples``, ``min_context``.
 
@@ -308,6 +317,9 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
         min_context = max(1, min(horizon, 32, longest - horizon))
     if min_context < 1:
         raise ValueError(f"min_context must be >= 1, got {min_context}")
+    if not isinstance(season, int) or season < 1:
+        raise ValueError(f"season={season!r} is invalid: allowed is a positive integer (1: no "
+                         "season)")
     if max_context is not None and max_context < 1:
         raise ValueError(f"max_context must be >= 1 or None, got {max_context}")
     normalised = [normalizer.normalize(np.asarray(s, np.float64)) for s in sequences]
@@ -339,6 +351,11 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
     crps = horizon_mean(crps_from_samples(paths, truth), window_mask)
     last = normalizer.denormalize(values[rows, offsets - 1].astype(np.float64))  # (b, d)
     persistence_mae = horizon_mean(np.abs(last[:, None, :] - truth), window_mask)
+    back = offsets[:, None] - season + np.arange(horizon)[None, :] % season  # (b, H)
+    seasonal = normalizer.denormalize(values[rows[:, None], np.maximum(back, 0)].astype(
+        np.float64))
+    seasonal_mask = window_mask * (offsets[:, None] >= season)
+    seasonal_mae = horizon_mean(np.abs(seasonal - truth), seasonal_mask)
 
     # Teacher forced: outputs[:, i] is the one-step distribution of step i + 1, fed the truth.
     one_step = jax.tree.map(lambda a: np.asarray(a)[rows[:, None], window - 1], outputs)  # (b, H)
@@ -355,6 +372,8 @@ def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Nor
         "mae": _floats(mae),
         "crps": _floats(crps),
         "persistence_mae": _floats(persistence_mae),
+        "seasonal_naive_mae": _floats(seasonal_mae),
+        "season": int(season),
         "teacher_forced_mae": _floats(teacher_mae),
         "teacher_forced_crps": _floats(teacher_crps),
         "one_step_mae": float(teacher_mae.mean()),
@@ -443,6 +462,9 @@ def plot_report(report: dict, path: str | os.PathLike, *, title: str | None = No
     axis.plot(steps, report["teacher_forced_mae"], color="tab:green",
               label="teacher forced (one step): MAE")
     axis.plot(steps, report["persistence_mae"], color="tab:red", label="persistence: MAE")
+    if report.get("season", 1) > 1 and "seasonal_naive_mae" in report:
+        axis.plot(steps, report["seasonal_naive_mae"], color="tab:red", linestyle=":",
+                  label=f"seasonal naive ({report['season']}): MAE")
     axis.set_xlabel("horizon (steps ahead)")
     axis.set_ylabel("error (original units)")
     axis.set_ylim(bottom=0)

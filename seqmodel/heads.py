@@ -11,6 +11,9 @@ Each head offers
 - ``mean(params)`` -> the expected element (real-valued heads),
 - ``quantile(params, q)`` -> the per-feature quantile at level ``q`` (real-valued heads): ``(..., d)``
   for a scalar ``q``, ``(Q, ..., d)`` (a leading quantile axis) for a vector of ``Q`` levels,
+- ``rescale(params, scale)`` -> the parameters of the distribution in units ``scale`` times
+  larger (real-valued heads but Bernoulli): how a model with ``input_scaling`` (DeepAR's mean
+  scaling) turns what its network predicts in scaled units into data units,
 - ``discrete`` / ``event_shape``: what an element looks like, so that generation can feed samples
   back as inputs.
 
@@ -278,6 +281,11 @@ class Gaussian(_Head):
         levels = _quantile_levels(q, params.mean.ndim)
         return params.mean + jnp.exp(params.log_scale) * ndtri(levels)
 
+    def rescale(self, params: GaussianParams, scale: Array) -> GaussianParams:
+        """The distribution of ``scale * X``: scale ``(..., d)`` > 0 multiplies the mean and the
+        standard deviation."""
+        return GaussianParams(params.mean * scale, params.log_scale + jnp.log(scale))
+
 
 class MixtureParams(NamedTuple):
     logits: Array  # (..., K) mixture weights, unnormalised
@@ -365,6 +373,13 @@ class MixtureGaussian(_Head):
         value = _bisect(cdf, target, lower, upper, iterations=60)
         return jnp.where(levels <= 0, -jnp.inf, jnp.where(levels >= 1, jnp.inf, value))
 
+    def rescale(self, params: MixtureParams, scale: Array) -> MixtureParams:
+        """The distribution of ``scale * X``: scale ``(..., d)`` > 0 multiplies every
+        component's mean and standard deviation; the weights stay."""
+        scale = scale[..., None, :]
+        return MixtureParams(params.logits, params.mean * scale,
+                             params.log_scale + jnp.log(scale))
+
 
 def _take_component(values: Array, component: Array) -> Array:
     """values ``(..., K, d)``, component int ``(...)`` -> ``(..., d)``."""
@@ -410,6 +425,10 @@ class Bernoulli(_Head):
         ``q > P(X = 0)``. ``(..., d)`` for a scalar ``q``, ``(Q, ..., d)`` for ``Q`` levels."""
         levels = _quantile_levels(q, logits.ndim)
         return (levels > jax.nn.sigmoid(-logits)).astype(jnp.float32)
+
+    def rescale(self, logits: Array, scale: Array) -> Array:
+        raise ValueError("a Bernoulli head's elements are 0/1 and cannot be scaled: train it "
+                         "without input scaling (--scaling none)")
 
 
 class StudentTParams(NamedTuple):
@@ -515,6 +534,11 @@ class StudentT(_Head):
         levels = _quantile_levels(q, params.loc.ndim)
         standard = _student_t_standard_quantile(levels, params.df)
         return params.loc + jnp.exp(params.log_scale) * standard
+
+    def rescale(self, params: StudentTParams, scale: Array) -> StudentTParams:
+        """The distribution of ``scale * X``: scale ``(..., d)`` > 0 multiplies the location and
+        the scale; the degrees of freedom stay."""
+        return StudentTParams(params.loc * scale, params.log_scale + jnp.log(scale), params.df)
 
 
 class NegativeBinomialParams(NamedTuple):
@@ -638,6 +662,13 @@ class NegativeBinomial(_Head):
 
         _, high = jax.lax.fori_loop(0, 48, halve, (jnp.full_like(upper, -1.0), upper))
         return jnp.where(levels <= 0, 0.0, jnp.where(levels >= 1, jnp.inf, high))
+
+    def rescale(self, params: NegativeBinomialParams, scale: Array) -> NegativeBinomialParams:
+        """DeepAR's scaling of counts (Salinas et al. 2020, section 3.3): the mean times
+        ``scale`` and the dispersion divided by ``sqrt(scale)``, scale ``(..., d)`` > 0. The
+        result is again a distribution over counts (not that of ``scale * X``, which would not
+        be integer): its variance ``mu s + alpha mu^2 s^1.5`` grows with the scale of the series."""
+        return NegativeBinomialParams(params.mean * scale, params.dispersion / jnp.sqrt(scale))
 
 
 HEADS = ("categorical", "gaussian", "mdn", "bernoulli", "student_t", "negbin")

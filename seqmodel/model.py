@@ -51,6 +51,12 @@ class ModelConfig(DictConfig):
     # Smaller than input_size when every input carries, after the element, conditioning features
     # that the model reads but does not predict (lags, covariates, time features, scales).
     target_size: int | None = None
+    # DeepAR's mean scaling: the first target_size conditioning features of every input (input
+    # indices target_size .. 2 * target_size - 1) hold log(s), the scale of the row's series, by
+    # which the element (and its lags) in the input were divided; the head's distribution is
+    # multiplied back by s (head.rescale), so outputs, log-likelihoods and samples are in data
+    # units while the network sees values of order 1 (seqmodel.features builds such inputs).
+    input_scaling: bool = False
     # Tuned with TrainConfig's defaults: the argument-free `seqmodel train` (python-stdlib) learns
     # Python-looking text within a few minutes on 2 CPU cores, and tinyshakespeare under 110 s
     # reaches a validation loss at or below 1.60 nats per character (benchmarks/bench_quality.py).
@@ -114,6 +120,11 @@ class ModelConfig(DictConfig):
                 self.input_size is None or self.target_size > self.input_size):
             bad("target_size", "needs input_size and must be at most input_size (the element's "
                 "features come first in each input, conditioning features after them)")
+        if self.input_scaling and (not self.conditioned or self.head == "bernoulli"
+                                   or self.input_size < 2 * self.target_size):
+            bad("input_scaling", "needs real-valued inputs with target_size set and at least "
+                "target_size conditioning features (the log scales), and a head other than "
+                "bernoulli (0/1 elements cannot be scaled)")
         if self.input_size is not None and self.head == "categorical":
             real_valued = ", ".join(repr(name) for name in heads_module.HEADS
                                     if name != "categorical")
@@ -333,7 +344,7 @@ class SequenceModel(nnx.Module):
         (logits ``(b, t, V)`` for tokens). ``outputs[:, i]`` predicts element ``i + 1``.
         ``reset`` ``(b,)`` zeroes the carry of those rows first; ``key`` drives dropout."""
         hidden, carry = self.hidden_states(inputs, carry, reset=reset, key=key)
-        return self.head(jnp.swapaxes(hidden, 0, 1)), carry
+        return self._in_data_units(self.head(jnp.swapaxes(hidden, 0, 1)), inputs), carry
 
     def step(self, x_t: Array, carry: tuple, *, key: Array | None = None, table: Array | None = None):
         """One step through every layer: ``x_t`` ``(b,)`` tokens or ``(b, d)`` values ->
@@ -345,7 +356,15 @@ class SequenceModel(nnx.Module):
         steps builds it once."""
         projected = self.project_inputs(x_t, table)[None]
         hidden, carry = self.run_layers(projected, carry, key=key)
-        return self.head(hidden[0]), carry
+        return self._in_data_units(self.head(hidden[0]), x_t), carry
+
+    def _in_data_units(self, outputs, inputs: Array):
+        """With ``input_scaling``, the head's parameters scaled back by each input's scale (read
+        from the input itself, so both modes agree); else ``outputs`` as they are."""
+        if not self.config.input_scaling:
+            return outputs
+        size = self.config.target_size
+        return self.head.rescale(outputs, jnp.exp(inputs[..., size : 2 * size]))
 
 
 def _masked_recur(cell, carry, scanned):

@@ -360,3 +360,36 @@ def test_noise_determines_the_draw():
         first = np.asarray(draw(typed, params, 1.0))
         np.testing.assert_array_equal(first, draw(typed, params, 1.0))
         assert not np.array_equal(first, np.asarray(draw(other, params, 1.0)))
+
+
+# -- rescale: the distribution in units `scale` times larger (DeepAR's mean scaling) ----------------
+
+
+@pytest.mark.parametrize("name", ["gaussian", "mdn", "student_t"])
+def test_rescale_is_the_distribution_of_the_scaled_variable(name):
+    """``rescale(p, s)`` is the law of ``s X``: its density is ``p(y / s) / s`` and its quantiles
+    are ``s`` times the quantiles of ``p``."""
+    hidden = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4)), jnp.float32)
+    head = {"gaussian": Gaussian(4, 2, rngs=nnx.Rngs(0)),
+            "mdn": MixtureGaussian(4, 2, 3, rngs=nnx.Rngs(0)),
+            "student_t": StudentT(4, 2, rngs=nnx.Rngs(0))}[name]
+    params = head(hidden)
+    scale = jnp.asarray([[2.0, 0.5], [10.0, 1.0], [1e3, 3.0]], jnp.float32)
+    scaled = head.rescale(params, scale)
+    target = jnp.asarray(np.random.default_rng(1).normal(size=(3, 2)), jnp.float32)
+    np.testing.assert_allclose(head.log_prob(scaled, target * scale),
+                               head.log_prob(params, target) - jnp.log(scale).sum(-1),
+                               rtol=1e-5, atol=1e-5)
+    levels = [0.1, 0.5, 0.9]
+    np.testing.assert_allclose(head.quantile(scaled, levels), head.quantile(params, levels) * scale,
+                               rtol=2e-4, atol=1e-5)
+
+
+def test_negbin_rescale_is_deepars():
+    params = negbin_params(4.0, 0.5, shape=(2, 1))
+    scale = jnp.asarray([[1.0], [16.0]], jnp.float32)
+    scaled = NegativeBinomial(4, 1, rngs=nnx.Rngs(0)).rescale(params, scale)
+    np.testing.assert_allclose(scaled.mean[:, 0], [4.0, 64.0])
+    np.testing.assert_allclose(scaled.dispersion[:, 0], [0.5, 0.125])
+    with pytest.raises(ValueError, match="cannot be scaled"):
+        Bernoulli(4, 1, rngs=nnx.Rngs(0)).rescale(jnp.zeros((1, 1)), jnp.ones((1, 1)))

@@ -131,25 +131,28 @@ def test_noisy_sine_forecasts_beat_persistence_at_every_horizon():
 
 
 def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
-    """`seqmodel train --data series.csv --head mdn`, then `sample` (paths in original units,
-    same seed same paths, quantiles, fan chart) and `eval --json` (the report's keys)."""
+    """`seqmodel train --data series.csv --time-column date --head mdn` (a forecaster of two
+    targets with time features), then `sample` (paths in original units, same seed same paths,
+    quantiles, fan chart) and `eval --json` (the report's keys)."""
     import json
 
     from seqmodel.cli import main
 
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)
+    days = np.datetime64("2024-01-01") + np.arange(40)
     rows = ["sequence_id,date,temp,load"]
     for sequence in range(6):
         for step in range(40):
-            rows.append(f"s{sequence},2024-01-{step % 28 + 1:02d},"
+            rows.append(f"s{sequence},{days[step]},"
                         f"{np.sin(step / 5 + sequence):.4f},{100 + rng.normal():.4f}")
     (tmp_path / "series.csv").write_text("\n".join(rows) + "\n")
-    (tmp_path / "context.csv").write_text(
-        "temp,load\n" + "\n".join(f"{np.sin(i / 5):.4f},100" for i in range(12)) + "\n")
+    (tmp_path / "context.csv").write_text("date,temp,load\n" + "\n".join(
+        f"{days[i]},{np.sin(i / 5):.4f},100" for i in range(12)) + "\n")
     common = ["--hidden-size", "8", "--seq-len", "16", "--batch-size", "4", "--no-progress"]
     assert main(["train", "--data", "series.csv", "--head", "mdn", "--num-mixtures", "2",
-                 "--steps", "10", "--out", "run", *common]) == 0
+                 "--steps", "150", "--lr", "0.02", "--out", "run", "--time-column", "date",
+                 *common]) == 0
     sample = ["sample", "--checkpoint", "run", "--prompt-file", "context.csv", "--steps", "5",
               "--num-samples", "8"]
     assert main([*sample, "--out", "a.npy", "--plot", "fan.png"]) == 0
@@ -173,9 +176,67 @@ def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     # Clear one-line errors, exit status 2.
     assert main(["sample", "--checkpoint", "run", "--prompt", "abc"]) == 2
     assert main(["train", "--data", "series.csv", "--head", "bernoulli", "--steps", "1",
-                 "--out", "other", *common]) == 2
+                 "--out", "other", "--time-column", "date", *common]) == 2
     (tmp_path / "holes.csv").write_text("a,b\n1,2\n3,\n5,6\n")
     assert main(["train", "--data", "holes.csv", "--steps", "1", "--out", "holes"]) == 2
     errors = capsys.readouterr().err
     assert "--prompt-file" in errors and "--head bernoulli needs binary" in errors
     assert "line 3, column 'b' is missing" in errors and "--missing mask" in errors
+
+
+def test_cli_forecaster_round_trip_with_covariates_and_backtest(tmp_path, monkeypatch, capsys):
+    """`train --time-column --lags --covariates --static-columns`, `sample --future-file`, and
+    `eval --backtest --json --plot` (one object per method, every score per horizon step), and
+    one-line errors with exit status 2 for bad covariates, futures, lags and times."""
+    import json
+
+    from seqmodel.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    days = np.datetime64("2024-01-01") + np.arange(70)
+    rows = ["date,store,sales,price"]
+    for store, level in (("a", 10.0), ("b", 500.0)):
+        for t in range(70):
+            price = 1 + 0.1 * np.sin(t)
+            rows.append(f"{days[t]},{store},{level * (2 + np.sin(t / 2) - price):.4f},{price:.4f}")
+    (tmp_path / "sales.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "context.csv").write_text("\n".join(rows[:41]) + "\n")  # store a, 40 days
+    future = ["date,store,price"] + [f"{days[40 + t]},a,1.0" for t in range(6)]
+    (tmp_path / "future.csv").write_text("\n".join(future) + "\n")
+    (tmp_path / "short.csv").write_text("\n".join(future[:3]) + "\n")
+    train = ["train", "--data", "sales.csv", "--time-column", "date", "--id-column", "store",
+             "--covariates", "price", "--static-columns", "store", "--lags", "1,7",
+             "--hidden-size", "8", "--seq-len", "16", "--batch-size", "4", "--steps", "20",
+             "--no-progress"]
+    assert main([*train, "--out", "run"]) == 0
+    sample = ["sample", "--checkpoint", "run", "--prompt-file", "context.csv", "--steps", "6",
+              "--num-samples", "5"]
+    assert main([*sample, "--future-file", "future.csv", "--out", "paths.npy"]) == 0
+    assert np.load("paths.npy").shape == (5, 6, 1)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", "run", "--backtest", "2", "--horizon", "7",
+                 "--num-samples", "20", "--baselines", "persistence,seasonal_naive", "--json",
+                 "--plot", "backtest.png"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["windows"], summary["horizon"], summary["season"]) == (2, 7, 7)
+    assert set(summary["methods"]) == {"seqmodel", "persistence", "seasonal_naive"}
+    for scores in summary["methods"].values():
+        assert set(scores) == {"mae", "rmse", "mase", "smape", "nd", "wql", "crps",
+                               "coverage_80", "coverage_95"}
+        assert all(len(score["per_step"]) == 7 for score in scores.values())
+    assert (tmp_path / "backtest.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    # Bad input: one line, exit status 2.
+    assert main([*sample, "--out", "x.npy"]) == 2  # no future covariates
+    assert main([*sample, "--future-file", "short.csv", "--out", "x.npy"]) == 2
+    assert main([*train, "--covariates", "promo", "--out", "bad1"]) == 2
+    assert main([*train, "--lags", "1,300", "--out", "bad2"]) == 2
+    lines = (tmp_path / "sales.csv").read_text().splitlines()
+    del lines[10]
+    (tmp_path / "gap.csv").write_text("\n".join(lines) + "\n")
+    assert main([*train, "--data", "gap.csv", "--out", "bad3"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 5
+    assert "--future-file" in errors[0] and "fewer than --steps 6" in errors[1]
+    assert "'promo' is not a column" in errors[2] and "lags up to 300" in errors[3]
+    assert "line 11" in errors[4] and "2 days" in errors[4]

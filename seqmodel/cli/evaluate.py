@@ -1,5 +1,6 @@
-"""``seqmodel eval``: the validation loss of a text checkpoint, or the exposure-bias report of a
-real-valued model."""
+"""``seqmodel eval``: the validation loss of a text checkpoint; for a real-valued model the
+exposure-bias report, or with ``--backtest N`` a rolling-origin backtest against classical
+baselines."""
 
 from __future__ import annotations
 
@@ -25,7 +26,19 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {_report_default('num_starts')})")
     add("--min-context", type=positive_int, metavar="N", help="real values: shortest context")
     add("--seed", type=int, metavar="N", help=f"real values: sampling seed (default {EVAL_SEED})")
-    add("--plot", metavar="PNG", help="real values: error against horizon chart")
+    add("--plot", metavar="PNG", help="real values: error against horizon chart (with "
+        "--backtest: forecasts and intervals over the truth)")
+    add("--backtest", type=positive_int, metavar="N", help="real values: rolling-origin "
+        "backtest over the last N windows of --horizon steps of every series, against "
+        "persistence, seasonal naive, AutoETS and AutoARIMA (the last two with the forecast "
+        "extra)")
+    add("--season", type=positive_int, metavar="M", help="real values: season of MASE and "
+        "seasonal naive (default: from the time column's frequency, else 1)")
+    add("--baselines", metavar="NAME,...", help="--backtest: the baselines to run (default "
+        "persistence,seasonal_naive and, when statsforecast is installed, auto_ets,auto_arima)")
+    add("--baseline-history", type=positive_int, metavar="N", help="--backtest: AutoETS and "
+        "AutoARIMA see at most the last N steps before each origin (AutoARIMA is slow on long "
+        "seasonal histories; default: all)")
 
 
 def cmd_eval(args) -> int:
@@ -81,32 +94,50 @@ def _report_default(name: str):
     return inspect.signature(exposure_bias_report).parameters[name].default
 
 
-def _eval_real_valued(args, model, metadata: dict) -> int:
-    """``seqmodel eval`` for a real-valued checkpoint: the exposure-bias report on the validation
-    part of ``--data`` (default: the training data), as text or one ``--json`` line, and
-    ``--plot`` its chart."""
-    import jax
-
-    from seqmodel.data.numeric import load_numeric_dataset
-    from seqmodel.forecast import exposure_bias_report, plot_report
+def _real_valued_data(args, model, metadata: dict):
+    """``(dataset, source, val_fraction)`` of ``--data`` (default: the training data) as the
+    checkpoint's model reads it."""
+    from seqmodel.data import load_dataset
 
     data = metadata["data"]
     val_fraction = metadata.get("train_config", {}).get("val_fraction", data.get("val_fraction", 0.1))
     source = args.data or data.get("name") or metadata.get("source")
-    dataset = load_numeric_dataset(source, val_fraction=val_fraction, metadata=data)
+    dataset = load_dataset(source, val_fraction=val_fraction, metadata=data)
     if dataset.input_size != model.config.input_size:
         raise ValueError(f"--data {source!r} has {dataset.input_size} feature(s) but the "
                          f"checkpoint's model expects {model.config.input_size}")
+    return dataset, source, val_fraction
+
+
+def _eval_real_valued(args, model, metadata: dict) -> int:
+    """``seqmodel eval`` for a real-valued checkpoint: the exposure-bias report on the validation
+    part of ``--data`` (default: the training data), as text or one ``--json`` line, and
+    ``--plot`` its chart; ``--backtest N`` runs :func:`_backtest` instead."""
+    import jax
+
+    from seqmodel.forecast import exposure_bias_report, plot_report
+
+    dataset, source, val_fraction = _real_valued_data(args, model, metadata)
+    for flag in ("baselines", "baseline_history"):
+        if args.backtest is None and getattr(args, flag) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --backtest only")
+    if args.backtest is not None:
+        return _backtest(args, model, dataset, source)
     if not dataset.val_sequences:
         raise ValueError(f"--data {source!r} has no validation part (val_fraction "
                          f"{val_fraction}); nothing to evaluate")
     horizon = EVAL_HORIZON if args.horizon is None else args.horizon
-    options = {name: getattr(args, name) for name in ("num_samples", "num_starts", "min_context")
-               if getattr(args, name) is not None}
-    report = exposure_bias_report(
-        model, dataset.val_sequences, dataset.normalizer,
-        key=jax.random.key(EVAL_SEED if args.seed is None else args.seed), horizon=horizon,
-        **options)
+    key = jax.random.key(EVAL_SEED if args.seed is None else args.seed)
+    season = args.season or getattr(dataset, "season", 1)
+    if dataset.kind == "forecast":
+        report = _forecaster_report(args, model, dataset, key=key, horizon=horizon,
+                                    season=season)
+    else:
+        options = {name: getattr(args, name) for name in ("num_samples", "num_starts",
+                                                          "min_context")
+                   if getattr(args, name) is not None}
+        report = exposure_bias_report(model, dataset.val_sequences, dataset.normalizer, key=key,
+                                      horizon=horizon, season=season, **options)
     report = {"val_loss": report["nll"], **report, "data": source}
     if args.plot:
         plot_report(report, args.plot, title=f"{source}: exposure-bias report")
@@ -116,11 +147,106 @@ def _eval_real_valued(args, model, metadata: dict) -> int:
     print(f"{source}: teacher-forced NLL {report['nll']:.4f} nats per step (normalised units; "
           f"{report['nll_original_units']:.4f} in original units); {report['num_starts']} starts "
           f"x {report['num_samples']} sample paths")
-    print(f"{'horizon':>8} {'MAE':>10} {'CRPS':>10} {'teacher':>10} {'persist.':>10}")
+    print(f"{'horizon':>8} {'MAE':>10} {'CRPS':>10} {'teacher':>10} {'persist.':>10} "
+          f"{'s.naive':>10}")
     shown = sorted({h for h in (1, 2, 5, 10, 20, 50, 100, 200, horizon) if h <= horizon})
     for h in shown:
         print(f"{h:>8} {report['mae'][h - 1]:>10.4f} {report['crps'][h - 1]:>10.4f} "
-              f"{report['teacher_forced_mae'][h - 1]:>10.4f} {report['persistence_mae'][h - 1]:>10.4f}")
+              f"{report['teacher_forced_mae'][h - 1]:>10.4f} "
+              f"{report['persistence_mae'][h - 1]:>10.4f} "
+              f"{report['seasonal_naive_mae'][h - 1]:>10.4f}")
     print("MAE: free running, median of the paths; teacher: one-step MAE fed the truth; "
-          "persist.: last value repeated" + (f"; chart {args.plot}" if args.plot else ""))
+          f"persist.: last value repeated; s.naive: last season ({report['season']} steps) "
+          "repeated" + (f"; chart {args.plot}" if args.plot else ""))
     return 0
+
+
+def _forecaster_report(args, model, dataset, *, key, horizon: int, season: int) -> dict:
+    """The exposure-bias report of a model with forecasting features."""
+    from seqmodel.forecaster import series_report
+    from seqmodel.train import TrainConfig, evaluate
+
+    if args.min_context is not None:
+        raise UsageError("--min-context does not apply to a forecaster: it reads "
+                         f"--context-length {dataset.spec.context_length} steps (its training)")
+    eval_config = TrainConfig()
+    nll = evaluate(model, dataset.validation_batches(batch_size=eval_config.eval_batch_size,
+                                                     seq_len=eval_config.eval_seq_len)).loss
+    options = {name: getattr(args, name) for name in ("num_samples", "num_starts")
+               if getattr(args, name) is not None}
+    return series_report(model, dataset.spec, dataset.normalizer, dataset.series,
+                         dataset.splits, key=key, horizon=horizon, season=season, nll=nll,
+                         **options)
+
+
+def _backtest_series(dataset):
+    """``(spec, series)`` to backtest: a forecaster's own, or for a model without features its
+    sequences whole (train and validation parts joined) under the plain layout."""
+    import numpy as np
+
+    from seqmodel.data.forecasting import Series
+    from seqmodel.forecaster import plain_spec
+
+    if dataset.kind == "forecast":
+        return dataset.spec, dataset.series
+    if dataset.single_series:
+        whole = [np.concatenate(dataset.train_sequences + dataset.val_sequences)]
+    else:
+        whole = list(dataset.train_sequences) + list(dataset.val_sequences)
+    series = [Series(f"series {i}", dataset.normalizer.normalize(values),
+                     np.zeros((len(values), 0), np.float32)) for i, values in enumerate(whole)]
+    return plain_spec(dataset.input_size), series
+
+
+def _backtest(args, model, dataset, source: str) -> int:
+    """``seqmodel eval --backtest N``: :func:`seqmodel.backtest.backtest` as a table (or one
+    ``--json`` line: one object per method), ``--plot`` its forecasts over the truth."""
+    import jax
+
+    from seqmodel import baselines
+    from seqmodel.backtest import MODEL_METHOD, backtest, plot_backtest
+
+    for flag in ("num_starts", "min_context"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"--{flag.replace('_', '-')} applies to the exposure-bias report, "
+                             "not to --backtest")
+    horizon = EVAL_HORIZON if args.horizon is None else args.horizon
+    season = args.season or getattr(dataset, "season", 1)
+    if args.baselines is None:
+        chosen = ("persistence", "seasonal_naive") + (
+            baselines.STATSFORECAST_BASELINES if baselines.statsforecast_available() else ())
+    else:
+        chosen = tuple(name.strip() for name in args.baselines.split(",") if name.strip())
+        unknown = [name for name in chosen if name not in baselines.BASELINES]
+        if unknown:
+            raise UsageError(f"--baselines {args.baselines!r}: {', '.join(unknown)} unknown; "
+                             f"allowed are {', '.join(baselines.BASELINES)}")
+        missing = [name for name in chosen if name in baselines.STATSFORECAST_BASELINES]
+        if missing and not baselines.statsforecast_available():
+            raise UsageError(f"--baselines {', '.join(missing)} need statsforecast: pip install "
+                             "'seqmodel[forecast]'")
+    spec, series = _backtest_series(dataset)
+    result = backtest(model, spec, dataset.normalizer, series, windows=args.backtest,
+                      horizon=horizon, season=season,
+                      key=jax.random.key(EVAL_SEED if args.seed is None else args.seed),
+                      num_samples=args.num_samples or BACKTEST_SAMPLES,
+                      methods=(MODEL_METHOD,) + chosen, baseline_history=args.baseline_history)
+    summary = {**result.to_dict(), "data": source}
+    if args.plot:
+        plot_backtest(result, args.plot, title=f"{source}: backtest, {args.backtest} windows of "
+                      f"{horizon}")
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{source}: backtest over the last {args.backtest} windows of {horizon} steps of "
+          f"{len(series)} series (season {season}), overall scores")
+    names = ("mae", "rmse", "mase", "smape", "nd", "wql", "crps", "coverage_80", "coverage_95")
+    print(f"{'method':>15} " + " ".join(f"{name:>11}" for name in names))
+    for method, scores in summary["methods"].items():
+        print(f"{method:>15} " + " ".join(f"{scores[name]['overall']:>11.4g}" for name in names))
+    print("per horizon step: --json" + (f"; chart {args.plot}" if args.plot else ""))
+    return 0
+
+
+# Sample paths per backtest window by default.
+BACKTEST_SAMPLES = 200

@@ -42,6 +42,9 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     add("--out", metavar="PATH", help="real values: write sample paths (S, H, d) to this .npy")
     add("--quantiles", metavar="Q1,Q2,...", help="real values: write these quantiles instead")
     add("--plot", metavar="PNG", help="real values: fan chart of the first context")
+    add("--future-file", metavar="FILE", help="forecasters with covariates: their values over "
+        "the --steps forecast steps (rows after the context; the id column when the context "
+        "has several series)")
 
 
 def text_sample(model, tokenizer, *, key, steps: int, prompt: str, temperature: float = 1.0,
@@ -185,10 +188,9 @@ def _sample_real_valued(args, model, metadata: dict) -> int:
     ``--quantiles`` ``(Q, H, d)``; ``--plot`` draws the fan chart of the first context.
     Without ``--out`` it prints the quantiles of the first context as CSV."""
     import jax
-    import numpy as np
 
     from seqmodel.data.numeric import Normalizer
-    from seqmodel.forecast import forecast, plot_fan, sample_quantiles
+    from seqmodel.forecast import forecast
 
     if args.prompt is not None:
         raise ValueError("--prompt is for text models; a real-valued model continues "
@@ -200,13 +202,28 @@ def _sample_real_valued(args, model, metadata: dict) -> int:
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} applies to text models only; "
                              "real-valued sampling takes --temperature (or --greedy)")
+    if metadata["data"].get("kind") == "forecast":
+        return _sample_forecaster(args, model, metadata)
+    if args.future_file is not None:
+        raise UsageError("--future-file applies to models trained with --covariates (this one "
+                         "reads no covariates)")
     normalizer = Normalizer.from_dict(metadata["data"]["normalizer"])
     contexts, lengths = load_contexts(args.prompt_file, normalizer)
-    quantiles = parse_quantiles(args.quantiles) if args.quantiles else None
     temperature = 0.0 if args.greedy else args.temperature
     paths = forecast(model, normalizer, contexts, key=jax.random.key(args.seed),
                      horizon=args.steps, num_samples=args.num_samples,
                      context_lengths=lengths, temperature=temperature)  # (n, S, H, d)
+    return _write_paths(args, metadata, contexts, lengths, paths)
+
+
+def _write_paths(args, metadata: dict, contexts, lengths, paths) -> int:
+    """Write sample paths ``(n, S, H, d)`` (or their quantiles) as ``--out``, ``--plot`` and
+    the CSV table on stdout say."""
+    import numpy as np
+
+    from seqmodel.forecast import plot_fan, sample_quantiles
+
+    quantiles = parse_quantiles(args.quantiles) if args.quantiles else None
     result = paths if quantiles is None else np.moveaxis(
         sample_quantiles(paths, quantiles, axis=1), 0, 1)  # (n, Q, H, d)
     if len(contexts) == 1:
@@ -228,3 +245,110 @@ def _sample_real_valued(args, model, metadata: dict) -> int:
         cells = [f"{table[q, step, f]:.6g}" for f in range(table.shape[2]) for q in range(len(shown))]
         print(",".join([str(step + 1)] + cells))
     return 0
+
+
+def _read_table(path: str, flag: str, *, time_column, id_column, category_columns,
+                numeric_columns, missing: str):
+    """A context or future file, read with the columns that the model's data declared (those
+    the file has, for a future file)."""
+    from seqmodel.data.numeric import load_sequences
+
+    if not os.path.isfile(path):
+        raise UsageError(f"{flag} {path!r}: no such file")
+    try:
+        return load_sequences(path, missing=missing, time_column=time_column,
+                              id_column=id_column, category_columns=category_columns,
+                              numeric_columns=numeric_columns)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {str(error).splitlines()[0]}") from None
+
+
+def _future_rows(future, names: list, horizon: int):
+    """The future table's sequence for each context series (by id, else in order)."""
+    if future.ids and names and all(name in future.ids for name in names):
+        order = [future.ids.index(name) for name in names]
+    elif len(future.sequences) == len(names):
+        order = list(range(len(names)))
+    else:
+        raise UsageError(f"--future-file holds {len(future.sequences)} series, the context "
+                         f"{len(names)}; give one future per context series (same ids)")
+    for name, index in zip(names, order):
+        rows = len(future.sequences[index])
+        if rows < horizon:
+            raise UsageError(f"--future-file has {rows} row(s) for series {name!r}, fewer than "
+                             f"--steps {horizon}: give the covariates' values for every "
+                             "forecast step")
+    return order
+
+
+def _sample_forecaster(args, model, metadata: dict) -> int:
+    """``seqmodel sample`` of a model with forecasting features: the context file holds the
+    history (its time column, covariates, static columns), ``--future-file`` the covariates of
+    the ``--steps`` forecast steps; future times follow from the frequency."""
+    import jax
+    import numpy as np
+
+    from seqmodel import features
+    from seqmodel.data.forecasting import known_rows
+    from seqmodel.data.numeric import Normalizer, column_names
+    from seqmodel.forecaster import forecast_series
+
+    data = metadata["data"]
+    spec = features.FeatureSpec.from_dict(data["features"])
+    normalizer = Normalizer.from_dict(data["normalizer"])
+    horizon = args.steps
+    missing = data.get("missing", "reject")
+    table = _read_table(args.prompt_file, "--prompt-file", time_column=spec.time_column,
+                        id_column=data.get("id_column"), category_columns=spec.static_columns,
+                        numeric_columns=spec.target_columns + spec.covariate_columns,
+                        missing=missing)
+    names = table.ids or [f"series {i}" for i in range(len(table.sequences))]
+    future = order = None
+    if spec.covariate_columns:
+        if args.future_file is None:
+            raise UsageError(f"the model reads the covariates {', '.join(spec.covariate_columns)}"
+                             f": give their values over the {horizon} forecast steps with "
+                             "--future-file FILE")
+        present = set(column_names(args.future_file)) if os.path.isfile(args.future_file) else set()
+        id_column = data.get("id_column") if data.get("id_column") in present else None
+        future = _read_table(
+            args.future_file, "--future-file",
+            time_column=spec.time_column if spec.time_column in present else None,
+            id_column=id_column,
+            category_columns=[c for c in spec.static_columns if c in present and c != id_column],
+            numeric_columns=spec.covariate_columns, missing=missing)
+        order = _future_rows(future, names, horizon)
+    elif args.future_file is not None:
+        raise UsageError("--future-file applies to models trained with --covariates (this one "
+                         "reads none)")
+    columns = list(table.columns)
+    targets = [columns.index(name) for name in spec.target_columns]
+    covariates = [columns.index(name) for name in spec.covariate_columns]
+    values, known, originals = [], [], []
+    for index, sequence in enumerate(table.sequences):
+        times = None
+        if spec.time_features:
+            frequency = features.Frequency.parse(spec.frequency)
+            times = np.concatenate([table.times[index],
+                                    features.advance(table.times[index][-1], frequency, horizon)])
+        covariate_rows = None
+        if covariates:
+            future_sequence = future.sequences[order[index]]
+            future_columns = list(future.columns)
+            covariate_rows = np.concatenate([
+                sequence[:, covariates],
+                future_sequence[:horizon, [future_columns.index(n) for n in spec.covariate_columns]]])
+        static = tuple(table.categories[name][index] for name in spec.static_columns) if (
+            spec.static_columns) else None
+        originals.append(sequence[:, targets])
+        values.append(normalizer.normalize(sequence[:, targets]))
+        known.append(known_rows(spec, times, covariate_rows, static, len(sequence) + horizon))
+    temperature = 0.0 if args.greedy else args.temperature
+    paths = forecast_series(model, spec, normalizer, values, known,
+                            key=jax.random.key(args.seed), horizon=horizon,
+                            num_samples=args.num_samples, temperature=temperature)
+    lengths = np.array([len(v) for v in originals])
+    contexts = np.zeros((len(originals), lengths.max(), spec.target_size), np.float32)
+    for row, history in enumerate(originals):
+        contexts[row, : len(history)] = history
+    return _write_paths(args, metadata, contexts, lengths, paths)

@@ -146,6 +146,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, metavar="N", help=f"default {d['seed']}")
     add("--missing", choices=("reject", "mask"), help="real values: empty or NaN cells are an "
         "error naming their line and column (reject, default) or stay out of the loss (mask)")
+    add_forecast_arguments(parser)
     add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     add("--tensorboard", action="store_true", help="also write TensorBoard event files to "
         "<run folder>/tensorboard (needs tensorboardX: pip install 'seqmodel[tensorboard]')")
@@ -161,6 +162,90 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(process 0 writes logs, samples and metrics)")
     add("--json", action="store_true", help="print one final JSON line (and nothing else on stdout)")
     add("--no-progress", action="store_true", help="no progress bar")
+
+
+# Flags that make `seqmodel train` prepare the data as a forecaster's (seqmodel.data.forecasting):
+# flag -> keyword of load_forecast_dataset. `--head negbin` does too (counts stay counts).
+FORECAST_FLAGS = {"time_column": "time_column", "id_column": "id_column", "lags": "lags",
+                  "covariates": "covariates", "static_columns": "static_columns",
+                  "targets": "target_columns", "scaling": "scaling",
+                  "context_length": "context_length"}
+
+
+def _column_list(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r} names no column; give e.g. price,promo")
+    return names
+
+
+def _lag_list(text: str) -> tuple[int, ...]:
+    from seqmodel.features import parse_lags
+
+    try:
+        return parse_lags(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of forecasting real series (docs/forecasting.md); any of them (or --head negbin)
+    prepares the data with lags, scaling and known features."""
+    from seqmodel.features import SCALINGS
+
+    add = parser.add_argument
+    add("--time-column", metavar="NAME", help="forecasting: column of timestamps (frequency "
+        "inferred; time of day, day of week, day of year or month fed as sin/cos features)")
+    add("--id-column", metavar="NAME", help="column naming each row's series (default: "
+        "sequence_id when present)")
+    add("--lags", type=_lag_list, metavar="K1,K2,...", help="forecasting: lagged targets fed "
+        "with every step (1 is the last value; default from the frequency, e.g. 1,2,3,12 "
+        "monthly)")
+    add("--covariates", type=_column_list, metavar="COL1,COL2", help="forecasting: known-future "
+        "numeric columns fed with every step (forecasts take their future from --future-file)")
+    add("--static-columns", type=_column_list, metavar="COL1,COL2", help="forecasting: "
+        "per-series categories (one value per series), fed one-hot: one global model over many "
+        "series")
+    add("--targets", type=_column_list, metavar="COL1,COL2", help="forecasting: the columns to "
+        "forecast (default: every numeric column that is not a covariate)")
+    add("--scaling", choices=SCALINGS, help="forecasting: mean scaling of each window by the "
+        "mean |value| of its context, the log scale fed to the network (DeepAR's; default "
+        "mean), or none")
+    add("--context-length", type=positive_int, metavar="N", help="forecasting: steps a forecast "
+        "reads before its first prediction, whose mean gives the scale (default: half of "
+        "--seq-len)")
+
+
+def forecasting_requested(args) -> bool:
+    """Whether the flags ask for a forecaster's data (any forecasting flag, or --head negbin)."""
+    return args.head == "negbin" or any(
+        getattr(args, flag, None) is not None for flag in FORECAST_FLAGS if flag != "id_column")
+
+
+def _load_training_data(args, source: str, *, val_fraction: float, tokenizer, metadata):
+    """The dataset of a run: a forecaster's (:func:`seqmodel.data.forecasting.
+    load_forecast_dataset`) when forecasting flags are given, else :func:`seqmodel.data.
+    load_dataset` (which also rebuilds a resumed forecaster's data from ``metadata``)."""
+    from seqmodel.data import load_dataset
+    from seqmodel.data.forecasting import load_forecast_dataset
+
+    missing = {"missing": args.missing} if args.missing else {}
+    if metadata is not None or not forecasting_requested(args):
+        if args.id_column is not None and metadata is None:
+            missing["id_column"] = args.id_column
+        return load_dataset(source, val_fraction=val_fraction, tokenizer=tokenizer,
+                            metadata=metadata, **missing)
+    if args.teacher_forcing not in (None, 1.0) or args.teacher_forcing_schedule not in (
+            None, "constant"):
+        raise UsageError("--teacher-forcing / --teacher-forcing-schedule (scheduled sampling) "
+                         "cannot feed a forecaster its own samples with their lags and known "
+                         "features; leave them out")
+    options = {keyword: getattr(args, flag) for flag, keyword in FORECAST_FLAGS.items()
+               if getattr(args, flag) is not None}
+    seq_len = args.seq_len or train_defaults()["seq_len"]
+    options.setdefault("context_length", max(seq_len // 2, 1))
+    return load_forecast_dataset(source, val_fraction=val_fraction, head=args.head,
+                                 **options, **missing)
 
 
 def _default_out(name: str) -> pathlib.Path:
@@ -353,7 +438,6 @@ def cmd_train(args) -> int:
     import jax
     from flax import nnx
 
-    from seqmodel.data import load_dataset
     from seqmodel.fit import TrainingError, fit
     from seqmodel.model import SequenceModel
     from seqmodel.train import TrainConfig
@@ -378,9 +462,8 @@ def cmd_train(args) -> int:
     val_fraction = args.val_fraction if args.val_fraction is not None else (
         train_values["val_fraction"] if from_checkpoint else train_defaults()["val_fraction"])
     tokenizer = args.tokenizer or train_defaults()["tokenizer"]
-    dataset = load_dataset(source, val_fraction=val_fraction, tokenizer=tokenizer,
-                           metadata=data_metadata,
-                           **({"missing": args.missing} if args.missing else {}))
+    dataset = _load_training_data(args, source, val_fraction=val_fraction, tokenizer=tokenizer,
+                                  metadata=data_metadata)
     if from_checkpoint:
         from seqmodel.model import ModelConfig
 

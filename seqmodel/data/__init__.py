@@ -94,7 +94,8 @@ def load_dataset(source: str, *, val_fraction: float = 0.1, tokenizer: Any = "ch
       val_fraction: the last fraction of the stream (or of the sequences) kept for validation.
       tokenizer: text only: ``"char"``, ``"byte"`` or a tokenizer object.
       metadata: the ``dataset.metadata()`` stored in a checkpoint: rebuilds the same tokenizer (or
-        normaliser) instead of fitting a new one, so data is encoded as the model was trained.
+        normaliser, or a forecaster's feature layout: :mod:`seqmodel.data.forecasting`) instead
+        of fitting a new one, so data is encoded as the model was trained.
       options: numeric sources only: ``missing=``, ``normalize=``, ``time_column=``,
         ``id_column=`` (see :func:`seqmodel.data.numeric.load_numeric_dataset`).
 
@@ -103,6 +104,11 @@ def load_dataset(source: str, *, val_fraction: float = 0.1, tokenizer: Any = "ch
     """
     if not isinstance(source, str) or not source:
         raise DataError(f"--data {source!r} is invalid: give a built-in name or a file path")
+    if metadata is not None and metadata.get("kind") == "forecast":
+        from seqmodel.data.forecasting import load_forecast_dataset
+
+        return load_forecast_dataset(source, val_fraction=val_fraction, metadata=metadata,
+                                     **options)
     numeric_metadata = metadata is not None and metadata.get("kind", "text") != "text"
     if numeric_metadata or is_numeric_source(source):
         return numeric.load_numeric_dataset(source, val_fraction=val_fraction, metadata=metadata,

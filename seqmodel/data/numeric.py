@@ -63,13 +63,20 @@ class NumericTable:
     - ``times``: ``None``, or one ``(t_i,)`` array per sequence read from the declared time
       column: ``datetime64[us]`` for ISO 8601 dates and times (UTC when they carry an offset),
       float64 when the column holds numbers (step counts, epoch seconds);
-    - ``time_column``: the name of that column, or ``None``.
+    - ``time_column``: the name of that column, or ``None``;
+    - ``lines``: one ``(t_i,)`` int array per sequence, the file line of each row (CSV only);
+    - ``categories``: ``{column: [one value per sequence]}`` for the declared
+      ``category_columns`` (per-sequence labels such as a store or a product group);
+    - ``ids``: the id of each sequence (values of the id column), or ``None``.
     """
 
     sequences: list
     columns: tuple
     times: list | None = None
     time_column: str | None = None
+    lines: list | None = None
+    categories: dict | None = None
+    ids: list | None = None
 
     @property
     def num_features(self) -> int:
@@ -169,8 +176,26 @@ def _parse_times(cells: Sequence[str], lines: Sequence[int], name: str, path: st
     return np.array(stamps, dtype="datetime64[us]")
 
 
+def column_names(path: str | os.PathLike) -> list[str]:
+    """The column names of a delimited file as :func:`load_csv` names them (``"column 1"``, ...
+    without a header).
+
+    Example::
+
+        "date" in column_names("future.csv")
+    """
+    rows = _read_rows(os.fspath(path))
+    if not rows:
+        return []
+    first = rows[0][1]
+    if _has_header(rows):
+        return [cell.strip() or f"column {i + 1}" for i, cell in enumerate(first)]
+    return [f"column {i + 1}" for i in range(len(first))]
+
+
 def load_csv(path: str | os.PathLike, *, missing: str = "reject", time_column: str | None = None,
-             id_column: str | None = None) -> NumericTable:
+             id_column: str | None = None, category_columns: Sequence[str] = (),
+             numeric_columns: Sequence[str] = ()) -> NumericTable:
     """Read a delimited file (``.csv``, ``.tsv``) of time steps (rows) by features (columns).
 
     Nothing is dropped or invented silently:
@@ -193,6 +218,11 @@ def load_csv(path: str | os.PathLike, *, missing: str = "reject", time_column: s
         without a header names its columns ``"column 1"``, ``"column 2"``, ...
       id_column: the name of the column whose values say which sequence a row belongs to;
         default ``"sequence_id"`` when the header has it (any case).
+      category_columns: columns of labels (words or numbers) that hold one value per
+        sequence, read into ``NumericTable.categories``; not features. A label that changes
+        within a sequence is an error naming its line.
+      numeric_columns: columns that must be numeric features (e.g. covariates): one that is
+        missing or holds words is an error naming it.
 
     Returns:
       a :class:`NumericTable`; each sequence is ``(t_i, d)`` float64.
@@ -242,10 +272,27 @@ def load_csv(path: str | os.PathLike, *, missing: str = "reject", time_column: s
     if time_index is not None and time_index == id_index:
         raise ValueError(f"time_column={time_column!r} is also the id column; one column cannot "
                          "be both")
+    category_indices = {}
+    for name in category_columns:
+        index = _find_column(names, name, "category_columns", path)
+        if index == time_index:
+            raise ValueError(f"category column {name!r} is also the time column; one column "
+                             "cannot be both")
+        category_indices[name] = index
+    for name in numeric_columns:
+        index = _find_column(names, name, "numeric_columns", path)
+        if index in (id_index, time_index) or index in category_indices.values():
+            raise ValueError(f"column {name!r} is declared numeric and also as the time, id or "
+                             "a category column; one column cannot be both")
+        if _column_kind(cells[index]) == "words":
+            line, example = next((line, cell) for line, cell in zip(lines, cells[index])
+                                 if _is_word(cell))
+            raise ValueError(f"{path}: column {name!r} must hold numbers, but holds words (e.g. "
+                             f"{example!r} on line {line}); encode it as numbers")
 
     numeric, refused = [], []
     for i in range(width):
-        if i in (id_index, time_index):
+        if i in (id_index, time_index) or i in category_indices.values():
             continue
         kind = _column_kind(cells[i])
         if kind == "words":
@@ -291,9 +338,13 @@ def load_csv(path: str | os.PathLike, *, missing: str = "reject", time_column: s
                 raise ValueError(f"{path}: line {line_number}, time column "
                                  f"{names[time_index]!r} is empty; every row needs its time")
         times = _parse_times(cells[time_index], lines, names[time_index], path)
+    line_array = np.asarray(lines, np.int64)
+    ids = None
     if id_index is None:
         sequences = [values]
         times = None if times is None else [times]
+        line_groups = [line_array]
+        selections = [np.ones(len(lines), bool)]
     else:
         ids = [cell.strip() for cell in cells[id_index]]
         for line_number, sequence_id in zip(lines, ids):
@@ -301,12 +352,30 @@ def load_csv(path: str | os.PathLike, *, missing: str = "reject", time_column: s
                 raise ValueError(f"{path}: line {line_number}, id column {names[id_index]!r} is "
                                  "empty; every row needs the id of its sequence")
         id_array = np.array(ids, dtype=object)
-        selections = [id_array == sequence_id for sequence_id in dict.fromkeys(ids)]
+        ids = list(dict.fromkeys(ids))
+        selections = [id_array == sequence_id for sequence_id in ids]
         sequences = [values[selection] for selection in selections]
         times = None if times is None else [times[selection] for selection in selections]
+        line_groups = [line_array[selection] for selection in selections]
+    categories = {}
+    for name, index in category_indices.items():
+        labels = np.array([cell.strip() for cell in cells[index]], dtype=object)
+        per_sequence = []
+        for selection, group_lines in zip(selections, line_groups):
+            group = labels[selection]
+            changed = np.flatnonzero(group != group[0])
+            if not group[0] or len(changed):
+                row = int(changed[0]) if len(changed) else 0
+                raise ValueError(
+                    f"{path}: line {group_lines[row]}, category column {name!r}: {group[row]!r} "
+                    f"differs from {group[0]!r} on line {group_lines[0]} of the same sequence "
+                    "(or is empty); a per-sequence category holds one value per sequence")
+            per_sequence.append(str(group[0]))
+        categories[name] = per_sequence
     _check_lengths(sequences, path)
     return NumericTable(sequences, columns, times,
-                        None if time_index is None else names[time_index])
+                        None if time_index is None else names[time_index], line_groups,
+                        categories or None, ids)
 
 
 def load_npy(path: str | os.PathLike, *, missing: str = "reject") -> NumericTable:
@@ -360,11 +429,14 @@ def load_npy(path: str | os.PathLike, *, missing: str = "reject") -> NumericTabl
 
 
 def load_sequences(path: str | os.PathLike, *, missing: str = "reject",
-                   time_column: str | None = None, id_column: str | None = None) -> NumericTable:
+                   time_column: str | None = None, id_column: str | None = None,
+                   category_columns: Sequence[str] = (),
+                   numeric_columns: Sequence[str] = ()) -> NumericTable:
     """Read a numeric file by its suffix: :data:`DELIMITED_SUFFIXES` (``.csv``, ``.tsv``,
     ``.tab``) -> :func:`load_csv`, ``.npy`` -> :func:`load_npy`.
 
-    ``time_column`` / ``id_column`` name columns of a delimited file (see :func:`load_csv`).
+    ``time_column``, ``id_column`` and ``category_columns`` name columns of a delimited file
+    (see :func:`load_csv`); ``numeric_columns`` must be features.
 
     Example::
 
@@ -372,14 +444,19 @@ def load_sequences(path: str | os.PathLike, *, missing: str = "reject",
     """
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix == ".npy":
-        for name, value in (("time_column", time_column), ("id_column", id_column)):
+        for name, value in (("time_column", time_column), ("id_column", id_column),
+                            ("category_columns", tuple(category_columns) or None)):
             if value is not None:
                 raise ValueError(f"{name}={value!r} applies to delimited files "
                                  f"({', '.join(DELIMITED_SUFFIXES)}), not to the .npy file "
                                  f"{os.fspath(path)!r}; leave it out")
-        return load_npy(path, missing=missing)
+        table = load_npy(path, missing=missing)
+        for name in numeric_columns:
+            _find_column(table.columns, name, "numeric_columns", os.fspath(path))
+        return table
     if suffix in DELIMITED_SUFFIXES:
-        return load_csv(path, missing=missing, time_column=time_column, id_column=id_column)
+        return load_csv(path, missing=missing, time_column=time_column, id_column=id_column,
+                        category_columns=category_columns, numeric_columns=numeric_columns)
     raise ValueError(
         f"numeric file {os.fspath(path)!r}: suffix {suffix!r} is not supported; use "
         f"{', '.join(NUMERIC_SUFFIXES)}"
