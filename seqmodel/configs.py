@@ -1,8 +1,35 @@
-"""What every frozen config dataclass shares: a round trip through a plain dict (checkpoints)."""
+"""The configurations of a run as frozen dataclasses, and the names they accept; no JAX here.
+
+``ModelConfig`` and ``TrainConfig`` check their fields on construction, round-trip through plain
+dicts (checkpoint metadata) and give the command line its defaults (one source of defaults), so
+``seqmodel --help`` and a flag error answer without importing JAX. The modules that implement the
+names (cells, heads, scans, batchings) are checked against these tuples by the tests.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
+
+# Recurrent cells: serial ones (seqmodel.cells) and linear recurrences run as residual blocks
+# (seqmodel.linear).
+SERIAL_CELLS = ("lstm", "gru", "elman")
+LINEAR_CELLS = ("mingru", "minlstm", "rglru")
+CELL_NAMES = SERIAL_CELLS + LINEAR_CELLS
+# Output heads (seqmodel.heads.HEADS).
+HEAD_NAMES = ("categorical", "gaussian", "mdn", "bernoulli", "student_t", "negbin")
+# Scans of the linear recurrences (seqmodel.linear_scan.METHODS) and their default chunk.
+SCAN_METHODS = ("sequential", "associative", "chunked", "log_space")
+DEFAULT_CHUNK_SIZE = 64
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+# Data (seqmodel.data): how training windows are cut, and the text tokenizers.
+BATCHINGS = ("lanes", "random")
+TOKENIZERS = ("char", "byte")
+DEFAULT_TOKENIZER = "char"
+TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse-sigmoid")
+# seqmodel.forecast.exposure_bias_report: sample paths and start points per report.
+REPORT_NUM_SAMPLES = 100
+REPORT_NUM_STARTS = 64
 
 
 class DictConfig:
@@ -23,3 +50,236 @@ class DictConfig:
     def from_dict(cls, values: dict):
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(DictConfig):
+    """Hyperparameters of a :class:`SequenceModel`.
+
+    Give exactly one of ``vocab_size`` (token inputs ``(b, t)``, categorical head) or ``input_size``
+    (real inputs ``(b, t, d)`` with a gaussian, mdn or bernoulli head whose elements have ``d``
+    features, fed back as the next input).
+
+    Example::
+
+        config = ModelConfig(vocab_size=65, cell="lstm", hidden_size=256, num_layers=2)
+    """
+
+    vocab_size: int | None = None
+    input_size: int | None = None
+    # Real-valued models: features of an element that the head predicts (default: input_size).
+    # Smaller than input_size when every input carries, after the element, conditioning features
+    # that the model reads but does not predict (lags, covariates, time features, scales).
+    target_size: int | None = None
+    # DeepAR's mean scaling: the first target_size conditioning features of every input (input
+    # indices target_size .. 2 * target_size - 1) hold log(s), the scale of the row's series, by
+    # which the element (and its lags) in the input were divided; the head's distribution is
+    # multiplied back by s (head.rescale), so outputs, log-likelihoods and samples are in data
+    # units while the network sees values of order 1 (seqmodel.features builds such inputs).
+    input_scaling: bool = False
+    # Tuned with TrainConfig's defaults: the argument-free `seqmodel train` (python-stdlib) learns
+    # Python-looking text within a few minutes on 2 CPU cores, and tinyshakespeare under 110 s
+    # reaches a validation loss at or below 1.60 nats per character (benchmarks/bench_quality.py).
+    cell: str = "gru"
+    hidden_size: int = 512
+    num_layers: int = 1
+    embed_size: int = 64
+    dropout: float = 0.0
+    head: str = "categorical"
+    num_mixtures: int = 5
+    dtype: str = "float32"
+    # Linear recurrences (cell "mingru", "minlstm", "rglru") run as residual blocks: how the
+    # training path scans h_t = a_t h_{t-1} + b_t ("auto": what bench_linear measured fastest on
+    # the backend; see seqmodel.linear_scan.AUTO_SCAN), the chunk of the chunked scan, the
+    # recurrence's width (expansion x hidden_size) and the gated MLP's (mlp_expansion x).
+    scan: str = "auto"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    expansion: int = 1
+    mlp_expansion: int = 3
+    # Fold the embedding into the first layer's input projection: one (vocab, G) table gathered per
+    # token instead of an embedding gather plus a matmul. Exact (no dropout sits between them).
+    fold_embedding: bool = True
+    # Teacher-forced scans use the custom-VJP recurrences of seqmodel.recurrence (same values and
+    # gradients as differentiating lax.scan, faster); False keeps the plain lax.scan (for jax.jvp).
+    fast_recurrence: bool = True
+
+    def __post_init__(self):
+        def bad(field: str, allowed: str):
+            value = getattr(self, field)
+            raise ValueError(f"ModelConfig.{field}={value!r} is invalid: {allowed}")
+
+        if (self.vocab_size is None) == (self.input_size is None):
+            raise ValueError(
+                "ModelConfig needs exactly one of vocab_size (token sequences) or input_size "
+                f"(real-valued sequences); got vocab_size={self.vocab_size!r}, "
+                f"input_size={self.input_size!r}"
+            )
+        for field in ("vocab_size", "input_size", "target_size"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                bad(field, "must be a positive integer")
+        if self.cell not in CELL_NAMES:
+            bad("cell", f"allowed: {', '.join(CELL_NAMES)}")
+        if self.scan not in SCAN_METHODS + ("auto",):
+            bad("scan", f"allowed: auto, {', '.join(SCAN_METHODS)}")
+        for field in ("hidden_size", "num_layers", "embed_size", "num_mixtures", "chunk_size",
+                      "expansion", "mlp_expansion"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or value < 1:
+                bad(field, "must be a positive integer")
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            bad("dropout", "must be in [0, 1)")
+        if self.head not in HEAD_NAMES:
+            bad("head", f"allowed: {', '.join(HEAD_NAMES)}")
+        if self.dtype not in DTYPE_NAMES:
+            bad("dtype", f"allowed: {', '.join(DTYPE_NAMES)}")
+        if self.vocab_size is not None and self.head != "categorical":
+            bad("head", "token inputs (vocab_size) need head='categorical'; for real-valued "
+                "heads give input_size instead of vocab_size")
+        if self.target_size is not None and (
+                self.input_size is None or self.target_size > self.input_size):
+            bad("target_size", "needs input_size and must be at most input_size (the element's "
+                "features come first in each input, conditioning features after them)")
+        if self.input_scaling and (not self.conditioned or self.head == "bernoulli"
+                                   or self.input_size < 2 * self.target_size):
+            bad("input_scaling", "needs real-valued inputs with target_size set and at least "
+                "target_size conditioning features (the log scales), and a head other than "
+                "bernoulli (0/1 elements cannot be scaled)")
+        if self.input_size is not None and self.head == "categorical":
+            real_valued = ", ".join(repr(name) for name in HEAD_NAMES
+                                    if name != "categorical")
+            bad("head", f"real-valued inputs (input_size) need one of {real_valued}; for "
+                "tokens give vocab_size instead of input_size")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Like :meth:`DictConfig.from_dict`; run folders written before the Elman cell was named
+        ``"elman"`` say ``cell="rnn"``, which still loads."""
+        if values.get("cell") == "rnn":
+            values = {**values, "cell": "elman"}
+        return super().from_dict(values)
+
+    @property
+    def discrete(self) -> bool:
+        """True for token sequences."""
+        return self.vocab_size is not None
+
+    @property
+    def linear(self) -> bool:
+        """True for the linear recurrences, which run as residual blocks."""
+        return self.cell in LINEAR_CELLS
+
+    @property
+    def element_size(self) -> int | None:
+        """Features of one predicted element: ``target_size`` or ``input_size`` (None for tokens)."""
+        return self.target_size if self.target_size is not None else self.input_size
+
+    @property
+    def conditioned(self) -> bool:
+        """True when inputs carry conditioning features after the element."""
+        return self.target_size is not None and self.target_size < self.input_size
+
+    @property
+    def compute_dtype(self) -> Any:
+        """The jnp dtype of ``dtype`` (imports JAX on first use)."""
+        import jax.numpy as jnp
+
+        return getattr(jnp, self.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(DictConfig):
+    """Every knob of a training run (the model's shape lives in :class:`seqmodel.ModelConfig`).
+
+    Length of the run: ``steps`` and/or ``max_time`` (seconds of wall time for the whole of
+    :func:`seqmodel.fit.fit`, evaluation and checkpoints included). The learning rate warms up
+    linearly over ``warmup_steps`` then decays with a cosine to ``learning_rate *
+    final_learning_rate_fraction`` at the end of the run: at ``steps``, or, with ``max_time``
+    only, at the step count estimated from the measured speed (re-estimated as the run goes, so a
+    time-bounded run also ends decayed).
+
+    Example::
+
+        TrainConfig(batch_size=64, seq_len=128, max_time=110, learning_rate=3e-3)
+    """
+
+    # Defaults tuned on tinyshakespeare under a 110 s budget on 2 CPU cores with a GRU h512
+    # (benchmarks/bench_quality.py): in that regime more, smaller updates learn more per
+    # character than fewer large ones, at about the same characters per second.
+    batch_size: int = 16
+    seq_len: int = 32
+    steps: int | None = None
+    max_time: float | None = None
+    learning_rate: float = 5e-3
+    warmup_steps: int = 100
+    final_learning_rate_fraction: float = 0.05
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    clip_norm: float = 1.0
+    # Evaluate (and checkpoint) every this many steps; None: only at the end.
+    eval_every: int | None = 2000
+    eval_batch_size: int = 32
+    eval_seq_len: int = 256
+    val_fraction: float = 0.1
+    teacher_forcing: float = 1.0
+    teacher_forcing_schedule: str = "constant"
+    batching: str = "lanes"
+    seed: int = 0
+    log_every: int = 20
+    # Train steps per compiled call (a lax.scan over the steps; the same results as one step per
+    # call). On CPU every call costs a dispatch that takes a core from the devices, and fresh
+    # temporary buffers: XLA:CPU maps its temp allocation anew per call (124 MB for LSTM h512,
+    # 30k page faults, ~25 ms). 20 steps per call ran the 2-device step 3-15% faster at LSTM
+    # h128 (six runs) and 18-25% at h512 than one (bench_speed's seqmodel-1call column,
+    # probe_steps_per_call.py). A multiple of log_every's default: log records fall at call ends.
+    steps_per_call: int = 20
+
+    def __post_init__(self):
+        def bad(field: str, allowed: str):
+            raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r} is invalid: {allowed}")
+
+        def positive_int(field: str, *, optional: bool = False):
+            value = getattr(self, field)
+            if optional and value is None:
+                return
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                bad(field, "must be a positive integer" + (" or None" if optional else ""))
+
+        for field in ("batch_size", "seq_len", "eval_batch_size", "eval_seq_len", "log_every",
+                      "steps_per_call"):
+            positive_int(field)
+        positive_int("steps", optional=True)
+        positive_int("eval_every", optional=True)
+        if self.max_time is not None and not (
+            isinstance(self.max_time, (int, float)) and self.max_time > 0
+        ):
+            bad("max_time", "must be a positive number of seconds or None")
+        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
+            bad("learning_rate", "must be > 0")
+        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            bad("warmup_steps", "must be an integer >= 0")
+        if not 0.0 <= self.final_learning_rate_fraction <= 1.0:
+            bad("final_learning_rate_fraction", "must be in [0, 1]")
+        if not self.weight_decay >= 0:
+            bad("weight_decay", "must be >= 0")
+        for field in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, field) < 1.0:
+                bad(field, "must be in [0, 1)")
+        if not self.clip_norm > 0:
+            bad("clip_norm", "must be > 0")
+        if not 0.0 <= self.val_fraction < 1.0:
+            bad("val_fraction", "must be in [0, 1)")
+        if not 0.0 <= self.teacher_forcing <= 1.0:
+            bad("teacher_forcing", "must be a probability in [0, 1]")
+        if self.teacher_forcing_schedule not in TEACHER_FORCING_SCHEDULES:
+            bad("teacher_forcing_schedule", f"allowed: {', '.join(TEACHER_FORCING_SCHEDULES)}")
+        if self.batching not in BATCHINGS:
+            bad("batching", f"allowed: {', '.join(BATCHINGS)}")
+        if not isinstance(self.seed, int):
+            bad("seed", "must be an integer")
+
+    @property
+    def plain_teacher_forcing(self) -> bool:
+        """True when every step feeds the truth: the train step then uses the teacher-forced path."""
+        return self.teacher_forcing == 1.0 and self.teacher_forcing_schedule == "constant"

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from seqmodel.configs import REPORT_NUM_SAMPLES, REPORT_NUM_STARTS
 from seqmodel.data.numeric import Normalizer, pad_sequences
 
 Array = jax.Array
@@ -268,7 +269,8 @@ def choose_starts(lengths: Sequence[int], mask: np.ndarray, *, horizon: int, min
 
 
 def exposure_bias_report(model, sequences: Sequence[np.ndarray], normalizer: Normalizer, *,
-                         key: Array, horizon: int, num_samples: int = 100, num_starts: int = 64,
+                         key: Array, horizon: int, num_samples: int = REPORT_NUM_SAMPLES,
+                         num_starts: int = REPORT_NUM_STARTS,
                          min_context: int | None = None, max_context: int | None = 1024,
                          temperature: float = 1.0, season: int = 1) -> dict:
     """Teacher-forced NLL and free-running forecast errors against horizon, on held-out data.

@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,149 +19,12 @@ from flax import nnx
 from seqmodel import cells as cells_module
 from seqmodel import heads as heads_module
 from seqmodel import linear as linear_module
-from seqmodel import linear_scan
-from seqmodel.configs import DictConfig
+from seqmodel.configs import ModelConfig  # noqa: F401  (re-exported: the model's configuration)
 
 Array = jax.Array
 
 # Every recurrence a layer can run: the serial cells, then the linear recurrences (as blocks).
 CELLS = (*cells_module.CELLS, *linear_module.CELLS)
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig(DictConfig):
-    """Hyperparameters of a :class:`SequenceModel`.
-
-    Give exactly one of ``vocab_size`` (token inputs ``(b, t)``, categorical head) or ``input_size``
-    (real inputs ``(b, t, d)`` with a gaussian, mdn or bernoulli head whose elements have ``d``
-    features, fed back as the next input).
-
-    Example::
-
-        config = ModelConfig(vocab_size=65, cell="lstm", hidden_size=256, num_layers=2)
-    """
-
-    vocab_size: int | None = None
-    input_size: int | None = None
-    # Real-valued models: features of an element that the head predicts (default: input_size).
-    # Smaller than input_size when every input carries, after the element, conditioning features
-    # that the model reads but does not predict (lags, covariates, time features, scales).
-    target_size: int | None = None
-    # DeepAR's mean scaling: the first target_size conditioning features of every input (input
-    # indices target_size .. 2 * target_size - 1) hold log(s), the scale of the row's series, by
-    # which the element (and its lags) in the input were divided; the head's distribution is
-    # multiplied back by s (head.rescale), so outputs, log-likelihoods and samples are in data
-    # units while the network sees values of order 1 (seqmodel.features builds such inputs).
-    input_scaling: bool = False
-    # Tuned with TrainConfig's defaults: the argument-free `seqmodel train` (python-stdlib) learns
-    # Python-looking text within a few minutes on 2 CPU cores, and tinyshakespeare under 110 s
-    # reaches a validation loss at or below 1.60 nats per character (benchmarks/bench_quality.py).
-    cell: str = "gru"
-    hidden_size: int = 512
-    num_layers: int = 1
-    embed_size: int = 64
-    dropout: float = 0.0
-    head: str = "categorical"
-    num_mixtures: int = 5
-    dtype: str = "float32"
-    # Linear recurrences (cell "mingru", "minlstm", "rglru") run as residual blocks: how the
-    # training path scans h_t = a_t h_{t-1} + b_t ("auto": what bench_linear measured fastest on
-    # the backend; see seqmodel.linear_scan.AUTO_SCAN), the chunk of the chunked scan, the
-    # recurrence's width (expansion x hidden_size) and the gated MLP's (mlp_expansion x).
-    scan: str = "auto"
-    chunk_size: int = linear_scan.DEFAULT_CHUNK_SIZE
-    expansion: int = 1
-    mlp_expansion: int = 3
-    # Fold the embedding into the first layer's input projection: one (vocab, G) table gathered per
-    # token instead of an embedding gather plus a matmul. Exact (no dropout sits between them).
-    fold_embedding: bool = True
-    # Teacher-forced scans use the custom-VJP recurrences of seqmodel.recurrence (same values and
-    # gradients as differentiating lax.scan, faster); False keeps the plain lax.scan (for jax.jvp).
-    fast_recurrence: bool = True
-
-    def __post_init__(self):
-        def bad(field: str, allowed: str):
-            value = getattr(self, field)
-            raise ValueError(f"ModelConfig.{field}={value!r} is invalid: {allowed}")
-
-        if (self.vocab_size is None) == (self.input_size is None):
-            raise ValueError(
-                "ModelConfig needs exactly one of vocab_size (token sequences) or input_size "
-                f"(real-valued sequences); got vocab_size={self.vocab_size!r}, "
-                f"input_size={self.input_size!r}"
-            )
-        for field in ("vocab_size", "input_size", "target_size"):
-            value = getattr(self, field)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                bad(field, "must be a positive integer")
-        if self.cell not in CELLS:
-            bad("cell", f"allowed: {', '.join(CELLS)}")
-        if self.scan not in linear_scan.METHODS + ("auto",):
-            bad("scan", f"allowed: auto, {', '.join(linear_scan.METHODS)}")
-        for field in ("hidden_size", "num_layers", "embed_size", "num_mixtures", "chunk_size",
-                      "expansion", "mlp_expansion"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 1:
-                bad(field, "must be a positive integer")
-        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            bad("dropout", "must be in [0, 1)")
-        if self.head not in heads_module.HEADS:
-            bad("head", f"allowed: {', '.join(heads_module.HEADS)}")
-        if self.dtype not in DTYPES:
-            bad("dtype", f"allowed: {', '.join(DTYPES)}")
-        if self.vocab_size is not None and self.head != "categorical":
-            bad("head", "token inputs (vocab_size) need head='categorical'; for real-valued "
-                "heads give input_size instead of vocab_size")
-        if self.target_size is not None and (
-                self.input_size is None or self.target_size > self.input_size):
-            bad("target_size", "needs input_size and must be at most input_size (the element's "
-                "features come first in each input, conditioning features after them)")
-        if self.input_scaling and (not self.conditioned or self.head == "bernoulli"
-                                   or self.input_size < 2 * self.target_size):
-            bad("input_scaling", "needs real-valued inputs with target_size set and at least "
-                "target_size conditioning features (the log scales), and a head other than "
-                "bernoulli (0/1 elements cannot be scaled)")
-        if self.input_size is not None and self.head == "categorical":
-            real_valued = ", ".join(repr(name) for name in heads_module.HEADS
-                                    if name != "categorical")
-            bad("head", f"real-valued inputs (input_size) need one of {real_valued}; for "
-                "tokens give vocab_size instead of input_size")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelConfig":
-        """Like :meth:`DictConfig.from_dict`; run folders written before the Elman cell was named
-        ``"elman"`` say ``cell="rnn"``, which still loads."""
-        if values.get("cell") == "rnn":
-            values = {**values, "cell": "elman"}
-        return super().from_dict(values)
-
-    @property
-    def discrete(self) -> bool:
-        """True for token sequences."""
-        return self.vocab_size is not None
-
-    @property
-    def linear(self) -> bool:
-        """True for the linear recurrences, which run as residual blocks."""
-        return self.cell in linear_module.CELLS
-
-    @property
-    def element_size(self) -> int | None:
-        """Features of one predicted element: ``target_size`` or ``input_size`` (None for tokens)."""
-        return self.target_size if self.target_size is not None else self.input_size
-
-    @property
-    def conditioned(self) -> bool:
-        """True when inputs carry conditioning features after the element."""
-        return self.target_size is not None and self.target_size < self.input_size
-
-    @property
-    def compute_dtype(self) -> Any:
-        return DTYPES[self.dtype]
-
-
 
 def _make_layer(config: ModelConfig, input_size: int, rngs: nnx.Rngs):
     """One layer: a serial cell, or a residual block around a linear recurrence."""

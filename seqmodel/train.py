@@ -28,119 +28,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from seqmodel.configs import DictConfig
-from seqmodel.data import BATCHINGS, Batch
+from seqmodel.configs import (  # noqa: F401  (re-exported)
+    TEACHER_FORCING_SCHEDULES,
+    TrainConfig,
+)
+from seqmodel.data import Batch
 from seqmodel.feed import rollout
 from seqmodel.model import reset_carry  # noqa: F401  (re-exported: the train step's reset)
 
 Array = jax.Array
-
-TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse-sigmoid")
-
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig(DictConfig):
-    """Every knob of a training run (the model's shape lives in :class:`seqmodel.ModelConfig`).
-
-    Length of the run: ``steps`` and/or ``max_time`` (seconds of wall time for the whole of
-    :func:`seqmodel.fit.fit`, evaluation and checkpoints included). The learning rate warms up
-    linearly over ``warmup_steps`` then decays with a cosine to ``learning_rate *
-    final_learning_rate_fraction`` at the end of the run: at ``steps``, or, with ``max_time``
-    only, at the step count estimated from the measured speed (re-estimated as the run goes, so a
-    time-bounded run also ends decayed).
-
-    Example::
-
-        TrainConfig(batch_size=64, seq_len=128, max_time=110, learning_rate=3e-3)
-    """
-
-    # Defaults tuned on tinyshakespeare under a 110 s budget on 2 CPU cores with a GRU h512
-    # (benchmarks/bench_quality.py): in that regime more, smaller updates learn more per
-    # character than fewer large ones, at about the same characters per second.
-    batch_size: int = 16
-    seq_len: int = 32
-    steps: int | None = None
-    max_time: float | None = None
-    learning_rate: float = 5e-3
-    warmup_steps: int = 100
-    final_learning_rate_fraction: float = 0.05
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.99
-    clip_norm: float = 1.0
-    # Evaluate (and checkpoint) every this many steps; None: only at the end.
-    eval_every: int | None = 2000
-    eval_batch_size: int = 32
-    eval_seq_len: int = 256
-    val_fraction: float = 0.1
-    teacher_forcing: float = 1.0
-    teacher_forcing_schedule: str = "constant"
-    batching: str = "lanes"
-    seed: int = 0
-    log_every: int = 20
-    # Train steps per compiled call (a lax.scan over the steps; the same results as one step per
-    # call). On CPU every call costs a dispatch that takes a core from the devices, and fresh
-    # temporary buffers: XLA:CPU maps its temp allocation anew per call (124 MB for LSTM h512,
-    # 30k page faults, ~25 ms). 20 steps per call ran the 2-device step 3-15% faster at LSTM
-    # h128 (six runs) and 18-25% at h512 than one (bench_speed's seqmodel-1call column,
-    # probe_steps_per_call.py). A multiple of log_every's default: log records fall at call ends.
-    steps_per_call: int = 20
-
-    def __post_init__(self):
-        def bad(field: str, allowed: str):
-            raise ValueError(f"TrainConfig.{field}={getattr(self, field)!r} is invalid: {allowed}")
-
-        def positive_int(field: str, *, optional: bool = False):
-            value = getattr(self, field)
-            if optional and value is None:
-                return
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                bad(field, "must be a positive integer" + (" or None" if optional else ""))
-
-        for field in ("batch_size", "seq_len", "eval_batch_size", "eval_seq_len", "log_every",
-                      "steps_per_call"):
-            positive_int(field)
-        positive_int("steps", optional=True)
-        positive_int("eval_every", optional=True)
-        if self.max_time is not None and not (
-            isinstance(self.max_time, (int, float)) and self.max_time > 0
-        ):
-            bad("max_time", "must be a positive number of seconds or None")
-        if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
-            bad("learning_rate", "must be > 0")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            bad("warmup_steps", "must be an integer >= 0")
-        if not 0.0 <= self.final_learning_rate_fraction <= 1.0:
-            bad("final_learning_rate_fraction", "must be in [0, 1]")
-        if not self.weight_decay >= 0:
-            bad("weight_decay", "must be >= 0")
-        for field in ("beta1", "beta2"):
-            if not 0.0 <= getattr(self, field) < 1.0:
-                bad(field, "must be in [0, 1)")
-        if not self.clip_norm > 0:
-            bad("clip_norm", "must be > 0")
-        if not 0.0 <= self.val_fraction < 1.0:
-            bad("val_fraction", "must be in [0, 1)")
-        if not 0.0 <= self.teacher_forcing <= 1.0:
-            bad("teacher_forcing", "must be a probability in [0, 1]")
-        if self.teacher_forcing_schedule not in TEACHER_FORCING_SCHEDULES:
-            bad("teacher_forcing_schedule", f"allowed: {', '.join(TEACHER_FORCING_SCHEDULES)}")
-        if self.batching not in BATCHINGS:
-            bad("batching", f"allowed: {', '.join(BATCHINGS)}")
-        if not isinstance(self.seed, int):
-            bad("seed", "must be an integer")
-
-    @property
-    def plain_teacher_forcing(self) -> bool:
-        """True when every step feeds the truth: the train step then uses the teacher-forced path."""
-        return self.teacher_forcing == 1.0 and self.teacher_forcing_schedule == "constant"
-
-
 
 # ---------------------------------------------------------------------------------------------
 # Schedules and optimizer

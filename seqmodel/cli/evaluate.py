@@ -5,10 +5,10 @@ baselines."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 
 from seqmodel.cli.common import UsageError, load_checkpoint, positive_int, rounded
+from seqmodel.configs import REPORT_NUM_SAMPLES, REPORT_NUM_STARTS
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,9 +21,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--horizon", type=positive_int, metavar="H", help="real values: free-running steps "
         f"scored per start point (default {EVAL_HORIZON})")
     add("--num-samples", type=positive_int, metavar="S", help="real values: sample paths per "
-        f"start point (default {_report_default('num_samples')})")
+        f"start point (default {REPORT_NUM_SAMPLES})")
     add("--num-starts", type=positive_int, metavar="N", help="real values: start points "
-        f"(default {_report_default('num_starts')})")
+        f"(default {REPORT_NUM_STARTS})")
     add("--min-context", type=positive_int, metavar="N", help="real values: shortest context")
     add("--seed", type=int, metavar="N", help=f"real values: sampling seed (default {EVAL_SEED})")
     add("--plot", metavar="PNG", help="real values: error against horizon chart (with "
@@ -85,13 +85,6 @@ EVAL_HORIZON = 20
 
 
 EVAL_SEED = 0
-
-
-def _report_default(name: str):
-    """The default of an argument of :func:`seqmodel.forecast.exposure_bias_report`."""
-    from seqmodel.forecast import exposure_bias_report
-
-    return inspect.signature(exposure_bias_report).parameters[name].default
 
 
 def _real_valued_data(args, model, metadata: dict):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import inspect
 import json
 import os
 import pathlib
@@ -66,9 +65,7 @@ def train_defaults() -> dict[str, Any]:
 
     Example: ``train_defaults()["hidden_size"] == ModelConfig().hidden_size``.
     """
-    from seqmodel.data import load_dataset
-    from seqmodel.model import ModelConfig
-    from seqmodel.train import TrainConfig
+    from seqmodel.configs import DEFAULT_TOKENIZER, ModelConfig, TrainConfig
 
     def field_defaults(config_class) -> dict[str, Any]:
         return {field.name: field.default for field in dataclasses.fields(config_class)}
@@ -78,18 +75,16 @@ def train_defaults() -> dict[str, Any]:
     defaults.update({flag: train_fields[field] for flag, field in TRAIN_FLAGS.items()})
     defaults.update(
         data=DEFAULT_DATA, head=None,
-        tokenizer=inspect.signature(load_dataset).parameters["tokenizer"].default)
+        tokenizer=DEFAULT_TOKENIZER)
     return defaults
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``seqmodel train``; their defaults are None so that explicit flags can be told
     apart (see :func:`train_defaults` for the values used when a flag is absent)."""
-    from seqmodel.data import BATCHINGS, TOKENIZERS
-    from seqmodel.linear_scan import METHODS
-    from seqmodel.model import CELLS
-    from seqmodel.heads import HEADS
-    from seqmodel.train import TEACHER_FORCING_SCHEDULES
+    from seqmodel.configs import (
+        BATCHINGS, CELL_NAMES, HEAD_NAMES, SCAN_METHODS, TEACHER_FORCING_SCHEDULES, TOKENIZERS,
+    )
 
     d = train_defaults()
     add = parser.add_argument
@@ -99,17 +94,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: runs/<data name>, numbered when it exists)")
     add("--tokenizer", choices=TOKENIZERS, help=f"text: one symbol per character or per byte "
         f"(default {d['tokenizer']})")
-    add("--cell", choices=CELLS, help=f"recurrent cell: serial (lstm, gru, elman) or a linear "
+    add("--cell", choices=CELL_NAMES, help=f"recurrent cell: serial (lstm, gru, elman) or a linear "
         f"recurrence run as a residual block (mingru, minlstm, rglru) (default {d['cell']})")
     add("--hidden-size", type=positive_int, metavar="N", help=f"default {d['hidden_size']}")
     add("--num-layers", type=positive_int, metavar="N", help=f"default {d['num_layers']}")
     add("--embed-size", type=positive_int, metavar="N", help=f"default {d['embed_size']}")
     add("--dropout", type=dropout_probability, metavar="P", help=f"between layers (default {d['dropout']})")
-    add("--head", choices=HEADS, help="output distribution (default: categorical for text, "
+    add("--head", choices=HEAD_NAMES, help="output distribution (default: categorical for text, "
         "gaussian for real values, bernoulli for 0/1 data)")
     add("--num-mixtures", type=positive_int, metavar="K", help="components of --head mdn "
         f"(default {d['num_mixtures']})")
-    add("--scan", choices=("auto",) + METHODS, help="linear recurrences: how training scans "
+    add("--scan", choices=("auto",) + SCAN_METHODS, help="linear recurrences: how training scans "
         f"h = a h + b over time (default {d['scan']}: the fastest measured on the backend)")
     add("--expansion", type=positive_int, metavar="N", help="linear recurrences: the recurrence "
         f"is N x hidden-size wide (default {d['expansion']})")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any, Protocol, runtime_checkable
 
+from seqmodel.configs import DEFAULT_TOKENIZER
 from seqmodel.data.batching import (
     BATCHINGS,
     Batch,
@@ -83,7 +84,7 @@ def is_numeric_source(source: str) -> bool:
     return source in NUMERIC_BUILTINS or pathlib.Path(source).suffix.lower() in NUMERIC_SUFFIXES
 
 
-def load_dataset(source: str, *, val_fraction: float = 0.1, tokenizer: Any = "char",
+def load_dataset(source: str, *, val_fraction: float = 0.1, tokenizer: Any = DEFAULT_TOKENIZER,
                  metadata: dict | None = None, **options) -> Dataset:
     """Resolve ``--data SOURCE`` into a :class:`Dataset`.
 

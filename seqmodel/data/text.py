@@ -173,7 +173,7 @@ class ByteTokenizer:
         return "ByteTokenizer()"
 
 
-TOKENIZERS = ("char", "byte")
+from seqmodel.configs import TOKENIZERS  # noqa: E402,F401  (the names live with the configs)
 
 
 def tokenizer_from_dict(values: dict):
