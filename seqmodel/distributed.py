@@ -45,6 +45,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from seqmodel import train
+from seqmodel.errors import UserError
 
 DATA_AXIS = "data"
 
@@ -58,7 +59,7 @@ SHUTDOWN_TIMEOUT = 60
 _FORCE_DEVICES_FLAG = "--xla_force_host_platform_device_count"
 
 
-class DistributedError(ValueError):
+class DistributedError(UserError):
     """A bad device or process setting; the message is one line for the user."""
 
 

@@ -2,9 +2,9 @@
 
 The command line (:func:`seqmodel.cli.main`) sorts exceptions by one rule:
 
-- a *user error* (:func:`is_user_error`: a :class:`UserError`, or a :class:`DataError` /
-  :class:`DistributedError`, which come from their own modules) is the user's to fix: one line on
-  stderr, exit status 2;
+- a *user error* (a :class:`UserError`: :class:`CheckpointError`, ``DataError``,
+  ``DistributedError``, the CLI's usage errors) is the user's to fix: one line on stderr, exit
+  status 2;
 - :class:`TrainingError`: the run itself failed (a diverged loss, a checkpoint that cannot be
   written): one line, exit status 1;
 - anything else is a bug: its traceback is shown.
@@ -24,8 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import sys
-
 
 class UserError(ValueError):
     """Base of the errors that a user causes and can fix (a missing file, a bad setting, an
@@ -42,13 +40,6 @@ class TrainingError(RuntimeError):
     what happened and what was kept on disk."""
 
 
-# User errors defined in modules of their own, as (module, class name). They are looked up in
-# sys.modules rather than imported: a module that was never imported raised nothing, and
-# importing seqmodel.data or seqmodel.distributed here would pull JAX into every error path.
-_USER_ERRORS_ELSEWHERE = (("seqmodel.data.batching", "DataError"),
-                          ("seqmodel.distributed", "DistributedError"))
-
-
 def is_user_error(error: BaseException) -> bool:
     """Whether ``error`` is one of the library's user errors (see the module docstring).
 
@@ -57,10 +48,4 @@ def is_user_error(error: BaseException) -> bool:
         is_user_error(CheckpointError("no checkpoint in runs/x"))   # True
         is_user_error(KeyError("step"))                               # False: a bug
     """
-    if isinstance(error, UserError):
-        return True
-    for module_name, class_name in _USER_ERRORS_ELSEWHERE:
-        error_type = getattr(sys.modules.get(module_name), class_name, None)
-        if error_type is not None and isinstance(error, error_type):
-            return True
-    return False
+    return isinstance(error, UserError)

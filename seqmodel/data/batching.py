@@ -20,9 +20,10 @@ from typing import NamedTuple
 import numpy as np
 
 from seqmodel.configs import BATCHINGS  # noqa: F401  (the names live with the configs)
+from seqmodel.errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Bad data or data options; the message is one line meant for the user."""
 
 
