@@ -134,7 +134,7 @@ DATASETS = {
                               baseline_history=156)),
     "panel": (load_panel, Setting(horizon=12, windows=2, season=12, context_length=24)),
     "taylor": (load_taylor, Setting(horizon=48, windows=7, season=48, context_length=96,
-                                    baseline_history=336)),
+                                    baseline_history=144)),
 }
 
 
