@@ -124,7 +124,7 @@ def _check_request(model, *, key, steps, prompt, prompt_lengths, batch_size, num
             f"generate cannot feed this model its own samples: its inputs carry "
             f"{config.input_size - config.target_size} conditioning features after each "
             f"{config.target_size}-feature element (ModelConfig.target_size); forecast it with "
-            "seqmodel.forecast, which builds those features step by step")
+            "seqmodel.forecaster, which builds those features step by step")
     steps = check_positive_int("steps", steps)
     num_samples = check_positive_int("num_samples", num_samples)
     temperature = sampling.check_temperature(temperature)
