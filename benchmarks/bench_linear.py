@@ -79,6 +79,8 @@ from seqmodel.train import (
 
 LENGTHS = (128, 512, 2048, 8192)
 GENERATE_BATCHES = (1, 32)
+QUICK_DEFAULTS = {"lengths": [64], "chunk_size": 16, "tokens_per_step": 256, "repeats": 1,
+                  "min_seconds": 0.0, "generate_steps": 50, "gemm_size": 512}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,10 +273,9 @@ def parse_args(argv=None):
                         help="intra-op threads of the PyTorch candidate (default: PyTorch's)")
     parser.add_argument("--json", default=None, help="write the rows and the machine here")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.lengths, args.chunk_size, args.tokens_per_step = [64], 16, 256
-        args.repeats, args.min_seconds, args.generate_steps = 1, 0.0, 50
-        args.gemm_size = args.gemm_size or 512
+    if args.quick:  # new defaults; flags given explicitly still win
+        parser.set_defaults(**QUICK_DEFAULTS)
+        args = parser.parse_args(argv)
     return args
 
 
