@@ -3,11 +3,13 @@
 - ``speed``: train cost per token (microseconds) against sequence length T, one panel per model
   size, one line per family and scan, from a :mod:`benchmarks.bench_linear` JSON file;
 - ``quality``: validation loss against wall-clock seconds, one line per
-  :mod:`benchmarks.bench_quality` JSON file.
+  :mod:`benchmarks.bench_quality` JSON file;
+- ``tables``: the markdown tables of a bench_linear JSON file (printed).
 
 Run::
 
     python benchmarks/plot_linear.py speed linear.json docs/figures/linear_speed.png
+    python benchmarks/plot_linear.py tables linear.json
     python benchmarks/plot_linear.py quality docs/figures/linear_quality.png gru.json rglru.json \\
         --labels "GRU h512 (default)" "RG-LRU 2x256" --title "tinyshakespeare, 110 s"
 """
@@ -84,18 +86,75 @@ def plot_quality(results: list[dict], labels: list[str], path: str, *,
     figure.savefig(path, dpi=120)
 
 
+def _label(row: dict) -> str:
+    return row["family"] if row["scan"] in ("fast", "torch") else f"{row['family']} {row['scan']}"
+
+
+def markdown_tables(result: dict) -> str:
+    """Markdown tables of a bench_linear result for the docs: per size, train tokens/s with the
+    roofline fraction, memory and compile time against T; then generation tokens/s."""
+    rows = result["train"]
+    lengths = sorted({row["length"] for row in rows})
+    out = []
+    for size in dict.fromkeys(row["size"] for row in rows):
+        sized = [row for row in rows if row["size"] == size]
+        by_label = {}
+        for row in sized:
+            by_label.setdefault(_label(row), {})[row["length"]] = row
+        batches = ", ".join(f"T={row['length']}: b={row['batch']}" for row in
+                            sorted({row["length"]: row for row in sized}.values(),
+                                   key=lambda row: row["length"]))
+        out.append(f"**{size}** ({batches}): train tokens/s (roofline fraction)\n")
+        out.append("| candidate | h x L | params | " + " | ".join(f"T={n}" for n in lengths)
+                   + " | memory MiB at T=" + str(lengths[-1]) + " | compile s |")
+        out.append("|---" * (len(lengths) + 5) + "|")
+        for label, points in by_label.items():
+            first = next(iter(points.values()))
+            cells = [f"{points[n]['tokens_per_second']:,.0f} ({points[n]['roofline']:.2f})"
+                     if n in points else "-" for n in lengths]
+            last = points.get(lengths[-1], {})
+            memory = last.get("memory_mib")
+            compiles = [point["compile_seconds"] for point in points.values()
+                        if point.get("compile_seconds") is not None]
+            compile_text = (f"{min(compiles):.1f}-{max(compiles):.1f}" if compiles else "-")
+            out.append(f"| {label} | {first['hidden']} x {first['layers']} | "
+                       f"{first['parameters']:,} | " + " | ".join(cells)
+                       + f" | {'-' if memory is None else format(memory, ',.0f')} | "
+                       f"{compile_text} |")
+        out.append("")
+    generate = result.get("generate") or []
+    if generate:
+        batches = sorted({row["batch"] for row in generate})
+        out.append("generate tokens/s (" + str(generate[0]["steps"]) + " new tokens)\n")
+        out.append("| family | size | " + " | ".join(f"batch {b}" for b in batches) + " |")
+        out.append("|---" * (len(batches) + 2) + "|")
+        table = {}
+        for row in generate:
+            table.setdefault((row["family"], row["size"]), {})[row["batch"]] = row
+        for (family, size), points in table.items():
+            out.append(f"| {family} | {size} | " + " | ".join(
+                f"{points[b]['tokens_per_second']:,.0f}" if b in points else "-"
+                for b in batches) + " |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     speed = commands.add_parser("speed", help="cost per token against T")
     speed.add_argument("result", help="bench_linear.py --json output")
     speed.add_argument("out", help="PNG to write")
+    tables = commands.add_parser("tables", help="markdown tables of a bench_linear result")
+    tables.add_argument("result", help="bench_linear.py --json output")
     quality = commands.add_parser("quality", help="validation loss against wall-clock seconds")
     quality.add_argument("out", help="PNG to write")
     quality.add_argument("results", nargs="+", help="bench_quality.py --json outputs")
     quality.add_argument("--labels", nargs="+", help="one per result (default: the cell)")
     quality.add_argument("--title")
     args = parser.parse_args(argv)
+    if args.command == "tables":
+        print(markdown_tables(json.loads(pathlib.Path(args.result).read_text())))
+        return 0
     if args.command == "speed":
         plot_speed(json.loads(pathlib.Path(args.result).read_text()), args.out)
         return 0
