@@ -8,7 +8,7 @@ Run by :func:`time_in_subprocess`; by hand::
         "length": 2048, "repeats": 3, "min_seconds": 1.0, "learning_rate": 0.005,
         "betas": [0.9, 0.99], "weight_decay": 0.01, "clip_norm": 1.0}'
 
-prints one JSON line: ``seconds_per_step``, ``memory_bytes`` (peak allocation on a GPU; None
+prints one JSON line: the :func:`timed_steps` figures, ``memory_bytes`` (peak allocation on a GPU; None
 on a CPU), ``threads``, ``torch_device``.
 """
 
@@ -26,12 +26,23 @@ from benchmarks import protocol
 from benchmarks.linear_workload import VOCAB
 
 
-def median_seconds_per_step(run, *, repeats: int, min_seconds: float) -> float:
-    """``run(n)`` times ``n`` steps. One warm step, then ``repeats`` runs of enough steps to last
-    ``min_seconds`` each; the median seconds per step."""
-    first = run(1)
+def timed_steps(run, *, repeats: int, min_seconds: float) -> dict:
+    """Time ``run(n)``, which runs ``n`` train steps and waits for the device. One warm step,
+    then ``repeats`` runs of enough steps to last ``min_seconds`` each. Returns
+    ``seconds_per_step`` (the median), ``fastest_seconds_per_step`` (on a shared machine, the
+    least disturbed run) and ``cpu_seconds_per_step`` (median CPU time of this process, all its
+    threads: the work done, which other processes inflate less than they stretch wall time)."""
+
+    def timed(steps: int) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        run(steps)
+        return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+    first, _ = timed(1)
     steps = max(1, int(np.ceil(min_seconds / max(first, 1e-9))))
-    return statistics.median(run(steps) / steps for _ in range(repeats))
+    walls, cpus = zip(*(timed(steps) for _ in range(repeats)))
+    return {"seconds_per_step": statistics.median(walls), "fastest_seconds_per_step": min(walls),
+            "cpu_seconds_per_step": statistics.median(cpus)}
 
 
 def time_torch_train(spec: dict) -> dict:
@@ -65,18 +76,15 @@ def time_torch_train(spec: dict) -> dict:
         optimizer.step()
         return loss
 
-    def run(steps: int) -> float:
-        start = time.perf_counter()
+    def run(steps: int) -> None:
         for _ in range(steps):
             loss = step()
         loss.item()  # waits for the device
-        return time.perf_counter() - start
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    seconds = median_seconds_per_step(run, repeats=spec["repeats"],
-                                      min_seconds=spec["min_seconds"])
-    return {"seconds_per_step": seconds,
+    timing = timed_steps(run, repeats=spec["repeats"], min_seconds=spec["min_seconds"])
+    return {**timing,
             "memory_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None,
             "threads": torch.get_num_threads(), "torch_device": device}
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from benchmarks import bench_linear, bench_quality, linear_workload
+from benchmarks import bench_linear, bench_quality, linear_torch, linear_workload
 from benchmarks.linear_workload import Candidate, Size
 from seqmodel.model import SequenceModel
 
@@ -23,10 +23,10 @@ def test_candidates_pair_each_linear_family_with_its_scans():
         linear_workload.candidates(["elman"])
 
 
-@pytest.mark.parametrize("family", ["mingru", "rglru", "gru"])
+@pytest.mark.parametrize("family", ["rglru", "gru"])
 def test_matched_width_lands_near_the_target(family):
     size = Size("small", 200_000, 2, 1)
-    width = linear_workload.matched_width(family, size)
+    width = linear_workload.matched_width(family, size, widest=512)
 
     def total_at(width):
         config = linear_workload.model_config(Candidate(family, "sequential"), width, size)
@@ -80,15 +80,26 @@ def test_read_curves_splits_validation_from_training(tmp_path):
 def test_a_tiny_sweep_runs_the_library_step_once_compiled(tmp_path, monkeypatch):
     monkeypatch.setattr(linear_workload, "QUICK_SIZE", Size("quick", 20_000, 1, 1))
     out = tmp_path / "linear.json"
-    bench_linear.main(["--quick", "--families", "rglru", "gru", "--scans", "chunked",
-                       "--lengths", "24", "--chunk-size", "8", "--generate-batches", "2",
-                       "--generate-steps", "3", "--json", str(out)])
+    bench_linear.main(["--quick", "--families", "mingru", "gru", "--scans", "associative",
+                       "--lengths", "24", "--generate-batches", "2", "--generate-steps", "3",
+                       "--json", str(out)])
     result = json.loads(out.read_text())
     train = {row["family"]: row for row in result["train"]}
-    assert set(train) == {"rglru", "gru"}
-    assert train["rglru"]["serial_depth"] == 3 + 2 * 3 + 1  # 3 chunks of 8
+    assert set(train) == {"mingru", "gru"}
+    assert train["mingru"]["serial_depth"] == 2 * 5  # ceil(log2 24) levels, up and down
     assert train["gru"]["serial_depth"] == 24
     for row in train.values():
         assert row["programs"] == 1  # no recompile on a second, different batch
         assert row["batch"] == 256 // 24 and row["tokens_per_second"] > 0
+        assert row["fastest_tokens_per_second"] >= row["tokens_per_second"]
     assert [row["batch"] for row in result["generate"]] == [2, 2]
+
+
+def test_the_torch_candidate_trains_and_reports_its_threads():
+    pytest.importorskip("torch")
+    spec = {"embed": 8, "hidden": 8, "layers": 2, "batch": 2, "length": 5, "repeats": 2,
+            "min_seconds": 0.0, "learning_rate": 5e-3, "betas": [0.9, 0.99],
+            "weight_decay": 0.01, "clip_norm": 1.0, "threads": 1}
+    result = linear_torch.time_torch_train(spec)
+    assert result["threads"] == 1 and result["torch_device"] in ("cpu", "cuda")
+    assert 0 < result["fastest_seconds_per_step"] <= result["seconds_per_step"]
