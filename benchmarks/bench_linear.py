@@ -21,7 +21,13 @@ The candidates and their models are those of :mod:`benchmarks.linear_workload`. 
   machine cannot hide;
 - ``GFLOP/s`` and ``roofline``: model FLOPs per second (:func:`linear_workload.train_flops`) and
   that rate over the large-GEMM rate measured at the start of the same run;
-- ``load``: the 1-minute load average after the row (figures on a shared machine are noisy).
+- ``load``: the 1-minute load average after the row (figures on a shared machine are noisy);
+- ``fastest`` and ``cpu`` rates (JSON): the least disturbed repetition, and tokens per CPU
+  second of the process (a busy machine inflates CPU time less than wall time).
+
+First, the scans alone (``--scan-width``, default 256): forward and backward of the recurrence
+by itself on ``(T, b, width)`` coefficients, every scan and T, microseconds per token: what the
+choice of scan changes, without the rest of the model (the basis of ``AUTO_SCAN``).
 
 Batch size: ``--tokens-per-step`` (default 8192) // T, so every step holds the same tokens and
 T = 8192 runs at batch 1. Generation: ``seqmodel.generate`` tokens/s, 500 new tokens at batch 1
@@ -80,7 +86,7 @@ from seqmodel.train import (
 LENGTHS = (128, 512, 2048, 8192)
 GENERATE_BATCHES = (1, 32)
 QUICK_DEFAULTS = {"lengths": [64], "chunk_size": 16, "tokens_per_step": 256, "repeats": 1,
-                  "min_seconds": 0.0, "generate_steps": 50, "gemm_size": 512}
+                  "min_seconds": 0.0, "generate_steps": 50, "gemm_size": 512, "scan_width": 16}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,6 +190,34 @@ def time_torch(config, batch: int, length: int, thread_settings, timing: dict) -
     return best
 
 
+def time_scan(method: str, batch: int, length: int, width: int, *, chunk_size: int,
+              repeats: int, min_seconds: float) -> dict:
+    """The linear recurrence alone, forward and backward: ``grad`` of ``sum(h)`` with respect
+    to ``a`` and ``b`` of ``h_t = a_t h_{t-1} + b_t`` over ``(length, batch, width)`` float32,
+    by ``method`` (``log_space`` takes the logs of the same coefficients). What the choice of
+    scan changes in a train step, without the rest of the model around it."""
+    keys = jax.random.split(jax.random.key(0), 2)
+    shape = (length, batch, width)
+    a = jax.random.uniform(keys[0], shape, jnp.float32, 0.5, 0.999)
+    b = jax.random.uniform(keys[1], shape, jnp.float32, 0.01, 1.0)
+    initial = jnp.zeros((batch, width), jnp.float32)
+
+    def total(a, b):
+        if method == "log_space":
+            return linear_scan.log_space(jnp.log(a), jnp.log(b), initial)[1].sum()
+        return linear_scan.scan(method, a, b, initial, chunk_size=chunk_size)[1].sum()
+
+    gradient = jax.jit(jax.grad(total, argnums=(0, 1)))
+    jax.block_until_ready(gradient(a, b))
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            result = gradient(a, b)
+        jax.block_until_ready(result)
+
+    return timed_steps(run, repeats=repeats, min_seconds=min_seconds)
+
+
 # ---------------------------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------------------------
@@ -239,10 +273,29 @@ TRAIN_COLUMNS = [("family", "family", "s"), ("scan", "scan", "s"), ("size", "siz
                  ("memory_mib", "memory MiB", ".1f"), ("serial_depth", "depth", "d"),
                  ("gflops", "GFLOP/s", ".1f"), ("roofline", "roofline", ".2f"),
                  ("load", "load", ".1f")]
+SCAN_COLUMNS = [("scan", "scan", "s"), ("length", "T", "d"), ("batch", "b", "d"),
+                ("width", "width", "d"), ("microseconds_per_token", "us/token", ".3f"),
+                ("fastest_microseconds_per_token", "fastest", ".3f"),
+                ("cpu_microseconds_per_token", "cpu us/token", ".3f"),
+                ("serial_depth", "depth", "d"), ("load", "load", ".1f")]
 GENERATE_COLUMNS = [("family", "family", "s"), ("size", "size", "s"), ("hidden", "h", "d"),
                     ("parameters", "params", ",d"), ("batch", "b", "d"),
                     ("steps", "steps", "d"), ("tokens_per_second", "tokens/s", ",.0f"),
                     ("load", "load", ".1f")]
+
+
+def measure_scan(method: str, length: int, args) -> dict:
+    batch = max(1, args.tokens_per_step // length)
+    timing = time_scan(method, batch, length, args.scan_width, chunk_size=args.chunk_size,
+                       repeats=args.repeats, min_seconds=args.min_seconds)
+    tokens = batch * length
+    return {"scan": method, "length": length, "batch": batch, "width": args.scan_width,
+            "microseconds_per_token": 1e6 * timing["seconds_per_step"] / tokens,
+            "fastest_microseconds_per_token": 1e6 * timing["fastest_seconds_per_step"] / tokens,
+            "cpu_microseconds_per_token": 1e6 * timing["cpu_seconds_per_step"] / tokens,
+            "serial_depth": linear_scan.serial_depth(method, length,
+                                                     chunk_size=args.chunk_size),
+            "load": round(os.getloadavg()[0], 2)}
 
 
 def format_table(rows: list[dict], columns) -> str:
@@ -277,6 +330,9 @@ def parse_args(argv=None):
     parser.add_argument("--generate-steps", type=int, default=500)
     parser.add_argument("--generate-batches", nargs="*", type=int, default=list(GENERATE_BATCHES),
                         help="rows of the generation benchmark (none: skip it)")
+    parser.add_argument("--scan-width", type=int, default=256,
+                        help="width of the scan-alone rows (forward and backward of the "
+                        "recurrence by itself, every scan and T); 0: skip them")
     parser.add_argument("--gemm-size", type=int, default=None,
                         help="side of the ceiling GEMM (default 2048 on CPU, 8192 elsewhere)")
     parser.add_argument("--torch-threads", nargs="+", type=int, default=[0, 1],
@@ -303,7 +359,12 @@ def main(argv=None) -> int:
     print(f"backend {backend} ({jax.devices()[0].device_kind}), large GEMM {gemm_size}^3: "
           f"{ceiling:.1f} GFLOP/s; scan 'auto' = {linear_scan.resolve('auto')}; "
           f"load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-    train_rows, generate_rows = [], []
+    train_rows, generate_rows, scan_rows = [], [], []
+    if args.scan_width:
+        for length in args.lengths:
+            for method in args.scans:
+                scan_rows.append(measure_scan(method, length, args))
+                print(format_table(scan_rows[-1:], SCAN_COLUMNS).splitlines()[-1], flush=True)
     for size in sizes:
         widths = {family: workload.matched_width(family, size) for family in args.families}
         checked = set()
@@ -322,6 +383,9 @@ def main(argv=None) -> int:
                 generate_rows.append(row)
                 print(format_table([row], GENERATE_COLUMNS).splitlines()[-1], flush=True)
     print()
+    if scan_rows:
+        print(format_table(scan_rows, SCAN_COLUMNS))
+        print()
     print(format_table(train_rows, TRAIN_COLUMNS))
     if generate_rows:
         print()
@@ -334,7 +398,7 @@ def main(argv=None) -> int:
                   "torch": importlib.metadata.version("torch"), "gemm_size": gemm_size,
                   "gemm_gflops": ceiling,
                   "auto_scan": linear_scan.resolve("auto"), "chunk_size": args.chunk_size,
-                  "tokens_per_step": args.tokens_per_step, "train": train_rows,
+                  "tokens_per_step": args.tokens_per_step, "scans": scan_rows, "train": train_rows,
                   "generate": generate_rows}
         pathlib.Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
     return 0
