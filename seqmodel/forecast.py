@@ -40,6 +40,7 @@ import numpy as np
 from flax import nnx
 
 from seqmodel.configs import REPORT_NUM_SAMPLES, REPORT_NUM_STARTS
+from seqmodel.data.batching import DataError
 from seqmodel.data.numeric import Normalizer, pad_sequences
 
 Array = jax.Array
@@ -257,7 +258,7 @@ def choose_starts(lengths: Sequence[int], mask: np.ndarray, *, horizon: int, min
         if mask[row, start - 1]
     ]
     if not candidates:
-        raise ValueError(
+        raise DataError(
             f"no start point fits: the longest validation sequence has {max(lengths)} steps, "
             f"fewer than min_context + horizon = {min_context} + {horizon}; lower --horizon or "
             "use longer sequences (a larger --val-fraction for one long series)"

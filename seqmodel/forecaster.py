@@ -36,6 +36,7 @@ import numpy as np
 from flax import nnx
 
 from seqmodel import features, sampling
+from seqmodel.data.batching import DataError
 from seqmodel.data.numeric import Normalizer
 from seqmodel.decoding import prefill
 from seqmodel.feed import feed_steps
@@ -294,7 +295,7 @@ def series_report(model, spec: features.FeatureSpec, normalizer: Normalizer, ser
     candidates = [(row, origin) for row, (item, split) in enumerate(zip(series, splits))
                   for origin in range(max(split, first_start), len(item) - horizon + 1)]
     if not candidates:
-        raise ValueError(f"no start point fits: the validation parts are shorter than the "
+        raise DataError(f"no start point fits: the validation parts are shorter than the "
                          f"horizon {horizon} (or the history before them than the longest lag "
                          f"{spec.max_lag} / season {season}); lower --horizon or raise "
                          "--val-fraction")

@@ -219,3 +219,24 @@ def test_missing_covariates_and_irregular_times_name_the_line(tmp_path):
     (tmp_path / "gap.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match="line 7: .* step of 2 days, but the first step is 1 day"):
         load_forecast_dataset(str(tmp_path / "gap.csv"), time_column="date", id_column="store")
+
+
+def test_a_stopped_forecaster_run_resumes_bit_for_bit(dataset, tmp_path):
+    """Lags, covariates and static categories in the inputs, random windows: a run stopped at
+    step 4 and resumed ends with the parameters of the run that was never stopped."""
+    from seqmodel.fit import fit
+    from seqmodel.train import TrainConfig
+
+    config = TrainConfig(batch_size=4, seq_len=12, steps=8, eval_every=4, eval_batch_size=4,
+                         eval_seq_len=8, warmup_steps=2, log_every=1, steps_per_call=2)
+    straight = fit(untrained(dataset), dataset, config, out_dir=tmp_path / "straight",
+                   progress=False)
+    first = fit(untrained(dataset), dataset, config, out_dir=tmp_path / "resumed",
+                progress=False, callback=lambda step, metrics: step >= 4)
+    assert first.interrupted and first.steps < config.steps
+    resumed = fit(untrained(dataset), dataset, config, out_dir=tmp_path / "resumed",
+                  resume=True, progress=False)
+    assert resumed.steps == config.steps and resumed.val_loss == straight.val_loss
+    for got, want in zip(jax.tree.leaves(resumed.state.params),
+                         jax.tree.leaves(straight.state.params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
