@@ -165,7 +165,11 @@ def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     assert main([*sample, "--seed", "1", "--quantiles", "0.1,0.5,0.9", "--out", "q.npy"]) == 0
     quantiles = np.load("q.npy")
     assert quantiles.shape == (3, 5, 2) and np.all(quantiles[0] <= quantiles[2])
-    capsys.readouterr()
+    # Without --prompt-file the six training series are continued from their ends.
+    assert main(["sample", "--checkpoint", "run", "--steps", "5", "--num-samples", "8",
+                 "--out", "end.npy"]) == 0
+    assert np.load("end.npy").shape == (6, 8, 5, 2)
+    assert "training data 'series.csv'" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", "run", "--horizon", "4", "--num-samples", "10",
                  "--json", "--plot", "report.png"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

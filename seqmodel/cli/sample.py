@@ -18,7 +18,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     add("--checkpoint", required=True, metavar="DIR", help="run folder (best checkpoint, else latest)")
     prompt = parser.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", metavar="TEXT", help="text to continue (default: a newline)")
-    prompt.add_argument("--prompt-file", metavar="FILE", help="UTF-8 file whose text to continue")
+    prompt.add_argument("--prompt-file", metavar="FILE", help="UTF-8 file whose text to continue; "
+                        "real values: a .csv / .npy history (default: the training file)")
     add("--steps", type=positive_int, default=500, metavar="N", help="new elements (default 500)")
     add("--num-samples", type=positive_int, default=1, metavar="N", help="continuations (default 1)")
     add("--temperature", type=non_negative_float, default=1.0, metavar="T",
@@ -38,7 +39,8 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     add("--stop", metavar="TEXT", action="append", help="end each continuation after the first "
         "TEXT (repeat the flag for several)")
     add("--seed", type=int, default=0, metavar="N", help="same seed, same text (default 0)")
-    # Real-valued models (_sample_real_valued): context from --prompt-file (.csv/.npy).
+    # Real-valued models (_sample_real_valued): context from --prompt-file (.csv/.npy), else
+    # the training file.
     add("--out", metavar="PATH", help="real values: write sample paths (S, H, d) to this .npy")
     add("--quantiles", metavar="Q1,Q2,...", help="real values: write these quantiles instead")
     add("--plot", metavar="PNG", help="real values: fan chart of the first context")
@@ -196,8 +198,17 @@ def _sample_real_valued(args, model, metadata: dict) -> int:
         raise ValueError("--prompt is for text models; a real-valued model continues "
                          "--prompt-file context.csv (or .npy)")
     if args.prompt_file is None:
-        raise ValueError("a real-valued model needs a context to continue: --prompt-file "
-                         "context.csv (rows = time steps, columns = features) or .npy")
+        # The training file is the history a forecasting user means when they name none: each
+        # of its series is continued from its end.
+        source = metadata.get("source")
+        if not (source and os.path.isfile(source)):
+            raise ValueError("a real-valued model needs a context to continue: --prompt-file "
+                             "context.csv (rows = time steps, columns = features) or .npy"
+                             + (f" (the training data {source!r} is not a file here)"
+                                if source else ""))
+        args.prompt_file = source
+        print(f"seqmodel sample: continuing the series of the training data {source!r} from "
+              "their ends (--prompt-file chooses another history)", file=sys.stderr)
     for flag in ("top_k", "top_p", "stop"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} applies to text models only; "
