@@ -47,7 +47,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import pathlib
@@ -70,6 +69,7 @@ from flax import nnx
 
 import seqmodel as sm
 from benchmarks import linear_torch
+from benchmarks.environment import installed_versions
 from benchmarks import linear_workload as workload
 from benchmarks.linear_torch import timed_steps
 from benchmarks.linear_workload import Candidate, Size
@@ -298,15 +298,6 @@ def measure_scan(method: str, length: int, args) -> dict:
             "load": round(os.getloadavg()[0], 2)}
 
 
-def installed_version(package: str) -> str | None:
-    """The installed version of ``package``; None when it is not installed (PyTorch is an
-    optional baseline: without it the sweep runs seqmodel's candidates only)."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def format_table(rows: list[dict], columns) -> str:
     """Right-aligned plain-text table; a missing value prints as ``-``."""
     cells = [[title for _, title, _ in columns]]
@@ -404,7 +395,7 @@ def main(argv=None) -> int:
         record = {"backend": backend, "device": jax.devices()[0].device_kind,
                   "machine": platform.platform(), "processor": platform.processor(),
                   "cpu_count": os.cpu_count(), "jax": jax.__version__,
-                  "torch": installed_version("torch"), "gemm_size": gemm_size,
+                  "torch": installed_versions("torch")["torch"], "gemm_size": gemm_size,
                   "gemm_gflops": ceiling,
                   "auto_scan": linear_scan.resolve("auto"), "chunk_size": args.chunk_size,
                   "tokens_per_step": args.tokens_per_step, "scans": scan_rows, "train": train_rows,

@@ -60,6 +60,7 @@ from benchmarks.candidates import (  # noqa: E402
     default_candidates,
     start,
 )
+from benchmarks.environment import installed_versions  # noqa: E402
 from benchmarks.rooflines import roofline  # noqa: E402
 from benchmarks.tables import format_markdown, format_table  # noqa: E402
 from benchmarks.workload import BATCH, EMBED, GATES, SEQUENCE, VOCAB  # noqa: E402
@@ -174,20 +175,10 @@ def run_suite(*, cells=("lstm", "gru"), hidden_sizes=(128, 512), candidates=None
         "shape": {"batch": BATCH, "sequence": SEQUENCE, "vocab": VOCAB, "embed": EMBED},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average_after": os.getloadavg()},
-        "versions": _versions(),
+        "versions": installed_versions("jax", "jaxlib", "flax", "optax", "torch"),
         "ceilings_gflops": ceilings,
         "rows": rows,
     }
-
-
-def _versions() -> dict:
-    versions = {}
-    for name in ("jax", "jaxlib", "flax", "optax", "torch"):
-        try:
-            versions[name] = __import__(name).__version__
-        except Exception:
-            versions[name] = None
-    return versions
 
 
 def main(argv=None) -> int:
