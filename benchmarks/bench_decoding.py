@@ -55,7 +55,7 @@ def time_call(run, repeats: int) -> list[float]:
 
 
 def torch_beam_search(modules, prompt: np.ndarray, steps: int, beams: int):
-    """The beam search of seqmodel.beam without eos, as a PyTorch eager loop (batch 1)."""
+    """The beam search of seqmodel.decoding.beam without eos, as a PyTorch eager loop (batch 1)."""
     import torch
 
     embedding, rnn, head = modules

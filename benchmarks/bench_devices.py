@@ -1,9 +1,9 @@
-"""Training throughput against the number of data-parallel devices (seqmodel.distributed).
+"""Training throughput against the number of data-parallel devices (seqmodel.training.distributed).
 
 Each device count runs in its own worker process, started the way ``seqmodel train --devices N``
 starts (on a CPU-only machine: ``N`` virtual CPU devices, asked for before JAX starts; with
 accelerators: the first ``N`` of them). A worker builds the model, the mesh of ``N`` devices and
-the jitted train step of :func:`seqmodel.fit` (batch and lanes' carry split along ``data``,
+the jitted train step of :func:`seqmodel.training.fitting` (batch and lanes' carry split along ``data``,
 state replicated), compiles it, then times ``--steps`` steps per request, batches fed from a
 lanes iterator through :meth:`DataParallel.shard_batch` as in ``fit``. All workers stay alive and
 the parent asks them in turn, so repetitions alternate across device counts (one worker runs at a
@@ -52,7 +52,7 @@ CONFIG_DEFAULTS = {"cell": "lstm", "hidden_size": 512, "embed_size": 64, "vocab_
 
 def worker(devices: int, config: dict) -> None:
     """Serve timing requests on stdin/stdout: ``run`` -> ``TIME seconds``; ``quit`` ends."""
-    from seqmodel import distributed
+    from seqmodel.training import distributed
 
     parallel = distributed.from_flags(devices=devices)  # before any JAX computation
     import jax
@@ -61,8 +61,8 @@ def worker(devices: int, config: dict) -> None:
 
     from seqmodel import ModelConfig, SequenceModel, TrainConfig
     from seqmodel.data import make_batch_iterator
-    from seqmodel.distributed import CallsInFlight
-    from seqmodel.train import init_train_state, split_model
+    from seqmodel.training.distributed import CallsInFlight
+    from seqmodel.training.optimization import init_train_state, split_model
 
     batch_size = config["batch_size"] * (devices if config["scaling"] == "weak" else 1)
     model = SequenceModel(ModelConfig(vocab_size=config["vocab_size"], cell=config["cell"],

@@ -2,7 +2,7 @@
 
 For each of ``--runs`` runs, ``seqmodel train`` starts in a fresh process and is sent SIGKILL or
 SIGTERM (chosen at random) after a random delay, up to ``--kills`` times; after each kill the
-same command starts again, with ``--resume`` when :func:`seqmodel.checkpoint.inspect_run` says the
+same command starts again, with ``--resume`` when :func:`seqmodel.training.checkpoint.inspect_run` says the
 folder holds a run (the rule the command itself applies), until the run ends normally. Its final
 parameters are then compared with those of one uninterrupted run of the same command.
 
@@ -63,7 +63,7 @@ def final_parameters(folder: pathlib.Path, steps: int):
     import jax
     from flax import nnx
 
-    from seqmodel.checkpoint import load_model
+    from seqmodel.training.checkpoint import load_model
 
     model, metadata = load_model(folder, prefer="latest")
     if metadata["step"] != steps:
@@ -79,7 +79,7 @@ def identical(first, second) -> bool:
 
 
 def start(options, out: pathlib.Path) -> subprocess.Popen:
-    from seqmodel.checkpoint import inspect_run
+    from seqmodel.training.checkpoint import inspect_run
 
     return subprocess.Popen(train_command(options, out, resume=inspect_run(out).holds_run),
                             env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -28,9 +28,10 @@ import numpy as np
 from flax import nnx
 
 import seqmodel as sm
-from seqmodel import forecast
+from seqmodel import TrainConfig
 from seqmodel.data import load_dataset
-from seqmodel import TrainConfig, fit
+from seqmodel.forecasting import paths as forecast
+from seqmodel.training.fitting import fit
 
 VARIANTS = {
     # name: (teacher_forcing, schedule)

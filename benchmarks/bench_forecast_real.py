@@ -10,7 +10,7 @@ For each dataset the last ``windows`` windows of ``horizon`` steps are held out:
 ``--heads`` trains for ``--budget / len(heads)`` seconds on the steps before the first window
 (its last 20% as validation: the run keeps its parameters of best validation NLL), the head
 whose free-running forecasts of the validation tail have the lowest MASE is kept, and the
-rolling-origin backtest (:func:`seqmodel.backtest.backtest`) scores it next to the baselines,
+rolling-origin backtest (:func:`seqmodel.forecasting.backtest.backtest`) scores it next to the baselines,
 which see the same histories. Tables of MASE, wQL, CRPS and interval coverage go to stdout
 (``--markdown``) and the full results to ``--json``; ``--plot-dir`` gets one backtest chart per
 dataset.
@@ -42,10 +42,11 @@ import numpy as np
 from flax import nnx
 
 import seqmodel as sm
-from seqmodel import baselines, checkpoint
-from seqmodel.backtest import MODEL_METHOD, backtest, plot_backtest
-from seqmodel.data.forecasting import load_forecast_dataset
-from seqmodel.fit import fit
+from seqmodel.data.series import load_forecast_dataset
+from seqmodel.forecasting import baselines
+from seqmodel.forecasting.backtest import MODEL_METHOD, backtest, plot_backtest
+from seqmodel.training import checkpoint
+from seqmodel.training.fitting import fit
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Free-running generation speed: ``seqmodel.generate`` against a PyTorch eager loop and a Python
+"""Free-running generation speed: ``seqmodel.decoding.generate`` against a PyTorch eager loop and a Python
 loop of a jitted step, in one run, on the very same model.
 
 The model: Embedding(65, 64) -> LSTM(h) -> Linear(h, 65), sampling at temperature 1. The PyTorch
@@ -7,7 +7,7 @@ model (``nn.Embedding`` + ``nn.LSTM`` + ``nn.Linear`` + ``torch.multinomial``) h
 anything is timed (otherwise the torch candidates are dropped with that message). Candidates,
 per (hidden, batch):
 
-- ``generate``: :func:`seqmodel.generate`, the whole loop one compiled program;
+- ``generate``: :func:`seqmodel.decoding.generate`, the whole loop one compiled program;
 - ``generate+eos``: the same with an ``eos_id`` the model never emits, i.e. the chunked
   early-stopping while loop running to the end: what early stopping costs when it cannot help;
 - ``eos-at-once``: an ``eos_id`` every row emits at its first step: the loop should end after
@@ -52,9 +52,10 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import seqmodel as sm  # noqa: E402
-from benchmarks import torch_copy  # noqa: E402
-from benchmarks import workload  # noqa: E402
-
+from benchmarks import (
+    torch_copy,  # noqa: E402
+    workload,  # noqa: E402
+)
 
 # ---------------------------------------------------------------------------------------------
 # Candidates: each is a zero-argument callable returning seconds for one full generation.

@@ -17,7 +17,7 @@ The candidates and their models are those of :mod:`benchmarks.linear_workload`. 
   temporaries - donated aliases), the same figure on every backend; PyTorch's peak allocation on
   a GPU, none on a CPU (its allocator keeps no count there);
 - ``depth``: dependent steps of one scan over T per layer and direction
-  (:func:`seqmodel.linear_scan.serial_depth`; ``T`` for the serial cells): what a parallel
+  (:func:`seqmodel.nn.scans.serial_depth`; ``T`` for the serial cells): what a parallel
   machine cannot hide;
 - ``GFLOP/s`` and ``roofline``: model FLOPs per second (:func:`linear_workload.train_flops`) and
   that rate over the large-GEMM rate measured at the start of the same run;
@@ -30,7 +30,7 @@ by itself on ``(T, b, width)`` coefficients, every scan and T, microseconds per 
 choice of scan changes, without the rest of the model (the basis of ``AUTO_SCAN``).
 
 Batch size: ``--tokens-per-step`` (default 8192) // T, so every step holds the same tokens and
-T = 8192 runs at batch 1. Generation: ``seqmodel.generate`` tokens/s, 500 new tokens at batch 1
+T = 8192 runs at batch 1. Generation: ``seqmodel.decoding.generate`` tokens/s, 500 new tokens at batch 1
 and 32, per family and size (the step mode is the same for every scan).
 
 The same code runs on a GPU (the GEMM ceiling is then 8192^3, PyTorch uses cuDNN, and JAX does
@@ -69,14 +69,14 @@ from flax import nnx
 
 import seqmodel as sm
 from benchmarks import linear_torch
-from benchmarks.environment import installed_versions
 from benchmarks import linear_workload as workload
+from benchmarks.environment import installed_versions
 from benchmarks.linear_torch import timed_steps
 from benchmarks.linear_workload import Candidate, Size
-from seqmodel import linear_scan
 from seqmodel.data import Batch
-from seqmodel.model import SequenceModel
-from seqmodel.train import (
+from seqmodel.nn import scans as linear_scan
+from seqmodel.nn.model import SequenceModel
+from seqmodel.training.optimization import (
     TrainConfig,
     init_train_state,
     make_optimizer,
@@ -155,7 +155,7 @@ def time_seqmodel_train(config, batch: int, length: int, *, repeats: int, min_se
 
 
 def time_generation(config, batch: int, steps: int, *, repeats: int) -> float:
-    """Median seconds of ``seqmodel.generate`` of ``steps`` tokens for ``batch`` rows, compile
+    """Median seconds of ``seqmodel.decoding.generate`` of ``steps`` tokens for ``batch`` rows, compile
     excluded (a first call compiles)."""
     model = SequenceModel(config, rngs=nnx.Rngs(0))
     keys = iter(jax.random.split(jax.random.key(0), repeats + 1))

@@ -1,9 +1,9 @@
 """How long training waits for checkpoint saves: the default GRU run with a few evaluations.
 
-Runs :func:`seqmodel.fit` once on ``--data`` (default ``python-stdlib``, a small validation part
+Runs :func:`seqmodel.training.fitting` once on ``--data`` (default ``python-stdlib``, a small validation part
 so that evaluations stay short) with the default model and train settings, ``--steps`` steps and
 an evaluation (and checkpoint) every ``--eval-every`` steps, and times every call the loop makes
-into the run's checkpoint saver (:class:`seqmodel.fit.saving.RunSaver`: ``save``, ``wait`` and
+into the run's checkpoint saver (:class:`seqmodel.training.fitting.saving.RunSaver`: ``save``, ``wait`` and
 ``close``, whichever the version has): the seconds during which no train step could be
 dispatched because of a checkpoint. Prints the total, per save, and against the run's wall time.
 
@@ -42,7 +42,7 @@ def main() -> None:
     from flax import nnx
 
     from seqmodel import ModelConfig, SequenceModel, TrainConfig, fit, load_dataset
-    from seqmodel.fit import saving
+    from seqmodel.training.fitting import saving
 
     calls: dict[str, list[float]] = {}
 

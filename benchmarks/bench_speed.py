@@ -5,10 +5,10 @@ Embedding 64 -> cell -> Linear, vocabulary 65, AdamW + global-norm clipping, fp3
 
 - train-step tokens/s (compile excluded), compile seconds (wall and CPU) and whether the step
   recompiles on a second batch, for
-  ``seqmodel`` (the library's step, :func:`seqmodel.train.make_train_step` as ``seqmodel train``
+  ``seqmodel`` (the library's step, :func:`seqmodel.training.optimization.make_train_step` as ``seqmodel train``
   runs it by default: custom-VJP recurrences, on a CPU-only machine the batch split over one
-  device per core, :func:`seqmodel.distributed.default_cpu_devices`), ``seqmodel-1dev`` (the same
-  step on one device, ``--devices 1``), ``seqmodel-fit`` (:func:`seqmodel.fit` itself with
+  device per core, :func:`seqmodel.training.distributed.default_cpu_devices`), ``seqmodel-1dev`` (the same
+  step on one device, ``--devices 1``), ``seqmodel-fit`` (:func:`seqmodel.training.fitting` itself with
   its default devices: data pipeline, logging and run folder around the same step),
   ``seqmodel-plain`` (``fast_recurrence=False``: ``lax.scan`` differentiated by JAX, one device),
   ``flax`` (``nnx.RNN(OptimizedLSTMCell / GRUCell)``, same optax chain), ``torch``
@@ -64,7 +64,6 @@ from benchmarks.environment import installed_versions  # noqa: E402
 from benchmarks.rooflines import roofline  # noqa: E402
 from benchmarks.tables import format_markdown, format_table  # noqa: E402
 from benchmarks.workload import BATCH, EMBED, GATES, SEQUENCE, VOCAB  # noqa: E402
-
 
 # What a worker's ready line reports that the results keep.
 HELLO_KEYS = ("compile_seconds", "compile_cpu_seconds", "compiled_programs", "devices",

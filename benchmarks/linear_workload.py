@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from seqmodel import linear_scan
+from seqmodel.nn import scans as linear_scan
 
 VOCAB = 256
 SERIAL_EMBED = 64
@@ -93,7 +93,7 @@ def model_config(candidate: Candidate, hidden: int, size: Size, *,
                  chunk_size: int = linear_scan.DEFAULT_CHUNK_SIZE):
     """The ``ModelConfig`` of a seqmodel candidate (``torch-lstm``: that of the ``lstm`` whose
     width and depth it copies)."""
-    from seqmodel.model import ModelConfig
+    from seqmodel.nn.model import ModelConfig
 
     family = "lstm" if candidate.family == TORCH_FAMILY else candidate.family
     common = {"vocab_size": VOCAB, "cell": family, "hidden_size": hidden,
@@ -116,7 +116,7 @@ def parameter_counts(config) -> tuple[int, int]:
     import numpy as np
     from flax import nnx
 
-    from seqmodel.model import SequenceModel
+    from seqmodel.nn.model import SequenceModel
 
     model = nnx.eval_shape(lambda: SequenceModel(config, rngs=nnx.Rngs(0)))
     total = matmul = 0

@@ -19,7 +19,7 @@ The same batch is fed at every step (speed only); the K-step program is fit's ow
 import argparse
 import time
 
-from seqmodel import distributed
+from seqmodel.training import distributed
 
 
 def main() -> None:
@@ -40,9 +40,9 @@ def main() -> None:
     from flax import nnx
 
     from seqmodel.data import Batch
-    from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel.distributed import CallsInFlight
-    from seqmodel.train import TrainConfig, init_train_state, stack_batches
+    from seqmodel.nn.model import ModelConfig, SequenceModel
+    from seqmodel.training.distributed import CallsInFlight
+    from seqmodel.training.optimization import TrainConfig, init_train_state, stack_batches
 
     per_call = args.steps_per_call
     model = SequenceModel(ModelConfig(vocab_size=65, cell=args.cell, hidden_size=args.hidden,

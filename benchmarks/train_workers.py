@@ -86,18 +86,18 @@ def _jax_train_runner(model, loss_of, options):
 
 def seqmodel_worker(spec: dict):
     """The library's own train step, as ``seqmodel train [--devices N]`` runs it: the program of
-    :meth:`seqmodel.distributed.DataParallel.train_step` (the batch and the lanes' carry split by
+    :meth:`seqmodel.training.distributed.DataParallel.train_step` (the batch and the lanes' carry split by
     rows over N devices; N=1 is the plain one-device step; no N: the default of
-    :func:`seqmodel.distributed.from_flags` for this batch), ``TrainConfig.steps_per_call`` steps
+    :func:`seqmodel.training.distributed.from_flags` for this batch), ``TrainConfig.steps_per_call`` steps
     per call over stacked batches unless ``options['steps_per_call']`` says otherwise."""
     import jax
     import numpy as np
     from flax import nnx
 
-    from seqmodel import distributed
     from seqmodel.data import Batch
-    from seqmodel.distributed import CallsInFlight
-    from seqmodel.train import TrainConfig, init_train_state, stack_batches
+    from seqmodel.training import distributed
+    from seqmodel.training.fitting.in_flight import CallsInFlight
+    from seqmodel.training.optimization import TrainConfig, init_train_state, stack_batches
 
     options = spec["options"]
     # Before any JAX computation: virtual CPU devices must be asked for first.
@@ -159,7 +159,7 @@ def _generate_runner(model, steps: int = SEQUENCE):
 
 
 def fit_worker(spec: dict):
-    """:func:`seqmodel.fit` itself, as ``seqmodel train`` runs it: a text dataset in lanes,
+    """:func:`seqmodel.training.fitting` itself, as ``seqmodel train`` runs it: a text dataset in lanes,
     metrics fetched and written to ``metrics.jsonl`` every ``log_every`` steps, the NaN check, a
     run folder. A repetition of ``n`` steps is one ``fit`` of one more log interval than that;
     the time quoted runs from the end of its first interval (the run's start) to the end of its
@@ -169,10 +169,11 @@ def fit_worker(spec: dict):
     import numpy as np
     from flax import nnx
 
-    from seqmodel import distributed
+    from seqmodel import TrainConfig
     from seqmodel.data.text import TextDataset
-    from seqmodel.model import ModelConfig, SequenceModel
-    from seqmodel import TrainConfig, fit
+    from seqmodel.nn.model import ModelConfig, SequenceModel
+    from seqmodel.training import distributed
+    from seqmodel.training.fitting import fit
 
     options = spec["options"]
     parallel = distributed.from_flags(devices=options.get("devices"), batch_size=BATCH)

@@ -33,7 +33,7 @@ def reference_model(cell: str, hidden: int, **config):
     (``fast_recurrence``, ``fold_embedding``) that change how it runs, not its weights."""
     from flax import nnx
 
-    from seqmodel.model import ModelConfig, SequenceModel
+    from seqmodel.nn.model import ModelConfig, SequenceModel
 
     model_config = ModelConfig(vocab_size=VOCAB, cell=cell, hidden_size=hidden,
                                embed_size=EMBED, **config)

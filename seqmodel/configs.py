@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-# Recurrent cells: serial ones (seqmodel.cells) and linear recurrences run as residual blocks
-# (seqmodel.linear).
+# Recurrent cells: serial ones (seqmodel.nn.cells) and linear recurrences run as residual blocks
+# (seqmodel.nn.linear).
 SERIAL_CELLS = ("lstm", "gru", "elman")
 LINEAR_CELLS = ("mingru", "minlstm", "rglru")
 CELL_NAMES = SERIAL_CELLS + LINEAR_CELLS
-# Output heads (seqmodel.heads.HEADS).
+# Output heads (seqmodel.nn.heads.HEADS).
 HEAD_NAMES = ("categorical", "gaussian", "mdn", "bernoulli", "student_t", "negbin")
-# Scans of the linear recurrences (seqmodel.linear_scan.METHODS) and their default chunk.
+# Scans of the linear recurrences (seqmodel.nn.scans.METHODS) and their default chunk.
 SCAN_METHODS = ("sequential", "associative", "chunked", "log_space")
 DEFAULT_CHUNK_SIZE = 64
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
@@ -27,7 +27,7 @@ BATCHINGS = ("lanes", "random")
 TOKENIZERS = ("char", "byte")
 DEFAULT_TOKENIZER = "char"
 TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse-sigmoid")
-# seqmodel.forecast.exposure_bias_report: sample paths and start points per report.
+# seqmodel.forecasting.paths.exposure_bias_report: sample paths and start points per report.
 REPORT_NUM_SAMPLES = 100
 REPORT_NUM_STARTS = 64
 
@@ -75,7 +75,7 @@ class ModelConfig(DictConfig):
     # indices target_size .. 2 * target_size - 1) hold log(s), the scale of the row's series, by
     # which the element (and its lags) in the input were divided; the head's distribution is
     # multiplied back by s (head.rescale), so outputs, log-likelihoods and samples are in data
-    # units while the network sees values of order 1 (seqmodel.features builds such inputs).
+    # units while the network sees values of order 1 (seqmodel.data.features builds such inputs).
     input_scaling: bool = False
     # Tuned with TrainConfig's defaults: the argument-free `seqmodel train` (python-stdlib) learns
     # Python-looking text within a few minutes on 2 CPU cores, and tinyshakespeare under 110 s
@@ -90,7 +90,7 @@ class ModelConfig(DictConfig):
     dtype: str = "float32"
     # Linear recurrences (cell "mingru", "minlstm", "rglru") run as residual blocks: how the
     # training path scans h_t = a_t h_{t-1} + b_t ("auto": what bench_linear measured fastest on
-    # the backend; see seqmodel.linear_scan.AUTO_SCAN), the chunk of the chunked scan, the
+    # the backend; see seqmodel.nn.scans.AUTO_SCAN), the chunk of the chunked scan, the
     # recurrence's width (expansion x hidden_size) and the gated MLP's (mlp_expansion x).
     scan: str = "auto"
     chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -99,7 +99,7 @@ class ModelConfig(DictConfig):
     # Fold the embedding into the first layer's input projection: one (vocab, G) table gathered per
     # token instead of an embedding gather plus a matmul. Exact (no dropout sits between them).
     fold_embedding: bool = True
-    # Teacher-forced scans use the custom-VJP recurrences of seqmodel.recurrence (same values and
+    # Teacher-forced scans use the custom-VJP recurrences of seqmodel.nn.recurrence (same values and
     # gradients as differentiating lax.scan, faster); False keeps the plain lax.scan (for jax.jvp).
     fast_recurrence: bool = True
 
@@ -192,7 +192,7 @@ class TrainConfig(DictConfig):
     """Every knob of a training run (the model's shape lives in :class:`seqmodel.ModelConfig`).
 
     Length of the run: ``steps`` and/or ``max_time`` (seconds of wall time for the whole of
-    :func:`seqmodel.fit.fit`, evaluation and checkpoints included). The learning rate warms up
+    :func:`seqmodel.training.fitting.fit`, evaluation and checkpoints included). The learning rate warms up
     linearly over ``warmup_steps`` then decays with a cosine to ``learning_rate *
     final_learning_rate_fraction`` at the end of the run: at ``steps``, or, with ``max_time``
     only, at the step count estimated from the measured speed (re-estimated as the run goes, so a

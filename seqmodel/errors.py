@@ -9,7 +9,7 @@ The command line (:func:`seqmodel.cli.main`) sorts exceptions by one rule:
   written): one line, exit status 1;
 - anything else is a bug: its traceback is shown.
 
-:class:`CheckpointError` lives here rather than in :mod:`seqmodel.checkpoint`, which imports
+:class:`CheckpointError` lives here rather than in :mod:`seqmodel.training.checkpoint`, which imports
 orbax (slow to import): ``from seqmodel import CheckpointError`` and the CLI's error handling
 then cost nothing until a checkpoint is actually read or written.
 

@@ -1,5 +1,5 @@
 """PyTorch weights in and out: ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` stacks (with an optional
-``nn.Embedding`` in front and ``nn.Linear`` head) to a :class:`~seqmodel.model.SequenceModel`
+``nn.Embedding`` in front and ``nn.Linear`` head) to a :class:`~seqmodel.nn.model.SequenceModel`
 and back.
 
 - :func:`from_torch` builds a model from torch modules, or from a state dict (e.g. a whole
@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from seqmodel.model import ModelConfig, SequenceModel
+from seqmodel.nn.model import ModelConfig, SequenceModel
 
 # Gate blocks per cell, as PyTorch stacks them along the weights' first axis.
 GATES = {"lstm": 4, "gru": 3, "elman": 1}
@@ -67,7 +67,7 @@ class TorchModules(NamedTuple):
         rnn: ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``, ``batch_first=True``: ``(b, t, in)`` ->
             ``(b, t, h)``.
         head: ``nn.Linear(h, width)``: the logits ``(b, t, V)`` of a categorical head; for
-            real-valued heads the raw parameters the head reads (see :mod:`seqmodel.heads`).
+            real-valued heads the raw parameters the head reads (see :mod:`seqmodel.nn.heads`).
     """
 
     embedding: Any

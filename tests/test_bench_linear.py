@@ -10,7 +10,7 @@ from flax import nnx
 
 from benchmarks import bench_linear, bench_quality, linear_torch, linear_workload
 from benchmarks.linear_workload import Candidate, Size
-from seqmodel.model import SequenceModel
+from seqmodel.nn.model import SequenceModel
 
 
 def test_candidates_pair_each_linear_family_with_its_scans():

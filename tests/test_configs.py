@@ -4,8 +4,10 @@ parser or a config imports no JAX (the command line answers --help and flag erro
 import subprocess
 import sys
 
-from seqmodel import cells, configs, heads, linear, linear_scan, model
+from seqmodel import configs
 from seqmodel.data import batching, text
+from seqmodel.nn import cells, heads, linear, model
+from seqmodel.nn import scans as linear_scan
 
 
 def test_the_names_are_the_registries():

@@ -14,35 +14,16 @@ import pytest
 
 PACKAGE_ROOT = pathlib.Path(__file__).resolve().parent.parent / "seqmodel"
 
-# Low to high. A module may import modules of its own layer or of lower layers (and, within its
-# own layer, only without closing a cycle). A package (data, fit) is one layer with its modules.
+# Low to high: the folders of seqmodel/ (a folder is one layer with its modules). A module may
+# import modules of its own layer or of lower layers (within its own layer, only without closing
+# a cycle).
 LAYERS = [
     "_version", "configs", "errors",
-    "steps",
-    "recurrence",
-    "cells",
-    "linear_scan",
-    "linear",
-    "heads",
-    "model",
-    "sampling",
-    "processors",
-    "feed",
-    "decoding",
-    "generate",
-    "beam",
-    "features",
     "data",
-    "train",
-    "checkpoint",
-    "distributed",
-    "metrics",
-    "forecast_metrics",
-    "baselines",
-    "forecast",
-    "forecaster",
-    "backtest",
-    "fit",
+    "nn",
+    "decoding",
+    "training",
+    "forecasting",
     "interop",
     "cli",
     "__main__",
@@ -139,16 +120,16 @@ def test_the_checks_catch_a_cycle_and_an_upward_import():
     # The checks themselves: a graph with a cycle, and the order that the layers forbid.
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
-    assert RANK["train"] < RANK["distributed"] < RANK["fit"] < RANK["cli"]
+    assert RANK["nn"] < RANK["decoding"] < RANK["training"] < RANK["forecasting"] < RANK["cli"]
 
 
-@pytest.mark.parametrize("module", ["seqmodel.train", "seqmodel.distributed",
+@pytest.mark.parametrize("module", ["seqmodel.training.optimization", "seqmodel.training.distributed",
                                     "seqmodel.cli.train"])
 def test_the_graph_sees_imports_inside_functions(module):
     # cli imports nearly everything lazily, inside its commands; the walk must see those imports.
     assert GRAPH[module], f"{module}: no seqmodel import found"
     if module == "seqmodel.cli.train":
-        assert "seqmodel.data" in GRAPH[module] and "seqmodel.checkpoint" in GRAPH[module]
+        assert "seqmodel.data" in GRAPH[module] and "seqmodel.training.checkpoint" in GRAPH[module]
 
 
 def test_users_import_the_errors_and_results_from_the_top_without_orbax():

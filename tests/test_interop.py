@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch", reason="seqmodel.interop's tests compare ag
                             "which is not installed (pip install 'seqmodel[interop]')")
 
 from seqmodel import interop  # noqa: E402
-from seqmodel.model import ModelConfig, SequenceModel  # noqa: E402
+from seqmodel.nn.model import ModelConfig, SequenceModel  # noqa: E402
 
 VOCAB, EMBED, HIDDEN, BATCH, TIME = 11, 5, 7, 3, 6
 TORCH_CLASSES = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "elman": torch.nn.RNN}

@@ -91,7 +91,7 @@ def dropout_probability(text: str) -> float:
 
 def say(args, *lines: str) -> None:
     """Human-readable output: stdout, or stderr when --json keeps stdout for the JSON line."""
-    from seqmodel.distributed import is_main_process
+    from seqmodel.training.distributed import is_main_process
 
     if not is_main_process():
         return
@@ -107,7 +107,7 @@ def rounded(value):
 def load_checkpoint(checkpoint_path: str):
     """``(model, metadata)`` of the run folder ``--checkpoint``; a missing folder or one without
     a checkpoint is a one-line usage error naming the flag."""
-    from seqmodel import checkpoint
+    from seqmodel.training import checkpoint
 
     run = checkpoint.inspect_run(checkpoint_path)
     if not run.path.exists():

@@ -43,7 +43,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args) -> int:
     from seqmodel.data import load_dataset
-    from seqmodel.train import TrainConfig, evaluate
+    from seqmodel.training.evaluation import evaluate
+    from seqmodel.training.optimization import TrainConfig
 
     model, metadata = load_checkpoint(args.checkpoint)
     data = metadata.get("data", {})
@@ -108,7 +109,7 @@ def _eval_real_valued(args, model, metadata: dict) -> int:
     ``--plot`` its chart; ``--backtest N`` runs :func:`_backtest` instead."""
     import jax
 
-    from seqmodel.forecast import exposure_bias_report, plot_report
+    from seqmodel.forecasting.paths import exposure_bias_report, plot_report
 
     dataset, source, val_fraction = _real_valued_data(args, model, metadata)
     for flag in ("baselines", "baseline_history"):
@@ -156,8 +157,9 @@ def _eval_real_valued(args, model, metadata: dict) -> int:
 
 def _forecaster_report(args, model, dataset, *, key, horizon: int, season: int) -> dict:
     """The exposure-bias report of a model with forecasting features."""
-    from seqmodel.forecaster import series_report
-    from seqmodel.train import TrainConfig, evaluate
+    from seqmodel.forecasting.forecaster import series_report
+    from seqmodel.training.evaluation import evaluate
+    from seqmodel.training.optimization import TrainConfig
 
     if args.min_context is not None:
         raise UsageError("--min-context does not apply to a forecaster: it reads "
@@ -177,8 +179,8 @@ def _backtest_series(dataset):
     sequences whole (train and validation parts joined) under the plain layout."""
     import numpy as np
 
-    from seqmodel.data.forecasting import Series
-    from seqmodel.forecaster import plain_spec
+    from seqmodel.data.series import Series
+    from seqmodel.forecasting.forecaster import plain_spec
 
     if dataset.kind == "forecast":
         return dataset.spec, dataset.series
@@ -192,12 +194,12 @@ def _backtest_series(dataset):
 
 
 def _backtest(args, model, dataset, source: str) -> int:
-    """``seqmodel eval --backtest N``: :func:`seqmodel.backtest.backtest` as a table (or one
+    """``seqmodel eval --backtest N``: :func:`seqmodel.forecasting.backtest.backtest` as a table (or one
     ``--json`` line: one object per method), ``--plot`` its forecasts over the truth."""
     import jax
 
-    from seqmodel import baselines
-    from seqmodel.backtest import MODEL_METHOD, backtest, plot_backtest
+    from seqmodel.forecasting import baselines
+    from seqmodel.forecasting.backtest import MODEL_METHOD, backtest, plot_backtest
 
     for flag in ("num_starts", "min_context"):
         if getattr(args, flag) is not None:

@@ -9,7 +9,11 @@ import pathlib
 import sys
 
 from seqmodel.cli.common import (
-    UsageError, load_checkpoint, non_negative_float, number_type, positive_int,
+    UsageError,
+    load_checkpoint,
+    non_negative_float,
+    number_type,
+    positive_int,
 )
 
 
@@ -59,8 +63,8 @@ def text_sample(model, tokenizer, *, key, steps: int, prompt: str, temperature: 
     continuation (included in it)."""
     import numpy as np
 
-    from seqmodel.beam import beam_search
-    from seqmodel.generate import generate
+    from seqmodel.decoding.beam import beam_search
+    from seqmodel.decoding.generate import generate
 
     ids = np.asarray(tokenizer.encode(prompt, what="prompt"), np.int32)[None]
     stop_sequences = [list(tokenizer.encode(text, what="--stop text")) for text in stop or []]
@@ -192,7 +196,7 @@ def _sample_real_valued(args, model, metadata: dict) -> int:
     import jax
 
     from seqmodel.data.numeric import Normalizer
-    from seqmodel.forecast import forecast
+    from seqmodel.forecasting.paths import forecast
 
     if args.prompt is not None:
         raise ValueError("--prompt is for text models; a real-valued model continues "
@@ -232,7 +236,7 @@ def _write_paths(args, metadata: dict, contexts, lengths, paths) -> int:
     the CSV table on stdout say."""
     import numpy as np
 
-    from seqmodel.forecast import plot_fan, sample_quantiles
+    from seqmodel.forecasting.paths import plot_fan, sample_quantiles
 
     quantiles = parse_quantiles(args.quantiles) if args.quantiles else None
     result = paths if quantiles is None else np.moveaxis(
@@ -299,10 +303,10 @@ def _sample_forecaster(args, model, metadata: dict) -> int:
     import jax
     import numpy as np
 
-    from seqmodel import features
-    from seqmodel.data.forecasting import known_rows
+    from seqmodel.data import features
     from seqmodel.data.numeric import Normalizer, column_names
-    from seqmodel.forecaster import forecast_series
+    from seqmodel.data.series import known_rows
+    from seqmodel.forecasting.forecaster import forecast_series
 
     data = metadata["data"]
     spec = features.FeatureSpec.from_dict(data["features"])

@@ -16,12 +16,21 @@ import traceback
 from typing import Any
 
 from seqmodel.cli.common import (
-    EXIT_FAILURE, UsageError, dropout_probability, exit_status_of_signal, fraction,
-    non_negative_float, non_negative_int, positive_float, positive_int, probability, quiet_logging,
-    rounded, say,
+    EXIT_FAILURE,
+    UsageError,
+    dropout_probability,
+    exit_status_of_signal,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    quiet_logging,
+    rounded,
+    say,
 )
 from seqmodel.cli.sample import default_prompt, text_sample
-
 
 # Flags of `seqmodel train` that set a field of ModelConfig / TrainConfig: flag -> field. The
 # defaults of these flags are the fields' defaults (train_defaults), so the API, the CLI and
@@ -83,7 +92,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``seqmodel train``; their defaults are None so that explicit flags can be told
     apart (see :func:`train_defaults` for the values used when a flag is absent)."""
     from seqmodel.configs import (
-        BATCHINGS, CELL_NAMES, HEAD_NAMES, SCAN_METHODS, TEACHER_FORCING_SCHEDULES, TOKENIZERS,
+        BATCHINGS,
+        CELL_NAMES,
+        HEAD_NAMES,
+        SCAN_METHODS,
+        TEACHER_FORCING_SCHEDULES,
+        TOKENIZERS,
     )
 
     d = train_defaults()
@@ -145,7 +159,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     add("--tensorboard", action="store_true", help="also write TensorBoard event files to "
         "<run folder>/tensorboard (needs tensorboardX: pip install 'seqmodel[tensorboard]')")
-    # Data parallelism and several processes: seqmodel.distributed, docs/distributed.md.
+    # Data parallelism and several processes: seqmodel.training.distributed, docs/distributed.md.
     add("--devices", type=positive_int, metavar="N", help="devices per process to split each batch "
         "over (default: all accelerators; on a CPU-only machine one virtual CPU device per core, "
         "at most 8, fewer when the batch does not split into at least 8 rows a device; 1: one "
@@ -159,7 +173,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", action="store_true", help="no progress bar")
 
 
-# Flags that make `seqmodel train` prepare the data as a forecaster's (seqmodel.data.forecasting):
+# Flags that make `seqmodel train` prepare the data as a forecaster's (seqmodel.data.series):
 # flag -> keyword of load_forecast_dataset. `--head negbin` does too (counts stay counts).
 FORECAST_FLAGS = {"time_column": "time_column", "id_column": "id_column", "lags": "lags",
                   "covariates": "covariates", "static_columns": "static_columns",
@@ -175,7 +189,7 @@ def _column_list(text: str) -> tuple[str, ...]:
 
 
 def _lag_list(text: str) -> tuple[int, ...]:
-    from seqmodel.features import parse_lags
+    from seqmodel.data.features import parse_lags
 
     try:
         return parse_lags(text)
@@ -186,7 +200,7 @@ def _lag_list(text: str) -> tuple[int, ...]:
 def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of forecasting real series (docs/forecasting.md); any of them (or --head negbin)
     prepares the data with lags, scaling and known features."""
-    from seqmodel.features import SCALINGS
+    from seqmodel.data.features import SCALINGS
 
     add = parser.add_argument
     add("--time-column", metavar="NAME", help="forecasting: column of timestamps (frequency "
@@ -218,11 +232,11 @@ def forecasting_requested(args) -> bool:
 
 
 def _load_training_data(args, source: str, *, val_fraction: float, tokenizer, metadata):
-    """The dataset of a run: a forecaster's (:func:`seqmodel.data.forecasting.
+    """The dataset of a run: a forecaster's (:func:`seqmodel.data.series.
     load_forecast_dataset`) when forecasting flags are given, else :func:`seqmodel.data.
     load_dataset` (which also rebuilds a resumed forecaster's data from ``metadata``)."""
     from seqmodel.data import load_dataset
-    from seqmodel.data.forecasting import load_forecast_dataset
+    from seqmodel.data.series import load_forecast_dataset
 
     missing = {"missing": args.missing} if args.missing else {}
     if metadata is not None or not forecasting_requested(args):
@@ -255,11 +269,11 @@ def _default_out(name: str) -> pathlib.Path:
 
 
 def _run_folder(args, out: pathlib.Path | None):
-    """What ``--out`` holds (:func:`seqmodel.checkpoint.inspect_run`, the one reading of a run
+    """What ``--out`` holds (:func:`seqmodel.training.checkpoint.inspect_run`, the one reading of a run
     folder), checked against ``--resume``: a folder that holds a run is continued with
     ``--resume`` and refused without it; ``--resume`` on a folder that holds none is refused.
-    Returns the :class:`~seqmodel.checkpoint.RunFolder` (None: a fresh run, no ``--out``)."""
-    from seqmodel import checkpoint
+    Returns the :class:`~seqmodel.training.checkpoint.RunFolder` (None: a fresh run, no ``--out``)."""
+    from seqmodel.training import checkpoint
 
     if out is None:
         return None
@@ -280,7 +294,7 @@ def _flag(name: str) -> str:
 def _resolve_resume(args, out: pathlib.Path):
     """(model config dict, train config dict, data source, checkpoint metadata) of the run to
     resume, with explicit flags checked against the checkpoint."""
-    from seqmodel import checkpoint
+    from seqmodel.training import checkpoint
 
     try:
         metadata = checkpoint.peek_metadata(out, prefer="latest")
@@ -311,8 +325,8 @@ def _resolve_resume(args, out: pathlib.Path):
 def _train_configs(args, dataset):
     """``(ModelConfig, TrainConfig)`` of a new run: the fields the data fixes, the explicit
     flags, and the dataclasses' own defaults for everything else."""
-    from seqmodel.model import ModelConfig
-    from seqmodel.train import TrainConfig
+    from seqmodel.nn.model import ModelConfig
+    from seqmodel.training.optimization import TrainConfig
 
     def given(flags: dict[str, str], *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
         return {field: getattr(args, flag) for flag, field in flags.items()
@@ -339,7 +353,7 @@ def _planned_batch_size(args) -> int | None:
         return args.batch_size
     if not args.resume:
         return train_defaults()["batch_size"]
-    from seqmodel import checkpoint
+    from seqmodel.training import checkpoint
 
     out = _resume_out(args)
     run = checkpoint.inspect_run(out)
@@ -358,11 +372,11 @@ def _resume_out(args) -> pathlib.Path:
 
 
 def parallel_from_flags(args, *, batch_size: int | None = None):
-    """The :class:`~seqmodel.distributed.DataParallel` that the flags of ``seqmodel train`` ask
+    """The :class:`~seqmodel.training.distributed.DataParallel` that the flags of ``seqmodel train`` ask
     for (``--devices``, ``--coordinator``, ``--num-processes``, ``--process-id``), set up in the
-    required order by :func:`seqmodel.distributed.from_flags`; ``batch_size`` is the run's batch
+    required order by :func:`seqmodel.training.distributed.from_flags`; ``batch_size`` is the run's batch
     (for the default device count). Call it before any JAX computation."""
-    from seqmodel import distributed
+    from seqmodel.training import distributed
 
     if args.coordinator is not None and not args.out:
         # Each process would pick its own numbered default folder (runs/NAME-2, ...).
@@ -395,7 +409,7 @@ def stop_after_failure(error: BaseException, parallel) -> None:
         return
     import jax
 
-    from seqmodel.distributed import is_peer_failure
+    from seqmodel.training.distributed import is_peer_failure
 
     if isinstance(error, KeyboardInterrupt):
         # Leaving at once closes this process's connections, so the others stop too (instead of
@@ -419,7 +433,7 @@ def _metric_writers(args, out: pathlib.Path) -> list:
     resumed run rewinds it to the step it continues from: see :func:`seqmodel.fit`)."""
     if not args.tensorboard:
         return []
-    from seqmodel.metrics import TensorBoardWriter
+    from seqmodel.training.writers import TensorBoardWriter
 
     try:
         return [TensorBoardWriter(out / "tensorboard")]
@@ -433,9 +447,9 @@ def cmd_train(args) -> int:
     import jax
     from flax import nnx
 
-    from seqmodel.fit import TrainingError, fit
-    from seqmodel.model import SequenceModel
-    from seqmodel.train import TrainConfig
+    from seqmodel.nn.model import SequenceModel
+    from seqmodel.training.fitting import TrainingError, fit
+    from seqmodel.training.optimization import TrainConfig
 
     if not parallel.is_main:
         quiet_logging()  # process 0 reports for the run
@@ -460,7 +474,7 @@ def cmd_train(args) -> int:
     dataset = _load_training_data(args, source, val_fraction=val_fraction, tokenizer=tokenizer,
                                   metadata=data_metadata)
     if from_checkpoint:
-        from seqmodel.model import ModelConfig
+        from seqmodel.nn.model import ModelConfig
 
         model_config = ModelConfig.from_dict(model_values)
         train_config = TrainConfig.from_dict(train_values)

@@ -18,6 +18,7 @@ import pathlib
 from typing import Any, Protocol, runtime_checkable
 
 from seqmodel.configs import DEFAULT_TOKENIZER
+from seqmodel.data import numeric
 from seqmodel.data.batching import (
     BATCHINGS,
     Batch,
@@ -28,7 +29,6 @@ from seqmodel.data.batching import (
     evaluation_batches,
     make_batch_iterator,
 )
-from seqmodel.data import numeric
 from seqmodel.data.numeric import NUMERIC_SUFFIXES
 from seqmodel.data.text import (
     TEXT_BUILTINS,
@@ -95,7 +95,7 @@ def load_dataset(source: str, *, val_fraction: float = 0.1, tokenizer: Any = DEF
       val_fraction: the last fraction of the stream (or of the sequences) kept for validation.
       tokenizer: text only: ``"char"``, ``"byte"`` or a tokenizer object.
       metadata: the ``dataset.metadata()`` stored in a checkpoint: rebuilds the same tokenizer (or
-        normaliser, or a forecaster's feature layout: :mod:`seqmodel.data.forecasting`) instead
+        normaliser, or a forecaster's feature layout: :mod:`seqmodel.data.series`) instead
         of fitting a new one, so data is encoded as the model was trained.
       options: numeric sources only: ``missing=``, ``normalize=``, ``time_column=``,
         ``id_column=`` (see :func:`seqmodel.data.numeric.load_numeric_dataset`).
@@ -106,7 +106,7 @@ def load_dataset(source: str, *, val_fraction: float = 0.1, tokenizer: Any = DEF
     if not isinstance(source, str) or not source:
         raise DataError(f"--data {source!r} is invalid: give a built-in name or a file path")
     if metadata is not None and metadata.get("kind") == "forecast":
-        from seqmodel.data.forecasting import load_forecast_dataset
+        from seqmodel.data.series import load_forecast_dataset
 
         return load_forecast_dataset(source, val_fraction=val_fraction, metadata=metadata,
                                      **options)

@@ -1,0 +1,149 @@
+"""seqmodel.data.features: frequency inference, time features, lags, mean scaling and the input layout,
+checked by hand on small arrays (NumPy only, no model)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from seqmodel.data import features
+from seqmodel.data.features import FeatureSpec, Frequency
+
+
+def stamps(*texts):
+    return np.array(texts, dtype="datetime64[us]")
+
+
+@pytest.mark.parametrize("times, expected", [
+    (np.datetime64("2024-01-01") + np.arange(5) * np.timedelta64(1, "D"), Frequency("day")),
+    (np.datetime64("2024-01-01T00:00") + np.arange(5) * np.timedelta64(30, "m"),
+     Frequency("minute", 30)),
+    (np.datetime64("2024-01-06") + np.arange(5) * np.timedelta64(7, "D"), Frequency("week")),
+    (stamps("2024-01-01", "2024-02-01", "2024-03-01"), Frequency("month")),
+    (stamps("2024-01-31", "2024-02-29", "2024-03-31", "2024-04-30"), Frequency("month")),
+    (stamps("2023-03-31", "2023-06-30", "2023-09-30"), Frequency("quarter")),
+    (stamps("2020-01-01", "2021-01-01", "2022-01-01"), Frequency("year")),
+    (np.array([3.0, 5.0, 7.0]), Frequency("step")),
+])
+def test_infer_frequency(times, expected):
+    assert features.infer_frequency([times]) == expected
+
+
+def test_irregular_or_unsorted_times_name_the_line():
+    times = stamps("2024-01-01", "2024-01-02", "2024-01-04", "2024-01-05")
+    with pytest.raises(ValueError, match=r"line 14: .*2024-01-02.* -> .*2024-01-04"):
+        features.infer_frequency([times], lines=[np.array([11, 12, 14, 15])],
+                                 column="date")
+    with pytest.raises(ValueError, match="line 3: .* does not come after"):
+        features.infer_frequency([stamps("2024-01-02", "2024-01-01")], lines=[np.array([2, 3])])
+    with pytest.raises(ValueError, match="every sequence needs the same step"):
+        features.infer_frequency([stamps("2024-01-01", "2024-01-02"),
+                                  stamps("2024-01-01", "2024-02-01")])
+
+
+def test_season_and_default_lags():
+    assert Frequency("minute", 30).season == 48
+    assert Frequency("minute", 30).default_lags() == (1, 2, 3, 48, 336)
+    assert Frequency("hour").default_lags() == (1, 2, 3, 24, 168)
+    assert Frequency("day").default_lags() == (1, 2, 3, 7, 14)
+    assert (Frequency("week").season, Frequency("month").season, Frequency("quarter").season,
+            Frequency("year").season) == (52, 12, 4, 1)
+    assert Frequency.parse(Frequency("minute", 30).name) == Frequency("minute", 30)
+
+
+def test_advance_keeps_the_calendar():
+    np.testing.assert_array_equal(
+        features.advance(np.datetime64("2024-01-31"), Frequency("month"), 3),
+        stamps("2024-02-29", "2024-03-31", "2024-04-30"))
+    np.testing.assert_array_equal(
+        features.advance(np.datetime64("2024-01-15"), Frequency("quarter"), 2),
+        stamps("2024-04-15", "2024-07-15"))
+    np.testing.assert_array_equal(
+        features.advance(np.datetime64("2024-01-01T23:30"), Frequency("minute", 30), 2),
+        stamps("2024-01-02T00:00", "2024-01-02T00:30"))
+
+
+def test_time_features_are_sin_cos_of_the_cycle_position():
+    monday_noon = stamps("2024-01-01T12:00")  # 2024-01-01 was a Monday
+    values = features.time_features(monday_noon, ("time_of_day", "day_of_week", "month_of_year"))
+    day_of_week = 0.5 / 7
+    np.testing.assert_allclose(values[0], [0.0, -1.0, np.sin(2 * np.pi * day_of_week),
+                                           np.cos(2 * np.pi * day_of_week), 0.0, 1.0],
+                               atol=1e-12)
+    march = features.time_features(stamps("2023-03-01"), ("month_of_year",))
+    np.testing.assert_allclose(march[0], [np.sin(np.pi / 3), np.cos(np.pi / 3)])
+    assert features.frequency_cycles(Frequency("minute", 30)) == (
+        "time_of_day", "day_of_week", "day_of_year")
+    assert features.frequency_cycles(Frequency("month")) == ("month_of_year",)
+    assert features.frequency_cycles(Frequency("year")) == ()
+
+
+def test_parse_lags_adds_the_element_and_refuses_nonsense():
+    assert features.parse_lags("12, 2") == (1, 2, 12)
+    with pytest.raises(ValueError, match="comma-separated"):
+        features.parse_lags("1,x")
+    with pytest.raises(ValueError, match="positive"):
+        features.parse_lags("0,1")
+
+
+def spec(**changes):
+    values = dict(target_columns=("y",), lags=(1, 2, 4), scaling="mean", context_length=3,
+                  default_scale=(1.0,), covariate_columns=("price",), covariate_mean=(10.0,),
+                  covariate_scale=(2.0,), static_columns=("store",),
+                  static_categories=(("a", "b", "c"),))
+    values.update(changes)
+    return FeatureSpec(**values)
+
+
+def test_spec_sizes_and_round_trip():
+    layout = spec()
+    # element, log scale, lags 2 and 4, covariate, three one-hot categories
+    assert layout.input_size == 1 + 1 + 2 + 1 + 3 == 8
+    assert layout.model_fields() == {"input_size": 8, "target_size": 1, "input_scaling": True}
+    assert FeatureSpec.from_dict(layout.to_dict()) == layout
+    assert features.FeatureSpec(target_columns=("y",)).conditioned is True  # the log scale
+    plain = FeatureSpec(target_columns=("y",), scaling="none")
+    assert not plain.conditioned and plain.model_fields() == {"input_size": 1}
+    with pytest.raises(ValueError, match="lags"):
+        spec(lags=(2, 4))
+
+
+def test_mean_scale_skips_missing_and_falls_back_on_zero_contexts():
+    layout = spec(default_scale=(7.0,))
+    np.testing.assert_allclose(features.mean_scale(np.array([[-2.0], [np.nan], [4.0]]), layout),
+                               [3.0])
+    np.testing.assert_allclose(features.mean_scale(np.zeros((3, 1)), layout), [7.0])
+    np.testing.assert_allclose(features.mean_scale(np.ones((3, 1)) * 5, spec(scaling="none")),
+                               [1.0])
+
+
+def test_window_inputs_by_hand():
+    layout = spec()
+    values = np.arange(1.0, 9.0)[:, None]  # y_t = t + 1
+    values[5] = np.nan  # missing: fed as 0
+    covariates = np.arange(9.0)[:, None] * 2 + 10  # z-scored: t
+    known = features.known_features(layout, None, covariates, ("b",))
+    np.testing.assert_allclose(known[:, 0], np.arange(9.0))
+    np.testing.assert_array_equal(known[:, 1:], np.tile([0.0, 1.0, 0.0], (9, 1)))
+    inputs = features.window_inputs(layout, values, known, start=3, length=3, scale=np.array([2.0]))
+    # row j is step t = 3 + j: [y_t / 2, log 2, y_(t-1) / 2, y_(t-3) / 2, covariate of t + 1, b]
+    expected = np.array([
+        [4 / 2, np.log(2), 3 / 2, 1 / 2, 4, 0, 1, 0],
+        [5 / 2, np.log(2), 4 / 2, 2 / 2, 5, 0, 1, 0],
+        [0 / 2, np.log(2), 5 / 2, 3 / 2, 6, 0, 1, 0],
+    ])
+    np.testing.assert_allclose(inputs, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="every lag"):
+        features.window_inputs(layout, values, known, start=2, length=2, scale=np.array([1.0]))
+    assert features.static_one_hot(layout, ("unseen",)).sum() == 0
+
+
+def test_assemble_is_the_same_for_numpy_and_jax():
+    layout = spec()
+    rng = np.random.default_rng(0)
+    element, lagged = rng.normal(size=(4, 1)), rng.normal(size=(4, 2, 1))
+    known, scale = rng.normal(size=(4, 4)), rng.uniform(0.5, 2, size=(4, 1))
+    host = features.assemble(layout, element, lagged, known, scale)
+    device = features.assemble(layout, *(jnp.asarray(a, jnp.float32) for a in
+                                         (element, lagged, known, scale)))
+    assert isinstance(host, np.ndarray)
+    np.testing.assert_allclose(np.asarray(device), host, rtol=1e-6, atol=1e-6)
