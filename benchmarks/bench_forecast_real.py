@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pathlib
 import sys
 import tempfile
 import time
@@ -41,12 +42,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-import seqmodel as sm
-from seqmodel.data.series import load_forecast_dataset
-from seqmodel.forecasting import baselines
-from seqmodel.forecasting.backtest import MODEL_METHOD, backtest, plot_backtest
-from seqmodel.training import checkpoint
-from seqmodel.training.fitting import fit
+if not __package__:  # run by path: Python put benchmarks/ on sys.path, the package needs its parent
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import seqmodel as sm  # noqa: E402
+from benchmarks import forecast_datasets  # noqa: E402
+from seqmodel.data.series import load_forecast_dataset  # noqa: E402
+from seqmodel.forecasting import baselines  # noqa: E402
+from seqmodel.forecasting.backtest import MODEL_METHOD, backtest, plot_backtest  # noqa: E402
+from seqmodel.training import checkpoint  # noqa: E402
+from seqmodel.training.fitting import fit  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,66 +81,25 @@ class Setting:
 # -- the data -----------------------------------------------------------------------------------
 
 
-def _monthly(start: str, count: int) -> np.ndarray:
-    return np.datetime64(start, "M") + np.arange(count)
-
-
-def load_taylor():
-    from pmdarima import datasets
-
-    values = np.asarray(datasets.load_taylor(), np.float64)
-    # Monday 5 June 2000 to Sunday 27 August 2000, every 30 minutes (the series' documentation).
-    times = np.datetime64("2000-06-05T00:00") + np.arange(len(values)) * np.timedelta64(30, "m")
-    return [("taylor", times, values)]
-
-
-def _pmdarima_monthly(name: str, start: str):
-    from pmdarima import datasets
-
-    values = np.asarray(getattr(datasets, f"load_{name}")(), np.float64)
-    return [(name, _monthly(start, len(values)), values)]
-
-
-def load_co2():
-    import statsmodels.api as statsmodels
-
-    frame = statsmodels.datasets.co2.load_pandas().data["co2"].interpolate()
-    times = frame.index.values.astype("datetime64[D]")
-    return [("co2", times, frame.to_numpy(np.float64))]
-
-
-def load_panel(count: int = 40, seed: int = 0):
-    """Related monthly series: a shared yearly shape, each with its own level (10^0 to 10^4),
-    growth, phase shift and noise, lengths 96 to 180 months ending together."""
-    rng = np.random.default_rng(seed)
-    end = np.datetime64("2024-12", "M")
-    series = []
-    for index in range(count):
-        length = int(rng.integers(96, 181))
-        steps = np.arange(length)
-        level = 10 ** rng.uniform(0, 4)
-        growth = rng.uniform(-0.002, 0.01)
-        shape = 1 + 0.3 * np.sin(2 * np.pi * (steps + rng.integers(3)) / 12) + 0.1 * np.cos(
-            4 * np.pi * steps / 12)
-        noise = 1 + rng.uniform(0.02, 0.08) * rng.standard_normal(length)
-        values = level * np.exp(growth * steps) * shape * noise
-        series.append((f"s{index:02d}", end - length + 1 + steps, values))
-    return series
+def _loader(name: str):
+    """The series of ``name`` (``[(id, times, values)]``): one definition for every arm of the
+    benchmark, seqmodel's and the peers' (``benchmarks/forecast_datasets.py``)."""
+    return forecast_datasets.DATASETS[name].loader
 
 
 DATASETS = {
-    "wineind": (lambda: _pmdarima_monthly("wineind", "1980-01"),
+    "wineind": (_loader("wineind"),
                 Setting(horizon=12, windows=3, season=12, context_length=24)),
-    "airpassengers": (lambda: _pmdarima_monthly("airpassengers", "1949-01"),
+    "airpassengers": (_loader("airpassengers"),
                       Setting(horizon=12, windows=3, season=12, context_length=24)),
-    "sunspots": (lambda: _pmdarima_monthly("sunspots", "1749-01"),
+    "sunspots": (_loader("sunspots"),
                  Setting(horizon=24, windows=5, season=12, context_length=48,
                          baseline_history=480)),
-    "co2": (load_co2, Setting(horizon=52, windows=4, season=52, context_length=104,
-                              baseline_history=156)),
-    "panel": (load_panel, Setting(horizon=12, windows=2, season=12, context_length=24)),
-    "taylor": (load_taylor, Setting(horizon=48, windows=7, season=48, context_length=96,
-                                    baseline_history=144)),
+    "co2": (_loader("co2"), Setting(horizon=52, windows=4, season=52, context_length=104,
+                                    baseline_history=156)),
+    "panel": (_loader("panel"), Setting(horizon=12, windows=2, season=12, context_length=24)),
+    "taylor": (_loader("taylor"), Setting(horizon=48, windows=7, season=48, context_length=96,
+                                          baseline_history=144)),
 }
 
 
@@ -322,6 +286,9 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write every result here")
     parser.add_argument("--markdown", help="write the tables here")
     parser.add_argument("--plot-dir", help="one backtest chart per dataset")
+    parser.add_argument("--peers", nargs="?", const="default", help="add the rows of the "
+                        "forecasting peers (DeepAR, NHITS, LSTM, MSTL...) from this JSON of "
+                        "bench_forecast_peers (default: the committed results)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.datasets.split(",") if name.strip()]
@@ -335,12 +302,25 @@ def main(argv=None) -> int:
         for name in names:
             started = time.perf_counter()
             results.append(run_dataset(name, args, folder))
+            if args.peers:
+                add_peer_rows(results[-1], args.peers)
             print(markdown(results[-1:], args.budget), flush=True)
             print(f"{name}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr,
                   flush=True)
             write_results(args, results)  # what is done so far survives an interruption
     print("\n".join(verdict(results)))
     return 0
+
+
+def add_peer_rows(result: dict, path: str) -> None:
+    """Appends the peers' rows of ``result``'s dataset (scored on the same windows by
+    ``bench_forecast_peers``; deep models: the mean over seeds) to its table."""
+    from benchmarks.bench_forecast_peers import RESULTS, peer_rows
+
+    rows = peer_rows(RESULTS if path == "default" else path, result["dataset"])
+    result["overall"].update({f"peer: {label}": {metric: round(value, 5)
+                                                 for metric, value in scores.items()}
+                              for label, scores in rows.items()})
 
 
 def write_results(args, results: list[dict]) -> None:
