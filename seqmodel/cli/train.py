@@ -327,7 +327,9 @@ def _resolve_resume(args, out: pathlib.Path):
 
 def _train_configs(args, dataset):
     """``(ModelConfig, TrainConfig)`` of a new run: the fields the data fixes, the explicit
-    flags, and the dataclasses' own defaults for everything else."""
+    flags, and the dataclasses' own defaults for everything else (for series:
+    ``SERIES_MODEL_DEFAULTS`` / ``SERIES_TRAIN_DEFAULTS`` and the dataset's window length)."""
+    from seqmodel.configs import SERIES_MODEL_DEFAULTS, SERIES_TRAIN_DEFAULTS
     from seqmodel.nn.model import ModelConfig
     from seqmodel.training.optimization import TrainConfig
 
@@ -342,10 +344,19 @@ def _train_configs(args, dataset):
         fields["head"] = args.head
     elif "head" not in fields and getattr(dataset, "default_head", None):
         fields["head"] = dataset.default_head
-    model_config = ModelConfig(**fields, **given(MODEL_FLAGS, skip=("head",)))
+    model_values = given(MODEL_FLAGS, skip=("head",))
     train_values = given(TRAIN_FLAGS)
-    if args.steps is None and args.max_time is None:
+    if dataset.kind == "series":
+        # Sized for series, not for text (seqmodel.configs.SERIES_*_DEFAULTS).
+        model_values = {**SERIES_MODEL_DEFAULTS, **model_values}
+        defaults = dict(SERIES_TRAIN_DEFAULTS)
+        if args.steps is not None or args.max_time is not None:
+            defaults.pop("steps")
+        train_values = {**defaults, **train_values}
+        train_values.setdefault("seq_len", dataset.default_seq_len())
+    elif args.steps is None and args.max_time is None:
         train_values["max_time"] = DEFAULT_MAX_TIME
+    model_config = ModelConfig(**fields, **model_values)
     return model_config, TrainConfig(**train_values)
 
 

@@ -208,9 +208,11 @@ def load_dataset(source: Any, *, val_fraction: float = 0.1, tokenizer: Any = DEF
     read = {key: options.get(key) for key in ("time_column", "id_column")}
     static = tuple(options.get("static_columns") or ())
     numeric = tuple(options.get("covariates") or ()) + tuple(options.get("target_columns") or ())
+    targets = options.get("target_columns")
+    value_columns = None if targets is None else tuple(targets) + tuple(
+        options.get("covariates") or ())
     table, name = read_source(source, missing=missing, static_columns=static,
-                              numeric_columns=numeric,
-                              target_columns=options.get("target_columns"), **read)
+                              numeric_columns=numeric, target_columns=value_columns, **read)
     settings = {key: value for key, value in options.items() if value is not None
                 and key not in ("time_column", "id_column")}
     return build_dataset(table, name=name, val_fraction=val_fraction, missing=missing,

@@ -179,6 +179,15 @@ class SeriesDataset:
         """The training part of every series in original units."""
         return [self.normalizer.denormalize(item.values) for item in self.train_series]
 
+    def default_seq_len(self, horizon: int | None = None) -> int:
+        """Training windows as long as a forecast reads and predicts: the context plus
+        ``horizon`` (default: a season, at least 16 steps), within the longest training series
+        (DeepAR's context plus prediction length)."""
+        spec = self.spec
+        ahead = horizon if horizon is not None else max(self.season, 16)
+        longest = max(len(item) for item in self.train_series)
+        return int(max(8, min(spec.context_length + ahead, longest - spec.max_lag)))
+
     def seen(self) -> list[dict]:
         """What training and validation saw of each series: its name, the number of steps
         and the last step's time stamp (ISO 8601, or the numeric time) when it has one."""

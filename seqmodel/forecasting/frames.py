@@ -19,16 +19,18 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import time
 from typing import Any, Sequence
 
 import numpy as np
 
+from seqmodel.configs import SERIES_MODEL_DEFAULTS, SERIES_TRAIN_DEFAULTS
 from seqmodel.data.tables import FRAME_ID, FRAME_TARGET, FRAME_TIME
 
 MODEL_NAME = "seqmodel"
 DEFAULT_LEVELS = (80, 95)
-DEFAULT_STEPS = 800
 DEFAULT_NUM_SAMPLES = 200
 # Settings of fit, by where they go: the model, the data, the training run.
 MODEL_SETTINGS = ("cell", "hidden_size", "num_layers", "dropout", "num_mixtures", "embed_size")
@@ -53,6 +55,7 @@ class FrameSettings:
     frame: Any
     num_samples: int
     fit_seconds: float
+    dataset: Any = None  # the SeriesDataset trained on (its series and splits calibrate)
 
 
 def _pandas():
@@ -91,12 +94,6 @@ def _default_val_fraction(lengths: Sequence[int], h: int) -> float:
     return float(min(0.3, max(0.1, 1.5 * h / median)))
 
 
-def default_seq_len(context_length: int, h: int, longest_train: int, max_lag: int) -> int:
-    """Training windows as long as a forecast reads and predicts (DeepAR's context plus
-    prediction length), within the longest training series."""
-    return int(max(8, min(context_length + h, longest_train - max_lag)))
-
-
 def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
         time_col: str = FRAME_TIME, target_col: str = FRAME_TARGET, **settings):
     """Train seqmodel forecasters on a long frame and return the :class:`Forecaster`.
@@ -109,8 +106,9 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
       static_df: one row per ``unique_id`` with its static (categorical) columns.
       settings: the model (``cell``, ``hidden_size``, ``num_layers``, ``dropout``), the data
         (``lags``, ``scaling``, ``context_length``, ``season``, ``head``, ``missing``), training
-        (``steps`` (default 800), ``max_time``, ``batch_size``, ``seq_len``,
-        ``learning_rate``, ``seed``), ``ensemble`` (members trained with seeds ``seed + k``;
+        (``steps``, ``max_time``, ``batch_size``, ``seq_len``, ``learning_rate``, ``seed``,
+        ``eval_every``; defaults: ``seqmodel.configs.SERIES_TRAIN_DEFAULTS`` and
+        ``SERIES_MODEL_DEFAULTS``, the best validation parameters kept), ``ensemble`` (members trained with seeds ``seed + k``;
         default 1), ``heads`` (the heads the members cycle through, e.g.
         ``("student_t", "gaussian")``), ``calibrate`` (conformal intervals, default True),
         ``val_fraction``, ``num_samples`` (paths per forecast, default 200), ``out_dir`` (run
@@ -126,6 +124,7 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
     from seqmodel.forecasting.conformal import calibrate
     from seqmodel.forecasting.forecaster import Forecaster
     from seqmodel.nn.model import ModelConfig, SequenceModel
+    from seqmodel.training.checkpoint import load_model
     from seqmodel.training.fitting import fit as fit_model
     from seqmodel.training.optimization import TrainConfig
 
@@ -151,26 +150,31 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
     if ensemble < 1:
         raise ValueError(f"ensemble={ensemble!r} is invalid: allowed is a positive integer")
     heads = tuple(settings.get("heads") or (dataset.head,))
-    spec = dataset.spec
-    longest = max(len(item) for item in dataset.train_series)
     train_values = {key: settings[key] for key in TRAIN_SETTINGS if settings.get(key) is not None}
-    if "steps" not in train_values and "max_time" not in train_values:
-        train_values["steps"] = DEFAULT_STEPS
-    train_values.setdefault("seq_len", default_seq_len(spec.context_length, int(h), longest,
-                                                       spec.max_lag))
-    train_values.setdefault("eval_every", train_values.get("steps") or 10**9)
+    if "steps" in train_values or "max_time" in train_values:
+        defaults = {k: v for k, v in SERIES_TRAIN_DEFAULTS.items() if k != "steps"}
+    else:
+        defaults = SERIES_TRAIN_DEFAULTS
+    train_values = {**defaults, **train_values}
+    train_values.setdefault("seq_len", dataset.default_seq_len(int(h)))
     seed = int(train_values.pop("seed", 0))
-    model_values = {key: settings[key] for key in MODEL_SETTINGS if settings.get(key) is not None}
+    model_values = {**SERIES_MODEL_DEFAULTS, **{key: settings[key] for key in MODEL_SETTINGS
+                                               if settings.get(key) is not None}}
     models = []
-    out_dir = settings.get("out_dir")
-    for member in range(ensemble):
-        head = heads[member % len(heads)]
-        fields = {**dataset.model_fields(), "head": head}
-        model = SequenceModel(ModelConfig(**fields, **model_values), rngs=nnx.Rngs(seed + member))
-        config = TrainConfig(seed=seed + member, val_fraction=val_fraction, **train_values)
-        fit_model(model, dataset, config, progress=bool(settings.get("progress", False)),
-                  out_dir=None if out_dir is None else f"{out_dir}/member-{member}")
-        models.append(model)
+    with tempfile.TemporaryDirectory() as scratch:
+        out_dir = settings.get("out_dir") or scratch
+        for member in range(ensemble):
+            head = heads[member % len(heads)]
+            fields = {**dataset.model_fields(), "head": head}
+            model = SequenceModel(ModelConfig(**fields, **model_values),
+                                  rngs=nnx.Rngs(seed + member))
+            config = TrainConfig(seed=seed + member, val_fraction=val_fraction,
+                                 **train_values)
+            folder = os.path.join(out_dir, f"member-{member}")
+            fit_model(model, dataset, config, progress=bool(settings.get("progress", False)),
+                      out_dir=folder)
+            # The parameters of the best validation NLL (early stopping on short series).
+            models.append(load_model(folder, prefer="best")[0])
     forecaster = Forecaster(models[0], dataset.preparation, members=models[1:],
                             seen=dataset.seen())
     if settings.get("calibrate", True):
@@ -178,7 +182,8 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
                                            horizon=int(h))
     forecaster.frame = FrameSettings(
         int(h), freq, id_col, time_col, target_col, exogenous, static_df, frame,
-        int(settings.get("num_samples") or DEFAULT_NUM_SAMPLES), time.perf_counter() - started)
+        int(settings.get("num_samples") or DEFAULT_NUM_SAMPLES), time.perf_counter() - started,
+        dataset)
     return forecaster
 
 
