@@ -31,6 +31,7 @@ import seqmodel as sm
 from seqmodel import TrainConfig
 from seqmodel.data import load_dataset
 from seqmodel.forecasting import paths as forecast
+from seqmodel.forecasting import plots, reports
 from seqmodel.training.fitting import fit
 
 VARIANTS = {
@@ -55,14 +56,14 @@ def run_variant(name: str, args, dataset) -> dict:
     train_seconds = time.perf_counter() - started
     model.eval()
     started = time.perf_counter()
-    report = forecast.exposure_bias_report(
+    report = reports.exposure_bias_report(
         model, dataset.val_sequences, dataset.normalizer, key=jax.random.key(args.seed),
         horizon=args.horizon, num_samples=args.num_samples, num_starts=args.num_starts,
         min_context=args.min_context)
     report_seconds = time.perf_counter() - started
     os.makedirs(args.out, exist_ok=True)
     title = f"sine, {args.cell} {args.hidden_size}, {args.head}, {name}"
-    forecast.plot_report(report, os.path.join(args.out, f"exposure_bias_sine_{name}.png"),
+    plots.plot_report(report, os.path.join(args.out, f"exposure_bias_sine_{name}.png"),
                          title=title)
     if name == "teacher-forcing":
         # One validation sequence: context, fan of sample paths, and what really happened.
@@ -71,7 +72,7 @@ def run_variant(name: str, args, dataset) -> dict:
         paths = forecast.forecast(model, dataset.normalizer, sequence[:start],
                                   key=jax.random.key(args.seed + 1), horizon=args.horizon,
                                   num_samples=200)
-        forecast.plot_fan(sequence[:start], paths, os.path.join(args.out, "fan_sine.png"),
+        plots.plot_fan(sequence[:start], paths, os.path.join(args.out, "fan_sine.png"),
                           truth=sequence[start : start + args.horizon],
                           feature_names=dataset.columns)
     mae, persistence = np.array(report["mae"]), np.array(report["persistence_mae"])
@@ -116,7 +117,8 @@ def main(argv=None) -> int:
     unknown = [name for name in names if name not in VARIANTS]
     if unknown:
         parser.error(f"--variants {unknown}: allowed {', '.join(VARIANTS)}")
-    dataset = load_dataset("sine")
+    # The plain case (the element alone) of the one path: the exposure bias of a bare model.
+    dataset = load_dataset("sine", lags=(1,), scaling="none", head=args.head)
     results = [run_variant(name, args, dataset) for name in names]
     print(f"{'variant':<20}{'one-step':>9}" + "".join(f"{'h=' + str(h):>16}" for h in (1, 10, 25, 50))
           + "   (MAE / persistence)")

@@ -12,9 +12,9 @@ a time column (a plain model is the case without calendar features, not a second
 
 - head: ``bernoulli`` for 0/1 data, else ``student_t``;
 - scaling: DeepAR's mean scaling (``mean``), none for 0/1 data;
-- season: the time column's frequency (a year of monthly data, a week of daily data, ...), else
-  the period that the autocorrelation of the training part shows (:func:`seqmodel.data.calendar.
-  detect_season`), else 1;
+- season: the time column's frequency (a year of monthly data, a week of daily data, ...) when
+  the shortest training series holds three of them, else the period that the autocorrelation of
+  the training part shows (:func:`seqmodel.data.calendar.detect_season`), else 1;
 - lags: 1, 2, 3 and one season back (and the frequency's own extra lags), those that fit a third
   of the shortest training series;
 - context: at least 32 steps and at least two seasons (so a forecast reads a whole season before
@@ -294,8 +294,11 @@ def prepare(table: Table, *, train_stops: Sequence[int], source: str = "the data
                         f"{', '.join(features.SCALINGS)}")
     train_lengths = [len(values) for values in train if len(values)]
     if season is None:
-        season = frequency.season if frequency is not None and frequency.season > 1 else (
-            calendar.detect_season([v[:, 0] for v in train]))
+        # The frequency's season where the data holds a few of them (a day of 30-second data
+        # is 2880 steps), else what the autocorrelation shows.
+        season = calendar.detect_season([v[:, 0] for v in train])
+        if frequency is not None and 1 < frequency.season <= min(train_lengths) // 3:
+            season = frequency.season
     if lags is None:
         lags = default_lags(frequency, season, train_lengths)
     else:

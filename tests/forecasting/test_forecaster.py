@@ -241,3 +241,26 @@ def test_a_stopped_forecaster_run_resumes_bit_for_bit(dataset, tmp_path):
     for got, want in zip(jax.tree.leaves(resumed.state.params),
                          jax.tree.leaves(straight.state.params)):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_a_plain_forecaster_draws_the_paths_of_generate():
+    """The plain and the forecasting paths agree for a plain model: the Forecaster's program
+    (context through the preparation, inputs rebuilt each step) draws the very paths that
+    seqmodel.generate draws from the same history and key."""
+    import seqmodel as sm
+    from seqmodel.data.normalization import Normalizer
+    from seqmodel.data.series import plain_preparation
+    from seqmodel.forecasting import paths
+
+    model = sm.SequenceModel(sm.ModelConfig(input_size=2, head="gaussian", hidden_size=8),
+                             rngs=nnx.Rngs(0))
+    normalizer = Normalizer((1.0, -2.0), (2.0, 0.5))
+    forecaster = sm.Forecaster(model, plain_preparation(("a", "b"), normalizer, head="gaussian"))
+    history = np.random.default_rng(0).normal(size=(30, 2))
+    key = jax.random.key(3)
+    forecast = forecaster.predict(history, horizon=6, num_samples=5, key=key)
+    expected = paths.forecast(model, normalizer, history, key=key, horizon=6, num_samples=5)
+    assert forecast.paths.shape == (1, 5, 6, 2) and forecast.names == ["series 0"]
+    np.testing.assert_allclose(forecast.paths[0], expected, atol=1e-5)
+    with pytest.raises(Exception, match="3 column"):
+        forecaster.predict(np.ones((30, 3)), horizon=2)

@@ -246,3 +246,43 @@ def test_cli_forecaster_round_trip_with_covariates_and_backtest(tmp_path, monkey
     assert "--future-file" in errors[0] and "fewer than --steps 6" in errors[1]
     assert "'promo' is not a column" in errors[2] and "lags up to 300" in errors[3]
     assert "line 11" in errors[4] and "2 days" in errors[4]
+
+
+@pytest.mark.slow
+def test_cli_holdout_keeps_backtests_honest_and_an_ensemble_pools(tmp_path, monkeypatch, capsys):
+    """`eval --backtest` refuses windows the run saw (exit 2, the --holdout that fixes it),
+    scores them with --allow-overlap (and says so), and a run with --holdout and --ensemble 2
+    backtests its unseen windows with both members and calibrated intervals."""
+    import json
+
+    from seqmodel.cli import main
+    from seqmodel.forecasting.forecaster import Forecaster
+
+    monkeypatch.chdir(tmp_path)
+    days = np.arange("2024-01-01", "2024-05-01", dtype="datetime64[D]")
+    level = 20 + 3 * np.sin(2 * np.pi * np.arange(len(days)) / 7)
+    rows = "".join(f"{d},{v:.3f}\n" for d, v in zip(days, level))
+    (tmp_path / "d.csv").write_text("day,visits\n" + rows)
+    train = ["train", "--data", "d.csv", "--time-column", "day", "--steps", "20",
+             "--hidden-size", "8", "--batch-size", "8", "--eval-every", "20", "--no-progress",
+             "--devices", "1"]
+    backtest = ["eval", "--backtest", "2", "--horizon", "7", "--baselines", "persistence",
+                "--num-samples", "20"]
+    assert main([*train, "--out", "seen"]) == 0
+    capsys.readouterr()
+    assert main([*backtest, "--checkpoint", "seen"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--holdout 14" in error and "2024-04-17" in error
+    assert main([*backtest, "--checkpoint", "seen", "--allow-overlap", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["overlap"] is True and summary["allow_overlap"] is True
+    assert main([*train, "--holdout", "14", "--ensemble", "2", "--out", "held"]) == 0
+    assert (tmp_path / "held" / "members" / "1" / "checkpoints").is_dir()
+    capsys.readouterr()
+    assert main([*backtest, "--checkpoint", "held", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["overlap"] is False and summary["allow_overlap"] is False
+    assert set(summary["calibration"]) >= {"coverage_80_before", "coverage_80_after",
+                                           "coverage_95_before", "coverage_95_after"}
+    forecaster = Forecaster.load("held")
+    assert len(forecaster.models) == 2 and forecaster.seen[0]["steps"] == len(days) - 14
