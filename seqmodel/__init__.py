@@ -18,6 +18,7 @@ from seqmodel._version import __version__  # noqa: F401  (the package version)
 # time it is read (seqmodel.SequenceModel), so importing the package stays cheap.
 _EXPORTS = {
     "seqmodel.decoding.beam": ("BeamSearchResult", "beam_search"),
+    "seqmodel.decoding.constraints": ("Constraint", "ConstraintError", "JsonSchema", "Regex"),
     "seqmodel.nn.cells": ("ElmanCell", "GRUCell", "LSTMCell"),
     "seqmodel.training.checkpoint": ("RunCheckpoints", "load_model"),
     "seqmodel.data": ("Batch", "ByteTokenizer", "CharTokenizer", "DataError", "TextDataset",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     )
     from seqmodel.data.numeric import Normalizer, NumericDataset
     from seqmodel.decoding.beam import BeamSearchResult, beam_search
+    from seqmodel.decoding.constraints import Constraint, ConstraintError, JsonSchema, Regex
     from seqmodel.decoding.generate import Generation, generate, generate_stream
     from seqmodel.errors import CheckpointError, TrainingError, UserError
     from seqmodel.forecasting.paths import crps_from_samples, exposure_bias_report, sample_paths
@@ -107,6 +109,8 @@ __all__ = [
     "CharTokenizer",
     "Categorical",
     "CheckpointError",
+    "Constraint",
+    "ConstraintError",
     "DataError",
     "DataParallel",
     "DistributedError",
@@ -116,12 +120,14 @@ __all__ = [
     "GRUCell",
     "Gaussian",
     "Generation",
+    "JsonSchema",
     "LSTMCell",
     "MixtureGaussian",
     "ModelConfig",
     "NegativeBinomial",
     "Normalizer",
     "NumericDataset",
+    "Regex",
     "RunCheckpoints",
     "SequenceModel",
     "StudentT",
