@@ -224,8 +224,8 @@ class Constraint:
     def start_states(self, prompt: np.ndarray | None, prompt_lengths: np.ndarray, *,
                      eos_id: int | None) -> np.ndarray:
         """``(b,)`` int32: each row's state after its prompt ``prompt[r, :prompt_lengths[r]]``
-        (``prompt`` None: the initial state). Raises ``ValueError`` naming the row and the
-        first position where the prompt leaves the language."""
+        (``prompt`` None: the initial state). Raises :class:`ConstraintError` (a ``ValueError``)
+        naming the row and the first position where the prompt leaves the language."""
         if prompt is None:
             return np.zeros(len(prompt_lengths), np.int32)
         states = np.zeros(len(prompt_lengths), np.int32)
@@ -236,7 +236,7 @@ class Constraint:
                 offending = int(np.flatnonzero(tokens == eos_id)[0])
             if offending is not None:
                 token = int(tokens[offending])
-                raise ValueError(
+                raise ConstraintError(
                     f"prompt row {row} leaves the constraint's language at position {offending} "
                     f"(token {token}, {self.texts[token]!r}): {self.what} allows no text that "
                     "starts like this prompt; give a prompt that begins a text of the language "
