@@ -123,7 +123,7 @@ def _search_program(model, prompt, prompt_lengths, automaton, length_penalty, va
     start = prefill(model, prompt, prompt_lengths, beams)
     repeat = functools.partial(jnp.repeat, repeats=beams, axis=0)
     history = processors.initial_history(rules, repeat(prompt), repeat(prompt_lengths),
-                                         vocab_size=vocab, steps=steps)
+                                         vocab_size=vocab, steps=steps, values=values)
     # Only the first beam of each row is alive at first: the others would repeat it.
     running = jnp.full((batch, beams), -jnp.inf).at[:, 0].set(0.0)
     zeros = jnp.zeros((batch, beams, steps), jnp.int32)
@@ -149,7 +149,7 @@ def _search_program(model, prompt, prompt_lengths, automaton, length_penalty, va
         parent_rows = (rows * beams + parent).reshape(-1)  # (b * 2k,) rows of the flat carry
         candidate_history = jax.tree.map(lambda a: a[parent_rows], state.history)
         candidate_history = processors.update_history(candidate_history, token.reshape(-1),
-                                                      step, rules)
+                                                      step, rules, values)
         reasons = processors.ends_row(candidate_history, token.reshape(-1), step, rules, values)
         reasons = (jnp.zeros((batch * candidates,), jnp.int32) if reasons is None else reasons)
         candidate_automaton = None

@@ -97,6 +97,13 @@ def _outlines_core():
     return outlines_core
 
 
+# A character no tokenizer here spells (a noncharacter): appended to every pattern, it makes the
+# texts of the language the states it leads from. outlines-core drops the transitions that leave
+# an accepting state for a non-accepting one (0.2.11 to 0.2.14: "(ab)*" allows "" only); with the
+# sentinel appended no state of the language is accepting in outlines-core's sense.
+SENTINEL = "\U0010ffff"
+
+
 def build_automaton(pattern: str, texts: Sequence[str | bytes], *, what: str):
     """The trimmed automaton of ``pattern`` (matched in full) over tokens spelling ``texts``.
 
@@ -105,14 +112,17 @@ def build_automaton(pattern: str, texts: Sequence[str | bytes], *, what: str):
     errors."""
     outlines_core = _outlines_core()
     vocab_size = len(texts)
-    ids: dict[str | bytes, list[int]] = {}
+    ids: dict[bytes, list[int]] = {}  # outlines-core reads tokens as UTF-8 bytes
     for token, text in enumerate(texts):
-        ids.setdefault(text, []).append(token)
-    # outlines-core wants an end-of-sequence id; one past the vocabulary keeps it out of the
-    # table (seqmodel places eos_id itself: see ConstraintTables).
-    vocabulary = outlines_core.Vocabulary(vocab_size, ids)
+        ids.setdefault(text.encode() if isinstance(text, str) else text, []).append(token)
+    if SENTINEL.encode() in ids:
+        raise ConstraintError("the tokenizer spells U+10FFFF: constraints reserve it")
+    ids[SENTINEL.encode()] = [vocab_size]
+    # outlines-core wants an end-of-sequence id; one past the sentinel keeps it out of the table
+    # (seqmodel places eos_id itself: see ConstraintTables).
+    vocabulary = outlines_core.Vocabulary(vocab_size + 1, ids)
     try:
-        index = outlines_core.Index(pattern, vocabulary)
+        index = outlines_core.Index(f"(?:{pattern}){SENTINEL}", vocabulary)
     except ValueError as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         missing = re.search(r"following characters: (\[.*?\])", message)
@@ -123,15 +133,22 @@ def build_automaton(pattern: str, texts: Sequence[str | bytes], *, what: str):
         raise ConstraintError(f"{what} is not a regular expression that outlines-core can "
                               f"compile: {message}") from None
     found = index.get_transitions()
-    order = [index.get_initial_state()] + sorted(set(found) - {index.get_initial_state()})
-    number = {state: row for row, state in enumerate(order)}
+    ended = set(index.get_final_states())  # the states after the sentinel
+    # The states of the language: reachable from the start by tokens (not the sentinel).
+    start = index.get_initial_state()
+    order, number = [start], {start: 0}
+    for state in order:
+        for token, target in sorted(found.get(state, {}).items()):
+            if token < vocab_size and target not in number and target not in ended:
+                number[target] = len(order)
+                order.append(target)
     transitions = np.full((len(order), vocab_size), -1, np.int32)
-    for state, moves in found.items():
-        for token, target in moves.items():
-            if token < vocab_size and target in number:
-                transitions[number[state], token] = number[target]
     accepting = np.zeros(len(order), bool)
-    accepting[[number[state] for state in index.get_final_states() if state in number]] = True
+    for state, row in number.items():
+        for token, target in found.get(state, {}).items():
+            if token < vocab_size and target in number:
+                transitions[row, token] = number[target]
+        accepting[row] = found.get(state, {}).get(vocab_size) in ended
     # Trim: a state that cannot reach an accepting one is a dead end; no transition enters it.
     alive = accepting.copy()
     while True:

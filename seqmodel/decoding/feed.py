@@ -94,7 +94,8 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
                draw: Callable, truth: Array | None = None, use_truth: Array | None = None,
                dropout_key: Array | None = None, table: Array | None = None,
                greedy: bool = False, noise_budget: int = NOISE_BUDGET,
-               record_outputs: bool = True, next_input: Callable | None = None):
+               record_outputs: bool = True, next_input: Callable | None = None,
+               prepare_noise: Callable | None = None):
     """Exactly ``size`` steps of ``model.step`` with global step indices ``start ...``.
 
     At step ``i`` the input is ``truth[i]`` where ``use_truth[i]`` holds, else ``state.x`` (the
@@ -120,6 +121,9 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
       next_input: ``(element, history, i) -> x``: the model input that follows a sampled
         element (default: the element itself). Models whose inputs carry conditioning features
         after the element (lags, known covariates) build them here from ``history``.
+      prepare_noise: ``noise (n, b, ...) -> noise``, applied to a segment's noise once before
+        its scan: work that does not depend on the step's output (scaling by the temperature,
+        adding a constant bias) leaves the scan body.
 
     Returns:
       ``(state, (samples, fed, outputs))``, each time-major ``(size, b, ...)``; ``outputs`` is
@@ -151,6 +155,8 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
     def segment(state: FeedState, offset, length: int, truth_part, use_truth_part):
         indices = start + offset + jnp.arange(length, dtype=jnp.int32)
         noise = None if greedy else step_noise(head, key, indices, rows)
+        if noise is not None and prepare_noise is not None:
+            noise = prepare_noise(noise)
         return jax.lax.scan(body, state, (indices, noise, truth_part, use_truth_part))
 
     # Segments hold at most noise_budget noise elements: equal lengths plus one remainder.

@@ -30,6 +30,7 @@ for the duration of the call.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
@@ -102,7 +103,8 @@ class TokenHistory(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-def start_loop(model, prompt, prompt_lengths, automaton, options: GenerateOptions) -> FeedState:
+def start_loop(model, prompt, prompt_lengths, automaton, values: processors.ProcessorValues,
+               options: GenerateOptions) -> FeedState:
     """The prefilled loop state of ``b * num_samples`` rows, with the processors' history and
     the constraint's states (traceable; the arguments are those of a :class:`Request`).
 
@@ -110,7 +112,7 @@ def start_loop(model, prompt, prompt_lengths, automaton, options: GenerateOption
 
         request = check_request(model, key=key, steps=10, prompt=tokens)
         state = start_loop(model, request.prompt, request.prompt_lengths, request.automaton,
-                           request.options)
+                           request.values.processors, request.options)
     """
     state = prefill(model, prompt, prompt_lengths, options.num_samples)
     if not model.config.discrete:
@@ -118,7 +120,7 @@ def start_loop(model, prompt, prompt_lengths, automaton, options: GenerateOption
     repeat = functools.partial(jnp.repeat, repeats=options.num_samples, axis=0)
     history = processors.initial_history(
         options.processors, repeat(prompt), repeat(prompt_lengths),
-        vocab_size=model.config.vocab_size, steps=options.steps)
+        vocab_size=model.config.vocab_size, steps=options.steps, values=values)
     automaton = repeat(jnp.asarray(automaton, jnp.int32)) if options.constrained else None
     return state._replace(history=TokenHistory(history, automaton))
 
@@ -148,25 +150,40 @@ def _run_chunk(model, table, state: FeedState, key, start, values: GenerateValue
     None)``, padded past each row's length."""
     head = model.head
     rules, numbers, tables = options.processors, values.processors, values.constraint
+    # Categorical draws without top-p take the temperature (and, without top-k or a user
+    # function after it, the constant bias) in their noise: see sampling.fold_noise.
+    fold = head.discrete and not options.greedy and not options.use_top_p
+    fold_bias = fold and rules.bias and rules.custom is None and options.top_k is None
+    step_rules = dataclasses.replace(rules, bias=False) if fold_bias else rules
+
+    def prepare_noise(noise):
+        return sampling.fold_noise(noise, temperature=values.temperature,
+                                   bias=numbers.bias if fold_bias else None)
 
     def draw(noise, out, history, index):
         logits = out
         if options.constrained:  # before every other control
             logits = constraints.mask_logits(logits, history.automaton, tables)
-        if rules.active:
-            logits = processors.process_logits(logits, history.processors, index, rules, numbers)
-        sample = sampling.sample_with_noise(
-            head, noise, logits, temperature=values.temperature, top_k=options.top_k,
-            top_p=values.top_p if options.use_top_p else None, greedy=options.greedy)
+        if step_rules.active:
+            logits = processors.process_logits(logits, history.processors, index, step_rules,
+                                               numbers)
+        if fold:
+            candidates = logits + noise  # -inf where a token is not allowed
+            sample = sampling.sample_folded(noise, logits, top_k=options.top_k)
+        else:
+            candidates = logits
+            sample = sampling.sample_with_noise(
+                head, noise, logits, temperature=values.temperature, top_k=options.top_k,
+                top_p=values.top_p if options.use_top_p else None, greedy=options.greedy)
         if not head.discrete:
             return sample, history, None
-        seen = processors.update_history(history.processors, sample, index, rules)
+        seen = processors.update_history(history.processors, sample, index, rules, numbers)
         reason = processors.ends_row(seen, sample, index, rules, numbers)
         stop = None if reason is None else Stop(reason)
         automaton = history.automaton
         if options.constrained:
             following = constraints.advance(automaton, sample, tables)
-            stop = _constrained_stop(reason, logits, automaton, following, tables, options)
+            stop = _constrained_stop(reason, candidates, automaton, following, tables, options)
             automaton = following
         if stop is not None:
             # A stop in the steps past `steps` (the tail of the last chunk) does not count.
@@ -175,7 +192,8 @@ def _run_chunk(model, table, state: FeedState, key, start, values: GenerateValue
 
     state, (samples, _, scores) = feed_steps(
         model, state, key=key, start=start, size=size, draw=draw, table=table,
-        greedy=options.greedy, noise_budget=NOISE_BUDGET, record_outputs=options.return_scores)
+        greedy=options.greedy, noise_budget=NOISE_BUDGET, record_outputs=options.return_scores,
+        prepare_noise=prepare_noise if fold else None)
     if not options.stops:  # every row is still going: no per-step bookkeeping needed
         state = state._replace(lengths=state.lengths + size)
     else:
@@ -201,7 +219,7 @@ def _generate_program(model, prompt, prompt_lengths, automaton, key, values: Gen
     TRACE_COUNTS["generate"] += 1
     model.eval()  # the traced copy only: the caller's model keeps its mode
     table = model.input_table()
-    state = start_loop(model, prompt, prompt_lengths, automaton, options)
+    state = start_loop(model, prompt, prompt_lengths, automaton, values.processors, options)
     run = functools.partial(_run_chunk, model, table, key=key, values=values, options=options)
     steps = options.steps
     if not options.stops:
@@ -249,11 +267,11 @@ def _generate_program(model, prompt, prompt_lengths, automaton, key, values: Gen
 _compiled_generate = jax.jit(_generate_program, static_argnames=("options",))
 
 
-def _prefill_program(model, prompt, prompt_lengths, automaton, *,
+def _prefill_program(model, prompt, prompt_lengths, automaton, values, *,
                      options: GenerateOptions) -> FeedState:
     TRACE_COUNTS["prefill"] += 1
     model.eval()
-    return start_loop(model, prompt, prompt_lengths, automaton, options)
+    return start_loop(model, prompt, prompt_lengths, automaton, values, options)
 
 
 def _chunk_program(model, state, key, start, values, *, size: int, options: GenerateOptions):
@@ -412,7 +430,7 @@ def generate_stream(
 def _stream(model, request: Request, size: int) -> Iterator[Generation]:
     options, steps = request.options, request.options.steps
     state = _compiled_prefill(model, request.prompt, request.prompt_lengths, request.automaton,
-                              options=options)
+                              request.values.processors, options=options)
     finished, last_chunk = False, None
     for start in range(0, steps, size):
         take = min(size, steps - start)

@@ -46,6 +46,30 @@ def texts(generation, tokenizer):
 
 
 # ---------------------------------------------------------------------------------------------
+# The automaton: exactly the language of the pattern
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", [
+    "(ab)*", "a(bc)+", "a?(ab)*c?", "(ab){0,3}", "(a|ab)(c|bcb)*", "[abc]{2,3}|ab(ca)*", "",
+    "a*b*", "(a|b)*abb",
+])
+def test_the_automaton_accepts_exactly_what_fullmatch_accepts(pattern):
+    """Every text of up to 6 letters over the vocabulary, against Python's ``re``."""
+    letters = "abc"
+    constraint = sm.Regex(pattern, list(letters))
+    for size in range(7):
+        for text in map("".join, itertools.product(letters, repeat=size)):
+            tokens = [letters.index(char) for char in text]
+            assert constraint.accepts(tokens) == bool(re.fullmatch(pattern, text)), text
+            # A prefix is allowed exactly when some text of the language extends it.
+            state, offending = constraint.walk(tokens)
+            extends = any(re.fullmatch(pattern, text + "".join(tail)) for extra in range(5)
+                          for tail in itertools.product(letters, repeat=extra))
+            assert (offending is None) == extends, text
+
+
+# ---------------------------------------------------------------------------------------------
 # Every finished sample is in the language
 # ---------------------------------------------------------------------------------------------
 
@@ -225,8 +249,8 @@ def test_beam_search_without_eos_ends_hypotheses_whose_text_is_whole():
 def loop_state_leaves(model, **arguments):
     request = check_request(model, key=jax.random.key(0), steps=4, **arguments)
     state = jax.eval_shape(
-        lambda prompt, lengths, automaton: start_loop(model, prompt, lengths, automaton,
-                                                      request.options),
+        lambda prompt, lengths, automaton: start_loop(
+            model, prompt, lengths, automaton, request.values.processors, request.options),
         jnp.asarray(request.prompt), jnp.asarray(request.prompt_lengths), request.automaton)
     return sorted((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(state))
 
