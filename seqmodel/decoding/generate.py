@@ -17,10 +17,14 @@ How a call runs (all of it inside one ``jax.jit``, cached per shape and static o
    one add and an argmax.
 3. **Logits processors** (:mod:`seqmodel.decoding.processors`: penalties, bias and bans, min-new-tokens,
    stop sequences, a user function) change each step's logits before the sampling controls,
-   with what they remember of each row carried in the loop state.
-4. **Early stop.** With ``eos_id`` or stop sequences, the scan runs in chunks of
-   :data:`EARLY_STOP_CHUNK` steps inside a ``lax.while_loop`` that ends once every row has
-   stopped: no recompiling, at most one chunk of wasted steps. Otherwise it is one plain scan.
+   with what they remember of each row carried in the loop state. A **constraint**
+   (:mod:`seqmodel.decoding.constraints`) masks the logits before them, its automaton state one
+   int32 per row in the loop state. Without top-p, the temperature (and a constant bias) are
+   folded into the noise before the scan (:func:`seqmodel.decoding.sampling.fold_noise`).
+4. **Early stop.** With ``eos_id``, stop sequences or a constraint that can end rows, the scan
+   runs in chunks of :data:`EARLY_STOP_CHUNK` steps inside a ``lax.while_loop`` that ends once
+   every row has stopped: no recompiling, at most one chunk of wasted steps. Otherwise it is one
+   plain scan. Why each row stopped comes back in ``Generation.stop_reasons``.
 
 The model runs in eval mode (no dropout) during generation. The switch happens on the copy of the
 model that lives inside the compiled function, so the caller's model is never modified, not even
