@@ -2,6 +2,7 @@
 the logits processors cost inside ``generate``.
 
     python benchmarks/bench_decoding.py [--json decoding.json] [--repeats 5]
+        [--part beam|processors]   (one part only; default both)
 
 1. Beam search: LSTM, vocabulary 65, ``num_beams`` 8, batch 1, hidden 512, 500 steps, no eos (every
    step runs). seqmodel's ``beam_search`` (one compiled program) against the same algorithm as a
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -139,9 +141,14 @@ def bench_processors(args) -> dict:
             sm.generate(model, key=key, steps=args.steps, prompt=prompt, **extra).samples)
 
     plain, processed, repetition = [], [], []
+    cpu = {"plain": [], "all": []}  # CPU seconds of the process: steadier on a shared machine
     for _ in range(args.repeats):
+        started = time.process_time()
         plain += time_call(run(), 1)
+        cpu["plain"].append(time.process_time() - started)
+        started = time.process_time()
         processed += time_call(run(**PROCESSORS), 1)
+        cpu["all"].append(time.process_time() - started)
         repetition += time_call(run(repetition_penalty=1.2), 1)
     tokens = 32 * args.steps
     plain_rate = tokens / statistics.median(plain)
@@ -150,7 +157,9 @@ def bench_processors(args) -> dict:
             "plain_tokens_per_second": plain_rate,
             "all_processors_tokens_per_second": processed_rate,
             "repetition_only_tokens_per_second": tokens / statistics.median(repetition),
-            "cost_fraction": 1.0 - processed_rate / plain_rate}
+            "cost_fraction": 1.0 - processed_rate / plain_rate,
+            "cpu_cost_fraction": statistics.median(cpu["all"]) / statistics.median(cpu["plain"])
+            - 1.0}
 
 
 def main(argv=None) -> int:
@@ -159,19 +168,26 @@ def main(argv=None) -> int:
     parser.add_argument("--beams", type=int, default=8)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--part", choices=("beam", "processors"),
+                        help="run one part only (default: both)")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
-    report = {"beam_search": bench_beam(args), "processors": bench_processors(args),
-              "jax": jax.__version__}
-    beam, processors = report["beam_search"], report["processors"]
-    print(f"beam search (beams {beam['beams']}, batch 1, hidden {beam['hidden']}, "
-          f"{beam['steps']} steps): seqmodel {beam['seqmodel_tokens_per_second']:,.0f} tok/s, "
-          f"PyTorch eager {beam['pytorch_tokens_per_second']:,.0f} tok/s: "
-          f"{beam['ratio']:.1f}x")
-    print(f"processors (batch 32, hidden 128): plain {processors['plain_tokens_per_second']:,.0f} "
-          f"tok/s, all processors {processors['all_processors_tokens_per_second']:,.0f} tok/s "
-          f"(cost {100 * processors['cost_fraction']:.1f}%), repetition penalty only "
-          f"{processors['repetition_only_tokens_per_second']:,.0f} tok/s")
+    report = {"jax": jax.__version__}
+    if args.part in (None, "beam"):
+        report["beam_search"] = beam = bench_beam(args)
+        print(f"beam search (beams {beam['beams']}, batch 1, hidden {beam['hidden']}, "
+              f"{beam['steps']} steps): seqmodel {beam['seqmodel_tokens_per_second']:,.0f} "
+              f"tok/s, PyTorch eager {beam['pytorch_tokens_per_second']:,.0f} tok/s: "
+              f"{beam['ratio']:.1f}x")
+    if args.part in (None, "processors"):
+        report["processors"] = processors = bench_processors(args)
+        report["loadavg"] = [round(value, 2) for value in os.getloadavg()]
+        print(f"processors (batch 32, hidden 128): plain "
+              f"{processors['plain_tokens_per_second']:,.0f} tok/s, all processors "
+              f"{processors['all_processors_tokens_per_second']:,.0f} tok/s (cost "
+              f"{100 * processors['cost_fraction']:.1f}%), repetition penalty only "
+              f"{processors['repetition_only_tokens_per_second']:,.0f} tok/s; CPU time cost "
+              f"{100 * processors['cpu_cost_fraction']:.1f}%")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2, default=str)

@@ -18,6 +18,7 @@ from seqmodel._version import __version__  # noqa: F401  (the package version)
 # time it is read (seqmodel.SequenceModel), so importing the package stays cheap.
 _EXPORTS = {
     "seqmodel.decoding.beam": ("BeamSearchResult", "beam_search"),
+    "seqmodel.decoding.constraints": ("Constraint", "ConstraintError", "JsonSchema", "Regex"),
     "seqmodel.nn.cells": ("ElmanCell", "GRUCell", "LSTMCell"),
     "seqmodel.training.checkpoint": ("RunCheckpoints", "load_model"),
     "seqmodel.data": ("Batch", "ByteTokenizer", "CharTokenizer", "DataError", "SeriesDataset",
@@ -58,6 +59,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
     from seqmodel.data.preparation import Preparation
     from seqmodel.data.series import NumericDataset
     from seqmodel.decoding.beam import BeamSearchResult, beam_search
+    from seqmodel.decoding.constraints import Constraint, ConstraintError, JsonSchema, Regex
     from seqmodel.decoding.generate import Generation, generate, generate_stream
     from seqmodel.errors import CheckpointError, TrainingError, UserError
     from seqmodel.forecasting.forecaster import Forecast, Forecaster
@@ -117,6 +119,8 @@ __all__ = [
     "Categorical",
     "CharTokenizer",
     "CheckpointError",
+    "Constraint",
+    "ConstraintError",
     "DataError",
     "DataParallel",
     "DistributedError",
@@ -128,6 +132,7 @@ __all__ = [
     "GRUCell",
     "Gaussian",
     "Generation",
+    "JsonSchema",
     "LSTMCell",
     "MixtureGaussian",
     "ModelConfig",
@@ -135,6 +140,7 @@ __all__ = [
     "Normalizer",
     "NumericDataset",
     "Preparation",
+    "Regex",
     "RunCheckpoints",
     "SequenceModel",
     "SeriesDataset",

@@ -4,9 +4,11 @@ real-valued model (quantiles, fan chart)."""
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
+from typing import NamedTuple
 
 from seqmodel.cli.common import (
     UsageError,
@@ -43,6 +45,13 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     add("--stop", metavar="TEXT", action="append", help="end each continuation after the first "
         "TEXT (repeat the flag for several)")
     add("--seed", type=int, default=0, metavar="N", help="same seed, same text (default 0)")
+    constraint = parser.add_mutually_exclusive_group()
+    constraint.add_argument("--regex", metavar="PATTERN", help="text models: every continuation "
+                            "(with its --prompt, if given) is a text matching PATTERN in full")
+    constraint.add_argument("--json-schema", metavar="FILE", help="text models: every "
+                            "continuation is JSON valid under the schema in FILE")
+    add("--json", action="store_true", help="text models: print one JSON line {\"samples\": "
+        "[text, ...], \"lengths\": [...], \"stop_reasons\": [...]} (continuations only)")
     # Real-valued models (_sample_real_valued): context from --prompt-file (.csv/.npy), else
     # the training file.
     add("--out", metavar="PATH", help="real values: write sample paths (S, H, d) to this .npy")
@@ -53,35 +62,75 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
         "has several series)")
 
 
-def text_sample(model, tokenizer, *, key, steps: int, prompt: str, temperature: float = 1.0,
-                top_k=None, top_p=None, greedy=False, num_samples: int = 1,
-                stop: list[str] | None = None, beams: int | None = None,
-                length_penalty: float | None = None, repetition_penalty: float | None = None,
-                min_new_tokens: int | None = None) -> list[str]:
-    """Continuations of ``prompt`` as text (prompt not included): sampled, or the best
-    ``num_samples`` hypotheses of a beam search with ``beams`` beams. Each ``stop`` text ends a
-    continuation (included in it)."""
+class TextSample(NamedTuple):
+    """One continuation: its ``text``, its ``length`` in tokens and why it stopped."""
+
+    text: str
+    length: int
+    stop_reason: str
+
+
+def text_samples(model, tokenizer, *, key, steps: int, prompt: str | None,
+                 temperature: float = 1.0, top_k=None, top_p=None, greedy=False,
+                 num_samples: int = 1, stop: list[str] | None = None, beams: int | None = None,
+                 length_penalty: float | None = None, repetition_penalty: float | None = None,
+                 min_new_tokens: int | None = None, constraint=None) -> list[TextSample]:
+    """Continuations of ``prompt`` (None: from the model's start element; not included in the
+    texts): sampled, or the best ``num_samples`` hypotheses of a beam search with ``beams``
+    beams. Each ``stop`` text ends a continuation (included in it); a ``constraint``
+    (:class:`seqmodel.Regex`, :class:`seqmodel.JsonSchema`) keeps prompt + continuation in its
+    language."""
     import numpy as np
 
     from seqmodel.decoding.beam import beam_search
     from seqmodel.decoding.generate import generate
 
-    ids = np.asarray(tokenizer.encode(prompt, what="prompt"), np.int32)[None]
+    ids = None if prompt is None else np.asarray(tokenizer.encode(prompt, what="prompt"),
+                                                 np.int32)[None]
     stop_sequences = [list(tokenizer.encode(text, what="--stop text")) for text in stop or []]
     processors = dict(stop_sequences=stop_sequences or None,
                       repetition_penalty=repetition_penalty, min_new_tokens=min_new_tokens)
     if beams is None:
         generation = generate(model, key=key, steps=steps, prompt=ids, num_samples=num_samples,
                               temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                              **processors)
-        rows = zip(np.asarray(generation.samples), np.asarray(generation.lengths))
+                              constraint=constraint, **processors)
+        rows = zip(np.asarray(generation.samples), np.asarray(generation.lengths),
+                   generation.stop_reason_names())
     else:
         result = beam_search(model, prompt=ids, steps=steps, num_beams=beams,
                              num_return_sequences=num_samples,
                              length_penalty=1.0 if length_penalty is None else length_penalty,
-                             **processors)
-        rows = zip(np.asarray(result.sequences[0]), np.asarray(result.lengths[0]))
-    return [tokenizer.decode(row[:length]) for row, length in rows]
+                             constraint=constraint, **processors)
+        rows = zip(np.asarray(result.sequences[0]), np.asarray(result.lengths[0]),
+                   result.stop_reason_names()[0])
+    return [TextSample(tokenizer.decode(row[:length]), int(length), reason)
+            for row, length, reason in rows]
+
+
+def text_sample(model, tokenizer, **arguments) -> list[str]:
+    """The texts of :func:`text_samples` (same arguments)."""
+    return [sample.text for sample in text_samples(model, tokenizer, **arguments)]
+
+
+def build_constraint(args, tokenizer):
+    """The constraint of ``--regex`` / ``--json-schema`` (None without them)."""
+    if args.regex is None and args.json_schema is None:
+        return None
+    from seqmodel.decoding.constraints import JsonSchema, Regex
+
+    if args.regex is not None:
+        return Regex(args.regex, tokenizer)
+    try:
+        text = pathlib.Path(args.json_schema).read_text(encoding="utf-8")
+    except (FileNotFoundError, IsADirectoryError):
+        raise UsageError(f"--json-schema {args.json_schema!r}: no such file") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--json-schema {args.json_schema!r} is not valid UTF-8") from None
+    try:
+        schema = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--json-schema {args.json_schema!r} is not JSON: {error}") from None
+    return JsonSchema(schema, tokenizer)
 
 
 def _check_decoding_flags(args) -> None:
@@ -123,6 +172,7 @@ def cmd_sample(args) -> int:
             raise UsageError(f"seqmodel sample: --{flag} applies to real-valued models only")
     _check_decoding_flags(args)
     tokenizer = tokenizer_from_dict(data["tokenizer"])
+    constraint = build_constraint(args, tokenizer)
     if args.prompt_file is not None:
         try:
             prompt = pathlib.Path(args.prompt_file).read_text(encoding="utf-8")
@@ -132,20 +182,32 @@ def cmd_sample(args) -> int:
             raise UsageError(f"--prompt-file {args.prompt_file!r} is not valid UTF-8") from None
     elif args.prompt is not None:
         prompt = args.prompt
+    elif constraint is not None:
+        if args.beams is not None:
+            raise UsageError("seqmodel sample: --beams with --regex or --json-schema needs "
+                             "--prompt: the start of a text of the language")
+        prompt = None  # the constrained text starts at the model's start element
     else:
         prompt = default_prompt(tokenizer)
     if prompt == "":
         raise UsageError("--prompt is empty; give at least one character")
-    texts = text_sample(model, tokenizer, key=jax.random.key(args.seed), steps=args.steps,
-                        prompt=prompt, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
-                        stop=args.stop, beams=args.beams, length_penalty=args.length_penalty,
-                        repetition_penalty=args.repetition_penalty,
-                        min_new_tokens=args.min_new_tokens)
-    for index, text in enumerate(texts):
+    samples = text_samples(model, tokenizer, key=jax.random.key(args.seed), steps=args.steps,
+                           prompt=prompt, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, greedy=args.greedy, num_samples=args.num_samples,
+                           stop=args.stop, beams=args.beams, length_penalty=args.length_penalty,
+                           repetition_penalty=args.repetition_penalty,
+                           min_new_tokens=args.min_new_tokens, constraint=constraint)
+    if args.json:
+        print(json.dumps({"samples": [sample.text for sample in samples],
+                          "lengths": [sample.length for sample in samples],
+                          "stop_reasons": [sample.stop_reason for sample in samples]}),
+              flush=True)
+        return 0
+    for index, sample in enumerate(samples):
         if index:
             print("\n" + "-" * 40)
-        sys.stdout.write(prompt + text + ("" if text.endswith("\n") else "\n"))
+        text = (prompt or "") + sample.text
+        sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
     sys.stdout.flush()
     return 0
 
@@ -186,10 +248,13 @@ def _sample_real_valued(args, model, metadata: dict) -> int:
         args.prompt_file = source
         print(f"seqmodel sample: continuing the series of the training data {source!r} from "
               "their ends (--prompt-file chooses another history)", file=sys.stderr)
-    for flag in ("top_k", "top_p", "stop"):
+    for flag in ("top_k", "top_p", "stop", "regex", "json_schema"):
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} applies to text models only; "
                              "real-valued sampling takes --temperature (or --greedy)")
+    if args.json:
+        raise ValueError("--json applies to text models only; real-valued samples go to --out "
+                         "(.npy) or print as a CSV table")
     forecaster = Forecaster.from_metadata(model, metadata["data"])
     for flag, path in (("--prompt-file", args.prompt_file), ("--future-file", args.future_file)):
         if path is not None and not os.path.isfile(path):

@@ -30,6 +30,25 @@ Array = jax.Array
 # vocabulary draws it in several segments.
 NOISE_BUDGET = 1 << 20
 
+# Why a row stopped, by code (a row's code is 0 while it runs; one that never stopped reports
+# "length": it ran out of steps). "complete": a constraint's text is whole and nothing may
+# follow it; "no_continuation": the constraint and the processors left the row no token.
+STOP_REASONS = ("length", "eos", "stop_sequence", "complete", "no_continuation")
+REASON_CODES = {name: code for code, name in enumerate(STOP_REASONS)}
+
+
+class Stop(NamedTuple):
+    """How rows end at a step, as ``draw`` reports it to :func:`feed_steps`.
+
+    Attributes:
+      reason: ``(b,)`` int32, a code of :data:`STOP_REASONS`: 0 where the row goes on.
+      emitted: ``(b,)`` bool: the element of this step belongs to a row that ends here (False:
+        the row ended before it, and its length does not count it).
+    """
+
+    reason: Array
+    emitted: Any = True
+
 
 class FeedState(NamedTuple):
     """The loop state carried from step to step.
@@ -37,23 +56,31 @@ class FeedState(NamedTuple):
     Attributes:
       carry: the model's carry, leaves ``(b, ...)``.
       x: ``(b,)`` or ``(b, d)``: the element fed at the next step (the last sample).
-      done: ``(b,)`` bool: the row has emitted ``eos_id``.
+      stop_reasons: ``(b,)`` int32: 0 while the row runs, then why it stopped (a code of
+        :data:`STOP_REASONS`).
       lengths: ``(b,)`` int32: elements emitted up to and including the one that ended the row.
       history: what the sampler remembers of each row (the logits processors'
-        :class:`seqmodel.decoding.processors.History`; an empty one when none runs).
+        :class:`seqmodel.decoding.processors.History` and a constraint's automaton state; an
+        empty one when none runs).
     """
 
     carry: Any
     x: Array
-    done: Array
+    stop_reasons: Array
     lengths: Array
     history: Any = None
+
+    @property
+    def done(self) -> Array:
+        """``(b,)`` bool: the row has stopped."""
+        return self.stop_reasons > 0
 
 
 def start_state(carry, x: Array, history: Any = None) -> FeedState:
     """A :class:`FeedState` that feeds ``x`` ``(b[, d])`` first, with no row finished."""
     rows = x.shape[0]
-    return FeedState(carry, x, jnp.zeros((rows,), bool), jnp.zeros((rows,), jnp.int32), history)
+    return FeedState(carry, x, jnp.zeros((rows,), jnp.int32), jnp.zeros((rows,), jnp.int32),
+                     history)
 
 
 def step_noise(head, key: Array, indices: Array, rows: int):
@@ -67,7 +94,8 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
                draw: Callable, truth: Array | None = None, use_truth: Array | None = None,
                dropout_key: Array | None = None, table: Array | None = None,
                greedy: bool = False, noise_budget: int = NOISE_BUDGET,
-               record_outputs: bool = True, next_input: Callable | None = None):
+               record_outputs: bool = True, next_input: Callable | None = None,
+               prepare_noise: Callable | None = None):
     """Exactly ``size`` steps of ``model.step`` with global step indices ``start ...``.
 
     At step ``i`` the input is ``truth[i]`` where ``use_truth[i]`` holds, else ``state.x`` (the
@@ -81,8 +109,8 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
       key: sampling key; step ``i``'s noise comes from ``fold_in(key, i)``.
       start: global index of the first step (int or traced int32 scalar).
       size: number of steps (static).
-      draw: ``(noise, out, history, i) -> (element, history, stopped)``; with ``greedy`` the
-        noise is None.
+      draw: ``(noise, out, history, i) -> (element, history, stop)``: ``stop`` is None (no row
+        can stop) or a :class:`Stop`; with ``greedy`` the noise is None.
       truth: optional ``(size, b[, d])`` time-major elements to feed where ``use_truth``.
       use_truth: ``(size, b)`` bool, required with ``truth``.
       dropout_key: drives dropout in train mode (``fold_in(dropout_key, i)`` per step).
@@ -93,6 +121,9 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
       next_input: ``(element, history, i) -> x``: the model input that follows a sampled
         element (default: the element itself). Models whose inputs carry conditioning features
         after the element (lags, known covariates) build them here from ``history``.
+      prepare_noise: ``noise (n, b, ...) -> noise``, applied to a segment's noise once before
+        its scan: work that does not depend on the step's output (scaling by the temperature,
+        adding a constant bias) leaves the scan body.
 
     Returns:
       ``(state, (samples, fed, outputs))``, each time-major ``(size, b, ...)``; ``outputs`` is
@@ -109,18 +140,23 @@ def feed_steps(model, state: FeedState, *, key: Array, start, size: int,
                           truth_t, x)
         step_key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
         out, carry = model.step(x, state.carry, key=step_key, table=table)
-        sample, history, stopped = draw(noise, out, state.history, index)
+        sample, history, stop = draw(noise, out, state.history, index)
         sample = jax.lax.stop_gradient(sample)
         following = sample if next_input is None else next_input(sample, history, index)
-        if stopped is not None:
-            lengths = state.lengths + jnp.where(state.done, 0, 1)
-            state = state._replace(done=state.done | stopped, lengths=lengths)
+        if stop is not None:
+            running = state.stop_reasons == 0
+            counted = running & ((stop.reason == 0) | stop.emitted)
+            state = state._replace(
+                stop_reasons=jnp.where(running, stop.reason, state.stop_reasons),
+                lengths=state.lengths + counted.astype(jnp.int32))
         state = state._replace(carry=carry, x=following.astype(state.x.dtype), history=history)
         return state, (sample.astype(state.x.dtype), x, out if record_outputs else None)
 
     def segment(state: FeedState, offset, length: int, truth_part, use_truth_part):
         indices = start + offset + jnp.arange(length, dtype=jnp.int32)
         noise = None if greedy else step_noise(head, key, indices, rows)
+        if noise is not None and prepare_noise is not None:
+            noise = prepare_noise(noise)
         return jax.lax.scan(body, state, (indices, noise, truth_part, use_truth_part))
 
     # Segments hold at most noise_budget noise elements: equal lengths plus one remainder.

@@ -17,10 +17,14 @@ How a call runs (all of it inside one ``jax.jit``, cached per shape and static o
    one add and an argmax.
 3. **Logits processors** (:mod:`seqmodel.decoding.processors`: penalties, bias and bans, min-new-tokens,
    stop sequences, a user function) change each step's logits before the sampling controls,
-   with what they remember of each row carried in the loop state.
-4. **Early stop.** With ``eos_id`` or stop sequences, the scan runs in chunks of
-   :data:`EARLY_STOP_CHUNK` steps inside a ``lax.while_loop`` that ends once every row has
-   stopped: no recompiling, at most one chunk of wasted steps. Otherwise it is one plain scan.
+   with what they remember of each row carried in the loop state. A **constraint**
+   (:mod:`seqmodel.decoding.constraints`) masks the logits before them, its automaton state one
+   int32 per row in the loop state. Without top-p, the temperature (and a constant bias) are
+   folded into the noise before the scan (:func:`seqmodel.decoding.sampling.fold_noise`).
+4. **Early stop.** With ``eos_id``, stop sequences or a constraint that can end rows, the scan
+   runs in chunks of :data:`EARLY_STOP_CHUNK` steps inside a ``lax.while_loop`` that ends once
+   every row has stopped: no recompiling, at most one chunk of wasted steps. Otherwise it is one
+   plain scan. Why each row stopped comes back in ``Generation.stop_reasons``.
 
 The model runs in eval mode (no dropout) during generation. The switch happens on the copy of the
 model that lives inside the compiled function, so the caller's model is never modified, not even
@@ -39,9 +43,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from seqmodel.decoding import feed, processors, sampling
-from seqmodel.decoding.feed import FeedState, feed_steps
-from seqmodel.decoding.prompts import check_key, check_positive_int, check_prompt, is_int, prefill
+from seqmodel.decoding import constraints, feed, processors, sampling
+from seqmodel.decoding.feed import REASON_CODES, STOP_REASONS, FeedState, Stop, feed_steps
+from seqmodel.decoding.processors import ProcessorOptions
+from seqmodel.decoding.prompts import check_positive_int, prefill
+from seqmodel.decoding.requests import GenerateOptions, GenerateValues, Request, check_request
 
 Array = jax.Array
 
@@ -72,106 +78,28 @@ class Generation(NamedTuple):
       scores: ``None`` unless ``return_scores=True``; then the head's distribution parameters
         (logits ``(b, steps, V)``, :class:`~seqmodel.nn.heads.GaussianParams`, ...) at each step,
         before logits processors, temperature and filtering, zero past a row's length.
+      stop_reasons: ``(b,)`` int32, why each row stopped: a code of :data:`STOP_REASONS`
+        (``length``: it did not stop, ``eos``, ``stop_sequence``, ``complete``: the
+        constraint's text is whole, ``no_continuation``: no token was left);
+        :meth:`stop_reason_names` spells them.
     """
 
     samples: Array
     lengths: Array
     scores: Any = None
+    stop_reasons: Any = None
+
+    def stop_reason_names(self) -> list[str]:
+        """``stop_reasons`` as names, one per row (e.g. ``["eos", "length"]``)."""
+        return [STOP_REASONS[int(code)] for code in np.asarray(self.stop_reasons).reshape(-1)]
 
 
-# ---------------------------------------------------------------------------------------------
-# Argument checks
-# ---------------------------------------------------------------------------------------------
+class TokenHistory(NamedTuple):
+    """What the loop remembers of a token row: the processors' history and the constraint's
+    automaton state ``(b,)`` int32 (None without a constraint)."""
 
-
-@dataclasses.dataclass(frozen=True)
-class _Options:
-    """The static options of a generate program (part of its compile key)."""
-
-    steps: int
-    num_samples: int
-    top_k: int | None
-    use_top_p: bool
-    greedy: bool
-    return_scores: bool
-    processors: processors.ProcessorOptions
-
-
-class _Values(NamedTuple):
-    """The traced numbers of a generate program (new values do not recompile)."""
-
-    temperature: np.float32  # > 0 unless greedy
-    top_p: np.float32  # 1.0 when unused
-    processors: processors.ProcessorValues
-
-
-class _Request(NamedTuple):
-    """Checked, normalised arguments of :func:`generate` / :func:`generate_stream`."""
-
-    prompt: Any  # (b, p) int32 or (b, p, d) float32, NumPy or jax
-    prompt_lengths: np.ndarray  # (b,) int32 in 1..p
-    key: Array
-    values: _Values
-    options: _Options
-
-
-def _check_request(model, *, key, steps, prompt, prompt_lengths, batch_size, num_samples,
-                   temperature, top_k, top_p, greedy, eos_id, return_scores,
-                   **processor_arguments) -> _Request:
-    config = model.config
-    if config.conditioned:
-        raise ValueError(
-            f"generate cannot feed this model its own samples: its inputs carry "
-            f"{config.input_size - config.target_size} conditioning features after each "
-            f"{config.target_size}-feature element (ModelConfig.target_size); forecast it with "
-            "seqmodel.forecasting.forecaster, which builds those features step by step")
-    steps = check_positive_int("steps", steps)
-    num_samples = check_positive_int("num_samples", num_samples)
-    temperature = sampling.check_temperature(temperature)
-    if not isinstance(greedy, bool):
-        raise ValueError(f"greedy={greedy!r} is invalid: allowed is True or False")
-    if not isinstance(return_scores, bool):
-        raise ValueError(f"return_scores={return_scores!r} is invalid: allowed is True or False")
-    greedy = greedy or temperature == 0.0
-    head_name = type(model.head).__name__
-    if config.discrete:
-        top_k = sampling.check_top_k(top_k, config.vocab_size)
-        top_p = sampling.check_top_p(top_p)
-        if eos_id is not None and (not is_int(eos_id) or not 0 <= eos_id < config.vocab_size):
-            raise ValueError(
-                f"eos_id={eos_id!r} is invalid: allowed is None or a token id in "
-                f"[0, {config.vocab_size - 1}]"
-            )
-        processor_options, processor_values = processors.check_processors(
-            config.vocab_size, eos_id=eos_id, **processor_arguments)
-    else:
-        given = dict(top_k=top_k, top_p=top_p, eos_id=eos_id, **processor_arguments)
-        for name, value in given.items():
-            if value is not None:
-                raise ValueError(
-                    f"{name}={value!r} is invalid for a {head_name} head (real-valued "
-                    f"elements): allowed is {name}=None; top_k, top_p, eos_id and the logits "
-                    "processors apply to token models (temperature and greedy work for every "
-                    "head)"
-                )
-        processor_options, processor_values = processors.check_processors(1)
-    prompt, prompt_lengths = check_prompt(model, prompt, prompt_lengths, batch_size)
-    options = _Options(
-        steps=steps,
-        num_samples=num_samples,
-        # Filters are moot when greedy: drop them so that they add no ops and no recompiles.
-        top_k=None if greedy else top_k,
-        use_top_p=top_p is not None and not greedy,
-        greedy=greedy,
-        return_scores=return_scores,
-        processors=processor_options,
-    )
-    values = _Values(
-        temperature=np.float32(1.0 if greedy else temperature),
-        top_p=np.float32(1.0 if top_p is None else top_p),
-        processors=processor_values,
-    )
-    return _Request(prompt, prompt_lengths, check_key(key), values, options)
+    processors: processors.History
+    automaton: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,41 +107,98 @@ def _check_request(model, *, key, steps, prompt, prompt_lengths, batch_size, num
 # ---------------------------------------------------------------------------------------------
 
 
-def _start(model, prompt, prompt_lengths, options: _Options) -> FeedState:
-    """The prefilled loop state of ``b * num_samples`` rows, with the processors' history."""
+def start_loop(model, prompt, prompt_lengths, automaton, values: processors.ProcessorValues,
+               options: GenerateOptions) -> FeedState:
+    """The prefilled loop state of ``b * num_samples`` rows, with the processors' history and
+    the constraint's states (traceable; the arguments are those of a :class:`Request`).
+
+    Example::
+
+        request = check_request(model, key=key, steps=10, prompt=tokens)
+        state = start_loop(model, request.prompt, request.prompt_lengths, request.automaton,
+                           request.values.processors, request.options)
+    """
     state = prefill(model, prompt, prompt_lengths, options.num_samples)
-    history = processors.History()
-    if model.config.discrete:
-        repeat = functools.partial(jnp.repeat, repeats=options.num_samples, axis=0)
-        history = processors.initial_history(
-            options.processors, repeat(prompt), repeat(prompt_lengths),
-            vocab_size=model.config.vocab_size, steps=options.steps)
-    return state._replace(history=history)
+    if not model.config.discrete:
+        return state._replace(history=processors.History())
+    repeat = functools.partial(jnp.repeat, repeats=options.num_samples, axis=0)
+    history = processors.initial_history(
+        options.processors, repeat(prompt), repeat(prompt_lengths),
+        vocab_size=model.config.vocab_size, steps=options.steps, values=values)
+    automaton = repeat(jnp.asarray(automaton, jnp.int32)) if options.constrained else None
+    return state._replace(history=TokenHistory(history, automaton))
 
 
-def _run_chunk(model, table, state: FeedState, key, start, values: _Values, *, size: int,
-               options: _Options):
+def _constrained_stop(reason, logits, automaton, following, tables, options: GenerateOptions):
+    """The stop of a constrained row: stop sequences end it only in accepting states; a row
+    whose state (or the processors) left it no token stops before this step's element."""
+    if reason is not None and options.processors.stop_width:
+        ended_outside = (reason == REASON_CODES["stop_sequence"]) & ~tables.accepting[following]
+        reason = jnp.where(ended_outside, 0, reason)
+    if options.stuck_check is None:
+        return None if reason is None else Stop(reason)
+    if options.stuck_check == "state":
+        stuck = tables.stuck[automaton]
+    else:
+        stuck = ~jnp.any(logits > -jnp.inf, axis=-1)
+    why = jnp.where(tables.accepting[automaton], REASON_CODES["complete"],
+                    REASON_CODES["no_continuation"])
+    reason = jnp.where(stuck, why, 0 if reason is None else reason)
+    return Stop(reason, emitted=~stuck)
+
+
+def _run_chunk(model, table, state: FeedState, key, start, values: GenerateValues, *, size: int,
+               options: GenerateOptions):
     """Exactly ``size`` free-running steps with global indices ``start ...`` (the feed policy
     with no truth). Returns the new state and time-major ``(samples (size, b[, d]), scores or
     None)``, padded past each row's length."""
     head = model.head
-    rules, numbers = options.processors, values.processors
+    rules, numbers, tables = options.processors, values.processors, values.constraint
+    # Categorical draws without top-p take the temperature (and, without top-k or a user
+    # function after it, the constant bias) in their noise: see sampling.fold_noise.
+    fold = head.discrete and not options.greedy and not options.use_top_p
+    fold_bias = fold and rules.bias and rules.custom is None and options.top_k is None
+    step_rules = dataclasses.replace(rules, bias=False) if fold_bias else rules
+
+    def prepare_noise(noise):
+        return sampling.fold_noise(noise, temperature=values.temperature,
+                                   bias=numbers.bias if fold_bias else None)
 
     def draw(noise, out, history, index):
-        logits = processors.process_logits(out, history, index, rules, numbers) \
-            if rules.active else out
-        sample = sampling.sample_with_noise(
-            head, noise, logits, temperature=values.temperature, top_k=options.top_k,
-            top_p=values.top_p if options.use_top_p else None, greedy=options.greedy)
+        logits = out
+        if options.constrained:  # before every other control
+            logits = constraints.mask_logits(logits, history.automaton, tables)
+        if step_rules.active:
+            logits = processors.process_logits(logits, history.processors, index, step_rules,
+                                               numbers)
+        if fold:
+            candidates = logits + noise  # -inf where a token is not allowed
+            sample = sampling.sample_folded(noise, logits, top_k=options.top_k)
+        else:
+            candidates = logits
+            sample = sampling.sample_with_noise(
+                head, noise, logits, temperature=values.temperature, top_k=options.top_k,
+                top_p=values.top_p if options.use_top_p else None, greedy=options.greedy)
         if not head.discrete:
             return sample, history, None
-        history = processors.update_history(history, sample, index, rules)
-        return sample, history, processors.ends_row(history, sample, index, rules, numbers)
+        seen = processors.update_history(history.processors, sample, index, rules, numbers)
+        reason = processors.ends_row(seen, sample, index, rules, numbers)
+        stop = None if reason is None else Stop(reason)
+        automaton = history.automaton
+        if options.constrained:
+            following = constraints.advance(automaton, sample, tables)
+            stop = _constrained_stop(reason, candidates, automaton, following, tables, options)
+            automaton = following
+        if stop is not None:
+            # A stop in the steps past `steps` (the tail of the last chunk) does not count.
+            stop = stop._replace(reason=jnp.where(index < options.steps, stop.reason, 0))
+        return sample, TokenHistory(seen, automaton), stop
 
     state, (samples, _, scores) = feed_steps(
         model, state, key=key, start=start, size=size, draw=draw, table=table,
-        greedy=options.greedy, noise_budget=NOISE_BUDGET, record_outputs=options.return_scores)
-    if not rules.stops:  # every row is still going: no per-step bookkeeping needed
+        greedy=options.greedy, noise_budget=NOISE_BUDGET, record_outputs=options.return_scores,
+        prepare_noise=prepare_noise if fold else None)
+    if not options.stops:  # every row is still going: no per-step bookkeeping needed
         state = state._replace(lengths=state.lengths + size)
     else:
         # Padding is decided once per chunk: position i of a row is real when i < its length.
@@ -233,17 +218,18 @@ def _batch_major(tree):
     return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), tree)
 
 
-def _generate_program(model, prompt, prompt_lengths, key, values: _Values, *,
-                      options: _Options) -> Generation:
+def _generate_program(model, prompt, prompt_lengths, automaton, key, values: GenerateValues, *,
+                      options: GenerateOptions) -> Generation:
     TRACE_COUNTS["generate"] += 1
     model.eval()  # the traced copy only: the caller's model keeps its mode
     table = model.input_table()
-    state = _start(model, prompt, prompt_lengths, options)
+    state = start_loop(model, prompt, prompt_lengths, automaton, values.processors, options)
     run = functools.partial(_run_chunk, model, table, key=key, values=values, options=options)
     steps = options.steps
-    if not options.processors.stops:
+    if not options.stops:
         state, samples, scores = run(state, start=0, size=steps)
-        return Generation(_batch_major(samples), state.lengths, _batch_major(scores))
+        return Generation(_batch_major(samples), state.lengths, _batch_major(scores),
+                          state.stop_reasons)
 
     chunk = min(steps, EARLY_STOP_CHUNK)
     num_chunks = math.ceil(steps / chunk)
@@ -279,19 +265,20 @@ def _generate_program(model, prompt, prompt_lengths, key, values: _Values, *,
     scores = jax.tree.map(flatten, scores_buffer)
     # A row whose stop fell in the wasted tail of the last chunk counts as never stopping.
     lengths = jnp.minimum(state.lengths, steps)
-    return Generation(_batch_major(samples), lengths, _batch_major(scores))
+    return Generation(_batch_major(samples), lengths, _batch_major(scores), state.stop_reasons)
 
 
 _compiled_generate = jax.jit(_generate_program, static_argnames=("options",))
 
 
-def _prefill_program(model, prompt, prompt_lengths, *, options: _Options) -> FeedState:
+def _prefill_program(model, prompt, prompt_lengths, automaton, values, *,
+                     options: GenerateOptions) -> FeedState:
     TRACE_COUNTS["prefill"] += 1
     model.eval()
-    return _start(model, prompt, prompt_lengths, options)
+    return start_loop(model, prompt, prompt_lengths, automaton, values, options)
 
 
-def _chunk_program(model, state, key, start, values, *, size: int, options: _Options):
+def _chunk_program(model, state, key, start, values, *, size: int, options: GenerateOptions):
     TRACE_COUNTS["chunk"] += 1
     model.eval()
     return _run_chunk(model, model.input_table(), state, key, start, values, size=size,
@@ -320,6 +307,7 @@ def generate(
     top_p: float | None = None,
     greedy: bool = False,
     eos_id: int | None = None,
+    constraint: constraints.Constraint | None = None,
     return_scores: bool = False,
     repetition_penalty: float | None = None,
     presence_penalty: float | None = None,
@@ -349,6 +337,10 @@ def generate(
       top_p: keep the nucleus of probability ``p`` in ``(0, 1]`` (categorical only).
       greedy: take the most likely element (the head's ``mode``) at every step.
       eos_id: a token that ends its row; the loop stops once every row has stopped.
+      constraint: a :class:`~seqmodel.decoding.constraints.Constraint` (``seqmodel.Regex``,
+        ``seqmodel.JsonSchema``) built with the model's tokenizer: every row's prompt and new
+        tokens stay a text of its language; ``eos_id`` only where that text is whole; a row
+        whose text cannot go on stops (see :mod:`seqmodel.decoding.constraints`).
       return_scores: also return the distribution parameters of every generated step.
       repetition_penalty: CTRL's penalty (``> 1`` discourages tokens already seen).
       presence_penalty, frequency_penalty: subtracted once per seen token / per occurrence.
@@ -360,8 +352,8 @@ def generate(
       The processors run in the order given in :mod:`seqmodel.decoding.processors` (token models only).
 
     Returns:
-      :class:`Generation` with ``samples`` ``(b * n, steps[, d])``, ``lengths`` ``(b * n,)`` and
-      ``scores`` (or ``None``).
+      :class:`Generation` with ``samples`` ``(b * n, steps[, d])``, ``lengths`` ``(b * n,)``,
+      ``scores`` (or ``None``) and ``stop_reasons`` ``(b * n,)``.
 
     Example::
 
@@ -370,17 +362,18 @@ def generate(
                               repetition_penalty=1.2)
         generation.samples   # (b, 200) int32
     """
-    request = _check_request(
-        model, key=key, steps=steps, prompt=prompt, prompt_lengths=prompt_lengths,
-        batch_size=batch_size, num_samples=num_samples, temperature=temperature, top_k=top_k,
-        top_p=top_p, greedy=greedy, eos_id=eos_id, return_scores=return_scores,
+    wanted = ProcessorOptions(
         repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, token_bias=token_bias, banned_tokens=banned_tokens,
         min_new_tokens=min_new_tokens, stop_sequences=stop_sequences,
-        logits_processor=logits_processor,
-    )
-    return _compiled_generate(model, request.prompt, request.prompt_lengths, request.key,
-                              request.values, options=request.options)
+        logits_processor=logits_processor)
+    request = check_request(
+        model, key=key, steps=steps, prompt=prompt, prompt_lengths=prompt_lengths,
+        batch_size=batch_size, num_samples=num_samples, temperature=temperature, top_k=top_k,
+        top_p=top_p, greedy=greedy, eos_id=eos_id, return_scores=return_scores,
+        processors=wanted, constraint=constraint)
+    return _compiled_generate(model, request.prompt, request.prompt_lengths, request.automaton,
+                              request.key, request.values, options=request.options)
 
 
 def generate_stream(
@@ -398,6 +391,7 @@ def generate_stream(
     top_p: float | None = None,
     greedy: bool = False,
     eos_id: int | None = None,
+    constraint: constraints.Constraint | None = None,
     return_scores: bool = False,
     repetition_penalty: float | None = None,
     presence_penalty: float | None = None,
@@ -414,7 +408,8 @@ def generate_stream(
     with the carry handed on; the arguments are those of :func:`generate`. Concatenating the
     chunks' ``samples`` (and ``scores``) along axis 1 gives exactly :func:`generate`'s result for
     the same key. Each yielded :class:`Generation` holds that chunk's ``samples``
-    ``(b, c[, d])``, the ``lengths`` so far ``(b,)`` and the chunk's ``scores``. Once every row
+    ``(b, c[, d])``, the ``lengths`` and ``stop_reasons`` so far ``(b,)`` and the chunk's
+    ``scores``. Once every row
     has stopped the remaining chunks are padding, made without running the model.
 
     Example::
@@ -423,21 +418,23 @@ def generate_stream(
             print(tokenizer.decode(chunk.samples[0]), end="", flush=True)
     """
     chunk_size = check_positive_int("chunk_size", chunk_size)
-    request = _check_request(
-        model, key=key, steps=steps, prompt=prompt, prompt_lengths=prompt_lengths,
-        batch_size=batch_size, num_samples=num_samples, temperature=temperature, top_k=top_k,
-        top_p=top_p, greedy=greedy, eos_id=eos_id, return_scores=return_scores,
+    wanted = ProcessorOptions(
         repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty, token_bias=token_bias, banned_tokens=banned_tokens,
         min_new_tokens=min_new_tokens, stop_sequences=stop_sequences,
-        logits_processor=logits_processor,
-    )
+        logits_processor=logits_processor)
+    request = check_request(
+        model, key=key, steps=steps, prompt=prompt, prompt_lengths=prompt_lengths,
+        batch_size=batch_size, num_samples=num_samples, temperature=temperature, top_k=top_k,
+        top_p=top_p, greedy=greedy, eos_id=eos_id, return_scores=return_scores,
+        processors=wanted, constraint=constraint)
     return _stream(model, request, min(chunk_size, request.options.steps))
 
 
-def _stream(model, request: _Request, size: int) -> Iterator[Generation]:
+def _stream(model, request: Request, size: int) -> Iterator[Generation]:
     options, steps = request.options, request.options.steps
-    state = _compiled_prefill(model, request.prompt, request.prompt_lengths, options=options)
+    state = _compiled_prefill(model, request.prompt, request.prompt_lengths, request.automaton,
+                              request.values.processors, options=options)
     finished, last_chunk = False, None
     for start in range(0, steps, size):
         take = min(size, steps - start)
@@ -451,10 +448,11 @@ def _stream(model, request: _Request, size: int) -> Iterator[Generation]:
                 model, state, request.key, np.int32(start), request.values, size=size,
                 options=options)
             last_chunk = (chunk_samples, chunk_scores)
-            finished = options.processors.stops and bool(jnp.all(state.done))
+            finished = options.stops and bool(jnp.all(state.done))
         cut = lambda a: jnp.swapaxes(a[:take], 0, 1)  # noqa: E731
         yield Generation(
             cut(chunk_samples),
             jnp.minimum(state.lengths, start + take),
             jax.tree.map(cut, chunk_scores),
+            state.stop_reasons,
         )

@@ -19,14 +19,16 @@ controls of :mod:`seqmodel.decoding.sampling`: temperature, top-k, top-p, draw):
 penalty does). Stop sequences are matched against the generated tokens only; the row's length then
 includes the whole stop sequence, as with ``eos_id``.
 
-The settings split in two: :class:`ProcessorOptions` (static: which rules run, shapes) and
+The caller's settings travel as one :class:`ProcessorOptions`; :func:`check_processors` splits
+them in two: :class:`ProcessorRules` (static: which rules run, shapes) and
 :class:`ProcessorValues` (traced: the numbers), so that new penalty values do not recompile.
 
 Example::
 
-    options, values = check_processors(vocab_size=65, repetition_penalty=1.3, banned_tokens=[0])
-    history = initial_history(options, prompt, prompt_lengths, steps=100)
-    logits = process_logits(logits, history, step, options, values)
+    rules, values = check_processors(
+        65, ProcessorOptions(repetition_penalty=1.3, banned_tokens=[0]), eos_id=None)
+    history = initial_history(rules, prompt, prompt_lengths, vocab_size=65, steps=100)
+    logits = process_logits(logits, history, step, rules, values)
 """
 
 from __future__ import annotations
@@ -40,11 +42,41 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from seqmodel.decoding.feed import REASON_CODES
+
 Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class ProcessorOptions:
+    """The logits processors a caller asks for: the eight processor keywords of
+    :func:`seqmodel.generate`, :func:`seqmodel.generate_stream` and :func:`seqmodel.beam_search`,
+    gathered once by the public function and passed whole through decoding (unchecked here:
+    :func:`check_processors` checks them). Every field None means no processor.
+
+    Example::
+
+        options = ProcessorOptions(repetition_penalty=1.3, banned_tokens=[0])
+        rules, values = check_processors(65, options, eos_id=None)
+    """
+
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    token_bias: dict[int, float] | None = None
+    banned_tokens: Sequence[int] | None = None
+    min_new_tokens: int | None = None
+    stop_sequences: Sequence[Sequence[int]] | None = None
+    logits_processor: Callable | None = None
+
+    def given(self) -> dict[str, Any]:
+        """``{keyword: value}`` of the processors asked for (None fields left out)."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)
+                if getattr(self, field.name) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessorRules:
     """Which processors run (static: part of the compiled program's key).
 
     Attributes:
@@ -67,6 +99,12 @@ class ProcessorOptions:
     def active(self) -> bool:
         """Whether any rule changes the logits."""
         return self.counts or self.bias or self.min_new_tokens or self.custom is not None
+
+    @property
+    def may_ban_all(self) -> bool:
+        """Whether the rules can leave a row no token at all (bans and ``-inf`` from a user
+        function; penalties keep finite logits finite)."""
+        return self.bias or (self.min_new_tokens and self.eos) or self.custom is not None
 
     @property
     def stops(self) -> bool:
@@ -94,11 +132,15 @@ class History(NamedTuple):
       counts: ``(b, V)`` int32 occurrences of each token in the prompt and the new tokens.
       window: ``(b, W)`` int32, the last ``W`` new tokens (newest last; -1 before the first).
       tokens: ``(b, steps)`` int32, the new tokens so far (for a user processor).
+      scale, offset: ``(b, V)`` float32, the count penalties made ready for the next step
+        (:func:`penalty_terms`; None: computed from ``counts`` when needed).
     """
 
     counts: Any = None
     window: Any = None
     tokens: Any = None
+    scale: Any = None
+    offset: Any = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,21 +171,20 @@ def _check_token(name: str, token: Any, vocab_size: int) -> int:
 
 def check_processors(
     vocab_size: int,
+    options: ProcessorOptions | None = None,
     *,
-    repetition_penalty: float | None = None,
-    presence_penalty: float | None = None,
-    frequency_penalty: float | None = None,
-    token_bias: dict[int, float] | None = None,
-    banned_tokens: Sequence[int] | None = None,
-    min_new_tokens: int | None = None,
-    stop_sequences: Sequence[Sequence[int]] | None = None,
-    logits_processor: Callable | None = None,
     eos_id: int | None = None,
-) -> tuple[ProcessorOptions, ProcessorValues]:
-    """Check the processor arguments of ``generate`` / ``beam_search``; see the module docstring.
+) -> tuple[ProcessorRules, ProcessorValues]:
+    """Check the processors asked for in ``options`` (None: none) for a vocabulary of
+    ``vocab_size`` tokens; see the module docstring.
 
     Raises ``ValueError`` naming the argument, the value and what is allowed.
     """
+    options = ProcessorOptions() if options is None else options
+    repetition_penalty, presence_penalty = options.repetition_penalty, options.presence_penalty
+    frequency_penalty, token_bias = options.frequency_penalty, options.token_bias
+    banned_tokens, min_new_tokens = options.banned_tokens, options.min_new_tokens
+    stop_sequences, logits_processor = options.stop_sequences, options.logits_processor
     repetition = _check_number("repetition_penalty", repetition_penalty, low=0.0, low_open=True,
                                neutral=1.0)
     presence = _check_number("presence_penalty", presence_penalty, low=-math.inf,
@@ -188,7 +229,7 @@ def check_processors(
     if logits_processor is not None and not callable(logits_processor):
         raise ValueError(f"logits_processor={logits_processor!r} is invalid: allowed is None or a "
                          "jittable function (logits, tokens, step) -> logits")
-    options = ProcessorOptions(
+    rules = ProcessorRules(
         counts=repetition != 1.0 or presence != 0.0 or frequency != 0.0,
         bias=bias is not None,
         min_new_tokens=bool(min_new_tokens),
@@ -206,7 +247,7 @@ def check_processors(
         stop_tokens=stop_tokens,
         stop_lengths=stop_lengths,
     )
-    return options, values
+    return rules, values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,73 +255,95 @@ def check_processors(
 # ---------------------------------------------------------------------------------------------
 
 
-def initial_history(options: ProcessorOptions, prompt: Array, prompt_lengths: Array, *,
-                    vocab_size: int, steps: int) -> History:
+def penalty_terms(counts: Array, values: ProcessorValues) -> tuple[Array, Array]:
+    """The count penalties as ``(scale, offset)`` ``(b, V)`` float32: the repetition penalty
+    where a token was seen (1 elsewhere) and ``-presence * seen - frequency * count``.
+
+    A step's logits ``l`` then become ``where(l > 0, l / scale, l * scale) + offset``: CTRL's
+    rule and OpenAI's penalties in four operations on two ready arrays. Made once per token in
+    the history update, they keep the step's sampling fusion small (on XLA:CPU a larger one
+    is split over threads, which costs more than it saves)."""
+    seen = counts > 0
+    scale = jnp.where(seen, values.repetition_penalty, 1.0).astype(jnp.float32)
+    offset = (-values.presence_penalty * seen.astype(jnp.float32)
+              - values.frequency_penalty * counts.astype(jnp.float32))
+    return scale, offset
+
+
+def initial_history(rules: ProcessorRules, prompt: Array, prompt_lengths: Array, *,
+                    vocab_size: int, steps: int, values: ProcessorValues | None = None) -> History:
     """The history of rows that start from ``prompt`` ``(b, p)`` with ``prompt_lengths`` ``(b,)``
-    (only the first ``length`` tokens of a row count)."""
+    (only the first ``length`` tokens of a row count); with ``values``, the count penalties are
+    made ready (:func:`penalty_terms`)."""
     rows, length = prompt.shape
-    counts = window = tokens = None
-    if options.counts:
+    counts = window = tokens = scale = offset = None
+    if rules.counts:
         real = (jnp.arange(length)[None, :] < prompt_lengths[:, None]).astype(jnp.int32)
         counts = jnp.zeros((rows, vocab_size), jnp.int32).at[
             jnp.arange(rows)[:, None], prompt].add(real)
-    if options.stop_width:
-        window = jnp.full((rows, options.stop_width), -1, jnp.int32)
-    if options.custom is not None:
+        if values is not None:
+            scale, offset = penalty_terms(counts, values)
+    if rules.stop_width:
+        window = jnp.full((rows, rules.stop_width), -1, jnp.int32)
+    if rules.custom is not None:
         tokens = jnp.zeros((rows, steps), jnp.int32)
-    return History(counts, window, tokens)
+    return History(counts, window, tokens, scale, offset)
 
 
-def process_logits(logits: Array, history: History, step, options: ProcessorOptions,
+def process_logits(logits: Array, history: History, step, rules: ProcessorRules,
                    values: ProcessorValues) -> Array:
     """Apply the processors in the documented order. logits ``(b, V)`` -> ``(b, V)``; ``step``
     is the index of the token being chosen (0 for the first new token)."""
-    if options.counts:
-        seen = history.counts > 0
-        penalty = values.repetition_penalty
-        logits = jnp.where(seen, jnp.where(logits > 0, logits / penalty, logits * penalty),
-                           logits)
-        logits = (logits - values.presence_penalty * seen.astype(logits.dtype)
-                  - values.frequency_penalty * history.counts.astype(logits.dtype))
-    if options.bias:
+    if rules.counts:
+        scale, offset = history.scale, history.offset
+        if scale is None:
+            scale, offset = penalty_terms(history.counts, values)
+        logits = jnp.where(logits > 0, logits / scale, logits * scale) + offset
+    if rules.bias:
         logits = logits + values.bias
-    if options.min_new_tokens and options.eos:
+    if rules.min_new_tokens and rules.eos:
         too_early = step < values.min_new_tokens
         is_eos = jnp.arange(logits.shape[-1]) == values.eos_id
         logits = jnp.where(too_early & is_eos, -jnp.inf, logits)
-    if options.custom is not None:
-        logits = options.custom(logits, history.tokens, jnp.asarray(step, jnp.int32))
+    if rules.custom is not None:
+        logits = rules.custom(logits, history.tokens, jnp.asarray(step, jnp.int32))
     return logits
 
 
-def update_history(history: History, token: Array, step, options: ProcessorOptions) -> History:
-    """Record the new ``token`` ``(b,)`` chosen at ``step``."""
-    counts, window, tokens = history
+def update_history(history: History, token: Array, step, rules: ProcessorRules,
+                   values: ProcessorValues | None = None) -> History:
+    """Record the new ``token`` ``(b,)`` chosen at ``step`` (and, where the history holds them,
+    make the count penalties ready for the next step with ``values``)."""
+    counts, window, tokens, scale, offset = history
     if counts is not None:
         # A one-hot add, not a scatter: XLA:CPU runs a (b, V) elementwise add far faster than a
         # scatter of b elements inside a loop (measured 3x on the processors' cost).
         counts = counts + jax.nn.one_hot(token, counts.shape[-1], dtype=counts.dtype)
+        if scale is not None:
+            scale, offset = penalty_terms(counts, values)
     if window is not None:
         window = jnp.concatenate([window[:, 1:], token[:, None]], axis=1)
     if tokens is not None:
         tokens = jax.lax.dynamic_update_index_in_dim(tokens, token, step, axis=1)
-    return History(counts, window, tokens)
+    return History(counts, window, tokens, scale, offset)
 
 
-def ends_row(history: History, token: Array, step, options: ProcessorOptions,
+def ends_row(history: History, token: Array, step, rules: ProcessorRules,
              values: ProcessorValues) -> Array | None:
-    """``(b,)`` bool: the row stops after ``token`` (``eos_id``, or a completed stop sequence;
-    ``history`` already holds ``token``). None when nothing can stop a row."""
-    if not options.stops:
+    """``(b,)`` int32: why the row stops after ``token`` (a code of
+    :data:`seqmodel.decoding.feed.STOP_REASONS`: ``eos``, ``stop_sequence``), 0 where it goes
+    on; ``history`` already holds ``token``. None when nothing can stop a row."""
+    if not rules.stops:
         return None
-    stopped = jnp.zeros(token.shape, bool)
-    if options.eos:
-        stopped = stopped | (token == values.eos_id)
-    if options.stop_width:
+    reason = jnp.zeros(token.shape, jnp.int32)
+    if rules.stop_width:
         # (b, 1, W) against (1, S, W): a sequence matches where every position it covers agrees.
         covered = values.stop_tokens[None] >= 0
         agree = (history.window[:, None, :] == values.stop_tokens[None]) | ~covered
-        stopped = stopped | jnp.any(jnp.all(agree, axis=-1), axis=-1)
-    if options.min_new_tokens:
-        stopped = stopped & (step + 1 >= values.min_new_tokens)
-    return stopped
+        matched = jnp.any(jnp.all(agree, axis=-1), axis=-1)
+        reason = jnp.where(matched, REASON_CODES["stop_sequence"], reason)
+    if rules.eos:
+        reason = jnp.where(token == values.eos_id, REASON_CODES["eos"], reason)
+    if rules.min_new_tokens:
+        reason = jnp.where(step + 1 >= values.min_new_tokens, reason, 0)
+    return reason

@@ -295,3 +295,37 @@ def sample_head(
     return sample_with_noise(
         head, noise, params, temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Categorical draws with the temperature (and a constant bias) folded into the noise
+# ---------------------------------------------------------------------------------------------
+#
+# argmax(logits / T + g) = argmax(logits + T * g) for T > 0, and a bias b added to the logits
+# before the temperature moves into the noise the same way: argmax((logits + b) / T + g) =
+# argmax(logits + (b + T * g)). The noise of a segment of steps is drawn before its scan, so
+# folding there leaves the scan body one add and an argmax: on XLA:CPU every elementwise operand
+# more in that fusion pushes its cost model over the line where it splits the (b, V) argmax over
+# two threads, and the split costs more than the arithmetic (benchmarks/bench_decoding.py).
+# With T = 1 and no bias the draw is bit for bit the one of sample_with_noise.
+
+
+def fold_noise(noise: Array, *, temperature: float | Array, bias: Array | None = None) -> Array:
+    """Gumbel ``noise`` ``(..., V)`` -> ``temperature * noise (+ bias (V,))``, for
+    :func:`sample_folded`."""
+    folded = noise * jnp.asarray(temperature, noise.dtype)
+    return folded if bias is None else folded + bias
+
+
+def sample_folded(folded_noise: Array, logits: Array, *, top_k: int | None = None) -> Array:
+    """The categorical draw of :func:`sample_with_noise` (temperature, top-k, no top-p) from
+    noise folded by :func:`fold_noise`. logits ``(..., V)`` -> int32 ``(...)``.
+
+    Example::
+
+        folded = fold_noise(draw_noise(head, key, (b,)), temperature=0.8)
+        tokens = sample_folded(folded, logits, top_k=40)   # = sample_with_noise(..., 0.8, 40)
+    """
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)  # the top k do not change with T > 0
+    return jnp.argmax(logits + folded_noise, axis=-1).astype(jnp.int32)

@@ -292,14 +292,13 @@ def test_noise_drawn_in_segments_gives_the_same_samples(monkeypatch):
     model = make_model()
     arguments = dict(key=jax.random.key(12), prompt=make_prompt(model), top_p=0.9, **CONTROLLED)
     whole = sm.generate(model, **arguments)
-    request = generate_module._check_request(
-        model, batch_size=None, num_samples=1, temperature=1.0, greedy=False, eos_id=None,
-        **arguments,
-    )
     monkeypatch.setattr(generate_module, "NOISE_BUDGET", 50)  # 3 rows x 11 tokens per step
-    segmented = jax.jit(generate_module._generate_program, static_argnames=("options",))(
-        model, request.prompt, request.prompt_lengths, request.key, request.values,
-        options=request.options,
-    )
+    jax.clear_caches()  # the budget is read when the program is traced
+    try:
+        traced = generate_module.TRACE_COUNTS["generate"]
+        segmented = sm.generate(model, **arguments)
+        assert generate_module.TRACE_COUNTS["generate"] == traced + 1
+    finally:
+        jax.clear_caches()  # later tests trace with the usual budget again
     np.testing.assert_array_equal(segmented.samples, whole.samples)
     assert_trees_close(segmented.scores, whole.scores)

@@ -58,6 +58,12 @@ def random_case(seed=0, rows=4):
     return logits, counts
 
 
+def checked(eos_id=None, **arguments):
+    """The rules and values of the processor keywords ``arguments``."""
+    return processors.check_processors(VOCAB, processors.ProcessorOptions(**arguments),
+                                       eos_id=eos_id)
+
+
 def history_of(counts):
     return processors.History(counts=jnp.asarray(counts))
 
@@ -65,15 +71,14 @@ def history_of(counts):
 @pytest.mark.parametrize("penalty", [1.3, 0.7])
 def test_repetition_penalty_matches_ctrl(penalty):
     logits, counts = random_case(1)
-    options, values = processors.check_processors(VOCAB, repetition_penalty=penalty)
+    options, values = checked(repetition_penalty=penalty)
     got = processors.process_logits(jnp.asarray(logits), history_of(counts), 0, options, values)
     np.testing.assert_allclose(got, numpy_repetition(logits, counts, penalty), rtol=1e-6)
 
 
 def test_presence_and_frequency_penalties():
     logits, counts = random_case(2)
-    options, values = processors.check_processors(VOCAB, presence_penalty=0.5,
-                                                  frequency_penalty=0.25)
+    options, values = checked(presence_penalty=0.5, frequency_penalty=0.25)
     got = processors.process_logits(jnp.asarray(logits), history_of(counts), 0, options, values)
     np.testing.assert_allclose(got, numpy_presence_frequency(logits, counts, 0.5, 0.25),
                                rtol=1e-6)
@@ -81,8 +86,7 @@ def test_presence_and_frequency_penalties():
 
 def test_bias_and_bans():
     logits, _ = random_case(3)
-    options, values = processors.check_processors(VOCAB, token_bias={1: 2.0, 4: -1.5},
-                                                  banned_tokens=[0, 6])
+    options, values = checked(token_bias={1: 2.0, 4: -1.5}, banned_tokens=[0, 6])
     got = processors.process_logits(jnp.asarray(logits), processors.History(), 0, options,
                                     values)
     np.testing.assert_array_equal(got, numpy_bias(logits, {1: 2.0, 4: -1.5}, [0, 6]))
@@ -91,7 +95,7 @@ def test_bias_and_bans():
 @pytest.mark.parametrize("step", [0, 2, 3, 5])
 def test_min_new_tokens_bans_eos_before_the_minimum(step):
     logits, _ = random_case(4)
-    options, values = processors.check_processors(VOCAB, min_new_tokens=3, eos_id=2)
+    options, values = checked(min_new_tokens=3, eos_id=2)
     got = processors.process_logits(jnp.asarray(logits), processors.History(), step, options,
                                     values)
     np.testing.assert_array_equal(got, numpy_min_new(logits, step, 3, 2))
@@ -99,8 +103,8 @@ def test_min_new_tokens_bans_eos_before_the_minimum(step):
 
 def test_rules_compose_in_the_documented_order():
     logits, counts = random_case(5)
-    options, values = processors.check_processors(
-        VOCAB, repetition_penalty=1.5, presence_penalty=0.2, frequency_penalty=0.1,
+    options, values = checked(
+        repetition_penalty=1.5, presence_penalty=0.2, frequency_penalty=0.1,
         token_bias={3: 1.0}, banned_tokens=[5], min_new_tokens=4, eos_id=0)
     got = processors.process_logits(jnp.asarray(logits), history_of(counts), 1, options, values)
     expected = numpy_repetition(logits, counts, 1.5)
@@ -112,8 +116,7 @@ def test_rules_compose_in_the_documented_order():
 
 def test_history_counts_the_prompt_and_matches_stop_sequences():
     sequences = [[3, 3], [1, 2, 4]]
-    options, values = processors.check_processors(VOCAB, repetition_penalty=1.2,
-                                                  stop_sequences=sequences)
+    options, values = checked(repetition_penalty=1.2, stop_sequences=sequences)
     prompt = jnp.array([[1, 1, 5], [2, 0, 0]])
     history = processors.initial_history(options, prompt, jnp.array([3, 1]), vocab_size=VOCAB,
                                          steps=6)
@@ -141,7 +144,7 @@ def test_history_counts_the_prompt_and_matches_stop_sequences():
 ])
 def test_bad_processor_arguments_name_the_argument(arguments, message):
     with pytest.raises(ValueError, match=message):
-        processors.check_processors(VOCAB, **arguments)
+        checked(**arguments)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,3 +163,18 @@ def test_sample_head_draws_what_the_head_itself_draws(name):
         np.asarray(sampling.sample_head(head, jax.random.key(0), params, greedy=True)),
         np.asarray(head.mode(params)),
     )
+
+
+@pytest.mark.parametrize("temperature, top_k, bias", [(1.0, None, None), (0.7, 3, None),
+                                                      (1.6, None, True)])
+def test_folded_noise_draws_what_sample_with_noise_draws(temperature, top_k, bias):
+    """argmax(logits / T + g) = argmax(logits + T g); a constant bias moves into the noise."""
+    head = heads.Categorical(16, 9, rngs=nnx.Rngs(0))
+    logits = jax.random.normal(jax.random.key(1), (256, 9)) * 3
+    noise = sampling.draw_noise(head, jax.random.key(2), (256,))
+    offset = jax.random.normal(jax.random.key(3), (9,)) if bias else None
+    expected = sampling.sample_with_noise(
+        head, noise, logits if offset is None else logits + offset, temperature=temperature,
+        top_k=top_k)
+    folded = sampling.fold_noise(noise, temperature=temperature, bias=offset)
+    np.testing.assert_array_equal(sampling.sample_folded(folded, logits, top_k=top_k), expected)
