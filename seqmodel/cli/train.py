@@ -346,7 +346,7 @@ def _train_configs(args, dataset):
         fields["head"] = dataset.default_head
     model_values = given(MODEL_FLAGS, skip=("head",))
     train_values = given(TRAIN_FLAGS)
-    if dataset.kind == "series":
+    if getattr(dataset, "kind", None) == "series":
         # Sized for series, not for text (seqmodel.configs.SERIES_*_DEFAULTS).
         model_values = {**SERIES_MODEL_DEFAULTS, **model_values}
         defaults = dict(SERIES_TRAIN_DEFAULTS)

@@ -301,7 +301,7 @@ class Forecaster:
         shape of statsforecast / neuralforecast: ``predict(h=None, df=None, futr_df=None,
         level=(80, 95))`` (or ``predict()``, or a DataFrame history) returns a frame with
         ``unique_id``, ``ds``, ``seqmodel`` and ``seqmodel-lo-80`` / ``seqmodel-hi-80`` ...
-        (:func:`seqmodel.forecasting.frames.predict_frame`).
+        (:func:`seqmodel.forecasting.frame_io.predict_frame`).
 
         Args:
           history: a file, a NumPy array ``(t, d)`` / ``(n, t, d)``, a list of arrays, a long
@@ -326,7 +326,7 @@ class Forecaster:
                       or (horizon is None and (history is None
                                                or type(history).__name__ == "DataFrame")))
         if frame_call:
-            from seqmodel.forecasting.frames import DEFAULT_LEVELS, predict_frame
+            from seqmodel.forecasting.frame_io import DEFAULT_LEVELS, predict_frame
 
             return predict_frame(
                 self, h=h if h is not None else horizon, df=df if df is not None else history,

@@ -214,7 +214,7 @@ def test_cli_forecaster_round_trip_with_covariates_and_backtest(tmp_path, monkey
              "--covariates", "price", "--static-columns", "store", "--lags", "1,7",
              "--hidden-size", "8", "--seq-len", "16", "--batch-size", "4", "--steps", "20",
              "--no-progress"]
-    assert main([*train, "--out", "run"]) == 0
+    assert main([*train, "--holdout", "14", "--out", "run"]) == 0  # the backtest's 2 x 7 days
     sample = ["sample", "--checkpoint", "run", "--prompt-file", "context.csv", "--steps", "6",
               "--num-samples", "5"]
     assert main([*sample, "--future-file", "future.csv", "--out", "paths.npy"]) == 0
