@@ -7,7 +7,7 @@ The series ship inside installed packages (nothing is downloaded; ``benchmarks/f
   the series the figures in the README and docs/forecasting.md come from. Nobody tunes on them.
 - ``tuning``: other series (El Nino monthly sea temperatures, quarterly wool production, US
   quarterly unemployment, yearly lynx trappings, heart rate, a weekly series with a yearly
-  season): where seqmodel's defaults (``seqmodel.configs.SERIES_*_DEFAULTS``, the preparation's
+  season, a weekly series whose level dwarfs its movements): where seqmodel's defaults (``seqmodel.configs.SERIES_*_DEFAULTS``, the preparation's
   rules) were chosen.
 
 For each dataset the last ``windows`` windows of ``horizon`` steps are held out.
@@ -117,6 +117,15 @@ def load_weekly(length: int = 520, seed: int = 7):
     return [("weekly", np.datetime64("2010-01-02") + 7 * steps, values)]
 
 
+def load_level(length: int = 1500, seed: int = 11):
+    """A weekly series whose level dwarfs its movements (as atmospheric CO2 does): 300 plus a
+    slow trend, a yearly season of 1% of the level, noise."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(length)
+    values = 300 + 0.03 * steps + 3 * np.sin(2 * np.pi * steps / 52) + rng.normal(0, 0.3, length)
+    return [("level", np.datetime64("1990-01-06") + 7 * steps, values)]
+
+
 Spec = forecast_datasets.DatasetSpec
 TUNING = {
     "elnino": Spec(load_elnino, "MS", 12, horizon=12, windows=4),
@@ -125,6 +134,7 @@ TUNING = {
     "lynx": Spec(load_lynx, "YS", 10, horizon=10, windows=2),
     "heartrate": Spec(load_heartrate, "30s", 1, horizon=10, windows=3),
     "weekly": Spec(load_weekly, "W-SAT", 52, horizon=26, windows=3),
+    "level": Spec(load_level, "W-SAT", 52, horizon=52, windows=3),
 }
 SUITES = {"benchmark": forecast_datasets.DATASETS, "tuning": TUNING}
 # AutoETS / AutoARIMA see at most this many steps before each origin where a long seasonal
@@ -330,7 +340,10 @@ def main(argv=None) -> int:
     args.settings = {}
     for item in args.set:
         key, _, value = item.partition("=")
-        args.settings[key] = json.loads(value) if value[:1] in "0123456789-[{tfn\"." else value
+        try:
+            args.settings[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word: a string
+            args.settings[key] = value
     if args.quick:
         args.steps, args.num_samples, args.seeds = args.steps or 40, 50, args.seeds[:1]
         args.settings.setdefault("hidden_size", 16)
