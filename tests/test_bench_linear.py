@@ -77,6 +77,7 @@ def test_read_curves_splits_validation_from_training(tmp_path):
     assert training == [{"seconds": 2.9, "step": 20, "loss": 3.9}]
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_runs_the_library_step_once_compiled(tmp_path, monkeypatch):
     monkeypatch.setattr(linear_workload, "QUICK_SIZE", Size("quick", 20_000, 1, 1))
     out = tmp_path / "linear.json"

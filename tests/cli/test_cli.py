@@ -35,6 +35,7 @@ def trained(corpus, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_json_line_and_run_folder(corpus, tmp_path, capsys):
     out = tmp_path / "run"
     status, stdout, stderr = run(capsys, "train", "--data", str(corpus), "--out", str(out),
@@ -186,6 +187,7 @@ def test_cli_defaults_are_the_library_defaults(capsys):
         assert text in help_text, text
 
 
+@pytest.mark.slow
 def test_train_writes_tensorboard_event_files(corpus, tmp_path, capsys):
     pytest.importorskip("tensorboardX")
     out = tmp_path / "run"

@@ -70,6 +70,7 @@ def test_controls_compose_temperature_then_top_k_then_top_p():
 @settings(max_examples=25, deadline=None)
 @given(logits=tied_logits, top_k=st.integers(1, VOCAB), top_p=st.floats(0.05, 1.0),
        seed=st.integers(0, 2**16))
+@pytest.mark.slow
 def test_draws_stay_inside_the_filtered_set(logits, top_k, top_p, seed):
     logits = jnp.asarray(logits)
     keys = jax.random.split(jax.random.key(seed), 16)

@@ -144,6 +144,7 @@ def test_sample_paths_follow_their_own_context(tiny_model):
     np.testing.assert_allclose(moved, paths, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_forecast_original_units_and_report(tiny_model, tmp_path):
     normalizer = Normalizer(mean=(100.0, -5.0), scale=(10.0, 0.5))
     rng = np.random.default_rng(1)
@@ -178,6 +179,7 @@ def test_forecast_original_units_and_report(tiny_model, tmp_path):
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_report_runs_in_eval_mode_and_leaves_the_callers_mode():
     config = sm.ModelConfig(input_size=2, head="gaussian", hidden_size=8, num_layers=2,
                             dropout=0.5)

@@ -62,6 +62,7 @@ def test_dataset_layout_and_batches(dataset):
     assert sum(batch.mask.sum() for batch in validation) == dataset.num_validation_targets == 24
 
 
+@pytest.mark.slow
 def test_teacher_forced_inputs_equal_the_inputs_built_while_free_running(dataset):
     """The invariant of the feature path: fed the truth, the free-running loop builds step by
     step the very inputs of the teacher-forced window, and its one-step outputs are the
@@ -106,6 +107,7 @@ def test_lags_come_from_the_models_own_samples(dataset):
             np.testing.assert_allclose(row[4:], series.known[t + 1], atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_scale_is_undone_in_every_output(dataset):
     """The model's distribution is its network's, scaled back by the scale in its input
     (exactly), and a forecast of counts stays counts."""
@@ -130,6 +132,7 @@ def test_the_scale_is_undone_in_every_output(dataset):
     assert 20 < ratio < 500
 
 
+@pytest.mark.slow
 def test_negative_binomial_forecasts_are_counts(tmp_path):
     rng = np.random.default_rng(0)
     rows = ["t,count"] + [f"{t},{rng.poisson(5 + 4 * np.sin(t / 3))}" for t in range(80)]
@@ -147,6 +150,7 @@ def test_negative_binomial_forecasts_are_counts(tmp_path):
         load_dataset(str(tmp_path / "real.csv"), head="negbin")
 
 
+@pytest.mark.slow
 def test_a_mean_scaled_model_extrapolates_a_trending_series(tmp_path):
     """Trained on a series growing 2% a step, it forecasts the next steps near their level,
     beyond any level it was trained on; persistence stays behind."""
@@ -222,6 +226,7 @@ def test_missing_covariates_and_irregular_times_name_the_line(tmp_path):
         load_dataset(str(tmp_path / "gap.csv"), time_column="date", id_column="store")
 
 
+@pytest.mark.slow
 def test_a_stopped_forecaster_run_resumes_bit_for_bit(dataset, tmp_path):
     """Lags, covariates and static categories in the inputs, random windows: a run stopped at
     step 4 and resumed ends with the parameters of the run that was never stopped."""

@@ -41,6 +41,7 @@ def one_step_draws(model, normalizer, sequences, *, num_samples, key):
     return normalizer.denormalize(np.asarray(draws, np.float64)), float(nll)
 
 
+@pytest.mark.slow
 def test_mdn_covers_both_modes_where_a_gaussian_cannot():
     """x[t+1] = 0.5 x[t] +- 1.5 (+ noise 0.1), up with probability 0.7: the MDN's samples sit on
     the two modes in a 70/30 split; the Gaussian's spread over the gap between them."""
@@ -63,6 +64,7 @@ def test_mdn_covers_both_modes_where_a_gaussian_cannot():
     assert mdn_nll < results["gaussian"][2] - 1.0, results
 
 
+@pytest.mark.slow
 def test_bernoulli_learns_binary_patterns():
     dataset = NumericDataset(synthetic.binary_patterns(num_sequences=64, length=17, seed=0),
                              name="binary-patterns", val_fraction=0.0)
@@ -80,6 +82,7 @@ def test_bernoulli_learns_binary_patterns():
     np.testing.assert_array_equal(np.asarray(paths)[:, 0], held_out[:, 2:10])
 
 
+@pytest.mark.slow
 def test_padded_steps_contribute_nothing_to_loss_or_gradients():
     config = sm.ModelConfig(input_size=2, head="mdn", num_mixtures=3, cell="gru", hidden_size=8)
     model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
@@ -114,6 +117,7 @@ def test_padded_steps_contribute_nothing_to_loss_or_gradients():
     assert float(loss) == pytest.approx(sum(separate) / 14, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_noisy_sine_forecasts_beat_persistence_at_every_horizon():
     dataset = NumericDataset(synthetic.sine(num_sequences=256, length=160, seed=0), name="sine",
                              val_fraction=0.125)
@@ -132,6 +136,7 @@ def test_noisy_sine_forecasts_beat_persistence_at_every_horizon():
 # -- the command line ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     """`seqmodel train --data series.csv --time-column date --head mdn` (a forecaster of two
     targets with time features), then `sample` (paths in original units, same seed same paths,
@@ -190,6 +195,7 @@ def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     assert "line 3, column 'b' is missing" in errors and "--missing mask" in errors
 
 
+@pytest.mark.slow
 def test_cli_forecaster_round_trip_with_covariates_and_backtest(tmp_path, monkeypatch, capsys):
     """`train --time-column --lags --covariates --static-columns`, `sample --future-file`, and
     `eval --backtest --json --plot` (one object per method, every score per horizon step), and

@@ -327,6 +327,7 @@ student_t_draw = sampler(student_t_head)
 negbin_draw = sampler(negbin_head)
 
 
+@pytest.mark.slow
 def test_student_t_and_negbin_draw_the_right_moments():
     noise = student_t_head.draw_noise(jax.random.key(5), (N_DRAWS,))
     draws = np.asarray(student_t_draw(noise, student_t_params(1.0, 0.5, 9.0, (N_DRAWS, 1)), 1.0))
@@ -365,6 +366,7 @@ def test_noise_determines_the_draw():
 # -- rescale: the distribution in units `scale` times larger (DeepAR's mean scaling) ----------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["gaussian", "mdn", "student_t"])
 def test_rescale_is_the_distribution_of_the_scaled_variable(name):
     """``rescale(p, s)`` is the law of ``s X``: its density is ``p(y / s) / s`` and its quantiles

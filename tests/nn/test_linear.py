@@ -107,6 +107,7 @@ def test_step_loop_equals_every_scan(name, length):
         assert_close(scan_carry, loop_carry, tolerance, f"{name} {method} carry")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CELL_NAMES + ["block-rglru", "block-mingru"])
 def test_gradients_agree(name):
     length, batch, width = 9, 2, 8
@@ -163,6 +164,7 @@ def test_log_space_stays_finite_at_65536(cell):
     assert relative_error(log_ys, ys) < 2e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mingru", "block-rglru"])
 def test_bfloat16_within_tolerance(name):
     width, batch, length = 8, 2, 64

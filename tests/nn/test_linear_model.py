@@ -36,6 +36,7 @@ CONFIG = TrainConfig(steps=8, batch_size=2, seq_len=6, eval_every=4, eval_batch_
                      eval_seq_len=6, warmup_steps=2, log_every=1, steps_per_call=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["rglru", "mingru"])
 def test_stopped_and_resumed_run_equals_uninterrupted(cell, tmp_path):
     straight = fit(model(cell), dataset(), CONFIG, out_dir=tmp_path / "straight", progress=False)
@@ -49,6 +50,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted(cell, tmp_path):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
+@pytest.mark.slow
 def test_cli_trains_and_samples_a_linear_recurrence(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 40)

@@ -116,6 +116,7 @@ def test_long_sequence_stays_finite():
     assert relative_error(results["chunked"][1], sequential) < LINEAR_TOLERANCE
 
 
+@pytest.mark.slow
 def test_dispatch_and_auto():
     a, b, _, initial = coefficients(9, 3)
     expected = linear_scan.sequential(a, b, initial)[1]

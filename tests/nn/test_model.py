@@ -55,9 +55,16 @@ def assert_trees_close(actual, expected, atol):
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(e, np.float32), atol=atol)
 
 
+# Every cell with every head at 1 and 2 layers; the quick subset (-m "not slow") keeps each
+# cell and each head once, at both depths.
+QUICK_PAIRS = {("lstm", "categorical"), ("gru", "gaussian"), ("elman", "mdn"),
+               ("mingru", "bernoulli"), ("minlstm", "student_t"), ("rglru", "negbin")}
+CELL_HEAD_PAIRS = [pytest.param(cell, head, marks=() if (cell, head) in QUICK_PAIRS
+                                else pytest.mark.slow) for cell in CELLS for head in HEADS]
+
+
 @pytest.mark.parametrize("num_layers", [1, 2])
-@pytest.mark.parametrize("head", HEADS)
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell, head", CELL_HEAD_PAIRS)
 def test_teacher_forced_equals_scan_of_step(cell, head, num_layers):
     config = make_config(head, cell=cell, num_layers=num_layers)
     model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
@@ -70,6 +77,7 @@ def test_teacher_forced_equals_scan_of_step(cell, head, num_layers):
         assert_trees_close(carry, step_carry, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_bfloat16_paths_agree(cell):
     config = make_config("categorical", cell=cell, num_layers=2, dtype="bfloat16")
@@ -99,6 +107,7 @@ def test_carry_continues_a_sequence():
     assert_trees_close(second_carry, whole_carry, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_train_mode():
     config = make_config("categorical", num_layers=2, dropout=0.5)
     model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
@@ -118,6 +127,7 @@ def test_dropout_only_in_train_mode():
     assert not np.allclose(out_a, out_c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_gradients_are_finite_and_nonzero(cell):
     config = make_config("mdn", cell=cell, num_layers=2)

@@ -77,6 +77,7 @@ def _compare(batch=3, length=4, seed=0, **overrides):
     _assert_same(fast, plain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_fast_equals_plain_folded_two_layers(cell):
     _compare(cell=cell, fold_embedding=True, num_layers=2, length=4)
@@ -101,6 +102,7 @@ def test_default_is_fast_and_cells_dispatch():
     assert "custom_vjp_call" in str(jaxpr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_scan_functions_values_and_vjp(cell):
     """Direct check of the pure functions: values, and the VJP of random output cotangents."""
@@ -135,6 +137,7 @@ def test_scan_functions_values_and_vjp(cell):
         np.testing.assert_allclose(a, b, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.slow
 def test_gru_recurrent_bias_gradient():
     """The GRU recurrent bias gradient (one sum after the loop) matches autodiff."""
     batch, hidden, length = 2, 3, 4

@@ -79,6 +79,7 @@ def uninterrupted(tmp_path_factory):
 # program loops over the one-step program's math. SIGTERM stops a run as Ctrl-C does.
 @pytest.mark.parametrize("steps_per_call, stopped_at, signal_number", [
     (4, 9, signal.SIGINT), (1, 7, signal.SIGTERM)])
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_uninterrupted(uninterrupted, tmp_path, steps_per_call,
                                                           stopped_at, signal_number):
     _, straight, _ = uninterrupted

@@ -323,6 +323,7 @@ def test_fit_stops_as_its_parallel_layout_says(corpus, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_four_devices_train_like_one_device(corpus, tmp_path):
     run = subprocess.run(
         [sys.executable, "-c", FOUR_DEVICES, str(corpus), str(tmp_path)],
@@ -339,6 +340,7 @@ def test_four_devices_train_like_one_device(corpus, tmp_path):
     assert (tmp_path / "four" / "checkpoints" / "7").is_dir()
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_and_a_dead_one_stops_the_other(corpus, tmp_path):
     port = free_port()
     processes = [

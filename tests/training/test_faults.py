@@ -23,6 +23,10 @@ from seqmodel.training.checkpoint import CHECKPOINTS, inspect_run, load_model
 from seqmodel.training.fitting import saving, stopping
 from tests.training import fault_hooks
 
+# Every test here starts and kills processes: the slow part of the suite.
+pytestmark = pytest.mark.slow
+
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 HOOKS = pathlib.Path(fault_hooks.__file__)
 TIMEOUT = 240  # seconds for one subprocess, on a loaded machine

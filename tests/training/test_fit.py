@@ -174,6 +174,7 @@ def test_fit_needs_a_stopping_rule():
         fit(tiny_model(), tiny_dataset(), TrainConfig(**FAST), progress=False)
 
 
+@pytest.mark.slow
 def test_max_time_ends_the_run_with_an_evaluation(monkeypatch):
     ticks = itertools.count(0.0, 0.25)  # a clock that advances 0.25 s whenever it is read
     monkeypatch.setattr(TimeBudget, "now", staticmethod(lambda: next(ticks)))

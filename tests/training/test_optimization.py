@@ -122,6 +122,7 @@ def _teacher_forced_reference(model, batch, carry):
     return jax.jit(jax.value_and_grad(loss))(params)
 
 
+@pytest.mark.slow
 def test_plain_teacher_forcing_gives_exactly_the_teacher_forced_loss_and_gradients():
     model = tiny_model()
     model.train()
@@ -178,6 +179,7 @@ def test_train_step_learns_carries_state_and_compiles_once():
     assert step._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_multi_step_equals_the_steps_one_by_one():
     model = tiny_model()
     config = TrainConfig(steps=10, **FAST)
