@@ -285,7 +285,20 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="write the tables here")
     parser.add_argument("--append", action="store_true", help="add to the results already in "
                         "--json (a dataset run again replaces its entry)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="write the results of runs "
+                        "made apart (same budget, e.g. datasets in parallel) as one to --json "
+                        "and --markdown; runs nothing")
     args = parser.parse_args(argv)
+    if args.merge:
+        documents = []
+        for path in args.merge:
+            with open(path, encoding="utf-8") as handle:
+                documents.append(json.load(handle))
+        try:
+            write(args, merge(documents))
+        except ValueError as error:
+            parser.error(f"--merge: {error}")
+        return 0
     names = [name.strip() for name in args.datasets.split(",") if name.strip()]
     unknown = [name for name in names if name not in datasets.DATASETS]
     if unknown:
@@ -338,6 +351,20 @@ def main(argv=None) -> int:
               flush=True)
         write(args, document)  # what is done so far survives an interruption
     return 0
+
+
+def merge(documents: list[dict]) -> dict:
+    """One document of runs made apart with the same budget: their runs in order, their
+    results in the benchmark's dataset order (a dataset in several: the last one's)."""
+    budgets = {json.dumps(document["budget"], sort_keys=True) for document in documents}
+    if len(budgets) != 1:
+        raise ValueError(f"the runs have different budgets: {sorted(budgets)}")
+    merged = {**documents[0], "runs": [run for d in documents for run in d["runs"]]}
+    merged["history_limits"] = {key: value for d in documents
+                                for key, value in d["history_limits"].items()}
+    found = {entry["dataset"]: entry for d in documents for entry in d["results"]}
+    merged["results"] = [found[name] for name in datasets.DATASETS if name in found]
+    return merged
 
 
 def write(args, document: dict) -> None:

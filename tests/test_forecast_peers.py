@@ -180,3 +180,19 @@ def test_a_deep_peer_end_to_end(model):
     assert np.all(np.diff(response.quantiles, axis=1) >= 0)
     assert [timing["steps"] for timing in response.info["timings"]] == [3, 3]
     assert response.info["torch_threads"] == 1
+
+
+def test_runs_made_apart_merge_into_one():
+    budget = {"training_windows": 64, "seeds": [0]}
+
+    def document(names, command):
+        return {"budget": budget, "runs": [{"command": command}], "history_limits": {},
+                "results": [{"dataset": name, "methods": {}} for name in names]}
+
+    merged = bench_forecast_peers.merge([document(["panel"], "b"),
+                                         document(["taylor", "wineind"], "a")])
+    assert [run["command"] for run in merged["runs"]] == ["b", "a"]
+    assert [entry["dataset"] for entry in merged["results"]] == ["wineind", "panel", "taylor"]
+    other = {**document(["co2"], "c"), "budget": {"training_windows": 32, "seeds": [0]}}
+    with pytest.raises(ValueError, match="different budgets"):
+        bench_forecast_peers.merge([document(["panel"], "b"), other])
