@@ -20,13 +20,18 @@ _EXPORTS = {
     "seqmodel.decoding.beam": ("BeamSearchResult", "beam_search"),
     "seqmodel.nn.cells": ("ElmanCell", "GRUCell", "LSTMCell"),
     "seqmodel.training.checkpoint": ("RunCheckpoints", "load_model"),
-    "seqmodel.data": ("Batch", "ByteTokenizer", "CharTokenizer", "DataError", "TextDataset",
-                      "load_dataset"),
-    "seqmodel.data.numeric": ("Normalizer", "NumericDataset"),
+    "seqmodel.data": ("Batch", "ByteTokenizer", "CharTokenizer", "DataError", "SeriesDataset",
+                      "TextDataset", "load_dataset"),
+    "seqmodel.data.normalization": ("Normalizer",),
+    "seqmodel.data.preparation": ("Preparation",),
+    "seqmodel.data.series": ("NumericDataset",),
     "seqmodel.training.distributed": ("DataParallel", "DistributedError"),
     "seqmodel.errors": ("CheckpointError", "TrainingError", "UserError"),
     "seqmodel.training.fitting": ("FitResult", "fit"),
-    "seqmodel.forecasting.paths": ("crps_from_samples", "exposure_bias_report", "sample_paths"),
+    "seqmodel.forecasting.forecaster": ("Forecast", "Forecaster"),
+    "seqmodel.forecasting.paths": ("sample_paths",),
+    "seqmodel.forecasting.reports": ("exposure_bias_report",),
+    "seqmodel.forecasting.scores": ("crps_from_samples",),
     "seqmodel.decoding.generate": ("Generation", "generate", "generate_stream"),
     "seqmodel.nn.heads": ("Bernoulli", "Categorical", "Gaussian", "MixtureGaussian",
                        "NegativeBinomial", "StudentT"),
@@ -45,14 +50,20 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
         ByteTokenizer,
         CharTokenizer,
         DataError,
+        SeriesDataset,
         TextDataset,
         load_dataset,
     )
-    from seqmodel.data.numeric import Normalizer, NumericDataset
+    from seqmodel.data.normalization import Normalizer
+    from seqmodel.data.preparation import Preparation
+    from seqmodel.data.series import NumericDataset
     from seqmodel.decoding.beam import BeamSearchResult, beam_search
     from seqmodel.decoding.generate import Generation, generate, generate_stream
     from seqmodel.errors import CheckpointError, TrainingError, UserError
-    from seqmodel.forecasting.paths import crps_from_samples, exposure_bias_report, sample_paths
+    from seqmodel.forecasting.forecaster import Forecast, Forecaster
+    from seqmodel.forecasting.paths import sample_paths
+    from seqmodel.forecasting.reports import exposure_bias_report
+    from seqmodel.forecasting.scores import crps_from_samples
     from seqmodel.interop import from_torch, to_torch
     from seqmodel.nn.cells import ElmanCell, GRUCell, LSTMCell
     from seqmodel.nn.heads import (
@@ -77,7 +88,6 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, imported e
         make_train_step,
         stack_batches,
     )
-
 
 def __getattr__(name: str):
     """A public name, imported from its module on first use (then cached in the package); a
@@ -104,8 +114,8 @@ __all__ = [
     "BeamSearchResult",
     "Bernoulli",
     "ByteTokenizer",
-    "CharTokenizer",
     "Categorical",
+    "CharTokenizer",
     "CheckpointError",
     "DataError",
     "DataParallel",
@@ -113,6 +123,8 @@ __all__ = [
     "ElmanCell",
     "EvalResult",
     "FitResult",
+    "Forecast",
+    "Forecaster",
     "GRUCell",
     "Gaussian",
     "Generation",
@@ -122,8 +134,10 @@ __all__ = [
     "NegativeBinomial",
     "Normalizer",
     "NumericDataset",
+    "Preparation",
     "RunCheckpoints",
     "SequenceModel",
+    "SeriesDataset",
     "StudentT",
     "TextDataset",
     "TrainConfig",

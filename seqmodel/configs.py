@@ -30,6 +30,13 @@ TEACHER_FORCING_SCHEDULES = ("constant", "linear", "inverse-sigmoid")
 # seqmodel.forecasting.paths.exposure_bias_report: sample paths and start points per report.
 REPORT_NUM_SAMPLES = 100
 REPORT_NUM_STARTS = 64
+# Real-valued series (forecasting) where ModelConfig's and TrainConfig's defaults are sized for
+# text: a small network, a fixed number of steps, validation every `eval_every` steps with the
+# best parameters kept (early stopping: short series overfit). Chosen on the tuning series of
+# benchmarks/bench_forecast_tuning.py, not on the benchmark's own series.
+SERIES_MODEL_DEFAULTS = {"hidden_size": 64, "dropout": 0.1}
+SERIES_TRAIN_DEFAULTS = {"steps": 800, "learning_rate": 3e-3, "batch_size": 32,
+                         "eval_every": 100, "warmup_steps": 50}
 
 
 class DictConfig:

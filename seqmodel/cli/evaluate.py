@@ -39,6 +39,10 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     add("--baseline-history", type=positive_int, metavar="N", help="--backtest: AutoETS and "
         "AutoARIMA see at most the last N steps before each origin (AutoARIMA is slow on long "
         "seasonal histories; default: all)")
+    add("--allow-overlap", action="store_true", help="--backtest: score windows that overlap "
+        "what the model trained or validated on (refused by default: train with --holdout N)")
+    add("--no-calibration", action="store_true", help="--backtest: the model's raw intervals, "
+        "without split-conformal calibration on the validation part")
 
 
 def cmd_eval(args) -> int:
@@ -104,37 +108,48 @@ def _real_valued_data(args, model, metadata: dict):
 
 
 def _eval_real_valued(args, model, metadata: dict) -> int:
-    """``seqmodel eval`` for a real-valued checkpoint: the exposure-bias report on the validation
-    part of ``--data`` (default: the training data), as text or one ``--json`` line, and
-    ``--plot`` its chart; ``--backtest N`` runs :func:`_backtest` instead."""
+    """``seqmodel eval`` for a real-valued checkpoint: the horizon report of its
+    :class:`~seqmodel.forecasting.forecaster.Forecaster` on the validation part of ``--data``
+    (default: the training data), as text or one ``--json`` line, and ``--plot`` its chart;
+    ``--backtest N`` runs :func:`_backtest` instead."""
+    import dataclasses
+
     import jax
 
-    from seqmodel.forecasting.paths import exposure_bias_report, plot_report
+    from seqmodel.forecasting.forecaster import Forecaster
+    from seqmodel.forecasting.plots import plot_report
+    from seqmodel.training.evaluation import evaluate
+    from seqmodel.training.optimization import TrainConfig
 
     dataset, source, val_fraction = _real_valued_data(args, model, metadata)
     for flag in ("baselines", "baseline_history"):
         if args.backtest is None and getattr(args, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} applies to --backtest only")
+    for flag in ("allow_overlap", "no_calibration"):
+        if args.backtest is None and getattr(args, flag):
+            raise UsageError(f"--{flag.replace('_', '-')} applies to --backtest only")
+    from seqmodel.forecasting.forecaster import load_members
+
+    forecaster = Forecaster.from_metadata(model, metadata["data"])
+    forecaster.members = load_members(args.checkpoint)
+    if args.season is not None:
+        forecaster.preparation = dataclasses.replace(forecaster.preparation, season=args.season)
     if args.backtest is not None:
-        return _backtest(args, model, dataset, source)
+        return _backtest(args, forecaster, dataset, source)
     if not dataset.val_sequences:
         raise ValueError(f"--data {source!r} has no validation part (val_fraction "
                          f"{val_fraction}); nothing to evaluate")
     horizon = EVAL_HORIZON if args.horizon is None else args.horizon
     key = jax.random.key(EVAL_SEED if args.seed is None else args.seed)
-    season = args.season or getattr(dataset, "season", 1)
-    if dataset.kind == "forecast":
-        report = _forecaster_report(args, model, dataset, key=key, horizon=horizon,
-                                    season=season)
-    else:
-        options = {name: getattr(args, name) for name in ("num_samples", "num_starts",
-                                                          "min_context")
-                   if getattr(args, name) is not None}
-        report = exposure_bias_report(model, dataset.val_sequences, dataset.normalizer, key=key,
-                                      horizon=horizon, season=season, **options)
+    eval_config = TrainConfig()
+    nll = evaluate(model, dataset.validation_batches(batch_size=eval_config.eval_batch_size,
+                                                     seq_len=eval_config.eval_seq_len)).loss
+    options = {name: getattr(args, name) for name in ("num_samples", "num_starts", "min_context")
+               if getattr(args, name) is not None}
+    report = horizon_report_of(forecaster, dataset, key=key, horizon=horizon, nll=nll, **options)
     report = {"val_loss": report["nll"], **report, "data": source}
     if args.plot:
-        plot_report(report, args.plot, title=f"{source}: exposure-bias report")
+        plot_report(report, args.plot, title=f"{source}: horizon report")
     if args.json:
         print(json.dumps(report))
         return 0
@@ -155,58 +170,32 @@ def _eval_real_valued(args, model, metadata: dict) -> int:
     return 0
 
 
-def _forecaster_report(args, model, dataset, *, key, horizon: int, season: int) -> dict:
-    """The exposure-bias report of a model with forecasting features."""
-    from seqmodel.forecasting.forecaster import series_report
-    from seqmodel.training.evaluation import evaluate
-    from seqmodel.training.optimization import TrainConfig
+def horizon_report_of(forecaster, dataset, *, key, horizon: int, nll: float,
+                      min_context: int | None = None, **options) -> dict:
+    """The forecaster's horizon report on ``dataset``'s validation part."""
+    from seqmodel.forecasting.reports import horizon_report
 
-    if args.min_context is not None:
-        raise UsageError("--min-context does not apply to a forecaster: it reads "
-                         f"--context-length {dataset.spec.context_length} steps (its training)")
-    eval_config = TrainConfig()
-    nll = evaluate(model, dataset.validation_batches(batch_size=eval_config.eval_batch_size,
-                                                     seq_len=eval_config.eval_seq_len)).loss
-    options = {name: getattr(args, name) for name in ("num_samples", "num_starts")
-               if getattr(args, name) is not None}
-    return series_report(model, dataset.spec, dataset.normalizer, dataset.series,
-                         dataset.splits, key=key, horizon=horizon, season=season, nll=nll,
-                         **options)
+    return horizon_report(forecaster.model, forecaster.preparation, dataset.series,
+                          dataset.splits, key=key, horizon=horizon, nll=nll,
+                          min_context=min_context or 1, **options)
 
 
-def _backtest_series(dataset):
-    """``(spec, series)`` to backtest: a forecaster's own, or for a model without features its
-    sequences whole (train and validation parts joined) under the plain layout."""
-    import numpy as np
-
-    from seqmodel.data.series import Series
-    from seqmodel.forecasting.forecaster import plain_spec
-
-    if dataset.kind == "forecast":
-        return dataset.spec, dataset.series
-    if dataset.single_series:
-        whole = [np.concatenate(dataset.train_sequences + dataset.val_sequences)]
-    else:
-        whole = list(dataset.train_sequences) + list(dataset.val_sequences)
-    series = [Series(f"series {i}", dataset.normalizer.normalize(values),
-                     np.zeros((len(values), 0), np.float32)) for i, values in enumerate(whole)]
-    return plain_spec(dataset.input_size), series
-
-
-def _backtest(args, model, dataset, source: str) -> int:
-    """``seqmodel eval --backtest N``: :func:`seqmodel.forecasting.backtest.backtest` as a table (or one
-    ``--json`` line: one object per method), ``--plot`` its forecasts over the truth."""
+def _backtest(args, forecaster, dataset, source: str) -> int:
+    """``seqmodel eval --backtest N``: :func:`seqmodel.forecasting.backtest.backtest` of the
+    whole series of ``--data`` (the held-out steps included) as a table (or one ``--json``
+    line: one object per method), ``--plot`` its forecasts over the truth."""
     import jax
 
     from seqmodel.forecasting import baselines
-    from seqmodel.forecasting.backtest import MODEL_METHOD, backtest, plot_backtest
+    from seqmodel.forecasting.backtest import MODEL_METHOD, backtest
+    from seqmodel.forecasting.plots import plot_backtest
 
     for flag in ("num_starts", "min_context"):
         if getattr(args, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} applies to the exposure-bias report, "
                              "not to --backtest")
     horizon = EVAL_HORIZON if args.horizon is None else args.horizon
-    season = args.season or getattr(dataset, "season", 1)
+    season = forecaster.preparation.season
     if args.baselines is None:
         chosen = ("persistence", "seasonal_naive") + (
             baselines.STATSFORECAST_BASELINES if baselines.statsforecast_available() else ())
@@ -220,13 +209,21 @@ def _backtest(args, model, dataset, source: str) -> int:
         if missing and not baselines.statsforecast_available():
             raise UsageError(f"--baselines {', '.join(missing)} need statsforecast: pip install "
                              "'seqmodel[forecast]'")
-    spec, series = _backtest_series(dataset)
-    result = backtest(model, spec, dataset.normalizer, series, windows=args.backtest,
+    series = dataset.full_series
+    calibration = None
+    if not args.no_calibration:
+        from seqmodel.forecasting.conformal import calibrate
+
+        calibration = calibrate(forecaster, dataset.series, dataset.splits, horizon=horizon)
+    result = backtest(forecaster.model, forecaster.preparation.spec,
+                      forecaster.preparation.normalizer, series, windows=args.backtest,
+                      members=forecaster.members, calibration=calibration,
+                      seen=forecaster.seen, allow_overlap=args.allow_overlap,
                       horizon=horizon, season=season,
                       key=jax.random.key(EVAL_SEED if args.seed is None else args.seed),
                       num_samples=args.num_samples or BACKTEST_SAMPLES,
                       methods=(MODEL_METHOD,) + chosen, baseline_history=args.baseline_history)
-    summary = {**result.to_dict(), "data": source}
+    summary = {**result.to_dict(), "data": source, "allow_overlap": bool(args.allow_overlap)}
     if args.plot:
         plot_backtest(result, args.plot, title=f"{source}: backtest, {args.backtest} windows of "
                       f"{horizon}")
@@ -239,6 +236,16 @@ def _backtest(args, model, dataset, source: str) -> int:
     print(f"{'method':>15} " + " ".join(f"{name:>11}" for name in names))
     for method, scores in summary["methods"].items():
         print(f"{method:>15} " + " ".join(f"{scores[name]['overall']:>11.4g}" for name in names))
+    if result.calibration:
+        print("intervals calibrated on the validation part (split conformal, "
+              f"{result.calibration['windows']} windows): coverage 80% "
+              f"{result.calibration['coverage_80_before']:.3f} -> "
+              f"{result.calibration['coverage_80_after']:.3f}, 95% "
+              f"{result.calibration['coverage_95_before']:.3f} -> "
+              f"{result.calibration['coverage_95_after']:.3f}")
+    if result.overlap:
+        print("warning: windows overlap what the model trained or validated on "
+              "(--allow-overlap): these scores flatter it")
     print("per horizon step: --json" + (f"; chart {args.plot}" if args.plot else ""))
     return 0
 

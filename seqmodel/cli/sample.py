@@ -161,42 +161,15 @@ def parse_quantiles(text: str) -> tuple[float, ...]:
     return values
 
 
-def load_contexts(path: str, normalizer):
-    """Contexts for ``seqmodel sample --prompt-file``: a CSV or ``.npy`` file read like training
-    data (a ``sequence_id`` column or an ``(n, t, d)`` array gives several contexts).
-
-    Returns ``(contexts (n, p, d) right-padded, lengths (n,))`` in original units."""
-    import numpy as np
-
-    from seqmodel.data.numeric import load_sequences
-
-    if not os.path.isfile(path):
-        raise ValueError(f"--prompt-file {os.fspath(path)!r}: no such file")
-    table = load_sequences(path)
-    if table.num_features != normalizer.num_features:
-        raise ValueError(
-            f"--prompt-file {os.fspath(path)!r} has {table.num_features} numeric column(s) "
-            f"({', '.join(table.columns)}), but the model was trained on "
-            f"{normalizer.num_features} feature(s)"
-        )
-    lengths = np.array([len(s) for s in table.sequences])
-    if lengths.min() < 1:
-        raise ValueError(f"--prompt-file {os.fspath(path)!r} holds an empty context")
-    contexts = np.zeros((len(lengths), lengths.max(), normalizer.num_features), np.float32)
-    for row, sequence in enumerate(table.sequences):
-        contexts[row, : len(sequence)] = sequence
-    return contexts, lengths
-
-
 def _sample_real_valued(args, model, metadata: dict) -> int:
-    """``seqmodel sample`` for a real-valued checkpoint: sample paths ``(S, H, d)`` per context
-    (``(n, S, H, d)`` for ``n`` contexts) in original units to ``--out`` (``.npy``), or their
-    ``--quantiles`` ``(Q, H, d)``; ``--plot`` draws the fan chart of the first context.
-    Without ``--out`` it prints the quantiles of the first context as CSV."""
+    """``seqmodel sample`` for a real-valued checkpoint, through its
+    :class:`~seqmodel.forecasting.forecaster.Forecaster`: sample paths ``(S, H, d)`` per series
+    of the history (``(n, S, H, d)`` for ``n`` series) in original units to ``--out``
+    (``.npy``), or their ``--quantiles`` ``(Q, H, d)``; ``--plot`` draws the fan chart of the
+    first series. Without ``--out`` it prints the quantiles of the first series as CSV."""
     import jax
 
-    from seqmodel.data.numeric import Normalizer
-    from seqmodel.forecasting.paths import forecast
+    from seqmodel.forecasting.forecaster import Forecaster
 
     if args.prompt is not None:
         raise ValueError("--prompt is for text models; a real-valued model continues "
@@ -217,34 +190,51 @@ def _sample_real_valued(args, model, metadata: dict) -> int:
         if getattr(args, flag) is not None:
             raise ValueError(f"--{flag.replace('_', '-')} applies to text models only; "
                              "real-valued sampling takes --temperature (or --greedy)")
-    if metadata["data"].get("kind") == "forecast":
-        return _sample_forecaster(args, model, metadata)
-    if args.future_file is not None:
+    forecaster = Forecaster.from_metadata(model, metadata["data"])
+    for flag, path in (("--prompt-file", args.prompt_file), ("--future-file", args.future_file)):
+        if path is not None and not os.path.isfile(path):
+            raise UsageError(f"{flag} {path!r}: no such file")
+    if args.future_file is not None and not forecaster.preparation.spec.covariate_columns:
         raise UsageError("--future-file applies to models trained with --covariates (this one "
                          "reads no covariates)")
-    normalizer = Normalizer.from_dict(metadata["data"]["normalizer"])
-    contexts, lengths = load_contexts(args.prompt_file, normalizer)
+    try:
+        history = forecaster.read(args.prompt_file, what="--prompt-file")
+        future = None if args.future_file is None else forecaster.read(args.future_file, future=True,
+                                                                      what="--future-file")
+    except ValueError as error:
+        raise UsageError(str(error).splitlines()[0]) from None
+    if forecaster.preparation.spec.covariate_columns and future is None:
+        raise UsageError(f"the model reads the covariates "
+                         f"{', '.join(forecaster.preparation.spec.covariate_columns)}: give their "
+                         f"values over the {args.steps} forecast steps with --future-file FILE")
     temperature = 0.0 if args.greedy else args.temperature
-    paths = forecast(model, normalizer, contexts, key=jax.random.key(args.seed),
-                     horizon=args.steps, num_samples=args.num_samples,
-                     context_lengths=lengths, temperature=temperature)  # (n, S, H, d)
-    return _write_paths(args, metadata, contexts, lengths, paths)
+    try:
+        forecast = forecaster.predict(history, future, horizon=args.steps,
+                                      num_samples=args.num_samples,
+                                      key=jax.random.key(args.seed), temperature=temperature)
+    except ValueError as error:
+        message = str(error).splitlines()[0]
+        flag = "--future-file" if "future" in message else "--prompt-file"
+        raise UsageError(f"{flag}: {message.replace('the horizon', '--steps')}") from None
+    originals = history.select(forecaster.preparation.columns, what="--prompt-file")
+    return _write_paths(args, metadata, originals, forecast.paths)
 
 
-def _write_paths(args, metadata: dict, contexts, lengths, paths) -> int:
+def _write_paths(args, metadata: dict, histories: list, paths) -> int:
     """Write sample paths ``(n, S, H, d)`` (or their quantiles) as ``--out``, ``--plot`` and
-    the CSV table on stdout say."""
+    the CSV table on stdout say; ``histories`` ``[(T_i, d)]`` in original units."""
     import numpy as np
 
-    from seqmodel.forecasting.paths import plot_fan, sample_quantiles
+    from seqmodel.forecasting.plots import plot_fan
+    from seqmodel.forecasting.scores import sample_quantiles
 
     quantiles = parse_quantiles(args.quantiles) if args.quantiles else None
     result = paths if quantiles is None else np.moveaxis(
         sample_quantiles(paths, quantiles, axis=1), 0, 1)  # (n, Q, H, d)
-    if len(contexts) == 1:
+    if len(histories) == 1:
         result = result[0]
     if args.plot:
-        plot_fan(contexts[0, : lengths[0]], paths[0], args.plot,
+        plot_fan(histories[0], paths[0], args.plot,
                  feature_names=metadata["data"].get("columns"))
     if args.out:
         np.save(args.out, result.astype(np.float32))
@@ -260,110 +250,3 @@ def _write_paths(args, metadata: dict, contexts, lengths, paths) -> int:
         cells = [f"{table[q, step, f]:.6g}" for f in range(table.shape[2]) for q in range(len(shown))]
         print(",".join([str(step + 1)] + cells))
     return 0
-
-
-def _read_table(path: str, flag: str, *, time_column, id_column, category_columns,
-                numeric_columns, missing: str):
-    """A context or future file, read with the columns that the model's data declared (those
-    the file has, for a future file)."""
-    from seqmodel.data.numeric import load_sequences
-
-    if not os.path.isfile(path):
-        raise UsageError(f"{flag} {path!r}: no such file")
-    try:
-        return load_sequences(path, missing=missing, time_column=time_column,
-                              id_column=id_column, category_columns=category_columns,
-                              numeric_columns=numeric_columns)
-    except ValueError as error:
-        raise ValueError(f"{flag}: {str(error).splitlines()[0]}") from None
-
-
-def _future_rows(future, names: list, horizon: int):
-    """The future table's sequence for each context series (by id, else in order)."""
-    if future.ids and names and all(name in future.ids for name in names):
-        order = [future.ids.index(name) for name in names]
-    elif len(future.sequences) == len(names):
-        order = list(range(len(names)))
-    else:
-        raise UsageError(f"--future-file holds {len(future.sequences)} series, the context "
-                         f"{len(names)}; give one future per context series (same ids)")
-    for name, index in zip(names, order):
-        rows = len(future.sequences[index])
-        if rows < horizon:
-            raise UsageError(f"--future-file has {rows} row(s) for series {name!r}, fewer than "
-                             f"--steps {horizon}: give the covariates' values for every "
-                             "forecast step")
-    return order
-
-
-def _sample_forecaster(args, model, metadata: dict) -> int:
-    """``seqmodel sample`` of a model with forecasting features: the context file holds the
-    history (its time column, covariates, static columns), ``--future-file`` the covariates of
-    the ``--steps`` forecast steps; future times follow from the frequency."""
-    import jax
-    import numpy as np
-
-    from seqmodel.data import features
-    from seqmodel.data.numeric import Normalizer, column_names
-    from seqmodel.data.series import known_rows
-    from seqmodel.forecasting.forecaster import forecast_series
-
-    data = metadata["data"]
-    spec = features.FeatureSpec.from_dict(data["features"])
-    normalizer = Normalizer.from_dict(data["normalizer"])
-    horizon = args.steps
-    missing = data.get("missing", "reject")
-    table = _read_table(args.prompt_file, "--prompt-file", time_column=spec.time_column,
-                        id_column=data.get("id_column"), category_columns=spec.static_columns,
-                        numeric_columns=spec.target_columns + spec.covariate_columns,
-                        missing=missing)
-    names = table.ids or [f"series {i}" for i in range(len(table.sequences))]
-    future = order = None
-    if spec.covariate_columns:
-        if args.future_file is None:
-            raise UsageError(f"the model reads the covariates {', '.join(spec.covariate_columns)}"
-                             f": give their values over the {horizon} forecast steps with "
-                             "--future-file FILE")
-        present = set(column_names(args.future_file)) if os.path.isfile(args.future_file) else set()
-        id_column = data.get("id_column") if data.get("id_column") in present else None
-        future = _read_table(
-            args.future_file, "--future-file",
-            time_column=spec.time_column if spec.time_column in present else None,
-            id_column=id_column,
-            category_columns=[c for c in spec.static_columns if c in present and c != id_column],
-            numeric_columns=spec.covariate_columns, missing=missing)
-        order = _future_rows(future, names, horizon)
-    elif args.future_file is not None:
-        raise UsageError("--future-file applies to models trained with --covariates (this one "
-                         "reads none)")
-    columns = list(table.columns)
-    targets = [columns.index(name) for name in spec.target_columns]
-    covariates = [columns.index(name) for name in spec.covariate_columns]
-    values, known, originals = [], [], []
-    for index, sequence in enumerate(table.sequences):
-        times = None
-        if spec.time_features:
-            frequency = features.Frequency.parse(spec.frequency)
-            times = np.concatenate([table.times[index],
-                                    features.advance(table.times[index][-1], frequency, horizon)])
-        covariate_rows = None
-        if covariates:
-            future_sequence = future.sequences[order[index]]
-            future_columns = list(future.columns)
-            covariate_rows = np.concatenate([
-                sequence[:, covariates],
-                future_sequence[:horizon, [future_columns.index(n) for n in spec.covariate_columns]]])
-        static = tuple(table.categories[name][index] for name in spec.static_columns) if (
-            spec.static_columns) else None
-        originals.append(sequence[:, targets])
-        values.append(normalizer.normalize(sequence[:, targets]))
-        known.append(known_rows(spec, times, covariate_rows, static, len(sequence) + horizon))
-    temperature = 0.0 if args.greedy else args.temperature
-    paths = forecast_series(model, spec, normalizer, values, known,
-                            key=jax.random.key(args.seed), horizon=horizon,
-                            num_samples=args.num_samples, temperature=temperature)
-    lengths = np.array([len(v) for v in originals])
-    contexts = np.zeros((len(originals), lengths.max(), spec.target_size), np.float32)
-    for row, history in enumerate(originals):
-        contexts[row, : len(history)] = history
-    return _write_paths(args, metadata, contexts, lengths, paths)

@@ -173,12 +173,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--no-progress", action="store_true", help="no progress bar")
 
 
-# Flags that make `seqmodel train` prepare the data as a forecaster's (seqmodel.data.series):
-# flag -> keyword of load_forecast_dataset. `--head negbin` does too (counts stay counts).
-FORECAST_FLAGS = {"time_column": "time_column", "id_column": "id_column", "lags": "lags",
-                  "covariates": "covariates", "static_columns": "static_columns",
-                  "targets": "target_columns", "scaling": "scaling",
-                  "context_length": "context_length"}
+# Flags of real-valued data -> the options of seqmodel.data.load_dataset (the one router).
+SERIES_FLAGS = {"time_column": "time_column", "id_column": "id_column", "lags": "lags",
+                "covariates": "covariates", "static_columns": "static_columns",
+                "targets": "target_columns", "scaling": "scaling",
+                "context_length": "context_length", "season": "season", "holdout": "holdout",
+                "missing": "missing"}
 
 
 def _column_list(text: str) -> tuple[str, ...]:
@@ -207,9 +207,8 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
         "inferred; time of day, day of week, day of year or month fed as sin/cos features)")
     add("--id-column", metavar="NAME", help="column naming each row's series (default: "
         "sequence_id when present)")
-    add("--lags", type=_lag_list, metavar="K1,K2,...", help="forecasting: lagged targets fed "
-        "with every step (1 is the last value; default from the frequency, e.g. 1,2,3,12 "
-        "monthly)")
+    add("--lags", type=_lag_list, metavar="K1,K2,...", help="real values: lagged targets fed "
+        "with every step (1 is the last value; default 1,2,3 and one season back)")
     add("--covariates", type=_column_list, metavar="COL1,COL2", help="forecasting: known-future "
         "numeric columns fed with every step (forecasts take their future from --future-file)")
     add("--static-columns", type=_column_list, metavar="COL1,COL2", help="forecasting: "
@@ -217,44 +216,48 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
         "series")
     add("--targets", type=_column_list, metavar="COL1,COL2", help="forecasting: the columns to "
         "forecast (default: every numeric column that is not a covariate)")
-    add("--scaling", choices=SCALINGS, help="forecasting: mean scaling of each window by the "
+    add("--scaling", choices=SCALINGS, help="real values: mean scaling of each window by the "
         "mean |value| of its context, the log scale fed to the network (DeepAR's; default "
-        "mean), or none")
-    add("--context-length", type=positive_int, metavar="N", help="forecasting: steps a forecast "
-        "reads before its first prediction, whose mean gives the scale (default: half of "
-        "--seq-len)")
-
-
-def forecasting_requested(args) -> bool:
-    """Whether the flags ask for a forecaster's data (any forecasting flag, or --head negbin)."""
-    return args.head == "negbin" or any(
-        getattr(args, flag, None) is not None for flag in FORECAST_FLAGS if flag != "id_column")
+        "mean; none for 0/1 data), or none")
+    add("--context-length", type=positive_int, metavar="N", help="real values: steps a "
+        "forecast reads before its first prediction, whose mean gives the scale (default: at "
+        "least 32 and two seasons, at most a third of the shortest series)")
+    add("--season", type=positive_int, metavar="M", help="real values: the seasonal period in "
+        "steps (default: from the time column's frequency, else detected from the data)")
+    add("--ensemble", type=positive_int, metavar="K", help="real values: train K models with "
+        "seeds seed..seed+K-1 (members 2..K in OUT/members/); forecasts pool their sample paths")
+    add("--holdout", type=non_negative_int, metavar="N", help="real values: keep the last N "
+        "steps of every series out of training and validation (for `eval --backtest` on the "
+        "same data)")
 
 
 def _load_training_data(args, source: str, *, val_fraction: float, tokenizer, metadata):
-    """The dataset of a run: a forecaster's (:func:`seqmodel.data.series.
-    load_forecast_dataset`) when forecasting flags are given, else :func:`seqmodel.data.
-    load_dataset` (which also rebuilds a resumed forecaster's data from ``metadata``)."""
-    from seqmodel.data import load_dataset
-    from seqmodel.data.series import load_forecast_dataset
+    """The dataset of a run: :func:`seqmodel.data.load_dataset` with the flags given (or the
+    checkpoint's ``metadata`` of a resumed run); scheduled sampling is refused where the inputs
+    hold features that the model does not predict (lags, scales, known features)."""
+    from seqmodel.data import is_numeric_source, load_dataset
 
-    missing = {"missing": args.missing} if args.missing else {}
-    if metadata is not None or not forecasting_requested(args):
-        if args.id_column is not None and metadata is None:
-            missing["id_column"] = args.id_column
-        return load_dataset(source, val_fraction=val_fraction, tokenizer=tokenizer,
-                            metadata=metadata, **missing)
-    if args.teacher_forcing not in (None, 1.0) or args.teacher_forcing_schedule not in (
-            None, "constant"):
+    options = {keyword: getattr(args, flag) for flag, keyword in SERIES_FLAGS.items()
+               if getattr(args, flag, None) is not None}
+    if metadata is not None:
+        options = {key: value for key, value in options.items() if key == "missing"}
+    elif args.head is not None and is_numeric_source(source):
+        options["head"] = args.head
+    if not is_numeric_source(source) and metadata is None:
+        given = sorted(flag for flag, keyword in SERIES_FLAGS.items() if keyword in options)
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} applies to real-valued data "
+                             f"(CSV / TSV / .npy or a built-in series), not to the text {source!r}")
+    dataset = load_dataset(source, val_fraction=val_fraction, tokenizer=tokenizer,
+                           metadata=metadata, **options)
+    scheduled = args.teacher_forcing not in (None, 1.0) or args.teacher_forcing_schedule not in (
+        None, "constant")
+    if scheduled and dataset.kind == "series" and dataset.spec.conditioned:
         raise UsageError("--teacher-forcing / --teacher-forcing-schedule (scheduled sampling) "
-                         "cannot feed a forecaster its own samples with their lags and known "
-                         "features; leave them out")
-    options = {keyword: getattr(args, flag) for flag, keyword in FORECAST_FLAGS.items()
-               if getattr(args, flag) is not None}
-    seq_len = args.seq_len or train_defaults()["seq_len"]
-    options.setdefault("context_length", max(seq_len // 2, 1))
-    return load_forecast_dataset(source, val_fraction=val_fraction, head=args.head,
-                                 **options, **missing)
+                         "cannot feed the model its own samples with their lags, scales and "
+                         "known features; give --lags 1 --scaling none for a model that reads "
+                         "its bare elements, or leave them out")
+    return dataset
 
 
 def _default_out(name: str) -> pathlib.Path:
@@ -324,7 +327,9 @@ def _resolve_resume(args, out: pathlib.Path):
 
 def _train_configs(args, dataset):
     """``(ModelConfig, TrainConfig)`` of a new run: the fields the data fixes, the explicit
-    flags, and the dataclasses' own defaults for everything else."""
+    flags, and the dataclasses' own defaults for everything else (for series:
+    ``SERIES_MODEL_DEFAULTS`` / ``SERIES_TRAIN_DEFAULTS`` and the dataset's window length)."""
+    from seqmodel.configs import SERIES_MODEL_DEFAULTS, SERIES_TRAIN_DEFAULTS
     from seqmodel.nn.model import ModelConfig
     from seqmodel.training.optimization import TrainConfig
 
@@ -339,10 +344,19 @@ def _train_configs(args, dataset):
         fields["head"] = args.head
     elif "head" not in fields and getattr(dataset, "default_head", None):
         fields["head"] = dataset.default_head
-    model_config = ModelConfig(**fields, **given(MODEL_FLAGS, skip=("head",)))
+    model_values = given(MODEL_FLAGS, skip=("head",))
     train_values = given(TRAIN_FLAGS)
-    if args.steps is None and args.max_time is None:
+    if dataset.kind == "series":
+        # Sized for series, not for text (seqmodel.configs.SERIES_*_DEFAULTS).
+        model_values = {**SERIES_MODEL_DEFAULTS, **model_values}
+        defaults = dict(SERIES_TRAIN_DEFAULTS)
+        if args.steps is not None or args.max_time is not None:
+            defaults.pop("steps")
+        train_values = {**defaults, **train_values}
+        train_values.setdefault("seq_len", dataset.default_seq_len())
+    elif args.steps is None and args.max_time is None:
         train_values["max_time"] = DEFAULT_MAX_TIME
+    model_config = ModelConfig(**fields, **model_values)
     return model_config, TrainConfig(**train_values)
 
 
@@ -501,10 +515,17 @@ def cmd_train(args) -> int:
                f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
                f"({_describe(dataset)}) for {' or '.join(limits)} on "
                f"{parallel.describe()}; run folder {out}")
+    ensemble = getattr(args, "ensemble", None) or 1
+    if ensemble > 1 and dataset.kind != "series":
+        raise UsageError("--ensemble applies to real-valued data (forecasters), not to text")
     try:
         result = fit(model, dataset, train_config, out_dir=out, resume=args.resume,
                      progress=not args.no_progress, writers=writers,
-                     run_metadata={"source": source}, parallel=parallel)
+                     run_metadata={"source": source, "ensemble": ensemble}, parallel=parallel)
+        member_seconds = [result.train_seconds]
+        for member in range(1, ensemble if not result.interrupted else 1):
+            member_seconds.append(_train_member(args, member, model_config, train_config,
+                                                dataset, out, source, parallel).train_seconds)
     except TrainingError as error:
         if getattr(args, "debug", False):
             traceback.print_exc()
@@ -529,6 +550,11 @@ def cmd_train(args) -> int:
         "stop_signal": signal.Signals(result.stop_signal).name if result.stop_signal else None,
         "checkpoint_wait_seconds": round(result.checkpoint_wait_seconds, 3),
     }
+    if ensemble > 1:
+        summary["ensemble"] = ensemble
+        summary["ensemble_train_seconds"] = round(sum(member_seconds), 3)
+        say(args, f"ensemble of {len(member_seconds)}: {sum(member_seconds):.1f} s of training "
+                   f"in all ({sum(member_seconds) / member_seconds[0]:.1f}x one model)")
     if units:
         summary[f"val_bits_per_{units}"] = rounded(result.val_bits)
         if units == "char":
@@ -558,9 +584,37 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_member(args, member: int, model_config, train_config, dataset, out, source,
+                  parallel) -> Any:
+    """Ensemble member ``member`` (seed ``seed + member``) in ``OUT/members/<member>``."""
+    import dataclasses
+
+    from flax import nnx
+
+    from seqmodel.forecasting.forecaster import MEMBERS_FOLDER
+    from seqmodel.nn.model import SequenceModel
+    from seqmodel.training.fitting import fit
+
+    config = dataclasses.replace(train_config, seed=train_config.seed + member)
+    folder = pathlib.Path(out) / MEMBERS_FOLDER / str(member)
+    say(args, f"seqmodel: ensemble member {member + 1} (seed {config.seed}) in {folder}")
+    return fit(SequenceModel(model_config, rngs=nnx.Rngs(config.seed)), dataset, config,
+        out_dir=folder, resume=args.resume and folder.is_dir(), progress=not args.no_progress,
+        run_metadata={"source": source, "member": member}, parallel=parallel)
+
+
 def _describe(dataset) -> str:
     if dataset.kind == "text":
         return (f"{len(dataset.train_tokens):,} train / {len(dataset.val_tokens):,} validation "
                 f"{dataset.tokenizer.kind}s, vocabulary {dataset.vocab_size}")
-    fields = dataset.model_fields()
-    return ", ".join(f"{key} {value}" for key, value in fields.items())
+    spec = dataset.spec
+    steps = sum(len(item) for item in dataset.series)
+    parts = [f"{len(dataset.series)} series, {steps:,} steps", f"head {dataset.head}",
+             f"lags {','.join(map(str, spec.lags))}", f"scaling {spec.scaling}",
+             f"context {spec.context_length}", f"season {dataset.season}",
+             f"{dataset.validation} validation, {dataset.batching}"]
+    if spec.time_features:
+        parts.append(f"time features {','.join(spec.time_features)}")
+    if dataset.holdout:
+        parts.append(f"{dataset.holdout} steps held out")
+    return "; ".join(parts)

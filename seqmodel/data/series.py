@@ -1,21 +1,20 @@
-"""Series with forecasting features: what ``--data`` becomes with ``--lags``, ``--time-column``,
-``--covariates``, ``--static-columns``, ``--scaling`` or ``--head negbin``.
+"""The one dataset of real-valued data: prepared series, held out in time or by sequence, batched
+by a policy.
 
-The pieces:
+- :class:`SeriesDataset`: the dataset protocol of :mod:`seqmodel.data` over the
+  :class:`~seqmodel.data.preparation.Series` of a :class:`~seqmodel.data.preparation.Preparation`.
+  Validation is the last ``val_fraction`` of every series' steps (``validation="time"``, the
+  forecasting split) or the last ``val_fraction`` of the sequences (``validation="sequences"``,
+  a set of separate sequences). ``holdout=N`` keeps the last ``N`` steps of every series out of
+  training and validation both (for a backtest on the same data afterwards), and ``metadata()``
+  records the last step (and time stamp) of every series that training or validation saw.
+- Batching policies (:mod:`seqmodel.data.windows`): ``windows`` (random windows of ``seq_len``
+  inputs from a zero carry, each with its own mean scale: DeepAR's sampling), ``sequences``
+  (whole sequences from their first step, padded, bucketed by length) and ``lanes`` (one
+  unscaled series cut into contiguous lanes, the carry passed on).
+- :class:`NumericDataset`: the plain case built from sequences directly (z-scored, no lags, no
+  mean scaling), as the earlier releases did.
 
-- :class:`Series`: one series ready for windows: targets ``(T, d)`` in globally normalised units
-  (NaN = missing), known features ``(T, K)`` (:func:`seqmodel.data.features.known_features`), its
-  times, id and static categories.
-- :class:`WindowIterator`: training batches of random windows of ``seq_len`` inputs from a zero
-  carry (DeepAR's sampling), each with its own mean scale; resumable by ``position``.
-- :class:`ForecastDataset`: the dataset protocol of :mod:`seqmodel.data`; validation is the last
-  ``val_fraction`` of the steps of every series (each scored with its own past as context).
-- :func:`load_forecast_dataset`: a file (or a checkpoint's metadata) -> a dataset.
-
-Global normalisation under the mean scaling: a continuous target is divided by the training
-data's mean ``|y|`` (no shift, so that the mean scale of a window is about 1 and ``log s`` about
-0); counts (``negbin``) and 0/1 data (``bernoulli``) stay as they are; without mean scaling a
-continuous target is z-scored as in :class:`~seqmodel.data.numeric.NumericDataset`.
 """
 
 from __future__ import annotations
@@ -26,115 +25,32 @@ from typing import Sequence
 import numpy as np
 
 from seqmodel.data import features
-from seqmodel.data.batching import Batch, DataError
-from seqmodel.data.numeric import Normalizer, load_sequences
+from seqmodel.data.batching import DataError, evaluation_batches
+from seqmodel.data.normalization import Normalizer
+from seqmodel.data.preparation import (  # noqa: F401  (Series re-exported: the unit of this module)
+    BINARY_HEADS,
+    COUNT_HEADS,
+    DEFAULT_HEAD,
+    Preparation,
+    Series,
+    is_binary,
+    prepare,
+)
+from seqmodel.data.tables import Table, from_sequences
+from seqmodel.data.windows import (  # noqa: F401  (window_arrays re-exported for forecasting)
+    SeriesLaneIterator,
+    SequenceIterator,
+    WindowIterator,
+    padded_batch,
+    split_presence,
+    window_arrays,
+)
 
-# Heads whose targets are counts (kept as they are, checked to be counts).
-COUNT_HEADS = ("negbin",)
-# Heads whose targets are 0/1 (kept as they are, never scaled).
-BINARY_HEADS = ("bernoulli",)
-DEFAULT_HEAD = "student_t"
-
-
-@dataclasses.dataclass(frozen=True)
-class Series:
-    """One series: ``values`` ``(T, d)`` globally normalised targets (NaN = missing), ``known``
-    ``(T, K)`` known features, ``times`` ``(T,)`` or None, ``name``, ``static`` categories."""
-
-    name: str
-    values: np.ndarray
-    known: np.ndarray
-    times: np.ndarray | None = None
-    static: tuple | None = None
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def head_part(self, stop: int) -> "Series":
-        """The first ``stop`` steps (known features too)."""
-        return dataclasses.replace(
-            self, values=self.values[:stop], known=self.known[:stop],
-            times=None if self.times is None else self.times[:stop])
-
-
-def window_arrays(spec: features.FeatureSpec, series: Series, start: int, length: int):
-    """``(inputs (length, input_size), targets (length, d), mask (length,))`` of the window whose
-    inputs are steps ``start .. start + length - 1``; its scale comes from its first
-    ``context_length`` elements. Missing targets get mask 0 (and value 0)."""
-    context = series.values[start : start + min(spec.context_length, length)]
-    scale = features.mean_scale(context, spec)
-    inputs = features.window_inputs(spec, series.values, series.known, start=start,
-                                    length=length, scale=scale)
-    targets = series.values[start + 1 : start + length + 1]
-    mask = np.isfinite(targets).all(-1)
-    return inputs, np.nan_to_num(targets, nan=0.0).astype(np.float32), mask.astype(np.float32)
-
-
-def _padded(rows: list, batch_size: int, length: int, spec: features.FeatureSpec) -> Batch:
-    inputs = np.zeros((batch_size, length, spec.input_size), np.float32)
-    targets = np.zeros((batch_size, length, spec.target_size), np.float32)
-    mask = np.zeros((batch_size, length), np.float32)
-    for row, (row_inputs, row_targets, row_mask) in enumerate(rows):
-        inputs[row, : len(row_inputs)] = row_inputs
-        targets[row, : len(row_targets)] = row_targets
-        mask[row, : len(row_mask)] = row_mask
-    return Batch(inputs, targets, mask, np.ones((batch_size,), bool))
-
-
-class WindowIterator:
-    """Endless training batches of ``batch_size`` random windows of ``seq_len`` inputs.
-
-    A window starts anywhere from the first step with every lag (``max_lag - 1``) to the last
-    start that leaves ``seq_len`` targets, uniformly over all series' starts (long series give
-    more windows); a series too short for a whole window gives one shorter, padded window.
-    Every row starts from a zero carry. Batch ``n`` is drawn from ``default_rng((seed, n))``, so
-    ``position`` (``{"batching": "windows", "index": n}``) resumes batch for batch.
-    """
-
-    batching = "windows"
-
-    def __init__(self, series: Sequence[Series], spec: features.FeatureSpec, *, batch_size: int,
-                 seq_len: int, seed: int = 0, position: dict | None = None):
-        for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise DataError(f"{name}={value!r} is invalid: must be a positive integer")
-        first = spec.max_lag - 1
-        self._series, self._low, self._count = [], [], []
-        for item in series:
-            last = len(item) - 1 - seq_len
-            if len(item) - 1 - first < 1:
-                continue  # no step with every lag and a target after it
-            self._series.append(item)
-            self._low.append(first)
-            self._count.append(max(last - first + 1, 1))
-        if not self._series:
-            longest = max((len(item) for item in series), default=0)
-            raise DataError(
-                f"--lags up to {spec.max_lag} need a train series longer than {spec.max_lag} "
-                f"steps, but the longest has {longest}: lower --lags (or give longer series)")
-        self._weights = np.asarray(self._count, np.float64) / sum(self._count)
-        self.spec, self.batch_size, self.seq_len, self.seed = spec, batch_size, seq_len, int(seed)
-        position = position or {}
-        self.index = int(position.get("index", 0))
-
-    @property
-    def position(self) -> dict:
-        return {"batching": self.batching, "index": self.index}
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> Batch:
-        rng = np.random.default_rng((self.seed, self.index))
-        self.index += 1
-        picks = rng.choice(len(self._series), size=self.batch_size, p=self._weights)
-        rows = []
-        for pick in picks:
-            series, low = self._series[pick], self._low[pick]
-            start = low + int(rng.integers(self._count[pick]))
-            length = min(self.seq_len, len(series) - 1 - start)
-            rows.append(window_arrays(self.spec, series, start, length))
-        return _padded(rows, self.batch_size, self.seq_len, self.spec)
+VALIDATIONS = ("time", "sequences")
+SERIES_BATCHINGS = ("windows", "sequences", "lanes")
+# How much context a plain model (no lags, no scaling) reads before the validation steps it
+# scores: its carry holds the past, so more context only costs time.
+PLAIN_CONTEXT = 1024
 
 
 def split_point(length: int, val_fraction: float) -> int:
@@ -142,38 +58,93 @@ def split_point(length: int, val_fraction: float) -> int:
     return length - int(round(length * val_fraction))
 
 
-class ForecastDataset:
-    """Series with forecasting features, split in time: the last ``val_fraction`` of every
-    series' steps is validation. Implements the dataset protocol of :mod:`seqmodel.data`.
+def _check_fraction(val_fraction) -> None:
+    if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
+        raise DataError(f"val_fraction={val_fraction!r} is invalid: must be in [0, 1)")
 
-    Attributes: ``spec`` (:class:`~seqmodel.data.features.FeatureSpec`), ``normalizer`` (the targets'
-    global normalisation), ``head``, ``series`` (whole :class:`Series`), ``frequency``.
+
+def _time_text(stamp) -> str | float:
+    if isinstance(stamp, np.datetime64):
+        return str(stamp.astype("datetime64[s]"))
+    return float(stamp)
+
+
+class SeriesDataset:
+    """Prepared series split into train and validation. Implements the dataset protocol of
+    :mod:`seqmodel.data`.
+
+    Attributes: ``preparation`` (with ``spec``, ``normalizer``, ``head``, ``season``),
+    ``series`` (whole :class:`Series`, holdout removed), ``splits`` (each series' first
+    validation step: ``len`` for a training-only sequence, 0 for a validation sequence),
+    ``validation``, ``batching``, ``holdout``.
 
     Example::
 
-        dataset = load_forecast_dataset("sales.csv", time_column="date", lags=(1, 12))
+        dataset = load_dataset("sales.csv", time_column="date")      # a SeriesDataset
         batch = next(dataset.train_batches(batch_size=32, seq_len=48))
         # inputs (32, 48, dataset.input_size), targets (32, 48, 1)
     """
 
-    kind = "forecast"
+    kind = "series"
 
-    def __init__(self, series: Sequence[Series], *, spec: features.FeatureSpec,
-                 normalizer: Normalizer, head: str, name: str = "forecast",
-                 val_fraction: float = 0.1, missing: str = "reject",
-                 id_column: str | None = None):
-        if not (isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0):
-            raise DataError(f"val_fraction={val_fraction!r} is invalid: must be in [0, 1)")
-        self.series = list(series)
-        self.spec, self.normalizer, self.head = spec, normalizer, head
-        self.name, self.val_fraction, self.missing = name, float(val_fraction), missing
-        self.id_column = id_column
-        self.splits = [split_point(len(item), self.val_fraction) for item in self.series]
-        self.train_series = [item.head_part(split) for item, split in zip(self.series, self.splits)]
-        self.frequency = None if spec.frequency is None else features.Frequency.parse(
-            spec.frequency)
+    def __init__(self, series: Sequence[Series], preparation: Preparation, *,
+                 name: str = "series", val_fraction: float = 0.1, validation: str = "time",
+                 batching: str = "windows", holdout: int = 0):
+        _check_fraction(val_fraction)
+        if validation not in VALIDATIONS:
+            raise DataError(f"validation={validation!r} is invalid: allowed are "
+                            f"{', '.join(VALIDATIONS)}")
+        if batching not in SERIES_BATCHINGS:
+            raise DataError(f"batching={batching!r} is invalid for real-valued data: allowed are "
+                            f"{', '.join(SERIES_BATCHINGS)}")
+        if not isinstance(holdout, (int, np.integer)) or isinstance(holdout, bool) or holdout < 0:
+            raise DataError(f"--holdout {holdout!r} is invalid: give a number of steps >= 0")
+        series = list(series)
+        if holdout and min(len(item) for item in series) - holdout < 2:
+            raise DataError(f"--holdout {holdout} leaves fewer than 2 steps of the shortest "
+                            f"series ({min(len(item) for item in series)} steps); lower it")
+        self.full_series = series
+        self.series = [item.head_part(len(item) - holdout) for item in series]
+        self.preparation, self.name = preparation, name
+        self.val_fraction, self.validation = float(val_fraction), validation
+        self.batching, self.holdout = batching, int(holdout)
+        if validation == "time":
+            self.splits = [split_point(len(item), self.val_fraction) for item in self.series]
+        else:
+            count = int(round(len(self.series) * self.val_fraction))
+            count = max(count, 1) if self.val_fraction > 0 and len(self.series) > 1 else 0
+            self.splits = [len(item) for item in self.series[: len(self.series) - count]]
+            self.splits += [0] * count
+        self.train_series = [item.head_part(split) for item, split in zip(self.series, self.splits)
+                             if split >= 2]
+        if not self.train_series:
+            raise DataError(f"--data {name!r}: the train part is too short to train on (needs a "
+                            "sequence of 2 or more steps); lower --val-fraction or --holdout")
+        if batching == "lanes" and (len(self.series) != 1 or self.spec.conditioned):
+            raise DataError("batching='lanes' needs one series fed as it is (no lags, no "
+                            "scaling, no known features); use 'windows' or 'sequences'")
 
     # -- what the model needs -----------------------------------------------------------------
+
+    @property
+    def spec(self) -> features.FeatureSpec:
+        return self.preparation.spec
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return self.preparation.normalizer
+
+    @property
+    def head(self) -> str:
+        return self.preparation.head
+
+    @property
+    def season(self) -> int:
+        return self.preparation.season
+
+    @property
+    def frequency(self):
+        return self.preparation.frequency
 
     @property
     def input_size(self) -> int:
@@ -191,18 +162,11 @@ class ForecastDataset:
         return self.head
 
     def check_head(self, head: str) -> None:
-        if head != self.head:
-            raise DataError(f"--head {head} differs from the head {self.head!r} this data was "
-                            "prepared for; load the data with the same head")
+        self.preparation.check_head(head)
 
     @property
     def bits_per_unit(self) -> str | None:
         return None
-
-    @property
-    def season(self) -> int:
-        """Seasonal period of the data (1 without a time column)."""
-        return 1 if self.frequency is None else self.frequency.season
 
     @property
     def val_sequences(self) -> list:
@@ -210,27 +174,72 @@ class ForecastDataset:
         return [self.normalizer.denormalize(item.values[split:])
                 for item, split in zip(self.series, self.splits) if split < len(item)]
 
+    @property
+    def train_sequences(self) -> list:
+        """The training part of every series in original units."""
+        return [self.normalizer.denormalize(item.values) for item in self.train_series]
+
+    def default_seq_len(self, horizon: int | None = None) -> int:
+        """Training windows as long as a forecast reads and predicts: the context plus
+        ``horizon`` (default: a season, at least 16 steps), within the longest training series
+        (DeepAR's context plus prediction length)."""
+        spec = self.spec
+        ahead = horizon if horizon is not None else max(self.season, 16)
+        longest = max(len(item) for item in self.train_series)
+        return int(max(8, min(spec.context_length + ahead, longest - spec.max_lag)))
+
+    def seen(self) -> list[dict]:
+        """What training and validation saw of each series: its name, the number of steps
+        and the last step's time stamp (ISO 8601, or the numeric time) when it has one."""
+        result = []
+        for item in self.series:
+            entry = {"name": item.name, "steps": len(item)}
+            if item.times is not None and len(item):
+                entry["last_time"] = _time_text(item.times[-1])
+            result.append(entry)
+        return result
+
     def metadata(self) -> dict:
-        return {"kind": self.kind, "name": self.name, "features": self.spec.to_dict(),
-                "normalizer": self.normalizer.to_dict(), "head": self.head,
-                "columns": list(self.columns), "val_fraction": self.val_fraction,
-                "missing": self.missing, "time_column": self.spec.time_column,
-                "id_column": self.id_column}
+        return {"kind": self.kind, "name": self.name,
+                "preparation": self.preparation.to_dict(), "columns": list(self.columns),
+                "val_fraction": self.val_fraction, "validation": self.validation,
+                "batching": self.batching, "holdout": self.holdout, "seen": self.seen()}
 
     # -- batches ---------------------------------------------------------------------------------
 
-    def train_batches(self, *, batch_size: int, seq_len: int, batching: str = "windows",
-                      seed: int = 0, position: dict | None = None) -> WindowIterator:
-        """Random windows (``batching`` is ignored: per-window scales rule out lanes that pass
-        the carry on)."""
+    def train_batches(self, *, batch_size: int, seq_len: int, batching: str | None = None,
+                      seed: int = 0, position: dict | None = None):
+        """Endless, resumable training batches by the dataset's policy (``batching`` here is
+        the text streams' setting: only ``"random"`` is read, as random windows of a lane
+        dataset)."""
+        policy = self.batching
+        if policy == "lanes":
+            saved = (position or {}).get("batching")
+            stream = "random" if (saved or batching) == "random" else "lanes"
+            return SeriesLaneIterator(self.train_series[0].values, batch_size=batch_size,
+                                 seq_len=seq_len, batching=stream, seed=seed, position=position,
+                                 what=f"the train part of {self.name!r}")
+        if policy == "sequences":
+            return SequenceIterator(self.train_series, self.spec, batch_size=batch_size,
+                                    seq_len=seq_len, seed=seed, position=position,
+                                    what=f"the train part of {self.name!r}")
         return WindowIterator(self.train_series, self.spec, batch_size=batch_size,
                               seq_len=seq_len, seed=seed, position=position)
 
     def validation_batches(self, *, batch_size: int, seq_len: int) -> list:
-        """Every validation target once, after ``context_length`` steps of context: windows of
+        """Every validation target once. A plain single series with lanes: the validation
+        stream in lanes, the carry passed along (exact NLL). Otherwise: windows of
         ``max(seq_len, context_length + 1)`` inputs, each scoring the targets after its
-        context."""
+        ``context_length`` steps of context (from the series' own past)."""
         spec = self.spec
+        if self.batching == "lanes":
+            values = self.series[0].values[self.splits[0]:]
+            if len(values) < 2:
+                return []
+            present = np.isfinite(values).all(-1, keepdims=True)
+            stream = np.concatenate([np.nan_to_num(values, nan=0.0), present], axis=-1)
+            return [split_presence(batch) for batch in evaluation_batches(
+                stream.astype(np.float32), batch_size=batch_size, seq_len=seq_len)]
         length = max(seq_len, spec.context_length + 1)
         stride = length - spec.context_length
         rows = []
@@ -253,199 +262,163 @@ class ForecastDataset:
         batches = []
         for first in range(0, len(rows), batch_size):
             group = rows[first : first + batch_size]
-            batches.append(_padded(group, min(batch_size, len(rows)), length, spec))
+            batches.append(padded_batch(group, min(batch_size, len(rows)), length, spec))
         return batches
 
     @property
     def num_validation_targets(self) -> int:
-        return int(sum(len(item) - split for item, split in zip(self.series, self.splits)))
+        if self.batching == "lanes":
+            return max(len(self.series[0]) - self.splits[0] - 1, 0)
+        first = self.spec.max_lag
+        return int(sum(len(item) - max(split, first) for item, split in
+                       zip(self.series, self.splits) if split < len(item)))
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading
-# ---------------------------------------------------------------------------------------------
+def build_dataset(table: Table, *, name: str, val_fraction: float = 0.1,
+                  validation: str | None = None, batching: str | None = None, holdout: int = 0,
+                  preparation: Preparation | None = None, **settings) -> SeriesDataset:
+    """A :class:`SeriesDataset` of ``table``: ``preparation`` (a checkpoint's) reads it as the
+    model was trained; otherwise one is fitted on the training part with ``settings`` (the
+    keywords of :func:`seqmodel.data.preparation.prepare`).
+
+    ``validation`` defaults to ``"sequences"`` for a set of several sequences with neither
+    time stamps nor ids, else ``"time"``; ``batching`` to ``"sequences"`` with sequence
+    validation, else ``"windows"``.
+    """
+    _check_fraction(val_fraction)
+    if validation is None:
+        separate = len(table.sequences) > 1 and table.times is None and table.ids is None
+        validation = "sequences" if separate else "time"
+    if batching is None:
+        batching = "sequences" if validation == "sequences" else "windows"
+    if validation not in VALIDATIONS:
+        raise DataError(f"validation={validation!r} is invalid: allowed are "
+                        f"{', '.join(VALIDATIONS)}")
+    if preparation is None:
+        lengths = [len(sequence) - holdout for sequence in table.sequences]
+        if validation == "time":
+            stops = [split_point(length, val_fraction) for length in lengths]
+        else:
+            count = int(round(len(lengths) * val_fraction))
+            count = max(count, 1) if val_fraction > 0 and len(lengths) > 1 else 0
+            stops = lengths[: len(lengths) - count] + [0] * count
+        preparation = prepare(table, train_stops=stops, source=f"--data {name!r}", **settings)
+    series = preparation.series(table, source=f"--data {name!r}")
+    return SeriesDataset(series, preparation, name=name, val_fraction=val_fraction,
+                         validation=validation, batching=batching, holdout=holdout)
 
 
-def _check_counts(values: np.ndarray, name: str) -> None:
-    present = values[np.isfinite(values)]
-    bad = present[(present < 0) | (present != np.round(present))]
-    if bad.size:
-        raise DataError(f"--head negbin needs counts (non-negative integers), but --data "
-                        f"{name!r} holds {bad[0]!r}; use --head student_t or gaussian")
+def plain_preparation(columns: Sequence[str], normalizer: Normalizer, *, head: str,
+                      missing: str = "reject", id_column: str | None = None,
+                      time_column: str | None = None) -> Preparation:
+    """The preparation of a plain model: the element alone (no lags, no scaling, no known
+    features), normalised by ``normalizer``."""
+    spec = features.FeatureSpec(target_columns=tuple(columns), lags=(1,), scaling="none",
+                                context_length=PLAIN_CONTEXT, time_column=time_column)
+    return Preparation(spec, normalizer, head=head, missing=missing, id_column=id_column)
 
 
-def _target_normalizer(values: list, head: str, scaling: str) -> Normalizer:
-    d = values[0].shape[-1]
-    if head in COUNT_HEADS + BINARY_HEADS:
-        return Normalizer.identity(d)
-    if scaling == "none":
-        return Normalizer.fit(values)
-    flat = np.abs(np.concatenate([v.reshape(-1, d) for v in values]))
-    scale = np.nanmean(flat, axis=0)
-    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-    return Normalizer((0.0,) * d, tuple(float(s) for s in scale))
+class NumericDataset(SeriesDataset):
+    """The plain case built from sequences: z-scored per feature (0/1 data left as it is), the
+    element alone as input (no lags, no mean scaling), default head ``gaussian`` (``bernoulli``
+    for 0/1 data).
 
-
-def known_rows(spec: features.FeatureSpec, times, covariates, static, length: int) -> np.ndarray:
-    """The known features ``(length, K)`` of one series: :func:`seqmodel.data.features.
-    known_features`, or the static one-hot alone repeated ``length`` times."""
-    if spec.known_size == 0:
-        return np.zeros((length, 0), np.float32)
-    if spec.time_features or spec.covariate_columns:
-        return features.known_features(spec, times, covariates, static)
-    return np.broadcast_to(features.static_one_hot(spec, static),
-                           (length, spec.known_size)).astype(np.float32)
-
-
-def build_series(spec: features.FeatureSpec, normalizer: Normalizer, table) -> list[Series]:
-    """The :class:`Series` of a loaded :class:`~seqmodel.data.numeric.NumericTable` whose
-    columns hold ``spec``'s targets and covariates."""
-    columns = list(table.columns)
-    target_index = [columns.index(name) for name in spec.target_columns]
-    covariate_index = [columns.index(name) for name in spec.covariate_columns]
-    result = []
-    for index, sequence in enumerate(table.sequences):
-        times = None if table.times is None else table.times[index]
-        static = None if not spec.static_columns else tuple(
-            table.categories[name][index] for name in spec.static_columns)
-        covariates = sequence[:, covariate_index] if covariate_index else None
-        values = normalizer.normalize(sequence[:, target_index])
-        known = known_rows(spec, times, covariates, static, len(sequence))
-        name = table.ids[index] if table.ids else f"series {index}"
-        result.append(Series(str(name), values, known, times, static))
-    return result
-
-
-def _choose_lags(lags, frequency, train_lengths: list[int]) -> tuple[int, ...]:
-    if lags is not None:
-        return features.parse_lags(",".join(str(lag) for lag in lags))
-    default = features.Frequency.default_lags(frequency) if frequency else (1, 2, 3)
-    # Default lags keep a third of the shortest train series for windows with every lag.
-    room = max(min(train_lengths) // 3, 1)
-    return tuple(lag for lag in default if lag <= room) or (1,)
-
-
-def load_forecast_dataset(source: str, *, val_fraction: float = 0.1,
-                          metadata: dict | None = None, missing: str | None = None,
-                          time_column: str | None = None, id_column: str | None = None,
-                          target_columns: Sequence[str] | None = None,
-                          covariates: Sequence[str] = (), static_columns: Sequence[str] = (),
-                          lags: Sequence[int] | None = None, scaling: str = "mean",
-                          context_length: int = 32, head: str | None = None) -> ForecastDataset:
-    """Read ``source`` (``.csv``/``.tsv``/``.npy``) into a :class:`ForecastDataset`.
-
-    Args:
-      metadata: a checkpoint's ``dataset.metadata()``: reuse its feature layout and
-        normalisation (the file must have the same columns) instead of building new ones.
-      time_column: timestamps: the frequency is inferred (irregular rows are an error naming
-        the line) and its calendar cycles are fed as time features.
-      id_column: the column naming each row's series (default ``sequence_id`` when present).
-      target_columns: the predicted columns (default: every numeric column that is not a
-        covariate).
-      covariates: known-future numeric covariates, fed with every step.
-      static_columns: per-series categories, fed one-hot.
-      lags: lags to feed (1, the element, is always fed); default from the frequency, the ones
-        that fit a third of the shortest train series.
-      scaling: ``"mean"`` (DeepAR's mean scaling) or ``"none"``; 0/1 data is never scaled.
-      context_length: steps a forecast reads before its first prediction (and that a window's
-        scale comes from).
-      head: the output distribution the data is prepared for (default ``student_t``);
-        ``negbin`` needs counts.
-
-    Raises:
-      DataError: one line (a missing or non-numeric covariate, NaN without ``missing="mask"``,
-        an irregular time column, lags longer than the series, ...).
+    - One long series: validation is its last ``val_fraction`` of steps; batches are contiguous
+      lanes with the carry passed along, or random windows (``batching="random"``).
+    - A set of sequences: validation is the last ``val_fraction`` of the sequences (at least
+      one); batches are whole sequences, padded and masked, bucketed by length.
 
     Example::
 
-        dataset = load_forecast_dataset("sales.csv", time_column="date",
-                                        covariates=("price",), static_columns=("store",))
+        dataset = NumericDataset(synthetic.sine(), name="sine", val_fraction=0.1)
+        batch = next(dataset.train_batches(batch_size=32, seq_len=64))  # inputs (32, t, 1)
     """
-    saved = None
-    if metadata is not None:
-        saved = features.FeatureSpec.from_dict(metadata["features"])
-        source = source or metadata.get("name")
-        missing = missing or metadata.get("missing", "reject")
-        head = metadata.get("head", head)
-        time_column, static_columns = saved.time_column, saved.static_columns
-        covariates, target_columns = saved.covariate_columns, saved.target_columns
-        id_column = id_column if id_column is not None else metadata.get("id_column")
-    missing = missing or "reject"
-    head = head or DEFAULT_HEAD
-    covariates, static_columns = tuple(covariates), tuple(static_columns)
-    try:
-        table = load_sequences(source, missing=missing, time_column=time_column,
-                               id_column=id_column, category_columns=static_columns,
-                               numeric_columns=covariates + tuple(target_columns or ()))
-        frequency = None
-        if table.times is not None:
-            frequency = features.infer_frequency(table.times, lines=table.lines,
-                                                 column=table.time_column)
-    except FileNotFoundError as error:
-        raise DataError(str(error)) from None
-    except ValueError as error:
-        raise DataError(str(error).splitlines()[0]) from None
-    if target_columns is None:
-        target_columns = tuple(name for name in table.columns if name not in covariates)
-        if not target_columns:
-            raise DataError(f"--data {source!r}: every numeric column is a covariate; leave at "
-                            "least one column to forecast")
-    target_columns = tuple(target_columns)
-    targets = [sequence[:, [list(table.columns).index(n) for n in target_columns]]
-               for sequence in table.sequences]
-    if head in COUNT_HEADS:
-        for values in targets:
-            _check_counts(values, source)
-    if head in BINARY_HEADS:
-        present = np.concatenate([values[np.isfinite(values)] for values in targets])
-        if not np.all((present == 0.0) | (present == 1.0)):
-            raise DataError(f"--head bernoulli needs binary (0/1) data, but --data {source!r} "
-                            "holds other values; use --head student_t, gaussian or mdn")
-        scaling = "none"
-    if saved is not None:
-        spec = saved
-        if saved.frequency is not None and frequency is not None and (
-                frequency.name != saved.frequency):
-            raise DataError(f"--data {source!r} advances by {frequency.name}, but the model was "
-                            f"trained on data that advances by {saved.frequency}")
-        normalizer = Normalizer.from_dict(metadata["normalizer"])
-    else:
-        if scaling not in features.SCALINGS:
-            raise DataError(f"--scaling {scaling!r} is invalid: allowed are "
-                            f"{', '.join(features.SCALINGS)}")
-        train = [values[: split_point(len(values), val_fraction)] for values in targets]
-        normalizer = _target_normalizer(train, head, scaling)
-        train_lengths = [len(values) for values in train]
-        chosen_lags = _choose_lags(lags, frequency, train_lengths)
-        normalised = [normalizer.normalize(values) for values in train]
-        flat = np.abs(np.concatenate(normalised))
-        default_scale = np.nanmean(flat, axis=0) if np.isfinite(flat).any() else np.ones(
-            len(target_columns))
-        covariate_normalizer = None
-        if covariates:
-            index = [list(table.columns).index(n) for n in covariates]
-            covariate_normalizer = Normalizer.fit(
-                [s[: split_point(len(s), val_fraction), index] for s in table.sequences])
-        categories = tuple(tuple(sorted(set(table.categories[name]))) for name in static_columns)
+
+    def __init__(self, sequences: Sequence[np.ndarray], *, name: str = "numeric",
+                 columns: Sequence[str] | None = None, val_fraction: float = 0.1,
+                 normalizer: Normalizer | None = None, normalize: bool | None = None,
+                 missing: str = "reject", time_column: str | None = None,
+                 id_column: str | None = None):
+        _check_fraction(val_fraction)
         try:
-            spec = features.FeatureSpec(
-                target_columns=target_columns, lags=chosen_lags, scaling=scaling,
-                context_length=context_length,
-                default_scale=tuple(float(v) if v > 0 else 1.0 for v in default_scale),
-                time_column=table.time_column,
-                frequency=None if frequency is None else frequency.name,
-                time_features=features.frequency_cycles(frequency),
-                covariate_columns=covariates,
-                covariate_mean=() if covariate_normalizer is None else covariate_normalizer.mean,
-                covariate_scale=() if covariate_normalizer is None else covariate_normalizer.scale,
-                static_columns=static_columns, static_categories=categories)
+            table = from_sequences(list(sequences), columns=columns, missing=missing,
+                                   source=f"--data {name!r}")
         except ValueError as error:
             raise DataError(str(error)) from None
-    if spec.max_lag >= max(len(values) for values in targets):
-        raise DataError(f"--lags up to {spec.max_lag} need a series longer than "
-                        f"{spec.max_lag} steps, but the longest in {source!r} has "
-                        f"{max(len(v) for v in targets)}: lower --lags")
-    series = build_series(spec, normalizer, table)
-    return ForecastDataset(series, spec=spec, normalizer=normalizer, head=head, name=source,
-                           val_fraction=val_fraction, missing=missing,
-                           id_column=id_column)
+        single = len(table.sequences) == 1
+        lengths = [len(sequence) for sequence in table.sequences]
+        if single:
+            stops = [split_point(lengths[0], val_fraction)]
+        else:
+            count = max(int(round(len(lengths) * val_fraction)), 1 if val_fraction > 0 else 0)
+            stops = lengths[: len(lengths) - count] + [0] * count
+        train = [sequence[:stop] for sequence, stop in zip(table.sequences, stops) if stop]
+        binary = is_binary(train) if train else False
+        if normalizer is None:
+            if not train or max(len(s) for s in train) < 2:
+                raise DataError(f"--data {name!r}: the train part is too short to train on "
+                                "(needs a sequence of 2 or more steps); lower --val-fraction "
+                                "or give more data")
+            normalizer = (Normalizer.identity(len(table.columns))
+                          if normalize is False or (normalize is None and binary)
+                          else Normalizer.fit(train))
+        if normalizer.num_features != len(table.columns):
+            raise DataError(f"--data {name!r} has {len(table.columns)} feature(s), but the "
+                            f"checkpoint's normaliser was fitted on {normalizer.num_features}")
+        preparation = plain_preparation(table.columns, normalizer,
+                                        head="bernoulli" if binary else "gaussian",
+                                        missing=missing, id_column=id_column,
+                                        time_column=time_column)
+        self.binary, self.single_series = binary, single
+        super().__init__(preparation.series(table, source=f"--data {name!r}"), preparation,
+                         name=name, val_fraction=val_fraction,
+                         validation="time" if single else "sequences",
+                         batching="lanes" if single else "sequences")
+
+    def check_head(self, head: str) -> None:
+        """A Bernoulli head needs 0/1 data; a categorical head needs tokens."""
+        if head == "bernoulli" and not self.binary:
+            raise DataError(
+                f"--head bernoulli needs binary (0/1) data, but --data {self.name!r} holds other "
+                "values; use --head gaussian or --head mdn")
+        if head == "categorical":
+            raise DataError(f"--data {self.name!r} is real-valued: use --head gaussian, mdn or "
+                            "bernoulli")
+
+    def model_fields(self) -> dict:
+        return {"input_size": self.input_size}
+
+
+def series_dataset_from_metadata(table: Table, metadata: dict, *, name: str,
+                                 val_fraction: float | None = None) -> SeriesDataset:
+    """Rebuild the dataset a checkpoint was trained on from its metadata (``kind`` ``series``;
+    ``numeric`` and ``forecast`` of earlier releases too) over a freshly read ``table``."""
+    kind = metadata.get("kind")
+    fraction = metadata.get("val_fraction", 0.1) if val_fraction is None else val_fraction
+    saved = metadata.get("columns")
+    unnamed = all(column == f"feature {i}" for i, column in enumerate(table.columns))
+    if saved and unnamed and kind != "forecast" and len(table.columns) != len(saved):
+        raise DataError(f"--data {name!r} has {len(table.columns)} feature(s), but the "
+                        f"checkpoint's model was trained on {len(saved)}")
+    if kind == "numeric":  # an earlier release's plain dataset: its normaliser, its split
+        return NumericDataset(table.sequences, name=name, columns=table.columns,
+                              val_fraction=fraction,
+                              normalizer=Normalizer.from_dict(metadata["normalizer"]),
+                              missing=metadata.get("missing", "reject"),
+                              time_column=metadata.get("time_column"),
+                              id_column=metadata.get("id_column"))
+    if kind == "forecast":
+        saved = {"features": metadata["features"], "normalizer": metadata["normalizer"],
+                 "head": metadata.get("head", DEFAULT_HEAD),
+                 "missing": metadata.get("missing", "reject"),
+                 "id_column": metadata.get("id_column")}
+        preparation = Preparation.from_dict(saved)
+        preparation = dataclasses.replace(
+            preparation, season=preparation.frequency.season if preparation.frequency else 1)
+        return build_dataset(table, name=name, val_fraction=fraction, validation="time",
+                             batching="windows", preparation=preparation)
+    preparation = Preparation.from_dict(metadata["preparation"])
+    return build_dataset(table, name=name, val_fraction=fraction,
+                         validation=metadata.get("validation", "time"),
+                         batching=metadata.get("batching", "windows"),
+                         holdout=int(metadata.get("holdout", 0)), preparation=preparation)

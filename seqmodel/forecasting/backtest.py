@@ -10,7 +10,7 @@ windows and target features:
 - ``wql`` (GluonTS's mean weighted quantile loss), ``coverage_80`` / ``coverage_95`` of the
   central intervals, and ``crps``.
 
-Methods: ``seqmodel`` (sample paths of :func:`seqmodel.forecasting.forecaster.forecast_series`: empirical
+Methods: ``seqmodel`` (sample paths of :func:`seqmodel.forecasting.free_running.forecast_series`: empirical
 quantiles, the fair CRPS of the samples), ``persistence``, ``seasonal_naive`` and, with the
 optional ``forecast`` extra, ``auto_ets`` and ``auto_arima`` (:mod:`seqmodel.forecasting.baselines`). The
 baselines' forecast distributions are normal, so their CRPS is the closed form of the normal
@@ -28,15 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from statistics import NormalDist
 from typing import Sequence
 
 import jax
 import numpy as np
 
+from seqmodel.data.batching import DataError
+
 from seqmodel.forecasting import baselines, scores
-from seqmodel.forecasting.paths import crps_from_samples
+from seqmodel.forecasting.scores import crps_from_samples
 
 Array = jax.Array
 
@@ -68,6 +69,8 @@ class BacktestResult:
       quantile_levels: the levels of every method's quantiles.
       forecasts: method name -> :class:`MethodForecasts`.
       scores: method name -> metric name -> :class:`~seqmodel.forecasting.scores.Score`.
+      overlap: whether windows overlapped what the model saw (``allow_overlap``).
+      calibration: ``coverage_80_before`` / ``_after``, ... with conformal calibration.
     """
 
     horizon: int
@@ -80,13 +83,19 @@ class BacktestResult:
     quantile_levels: tuple
     forecasts: dict
     scores: dict
+    overlap: bool = False
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``{"horizon", "windows", "season", "series", "methods": {method:
-        {metric: {"overall": float, "per_step": [H floats]}}}}``."""
+        """JSON-ready: ``{"horizon", "windows", "season", "series", "overlap", "calibration",
+        "methods": {method: {metric: {"overall": float, "per_step": [H floats]}}}}``;
+        ``overlap`` says whether windows overlapped what the model saw (scored with
+        ``allow_overlap``), ``calibration`` the model's coverage before and after conformal
+        calibration."""
         return {
             "horizon": self.horizon, "windows": self.windows, "season": self.season,
-            "series": len(self.series),
+            "series": len(self.series), "overlap": self.overlap,
+            "calibration": self.calibration,
             "methods": {method: {name: score.to_dict() for name, score in scores.items()}
                         for method, scores in self.scores.items()},
         }
@@ -107,6 +116,40 @@ def origins_of(lengths: Sequence[int], *, windows: int, horizon: int, minimum: i
             f"{origins[index, 0]} steps of history before the first, fewer than the {minimum} "
             "needed (longest lag, seasonal naive); lower --backtest or --horizon")
     return origins
+
+
+def overlapping(seen: Sequence[dict], series: Sequence, origins: np.ndarray) -> list[str]:
+    """The series whose first backtest window starts at or before the last step that training or
+    validation saw (``seen``: ``dataset.seen()`` of the checkpoint, matched by name), each as a
+    line ``"'name': the first window starts at ..., the model saw ... through ..."``; compared
+    by time stamp when both have one, else by step."""
+    saved = {entry["name"]: entry for entry in seen}
+    found = []
+    for item, row in zip(series, origins):
+        entry = saved.get(item.name)
+        if entry is None:
+            continue
+        origin = int(row[0])
+        last_time = entry.get("last_time")
+        if last_time is not None and item.times is not None:
+            first = item.times[origin]
+            if isinstance(first, np.datetime64):
+                if first > np.datetime64(last_time):
+                    continue
+                found.append(f"{item.name!r}: the first window starts at "
+                             f"{np.datetime_as_string(first, unit='s')}, the model saw it "
+                             f"through {last_time}")
+                continue
+            if float(first) > float(last_time):
+                continue
+            found.append(f"{item.name!r}: the first window starts at time {float(first):g}, "
+                         f"the model saw it through {float(last_time):g}")
+            continue
+        if origin >= int(entry["steps"]):
+            continue
+        found.append(f"{item.name!r}: the first window starts at step {origin}, the model saw "
+                     f"steps 0-{int(entry['steps']) - 1}")
+    return found
 
 
 def normal_crps(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray) -> np.ndarray:
@@ -136,30 +179,43 @@ def _score(truth, forecasts: MethodForecasts, levels, scale) -> dict:
     return {name: results[name] for name in METRICS}
 
 
-def _model_forecasts(model, spec, normalizer, series, origins, *, horizon, key, num_samples,
-                     temperature, levels) -> MethodForecasts:
-    from seqmodel.forecasting.forecaster import forecast_series
+def _model_forecasts(models, spec, normalizer, series, origins, *, horizon, key, num_samples,
+                     temperature, levels, calibration=None):
+    """``(MethodForecasts, raw quantiles)``: the paths of ``models`` (an equal share each),
+    their median, CRPS and quantiles (conformal when ``calibration`` is given)."""
+    from seqmodel.forecasting.conformal import window_scale
+    from seqmodel.forecasting.free_running import forecast_series
 
     values, known = [], []
     for item, row in zip(series, origins):
         for origin in row:
             values.append(item.values[:origin])
             known.append(item.known[: origin + horizon])
-    paths = forecast_series(model, spec, normalizer, values, known, key=key, horizon=horizon,
-                            num_samples=num_samples, temperature=temperature)  # (r, S, H, d)
+    counts = [num_samples // len(models) + (k < num_samples % len(models))
+              for k in range(len(models))]
+    paths = np.concatenate([
+        forecast_series(model, spec, normalizer, values, known,
+                        key=jax.random.fold_in(key, k) if k else key, horizon=horizon,
+                        num_samples=count, temperature=temperature)
+        for k, (model, count) in enumerate(zip(models, counts)) if count], axis=1)
     n, windows = origins.shape
     truth = np.stack([normalizer.denormalize(item.values[origin : origin + horizon])
                       for item, row in zip(series, origins) for origin in row])  # (r, H, d)
     crps = crps_from_samples(paths, truth, axis=1) if num_samples > 1 else np.abs(
         paths[:, 0] - truth)
-    quantiles = np.quantile(paths, levels, axis=1)  # (Q, r, H, d)
+    raw = np.quantile(paths, levels, axis=1)  # (Q, r, H, d)
+    quantiles = raw
+    if calibration is not None:
+        scale = np.stack([window_scale(normalizer.denormalize(v), spec.context_length)
+                          for v in values])
+        quantiles = calibration.adjust(raw, levels, scale)
     point = np.median(paths, axis=1)
 
     def arrange(a, leading=0):  # (..., r, H, d) -> (..., n, N, d, H)
         a = a.reshape(a.shape[:leading] + (n, windows) + a.shape[leading + 1:])
         return np.swapaxes(a, -1, -2)
 
-    return MethodForecasts(arrange(point), arrange(quantiles, 1), arrange(crps))
+    return MethodForecasts(arrange(point), arrange(quantiles, 1), arrange(crps)), arrange(raw, 1)
 
 
 def _baseline_forecasts(name: str, histories: list, truth: np.ndarray, *, horizon: int,
@@ -188,8 +244,9 @@ def _baseline_forecasts(name: str, histories: list, truth: np.ndarray, *, horizo
 def backtest(model, spec, normalizer, series: Sequence, *, windows: int, horizon: int,
              season: int, key: Array, num_samples: int = 100, temperature: float = 1.0,
              methods: Sequence[str] | None = None, baseline_history: int | None = None,
-             quantile_levels: Sequence[float] = scores.DEFAULT_QUANTILE_LEVELS
-             ) -> BacktestResult:
+             quantile_levels: Sequence[float] = scores.DEFAULT_QUANTILE_LEVELS,
+             seen: Sequence[dict] | None = None, allow_overlap: bool = False,
+             calibration=None, members: Sequence = ()) -> BacktestResult:
     """Rolling-origin backtest of ``model`` and the baselines over the last ``windows`` windows.
 
     Args:
@@ -206,6 +263,12 @@ def backtest(model, spec, normalizer, series: Sequence, *, windows: int, horizon
       baseline_history: AutoETS and AutoARIMA see at most this many steps of history (a long
         seasonal history makes AutoARIMA slow); None: all of it.
       quantile_levels: levels of every method's quantiles (must hold 0.025, 0.1 ... 0.9, 0.975).
+      seen: what the model trained and validated on (``dataset.seen()`` of its checkpoint):
+        windows that start at or before it are refused (a :class:`DataError` naming the series
+        and saying how to keep them out: ``--holdout``) unless ``allow_overlap``.
+      calibration: conformal margins (:class:`~seqmodel.forecasting.conformal.Calibration`)
+        applied to the model's intervals; the raw intervals' coverage is reported beside.
+      members: more models (an ensemble) whose paths pool with ``model``'s.
 
     Returns:
       a :class:`BacktestResult`.
@@ -229,82 +292,44 @@ def backtest(model, spec, normalizer, series: Sequence, *, windows: int, horizon
     lengths = [len(item) for item in series]
     origins = origins_of(lengths, windows=windows, horizon=horizon,
                          minimum=max(spec.max_lag, season + 1, 3))
+    overlaps = overlapping(seen or (), series, origins)
+    if overlaps and not allow_overlap:
+        raise DataError(
+            f"the backtest windows overlap what the model trained or validated on ({overlaps[0]}"
+            f"{f'; {len(overlaps) - 1} more series' if len(overlaps) > 1 else ''}): train with "
+            f"--holdout {windows * horizon} (the {windows} windows of {horizon} steps) to keep "
+            "them out, or pass --allow-overlap to score them anyway")
     originals = [normalizer.denormalize(np.asarray(item.values, np.float64)) for item in series]
     truth = np.stack([np.stack([values[o : o + horizon].T for o in row])
                       for values, row in zip(originals, origins)])  # (n, N, d, H)
     histories = [[values[:o] for o in row] for values, row in zip(originals, origins)]
     scale = np.stack([np.stack([scores.seasonal_scale(h.T, season=season)
                                 for h in row]) for row in histories])  # (n, N, d)
-    forecasts, method_scores = {}, {}
+    forecasts, method_scores, calibration_report = {}, {}, None
     for method in methods:
         if method == MODEL_METHOD:
-            result = _model_forecasts(model, spec, normalizer, series, origins,
-                                      horizon=horizon, key=key, num_samples=num_samples,
-                                      temperature=temperature, levels=levels)
+            result, raw = _model_forecasts([model, *members], spec, normalizer, series, origins,
+                                           horizon=horizon, key=key, num_samples=num_samples,
+                                           temperature=temperature, levels=levels,
+                                           calibration=calibration)
+            if calibration is not None:
+                calibrated = {}
+                for interval in scores.COVERAGE_INTERVALS:
+                    name = f"coverage_{round(interval * 100)}"
+                    before = scores.coverage(truth, raw, levels, interval=interval)
+                    calibrated[f"{name}_before"] = float(before.overall)
+                    calibrated[f"{name}_after"] = None  # filled from the scores below
+                calibration_report = {**calibrated, "windows": calibration.windows}
         else:
             result = _baseline_forecasts(method, histories, truth, horizon=horizon,
                                          season=season, levels=levels,
                                          baseline_history=baseline_history)
         forecasts[method] = result
         method_scores[method] = _score(truth, result, levels, scale)
+        if method == MODEL_METHOD and calibration is not None:
+            for interval in scores.COVERAGE_INTERVALS:
+                name = f"coverage_{round(interval * 100)}"
+                calibration_report[f"{name}_after"] = float(method_scores[method][name].overall)
     return BacktestResult(horizon, windows, season, origins, truth, originals,
                           [getattr(item, "name", f"series {i}") for i, item in enumerate(series)],
-                          levels, forecasts, method_scores)
-
-
-# ---------------------------------------------------------------------------------------------
-# Plot (matplotlib's object API)
-# ---------------------------------------------------------------------------------------------
-
-
-def plot_backtest(result: BacktestResult, path: str | os.PathLike, *, max_series: int = 3,
-                  context: int | None = None, compare: str | None = "seasonal_naive",
-                  title: str | None = None) -> str:
-    """The truth of the last windows of up to ``max_series`` series (first target feature),
-    with the model's median and its 80% and 95% intervals per window, and the median of
-    ``compare`` (a baseline, dashed).
-
-    Example::
-
-        plot_backtest(result, "backtest.png")
-    """
-    from seqmodel.forecasting.paths import _figure
-
-    shown = min(len(result.series), max_series)
-    figure = _figure(figsize=(9, 2.8 * shown))
-    axes = figure.subplots(shown, 1, squeeze=False)
-    levels = list(result.quantile_levels)
-    model = result.forecasts.get(MODEL_METHOD)
-    context = result.horizon * 2 if context is None else context
-    for index in range(shown):
-        axis = axes[index, 0]
-        values = result.series[index][:, 0]
-        first = max(int(result.origins[index, 0]) - context, 0)
-        axis.plot(np.arange(first, len(values)), values[first:], color="black", linewidth=1.0,
-                  label="truth")
-        for window, origin in enumerate(result.origins[index]):
-            steps = origin + np.arange(result.horizon)
-            axis.axvline(origin - 0.5, color="grey", linewidth=0.5)
-            if model is not None:
-                quantiles = model.quantiles[:, index, window, 0]
-                for low, high, alpha in ((0.025, 0.975, 0.15), (0.1, 0.9, 0.3)):
-                    axis.fill_between(steps, quantiles[levels.index(low)],
-                                      quantiles[levels.index(high)], color="tab:blue",
-                                      alpha=alpha, linewidth=0,
-                                      label=f"{MODEL_METHOD} {high - low:.0%}" if window == 0
-                                      else None)
-                axis.plot(steps, model.point[index, window, 0], color="tab:blue",
-                          linewidth=1.2, label=f"{MODEL_METHOD} median" if window == 0 else None)
-            if compare in result.forecasts:
-                axis.plot(steps, result.forecasts[compare].point[index, window, 0],
-                          color="tab:red", linewidth=0.9, linestyle="--",
-                          label=compare.replace("_", " ") if window == 0 else None)
-        axis.set_ylabel(str(result.names[index]))
-        if index == 0:
-            axis.legend(loc="upper left", fontsize="small")
-            if title:
-                axis.set_title(title)
-    axes[-1, 0].set_xlabel("step")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    return os.fspath(path)
+                          levels, forecasts, method_scores, bool(overlaps), calibration_report)

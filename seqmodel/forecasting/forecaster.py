@@ -1,346 +1,385 @@
-"""Free-running forecasts that rebuild the model's inputs from its own samples, step by step.
+"""The :class:`Forecaster`: a trained real-valued model and the preparation of its data, which
+forecasts new data in original units.
 
-A model whose inputs carry conditioning features after the element (lags, the log scale, time
-features, covariates, static categories; :mod:`seqmodel.data.features`) cannot be fed its bare
-samples. :func:`forecast_series` runs it as it was trained:
-
-1. **Context.** The last ``context_length`` steps before the origin (fewer when the history is
-   short) become teacher-forced inputs by :func:`seqmodel.data.features.window_inputs`, with the mean
-   scale of those steps, exactly like the first steps of a training window; one masked prefill
-   (:func:`seqmodel.decoding.prompts.prefill`) consumes them.
-2. **Free running.** :func:`seqmodel.decoding.feed.feed_steps` draws each step's element from the head
-   (in data units: the model scales its distribution back) and its ``next_input`` hook builds
-   the next input with :func:`seqmodel.data.features.assemble`: the element, lags read from a buffer
-   of the last ``max_lag`` elements (the history, then the model's own samples), the known
-   features of the next step (future times, the future covariates the caller gives). The
-   buffer, the scale and the known rows travel in ``FeedState.history``.
-
-The whole of it is one compiled program per shape. A plain real-valued model (no conditioning
-features) is the case ``lags=(1,)``, no scaling, no known features (:func:`plain_spec`).
+It reads a history the way the model's training data was read (the same columns, time column,
+ids, static categories), turns it into series through the saved
+:class:`~seqmodel.data.preparation.Preparation`, extends each series' known features over the
+horizon (future time stamps from the frequency; future covariates from ``future``) and draws
+sample paths with the model's free-running program (:mod:`seqmodel.forecasting.free_running`).
+``seqmodel sample``, ``seqmodel eval`` (its horizon report and backtest) and the DataFrame
+interface all go through it.
 
 Example::
 
-    paths = forecast_series(model, spec, normalizer, values=[history], known=[known_rows],
-                            key=jax.random.key(0), horizon=24, num_samples=200)
-    # history (T, d) normalised, known_rows (T + 24, K) -> paths (1, 200, 24, d) original units
+    forecaster = Forecaster.load("runs/sales")
+    forecast = forecaster.predict("sales.csv", horizon=14, num_samples=200)
+    forecast.paths                        # (n, 200, 14, d) original units
+    forecast.quantiles((0.1, 0.5, 0.9))   # (3, n, 14, d)
 """
 
 from __future__ import annotations
 
-import functools
-from typing import NamedTuple, Sequence
+import dataclasses
+import os
+from typing import Any, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from seqmodel.data import features
+from seqmodel.configs import REPORT_NUM_SAMPLES, REPORT_NUM_STARTS
+from seqmodel.data import calendar, read_source
 from seqmodel.data.batching import DataError
-from seqmodel.data.numeric import Normalizer
-from seqmodel.decoding import sampling
-from seqmodel.decoding.feed import feed_steps
-from seqmodel.decoding.prompts import prefill
+from seqmodel.data.preparation import Preparation, known_rows
+from seqmodel.data.readers import DELIMITED_SUFFIXES, column_names
+from seqmodel.data.series import SeriesDataset, plain_preparation
+from seqmodel.data.tables import Table
+from seqmodel.forecasting.free_running import forecast_series
+from seqmodel.forecasting.reports import horizon_report
 
 Array = jax.Array
+DEFAULT_NUM_SAMPLES = 200
 
 
-class LagHistory(NamedTuple):
-    """What the free-running loop remembers of each row (``FeedState.history``).
+class Forecast(NamedTuple):
+    """Sample paths of ``n`` series, ``H`` steps ahead, in original units.
 
     Attributes:
-      buffer: ``(b, max_lag, d)`` the last ``max_lag`` elements (globally normalised, unscaled),
-        newest last: lag ``k`` of the next input is ``buffer[:, -k]``.
-      scale: ``(b, d)`` the row's mean scale.
-      known: ``(b, H, K)`` the known features of the steps after each forecast step (row ``i``:
-        the features of the step that the input following sample ``i`` predicts).
+      paths: ``(n, S, H, d)``.
+      names: the series' names (their ids).
+      times: per series, the ``(H,)`` time stamps of the forecast steps, or None without a time
+        column.
+      columns: the ``d`` target columns.
     """
 
-    buffer: Array
-    scale: Array
-    known: Array
+    paths: np.ndarray
+    names: list
+    times: list | None
+    columns: tuple
+
+    def quantiles(self, levels: Sequence[float]) -> np.ndarray:
+        """``(Q, n, H, d)``: the empirical quantiles of the paths at ``levels``."""
+        return np.quantile(self.paths, np.asarray(levels, np.float64), axis=1)
+
+    @property
+    def median(self) -> np.ndarray:
+        """``(n, H, d)``: the point forecast."""
+        return np.median(self.paths, axis=1)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.paths.mean(axis=1)
 
 
-def plain_spec(target_size: int, *, context_length: int = 1024) -> features.FeatureSpec:
-    """The layout of a model without conditioning features: the element alone, z-scored.
+class Forecaster:
+    """A trained real-valued model (``SequenceModel``) with the preparation of its data.
+
+    Args:
+      model: the model, laid out as ``preparation.spec`` says.
+      preparation: the fitted :class:`~seqmodel.data.preparation.Preparation`.
+      members: more models of the same layout (an ensemble over seeds or heads): forecasts pool
+        their sample paths, an equal share of the paths from each.
+      seen: what training and validation saw of each series (``dataset.seen()``): backtests
+        refuse windows that overlap it.
+      calibration: conformal margins of the intervals
+        (:class:`~seqmodel.forecasting.conformal.Calibration`), applied to the quantiles that
+        :meth:`predict` returns.
 
     Example::
 
-        spec = plain_spec(model.config.input_size)
+        forecaster = Forecaster.from_dataset(model, dataset)
+        forecast = forecaster.predict(history_array, horizon=24)
     """
-    return features.FeatureSpec(target_columns=tuple(f"feature {i}" for i in range(target_size)),
-                                lags=(1,), scaling="none", context_length=context_length)
+
+    def __init__(self, model, preparation: Preparation, *, members: Sequence = (),
+                 seen: Sequence[dict] | None = None, calibration=None):
+        for candidate in (model, *members):
+            if candidate.config.discrete:
+                raise ValueError("a Forecaster needs a real-valued model; this one reads tokens "
+                                 f"(vocab_size={candidate.config.vocab_size})")
+            if candidate.config.input_size != preparation.spec.input_size:
+                raise ValueError(f"the model reads inputs of {candidate.config.input_size} "
+                                 f"features, but the preparation lays out "
+                                 f"{preparation.spec.input_size}; use the preparation saved "
+                                 "with the model")
+        self.model, self.preparation = model, preparation
+        self.members = list(members)
+        self.seen = list(seen or ())
+        self.calibration = calibration
+        self.frame = None  # the DataFrame settings of seqmodel.forecasting.fit, when it made it
+
+    @property
+    def models(self) -> list:
+        """Every model of the forecaster: ``model`` and its ensemble ``members``."""
+        return [self.model, *self.members]
+
+    # -- building one ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_dataset(cls, model, dataset: SeriesDataset) -> "Forecaster":
+        """The forecaster of ``model`` trained on ``dataset``."""
+        return cls(model, dataset.preparation, seen=dataset.seen())
+
+    @classmethod
+    def from_metadata(cls, model, data: dict) -> "Forecaster":
+        """The forecaster of ``model`` from the data metadata of its checkpoint (``kind``
+        ``series``, or ``numeric`` / ``forecast`` of earlier releases)."""
+        kind = data.get("kind")
+        if kind == "series":
+            return cls(model, Preparation.from_dict(data["preparation"]), seen=data.get("seen"))
+        if kind == "forecast":
+            saved = {"features": data["features"], "normalizer": data["normalizer"],
+                     "head": data.get("head", model.config.head),
+                     "missing": data.get("missing", "reject"),
+                     "id_column": data.get("id_column")}
+            preparation = Preparation.from_dict(saved)
+            frequency = preparation.frequency
+            return cls(model, Preparation(preparation.spec, preparation.normalizer,
+                                          head=preparation.head,
+                                          season=frequency.season if frequency else 1,
+                                          missing=preparation.missing,
+                                          id_column=preparation.id_column))
+        if kind == "numeric":
+            from seqmodel.data.normalization import Normalizer
+
+            columns = data.get("columns") or [f"feature {i}" for i in
+                                              range(model.config.input_size)]
+            return cls(model, plain_preparation(
+                columns, Normalizer.from_dict(data["normalizer"]), head=model.config.head,
+                missing=data.get("missing", "reject"), id_column=data.get("id_column"),
+                time_column=data.get("time_column")))
+        raise ValueError(f"the checkpoint's data is {kind!r}, not real-valued series")
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike, *, prefer: str = "best") -> "Forecaster":
+        """The forecaster saved in a run folder (``seqmodel train --out``), with the ensemble
+        members that ``train --ensemble K`` saved in its ``members/`` folder."""
+        from seqmodel.training.checkpoint import load_model
+
+        model, metadata = load_model(run_dir, prefer=prefer)
+        forecaster = cls.from_metadata(model, metadata.get("data", {}))
+        forecaster.members = load_members(run_dir, prefer=prefer)
+        return forecaster
+
+    # -- reading data ----------------------------------------------------------------------------
+
+    def read(self, source: Any, *, future: bool = False, what: str | None = None) -> Table:
+        """A history (file, array, list of arrays, DataFrame, table) read with the columns the
+        model's data declared; a ``future`` holds the covariates (and the time, id and static
+        columns where it has them)."""
+        if isinstance(source, Table):
+            return source
+        spec = self.preparation.spec
+        what = what or ("future" if future else "history")
+        numeric = spec.covariate_columns if future else spec.target_columns + (
+            spec.covariate_columns)
+        options: dict = {"missing": self.preparation.missing}
+        frame = type(source).__name__ == "DataFrame"
+        delimited = isinstance(source, (str, os.PathLike)) and os.fspath(source).lower().endswith(
+            DELIMITED_SUFFIXES)
+        if frame or delimited:
+            present = (set(map(str, source.columns)) if frame
+                       else set(column_names(source)) if os.path.isfile(source) else None)
+
+            def wanted(name, optional=future):  # a future may leave out what it does not need
+                if not name or (optional and present is not None and name not in present):
+                    return None
+                return name
+
+            # A history without the id column is one series.
+            options.update(time_column=wanted(spec.time_column),
+                           id_column=wanted(self.preparation.id_column, optional=True),
+                           static_columns=tuple(c for c in spec.static_columns if wanted(c)))
+            options["target_columns" if frame else "numeric_columns"] = numeric
+        try:
+            table, _ = read_source(source, **options)
+        except DataError as error:
+            raise DataError(f"{what}: {error}") from None
+        if not (frame or delimited):  # unnamed columns: the model's, in order
+            if len(table.columns) != len(numeric):
+                raise DataError(f"{what}: {len(table.columns)} column(s), but the model reads "
+                                f"{len(numeric)} ({', '.join(numeric)})")
+            table = dataclasses.replace(table, columns=tuple(numeric))
+        return table
+
+    def _future_covariates(self, future: Table | None, names: list[str], horizon: int):
+        """Per series, the ``(horizon, c)`` future covariates (matched by id, else in order)."""
+        spec = self.preparation.spec
+        if not spec.covariate_columns:
+            if future is not None:
+                raise ValueError("future values apply to models trained with covariates (this "
+                                 "one reads none)")
+            return [None] * len(names)
+        if future is None:
+            raise ValueError(f"the model reads the covariates {', '.join(spec.covariate_columns)}"
+                             f": give their values over the {horizon} forecast steps (future=)")
+        rows = future.select(spec.covariate_columns, what="future")
+        future_names = future.names()
+        if future.ids and all(name in future_names for name in names):
+            order = [future_names.index(name) for name in names]
+        elif len(rows) == len(names):
+            order = list(range(len(names)))
+        else:
+            raise ValueError(f"the future holds {len(rows)} series, the history {len(names)}; "
+                             "give one future per history series (same ids)")
+        result = []
+        for name, index in zip(names, order):
+            if len(rows[index]) < horizon:
+                raise ValueError(f"the future has {len(rows[index])} row(s) for series {name!r}, "
+                                 f"fewer than the horizon {horizon}: give the covariates' values "
+                                 "for every forecast step")
+            result.append(rows[index][:horizon])
+        return result
+
+    def inputs(self, history: Table, future: Table | None, horizon: int):
+        """``(values, known, names, future_times)`` of each series of ``history``: its
+        normalised targets ``(T_i, d)``, known features ``(T_i + H, K)`` and the time stamps of
+        its ``H`` forecast steps (None without a time column)."""
+        preparation, spec = self.preparation, self.preparation.spec
+        series = preparation.series(history, source="the history")
+        names = [item.name for item in series]
+        covariates = (history.select(spec.covariate_columns, what="the history")
+                      if spec.covariate_columns else None)
+        future_covariates = self._future_covariates(future, names, horizon)
+        frequency = preparation.frequency
+        values, known, future_times = [], [], []
+        for index, item in enumerate(series):
+            times = None
+            if item.times is not None and frequency is not None:
+                following = calendar.advance(item.times[-1], frequency, horizon)
+                times = np.concatenate([item.times, following])
+                future_times.append(following)
+            covariate_rows = None
+            if covariates is not None:
+                covariate_rows = np.concatenate([covariates[index], future_covariates[index]])
+            values.append(item.values)
+            known.append(known_rows(spec, times, covariate_rows, item.static,
+                                    len(item) + horizon))
+        return values, known, names, (future_times if future_times else None)
+
+    # -- forecasting -----------------------------------------------------------------------------
+
+    def sample(self, values: Sequence[np.ndarray], known: Sequence[np.ndarray] | None, *,
+               horizon: int, num_samples: int, key: Array, temperature: float = 1.0
+               ) -> np.ndarray:
+        """Sample paths ``(n, S, H, d)`` in original units from prepared histories (normalised
+        ``values`` ``(T_i, d)``, ``known`` ``(T_i + H, K)``): ``S`` split evenly over the
+        models, model ``k`` drawing with ``fold_in(key, k)``."""
+        models = self.models
+        counts = [num_samples // len(models) + (k < num_samples % len(models))
+                  for k in range(len(models))]
+        parts = [forecast_series(model, self.preparation.spec, self.preparation.normalizer,
+                                 values, known, key=jax.random.fold_in(key, k) if k else key,
+                                 horizon=horizon, num_samples=count, temperature=temperature)
+                 for k, (model, count) in enumerate(zip(models, counts)) if count]
+        return np.concatenate(parts, axis=1)
+
+    def interval_quantiles(self, forecast: Forecast, levels: Sequence[float],
+                           histories: Sequence[np.ndarray] | None = None,
+                           calibrated: bool = True) -> np.ndarray:
+        """``(Q, n, H, d)`` quantiles of ``forecast`` at ``levels``; with a calibration (and
+        ``calibrated``), every calibrated central interval moved by its conformal margin times
+        the scale of each history (original units ``(T_i, d)``)."""
+        from seqmodel.forecasting.conformal import window_scale
+
+        quantiles = forecast.quantiles(levels)
+        if self.calibration is None or not calibrated:
+            return quantiles
+        if histories is None:
+            raise ValueError("calibrated quantiles need the histories the forecast started from")
+        scale = np.stack([window_scale(h, self.preparation.spec.context_length)
+                          for h in histories])
+        return self.calibration.adjust(quantiles, levels, scale)
+
+    def predict(self, history: Any = None, future: Any = None, *, horizon: int | None = None,
+                num_samples: int = DEFAULT_NUM_SAMPLES, quantiles: Sequence[float] | None = None,
+                key: Array | None = None, temperature: float = 1.0, calibrated: bool = True,
+                h: int | None = None, df: Any = None, futr_df: Any = None,
+                level: Sequence[int] | None = None):
+        """Sample paths after the end of every series of ``history``, in original units.
+
+        A forecaster made by :func:`seqmodel.forecasting.fit` also answers in the DataFrame
+        shape of statsforecast / neuralforecast: ``predict(h=None, df=None, futr_df=None,
+        level=(80, 95))`` (or ``predict()``, or a DataFrame history) returns a frame with
+        ``unique_id``, ``ds``, ``seqmodel`` and ``seqmodel-lo-80`` / ``seqmodel-hi-80`` ...
+        (:func:`seqmodel.forecasting.frames.predict_frame`).
+
+        Args:
+          history: a file, a NumPy array ``(t, d)`` / ``(n, t, d)``, a list of arrays, a long
+            DataFrame or a :class:`~seqmodel.data.tables.Table`, with the columns of the training
+            data (its time column, covariates, static columns).
+          future: the covariates over the ``horizon`` steps after each series (same forms; by id
+            when the history has ids), for models trained with covariates.
+          horizon: ``H`` steps to forecast.
+          num_samples: ``S`` paths per series.
+          quantiles: when given, return ``(Forecast, quantiles (Q, n, H, d))``; a calibrated
+            forecaster's central intervals are conformal (``calibrated=False``: the raw ones).
+          key: PRNG key (default ``jax.random.key(0)``); the same key gives the same paths.
+          temperature: spread scaling of the head (0: the mode at every step).
+
+        Returns:
+          a :class:`Forecast` (and its quantiles when asked).
+
+        Raises:
+          ValueError / DataError: one line naming what is wrong with the history or future.
+        """
+        frame_call = (h is not None or df is not None or futr_df is not None or level is not None
+                      or (horizon is None and (history is None
+                                               or type(history).__name__ == "DataFrame")))
+        if frame_call:
+            from seqmodel.forecasting.frames import DEFAULT_LEVELS, predict_frame
+
+            return predict_frame(
+                self, h=h if h is not None else horizon, df=df if df is not None else history,
+                futr_df=futr_df if futr_df is not None else future,
+                level=DEFAULT_LEVELS if level is None else level,
+                num_samples=None if num_samples == DEFAULT_NUM_SAMPLES else num_samples, key=key,
+                calibrated=calibrated)
+        if not isinstance(horizon, (int, np.integer)) or horizon < 1:
+            raise ValueError(f"horizon={horizon!r} is invalid: allowed is a positive integer")
+        if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+            raise ValueError(f"num_samples={num_samples!r} is invalid: allowed is a positive "
+                             "integer")
+        table = history if isinstance(history, Table) else self.read(history)
+        future_table = None if future is None else (
+            future if isinstance(future, Table) else self.read(future, future=True))
+        values, known, names, times = self.inputs(table, future_table, int(horizon))
+        paths = self.sample(values, known, horizon=int(horizon), num_samples=int(num_samples),
+                            key=jax.random.key(0) if key is None else key,
+                            temperature=temperature)
+        forecast = Forecast(paths, names, times, self.preparation.columns)
+        if quantiles is not None:
+            histories = [self.preparation.normalizer.denormalize(v) for v in values]
+            return forecast, self.interval_quantiles(forecast, quantiles, histories, calibrated)
+        return forecast
+
+    def report(self, dataset: SeriesDataset, *, horizon: int, key: Array | None = None,
+               num_samples: int = REPORT_NUM_SAMPLES, num_starts: int = REPORT_NUM_STARTS,
+               temperature: float = 1.0, nll: float | None = None) -> dict:
+        """The horizon report (:func:`seqmodel.forecasting.reports.horizon_report`) on the
+        validation part of ``dataset``."""
+        return horizon_report(self.model, self.preparation, dataset.series, dataset.splits,
+                              key=jax.random.key(0) if key is None else key, horizon=horizon,
+                              num_samples=num_samples, num_starts=num_starts,
+                              temperature=temperature, nll=nll)
 
 
-class Contexts(NamedTuple):
-    """The host-side arrays of a batch of forecasts (see :func:`prepare_contexts`)."""
-
-    prompt: np.ndarray  # (n, p, input_size) right-padded teacher-forced context inputs
-    lengths: np.ndarray  # (n,) int32 context lengths
-    buffer: np.ndarray  # (n, max_lag, d)
-    scale: np.ndarray  # (n, d)
-    known: np.ndarray  # (n, H, K)
+MEMBERS_FOLDER = "members"
 
 
-def prepare_contexts(spec: features.FeatureSpec, values: Sequence[np.ndarray],
-                     known: Sequence[np.ndarray] | None, horizon: int) -> Contexts:
-    """Context inputs, lag buffers, scales and future known features of each forecast.
+def member_folders(run_dir: str | os.PathLike) -> list:
+    """The run folders of the ensemble members of ``run_dir`` (``members/1``, ``members/2``,
+    ...), in order."""
+    import pathlib
 
-    Args:
-      values: per forecast, the history ``(T_i, d)`` up to the origin (globally normalised).
-      known: per forecast, the known features ``(T_i + H, K)`` of the history and the ``H``
-        forecast steps (None when ``spec.known_size`` is 0).
-      horizon: ``H``.
-
-    Raises:
-      ValueError: a history shorter than the longest lag, or known features that stop before
-        the end of the horizon (naming the forecast and what to give).
-    """
-    rows = len(values)
-    d = spec.target_size
-    if known is None:
-        if spec.known_size:
-            raise ValueError("the model reads known features (time features, covariates or "
-                             "static categories); give them for the history and the horizon")
-        known = [np.zeros((len(v) + horizon, 0), np.float32) for v in values]
-    lengths = []
-    for index, (history, rows_known) in enumerate(zip(values, known)):
-        if len(history) < spec.max_lag:
-            raise ValueError(
-                f"forecast {index}: the history has {len(history)} steps, but the model reads "
-                f"lags up to {spec.max_lag}; give at least {spec.max_lag} steps of history")
-        if spec.known_size and len(rows_known) < len(history) + horizon:
-            raise ValueError(
-                f"forecast {index}: the known features (future covariates, times) cover "
-                f"{len(rows_known) - len(history)} step(s) after the history, but the horizon "
-                f"is {horizon}; give the future values of every covariate for {horizon} steps")
-        lengths.append(min(spec.context_length, len(history) - (spec.max_lag - 1)))
-    longest = max(lengths)
-    prompt = np.zeros((rows, longest, spec.input_size), np.float32)
-    buffer = np.zeros((rows, spec.max_lag, d), np.float32)
-    scales = np.zeros((rows, d), np.float32)
-    future = np.zeros((rows, horizon, spec.known_size), np.float32)
-    for index, (history, rows_known, length) in enumerate(zip(values, known, lengths)):
-        history = np.asarray(history, np.float64).reshape(len(history), d)
-        origin = len(history)
-        start = origin - length
-        scale = features.mean_scale(history[start:origin], spec)
-        # Known rows through the origin: the last context input predicts the origin step.
-        prompt[index, :length] = features.window_inputs(
-            spec, history, np.asarray(rows_known)[: origin + 1], start=start, length=length,
-            scale=scale)
-        buffer[index] = np.nan_to_num(history[origin - spec.max_lag : origin], nan=0.0)
-        scales[index] = scale
-        following = np.asarray(rows_known)[origin + 1 : origin + horizon]
-        future[index, : len(following)] = following
-    return Contexts(prompt, np.asarray(lengths, np.int32), buffer, scales, future)
+    folder = pathlib.Path(run_dir) / MEMBERS_FOLDER
+    if not folder.is_dir():
+        return []
+    return sorted((child for child in folder.iterdir() if child.name.isdigit()),
+                  key=lambda child: int(child.name))
 
 
-def _lagged(spec: features.FeatureSpec, buffer: Array) -> Array:
-    """``(b, len(extra_lags), d)``: lag ``k`` is ``buffer[:, -k]``."""
-    if not spec.extra_lags:
-        return jnp.zeros(buffer.shape[:1] + (0,) + buffer.shape[2:], buffer.dtype)
-    return jnp.stack([buffer[:, spec.max_lag - lag] for lag in spec.extra_lags], axis=1)
+def load_members(run_dir: str | os.PathLike, *, prefer: str = "best") -> list:
+    """The models of the ensemble members saved beside the run in ``run_dir``."""
+    from seqmodel.training.checkpoint import load_model
 
-
-@functools.partial(nnx.jit, static_argnames=("spec", "horizon", "num_samples", "greedy"))
-def _free_run(model, contexts: Contexts, key, temperature, truth, *, spec, horizon: int,
-              num_samples: int, greedy: bool):
-    state = prefill(model, jnp.asarray(contexts.prompt), jnp.asarray(contexts.lengths),
-                    num_samples)
-    repeat = functools.partial(jnp.repeat, repeats=num_samples, axis=0)
-    history = LagHistory(repeat(jnp.asarray(contexts.buffer)), repeat(jnp.asarray(contexts.scale)),
-                         repeat(jnp.asarray(contexts.known)))
-    state = state._replace(history=history)
-    truth = None if truth is None else repeat(truth)  # (b * S, H, d)
-
-    def draw(noise, out, history: LagHistory, index):
-        if truth is None:
-            element = sampling.sample_with_noise(model.head, noise, out,
-                                                 temperature=temperature, greedy=greedy)
-        else:  # feed the given elements instead of samples (checks of the invariant)
-            element = jax.lax.dynamic_index_in_dim(truth, index, axis=1, keepdims=False)
-        buffer = jnp.concatenate([history.buffer[:, 1:], element[:, None]], axis=1)
-        return element, history._replace(buffer=buffer), None
-
-    def next_input(element, history: LagHistory, index):
-        known = jax.lax.dynamic_index_in_dim(history.known, index, axis=1, keepdims=False)
-        return features.assemble(spec, element, _lagged(spec, history.buffer), known,
-                                 history.scale)
-
-    _, (samples, fed, outputs) = feed_steps(
-        model, state, key=key, start=0, size=horizon, draw=draw, next_input=next_input,
-        greedy=greedy or truth is not None, record_outputs=truth is not None)
-    # (b * S, H, ...); with the truth fed, outputs[:, i] is the one-step distribution of step i.
-    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), (samples, fed, outputs))
-
-
-def sample_contexts(model, spec: features.FeatureSpec, contexts: Contexts, *, key: Array,
-                    horizon: int, num_samples: int, temperature: float = 1.0,
-                    truth: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Free-running paths from prepared :class:`Contexts`, in globally normalised units.
-
-    Args:
-      truth: optional ``(n, H, d)``: feed these elements instead of samples (the inputs must
-        then equal the teacher-forced ones of the same window; tests check this).
-
-    Returns:
-      ``(paths (n, S, H, d), fed (n, S, H, input_size))``: the samples and the inputs fed at
-      each step (``fed[:, :, 0]`` is the last context input). With ``truth``, see
-      :func:`teacher_forced_steps` for the head's outputs.
-    """
-    samples, fed, _ = _run(model, spec, contexts, key=key, horizon=horizon,
-                           num_samples=num_samples, temperature=temperature, truth=truth)
-    return samples, fed
-
-
-def teacher_forced_steps(model, spec: features.FeatureSpec, contexts: Contexts,
-                         truth: np.ndarray):
-    """The head's outputs at each forecast step when the loop is fed ``truth`` ``(n, H, d)``
-    (globally normalised): the teacher-forced one-step distributions of the ``H`` steps, in
-    the model's units (scaled back by the model), leaves ``(n, H, ...)``."""
-    _, _, outputs = _run(model, spec, contexts, key=jax.random.key(0), horizon=truth.shape[1],
-                         num_samples=1, temperature=1.0, truth=truth)
-    return jax.tree.map(lambda a: np.asarray(a).reshape((len(truth),) + a.shape[1:]), outputs)
-
-
-def _run(model, spec, contexts: Contexts, *, key, horizon, num_samples, temperature, truth):
-    sampling.check_temperature(temperature)
-    view = nnx.view(model, deterministic=True)  # dropout off in this view only
-    greedy = temperature == 0.0
-    truth = None if truth is None else jnp.asarray(truth, jnp.float32)
-    samples, fed, outputs = _free_run(view, contexts, key,
-                                      jnp.float32(1.0 if greedy else temperature), truth,
-                                      spec=spec, horizon=horizon, num_samples=num_samples,
-                                      greedy=greedy)
-    rows = len(contexts.lengths)
-    samples = np.asarray(samples).reshape(rows, num_samples, horizon, -1)
-    fed = np.asarray(fed).reshape(rows, num_samples, horizon, -1)
-    return samples, fed, outputs
-
-
-def forecast_series(model, spec: features.FeatureSpec, normalizer: Normalizer,
-                    values: Sequence[np.ndarray], known: Sequence[np.ndarray] | None = None, *,
-                    key: Array, horizon: int, num_samples: int,
-                    temperature: float = 1.0) -> np.ndarray:
-    """Sample paths in original units from histories in globally normalised units.
-
-    Args:
-      model: a real-valued :class:`seqmodel.SequenceModel` whose inputs are laid out as
-        ``spec`` says (sampled in eval mode; the caller's model keeps its mode).
-      spec: its :class:`~seqmodel.data.features.FeatureSpec` (:func:`plain_spec` for a model without
-        conditioning features).
-      normalizer: the targets' global :class:`~seqmodel.data.numeric.Normalizer`.
-      values: per forecast, the history ``(T_i, d)`` (``normalizer.normalize`` of the data).
-      known: per forecast, known features ``(T_i + H, K)`` (:func:`seqmodel.data.features.
-        known_features` of the history's and the future's times and covariates).
-      key: PRNG key; the same key gives the same paths.
-      horizon, num_samples: ``H`` steps, ``S`` paths per forecast.
-      temperature: spread scaling of the head (0: the mode at every step).
-
-    Returns:
-      ``(n, S, H, d)`` float64 in original units.
-
-    Example::
-
-        paths = forecast_series(model, spec, normalizer, [history], [known_rows],
-                                key=jax.random.key(0), horizon=12, num_samples=100)
-    """
-    if model.config.discrete:
-        raise ValueError("forecasting needs a real-valued model; this one reads tokens")
-    if model.config.input_size != spec.input_size:
-        raise ValueError(f"the model reads inputs of {model.config.input_size} features, but "
-                         f"the feature layout gives {spec.input_size}; use the spec saved "
-                         "with the model")
-    contexts = prepare_contexts(spec, values, known, horizon)
-    paths, _ = sample_contexts(model, spec, contexts, key=key, horizon=horizon,
-                               num_samples=num_samples, temperature=temperature)
-    return normalizer.denormalize(paths.astype(np.float64))
-
-
-# ---------------------------------------------------------------------------------------------
-# The exposure-bias report of a forecaster
-# ---------------------------------------------------------------------------------------------
-
-
-def series_report(model, spec: features.FeatureSpec, normalizer: Normalizer, series: Sequence,
-                  splits: Sequence[int], *, key: Array, horizon: int, num_samples: int = 100,
-                  num_starts: int = 64, season: int = 1, temperature: float = 1.0,
-                  nll: float | None = None) -> dict:
-    """:func:`seqmodel.forecasting.paths.exposure_bias_report` for a model with forecasting features:
-    free-running errors against horizon from start points in the validation part of each series,
-    next to the teacher-forced one-step errors at the same steps (the same loop fed the truth),
-    persistence and seasonal naive.
-
-    Args:
-      series: :class:`seqmodel.data.series.Series`; ``splits``: each one's first
-        validation step (starts lie at or after it, with ``horizon`` steps after them).
-      season: the seasonal naive forecast repeats the last ``season`` steps.
-      nll: the validation NLL to report (e.g. :func:`seqmodel.training.optimization.evaluate`'s).
-
-    Returns:
-      the keys of :func:`seqmodel.forecasting.paths.exposure_bias_report` (``nll``, ``mae``, ``crps``,
-      ``persistence_mae``, ``teacher_forced_mae``, ...) plus ``seasonal_naive_mae``.
-
-    Example::
-
-        report = series_report(model, dataset.spec, dataset.normalizer, dataset.series,
-                               dataset.splits, key=jax.random.key(0), horizon=12, season=12)
-    """
-    from seqmodel.forecasting.paths import _draw, crps_from_samples, horizon_mean
-
-    if num_samples < 2:
-        raise ValueError(f"num_samples={num_samples} is invalid: allowed is an integer >= 2 (the "
-                         "fair CRPS compares pairs of sample paths)")
-    first_start = max(spec.max_lag, season)
-    candidates = [(row, origin) for row, (item, split) in enumerate(zip(series, splits))
-                  for origin in range(max(split, first_start), len(item) - horizon + 1)]
-    if not candidates:
-        raise DataError(f"no start point fits: the validation parts are shorter than the "
-                         f"horizon {horizon} (or the history before them than the longest lag "
-                         f"{spec.max_lag} / season {season}); lower --horizon or raise "
-                         "--val-fraction")
-    if len(candidates) > num_starts:
-        picks = np.linspace(0, len(candidates) - 1, num_starts).round().astype(int)
-        candidates = [candidates[i] for i in picks]
-    values = [series[row].values[:origin] for row, origin in candidates]
-    known = [series[row].known[: origin + horizon] for row, origin in candidates]
-    truth_normalised = np.stack([series[row].values[origin : origin + horizon]
-                                 for row, origin in candidates])  # (b, H, d)
-    present = np.isfinite(truth_normalised).all(-1).astype(np.float64)  # (b, H)
-    contexts = prepare_contexts(spec, values, known, horizon)
-    path_key, draw_key = jax.random.split(key)
-    paths, _ = sample_contexts(model, spec, contexts, key=path_key, horizon=horizon,
-                               num_samples=num_samples, temperature=temperature)
-    paths = normalizer.denormalize(paths.astype(np.float64))  # (b, S, H, d)
-    truth = normalizer.denormalize(truth_normalised.astype(np.float64))
-    filled = np.nan_to_num(truth)
-    mae = horizon_mean(np.abs(np.median(paths, axis=1) - filled), present)
-    crps = horizon_mean(crps_from_samples(paths, filled), present)
-    histories = [normalizer.denormalize(np.asarray(v, np.float64)) for v in values]
-    last = np.stack([history[-1] for history in histories])  # (b, d)
-    persistence = horizon_mean(np.abs(last[:, None] - filled), present)
-    steps = np.arange(horizon)
-    seasonal = np.stack([history[len(history) - season + steps % season]
-                         for history in histories])  # (b, H, d)
-    seasonal_naive = horizon_mean(np.abs(seasonal - filled), present)
-    outputs = teacher_forced_steps(model, spec, contexts, np.nan_to_num(truth_normalised))
-    draws = _draw(nnx.view(model, deterministic=True).head, outputs,
-                  jax.random.split(draw_key, num_samples), temperature)
-    draws = normalizer.denormalize(np.moveaxis(np.asarray(draws, np.float64), 0, 1))
-    teacher_mae = horizon_mean(np.abs(np.median(draws, axis=1) - filled), present)
-    teacher_crps = horizon_mean(crps_from_samples(draws, filled), present)
-
-    def floats(array):
-        return [round(float(v), 6) for v in np.asarray(array)]
-
-    nll = float("nan") if nll is None else float(nll)
-    return {
-        "nll": nll, "nll_original_units": nll + normalizer.log_scale_sum(),
-        "horizon": int(horizon), "mae": floats(mae), "crps": floats(crps),
-        "persistence_mae": floats(persistence), "seasonal_naive_mae": floats(seasonal_naive),
-        "season": int(season), "teacher_forced_mae": floats(teacher_mae),
-        "teacher_forced_crps": floats(teacher_crps), "one_step_mae": float(teacher_mae.mean()),
-        "one_step_crps": float(teacher_crps.mean()), "num_starts": len(candidates),
-        "num_samples": int(num_samples), "min_context": int(min(contexts.lengths)),
-    }
+    return [load_model(folder, prefer=prefer)[0] for folder in member_folders(run_dir)]

@@ -356,3 +356,83 @@ def score_forecasts(
             truth, quantiles, levels, interval=interval
         )
     return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# From samples
+# ---------------------------------------------------------------------------------------------
+
+
+def crps_from_samples(samples: np.ndarray, truth: np.ndarray, *, axis: int = 1,
+                      estimator: str = "fair") -> np.ndarray:
+    """Continuous ranked probability score of a forecast given by samples, per element.
+
+    ``CRPS = E|X - y| - 0.5 E|X - X'|`` with ``X, X'`` independent draws of the forecast. From
+    ``S`` samples ``x_1..x_S`` the first term is the mean of ``|x_i - y|``; the second has two
+    estimators:
+
+    - ``"fair"`` (default): the mean of ``|x_i - x_j|`` over the ``S (S - 1)`` pairs ``i != j``,
+      unbiased, so scores of forecasts with different ``S`` compare (Ferro 2014;
+      ``scoringrules.crps_ensemble(..., estimator="fair")``). Needs ``S >= 2``.
+    - ``"energy"``: the mean over all ``S^2`` pairs, ``i == j`` included, i.e. the CRPS of the
+      empirical distribution (``properscoring.crps_ensemble``); it exceeds the fair value by
+      ``E|X - X'| / (2 S)``.
+
+    The pairwise sum comes from the sorted samples in ``O(S log S)`` time and ``O(S)`` memory per
+    element: ``sum_ij |x_i - x_j| = 2 sum_i (2i - S + 1) x_(i)`` (0-based ranks). Lower is
+    better.
+
+    Args:
+      samples: draws with the sample axis at ``axis``, e.g. paths ``(b, S, H, d)``.
+      truth: the same shape without the sample axis, e.g. ``(b, H, d)``.
+      axis: the sample axis of ``samples``.
+      estimator: ``"fair"`` or ``"energy"``.
+
+    Returns:
+      CRPS with the shape of ``truth``, float64.
+
+    Example::
+
+        crps = crps_from_samples(paths, truth)      # (b, S, H, d), (b, H, d) -> (b, H, d)
+        per_horizon = crps.mean(axis=(0, 2))        # (H,)
+    """
+    if estimator not in ("fair", "energy"):
+        raise ValueError(f"estimator={estimator!r} is invalid; allowed: 'fair', 'energy'")
+    samples = np.moveaxis(np.asarray(samples, np.float64), axis, 0)
+    truth = np.asarray(truth, np.float64)
+    if samples.shape[1:] != truth.shape:
+        raise ValueError(
+            f"samples without the sample axis have shape {samples.shape[1:]}, but truth has shape "
+            f"{truth.shape}; they must match"
+        )
+    count = samples.shape[0]
+    if estimator == "fair" and count < 2:
+        raise ValueError(
+            f"samples has {count} sample(s) on axis {axis}; estimator='fair' needs at least 2 "
+            "(it averages over pairs of distinct samples): draw more, or pass "
+            "estimator='energy' (one sample: the absolute error)"
+        )
+    absolute_error = np.abs(samples - truth[None]).mean(0)
+    ordered = np.sort(samples, axis=0)
+    rank_weight = (2.0 * np.arange(count) - count + 1.0).reshape((count,) + (1,) * truth.ndim)
+    pair_sum = 2.0 * (rank_weight * ordered).sum(0)
+    pairs = count * (count - 1) if estimator == "fair" else count * count
+    return absolute_error - 0.5 * pair_sum / pairs
+
+
+def sample_quantiles(samples: np.ndarray, quantiles: Sequence[float], *, axis: int = 1) -> np.ndarray:
+    """Empirical quantiles over the sample axis: ``(b, S, H, d)`` -> ``(Q, b, H, d)``."""
+    quantiles = np.asarray(quantiles, np.float64)
+    if quantiles.ndim != 1 or np.any((quantiles < 0) | (quantiles > 1)):
+        raise ValueError(f"quantiles must be a list of numbers in [0, 1], got {quantiles.tolist()}")
+    return np.quantile(np.asarray(samples), quantiles, axis=axis)
+
+
+def horizon_mean(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Average ``(b, H, d)`` errors over rows and features -> ``(H,)``, counting only steps where
+    ``mask (b, H)`` is 1."""
+    values = np.asarray(values, np.float64).mean(-1)  # (b, H)
+    if mask is None:
+        return values.mean(0)
+    mask = np.asarray(mask, np.float64)
+    return (values * mask).sum(0) / np.maximum(mask.sum(0), 1.0)

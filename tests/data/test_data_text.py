@@ -140,27 +140,22 @@ def test_text_file_with_checkpoint_tokenizer(tmp_path):
         load_dataset(str(other), metadata=dataset.metadata())
 
 
-def test_numeric_sources_are_routed_to_the_numeric_loader(monkeypatch):
-    from seqmodel import data
+def test_numeric_sources_are_routed_to_the_series_path(monkeypatch):
+    from seqmodel.data import readers, series, tables
 
-    calls = []
-
-    class FakeNumeric:
-        @staticmethod
-        def load_numeric_dataset(source, **kwargs):
-            calls.append((source, kwargs))
-            return "numeric"
-
-    monkeypatch.setitem(__import__("sys").modules, "seqmodel.data.numeric", FakeNumeric)
-    monkeypatch.setattr(data, "numeric", FakeNumeric, raising=False)
-    assert load_dataset("series.csv", val_fraction=0.2) == "numeric"
-    assert load_dataset("sine") == "numeric"
-    assert calls[0][0] == "series.csv" and calls[0][1]["val_fraction"] == 0.2
-    # Every suffix the numeric loader reads is routed to it; a .tsv is not a text corpus.
+    reads, builds = [], []
+    table = tables.from_arrays(np.arange(20.0))
+    monkeypatch.setattr(readers, "read_table", lambda source, **kw: reads.append((source, kw))
+                        or table)
+    monkeypatch.setattr(series, "build_dataset", lambda table, **kw: builds.append(kw) or "series")
+    assert load_dataset("series.csv", val_fraction=0.2) == "series"
+    assert reads[0][0] == "series.csv" and builds[0]["val_fraction"] == 0.2
+    assert load_dataset("sine") == "series" and len(reads) == 1  # built in: no file read
+    # Every suffix the numeric reader takes is routed to it; a .tsv is not a text corpus.
     for name in ("series.tsv", "SERIES.TAB", "walks.npy"):
-        assert load_dataset(name, time_column="date") == "numeric"
-        assert calls[-1] == (name, {"val_fraction": 0.1, "metadata": None,
-                                    "time_column": "date"})
+        assert load_dataset(name, time_column="date", lags=(1, 7)) == "series"
+        assert reads[-1][0] == name and reads[-1][1]["time_column"] == "date"
+        assert builds[-1]["lags"] == (1, 7)
 
 
 def test_python_stdlib_is_python():

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from seqmodel.data import features
-from seqmodel.data.features import FeatureSpec, Frequency
+from seqmodel.data import calendar
+from seqmodel.data.calendar import Frequency
+from seqmodel.data.features import FeatureSpec
 
 
 def stamps(*texts):
@@ -25,18 +27,18 @@ def stamps(*texts):
     (np.array([3.0, 5.0, 7.0]), Frequency("step")),
 ])
 def test_infer_frequency(times, expected):
-    assert features.infer_frequency([times]) == expected
+    assert calendar.infer_frequency([times]) == expected
 
 
 def test_irregular_or_unsorted_times_name_the_line():
     times = stamps("2024-01-01", "2024-01-02", "2024-01-04", "2024-01-05")
     with pytest.raises(ValueError, match=r"line 14: .*2024-01-02.* -> .*2024-01-04"):
-        features.infer_frequency([times], lines=[np.array([11, 12, 14, 15])],
+        calendar.infer_frequency([times], lines=[np.array([11, 12, 14, 15])],
                                  column="date")
     with pytest.raises(ValueError, match="line 3: .* does not come after"):
-        features.infer_frequency([stamps("2024-01-02", "2024-01-01")], lines=[np.array([2, 3])])
+        calendar.infer_frequency([stamps("2024-01-02", "2024-01-01")], lines=[np.array([2, 3])])
     with pytest.raises(ValueError, match="every sequence needs the same step"):
-        features.infer_frequency([stamps("2024-01-01", "2024-01-02"),
+        calendar.infer_frequency([stamps("2024-01-01", "2024-01-02"),
                                   stamps("2024-01-01", "2024-02-01")])
 
 
@@ -52,29 +54,29 @@ def test_season_and_default_lags():
 
 def test_advance_keeps_the_calendar():
     np.testing.assert_array_equal(
-        features.advance(np.datetime64("2024-01-31"), Frequency("month"), 3),
+        calendar.advance(np.datetime64("2024-01-31"), Frequency("month"), 3),
         stamps("2024-02-29", "2024-03-31", "2024-04-30"))
     np.testing.assert_array_equal(
-        features.advance(np.datetime64("2024-01-15"), Frequency("quarter"), 2),
+        calendar.advance(np.datetime64("2024-01-15"), Frequency("quarter"), 2),
         stamps("2024-04-15", "2024-07-15"))
     np.testing.assert_array_equal(
-        features.advance(np.datetime64("2024-01-01T23:30"), Frequency("minute", 30), 2),
+        calendar.advance(np.datetime64("2024-01-01T23:30"), Frequency("minute", 30), 2),
         stamps("2024-01-02T00:00", "2024-01-02T00:30"))
 
 
 def test_time_features_are_sin_cos_of_the_cycle_position():
     monday_noon = stamps("2024-01-01T12:00")  # 2024-01-01 was a Monday
-    values = features.time_features(monday_noon, ("time_of_day", "day_of_week", "month_of_year"))
+    values = calendar.time_features(monday_noon, ("time_of_day", "day_of_week", "month_of_year"))
     day_of_week = 0.5 / 7
     np.testing.assert_allclose(values[0], [0.0, -1.0, np.sin(2 * np.pi * day_of_week),
                                            np.cos(2 * np.pi * day_of_week), 0.0, 1.0],
                                atol=1e-12)
-    march = features.time_features(stamps("2023-03-01"), ("month_of_year",))
+    march = calendar.time_features(stamps("2023-03-01"), ("month_of_year",))
     np.testing.assert_allclose(march[0], [np.sin(np.pi / 3), np.cos(np.pi / 3)])
-    assert features.frequency_cycles(Frequency("minute", 30)) == (
+    assert calendar.frequency_cycles(Frequency("minute", 30)) == (
         "time_of_day", "day_of_week", "day_of_year")
-    assert features.frequency_cycles(Frequency("month")) == ("month_of_year",)
-    assert features.frequency_cycles(Frequency("year")) == ()
+    assert calendar.frequency_cycles(Frequency("month")) == ("month_of_year",)
+    assert calendar.frequency_cycles(Frequency("year")) == ()
 
 
 def test_parse_lags_adds_the_element_and_refuses_nonsense():
@@ -147,3 +149,15 @@ def test_assemble_is_the_same_for_numpy_and_jax():
                                          (element, lagged, known, scale)))
     assert isinstance(host, np.ndarray)
     np.testing.assert_allclose(np.asarray(device), host, rtol=1e-6, atol=1e-6)
+
+
+def test_detect_season_finds_the_period_of_the_autocorrelation():
+    rng = np.random.default_rng(0)
+    steps = np.arange(300)
+    monthly = np.sin(2 * np.pi * steps / 12) + 0.3 * rng.standard_normal(300)
+    weekly_with_trend = 0.02 * steps + np.sin(2 * np.pi * steps / 52) + 0.1 * rng.standard_normal(300)
+    assert calendar.detect_season([monthly]) == 12
+    assert calendar.detect_season([weekly_with_trend]) in (51, 52, 53)
+    assert calendar.detect_season([rng.standard_normal(300)]) == 1  # noise: no season
+    assert calendar.detect_season([np.cumsum(rng.standard_normal(300))]) == 1  # a random walk
+    assert calendar.detect_season([np.ones(5)]) == 1  # too short to tell

@@ -7,11 +7,17 @@ import pytest
 from flax import nnx
 
 import seqmodel as sm
-from seqmodel.data.numeric import Normalizer
+from seqmodel.data.normalization import Normalizer
 from seqmodel.data.series import Series
-from seqmodel.forecasting import backtest, baselines
+from seqmodel.forecasting import backtest, baselines, plots
 from seqmodel.forecasting import scores as forecast_metrics
-from seqmodel.forecasting.forecaster import plain_spec
+from seqmodel.data.series import plain_preparation
+
+
+def plain_spec(size: int):
+    """The layout of a model that reads its bare elements."""
+    return plain_preparation(tuple(f"feature {i}" for i in range(size)),
+                             Normalizer.identity(size), head="gaussian").spec
 
 
 def toy_series(length=40, seed=0):
@@ -103,7 +109,7 @@ def test_the_models_forecasts_json_and_plot(tmp_path):
                               season=4, key=jax.random.key(0), num_samples=30,
                               methods=("seqmodel",))
     np.testing.assert_array_equal(again.forecasts["seqmodel"].point, model_forecasts.point)
-    path = backtest.plot_backtest(result, tmp_path / "backtest.png")
+    path = plots.plot_backtest(result, tmp_path / "backtest.png")
     assert open(path, "rb").read(4) == b"\x89PNG"
     with pytest.raises(ValueError, match="unknown"):
         backtest.backtest(model, plain_spec(1), normalizer, series, windows=1, horizon=2,

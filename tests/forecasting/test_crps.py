@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from seqmodel.forecasting.paths import crps_from_samples
+from seqmodel.forecasting.scores import crps_from_samples
 
 
 def reference():

@@ -8,8 +8,9 @@ import pytest
 from flax import nnx
 
 import seqmodel as sm
-from seqmodel.data.numeric import Normalizer
+from seqmodel.data.normalization import Normalizer
 from seqmodel.forecasting import paths as forecast
+from seqmodel.forecasting import plots, reports, scores
 
 
 def brute_force_crps(samples, truth):
@@ -24,7 +25,7 @@ def test_crps_matches_pairwise_definition():
     samples = rng.normal(size=(3, 17, 4, 2))  # (b, S, H, d)
     truth = rng.normal(size=(3, 4, 2))
     # The pairwise mean over all S^2 pairs is the energy form (the fair form: tests/test_scores.py).
-    fast = forecast.crps_from_samples(samples, truth, estimator="energy")
+    fast = scores.crps_from_samples(samples, truth, estimator="energy")
     assert fast.shape == (3, 4, 2)
     for index in np.ndindex(3, 4, 2):
         b, h, d = index
@@ -33,7 +34,7 @@ def test_crps_matches_pairwise_definition():
 
 
 def test_crps_of_one_sample_is_absolute_error_and_gaussian_closed_form():
-    np.testing.assert_allclose(forecast.crps_from_samples(np.array([[1.0]]), np.array([0.3]),
+    np.testing.assert_allclose(scores.crps_from_samples(np.array([[1.0]]), np.array([0.3]),
                                                           estimator="energy"), [0.7])
     # CRPS(N(mu, sigma), y) = sigma (z (2 Phi(z) - 1) + 2 phi(z) - 1 / sqrt(pi)), z = (y - mu)/sigma
     sigma, y = 2.0, 1.0
@@ -42,10 +43,10 @@ def test_crps_of_one_sample_is_absolute_error_and_gaussian_closed_form():
     cdf = 0.5 * (1 + math.erf(z / math.sqrt(2)))
     exact = sigma * (z * (2 * cdf - 1) + 2 * phi - 1 / math.sqrt(math.pi))
     samples = np.random.default_rng(1).normal(0.0, sigma, size=(1, 20000))
-    estimate = forecast.crps_from_samples(samples, np.array([y]))
+    estimate = scores.crps_from_samples(samples, np.array([y]))
     assert abs(estimate[0] - exact) < 0.02
     with pytest.raises(ValueError, match="must match"):
-        forecast.crps_from_samples(samples, np.array([1.0, 2.0]))
+        scores.crps_from_samples(samples, np.array([1.0, 2.0]))
 
 
 def test_crps_prefers_the_right_forecast():
@@ -54,18 +55,18 @@ def test_crps_prefers_the_right_forecast():
     sharp_right = truth[:, None] + 0.1 * rng.normal(size=(50, 64, 1, 1))
     wide = truth[:, None] + 3.0 * rng.normal(size=(50, 64, 1, 1))
     biased = truth[:, None] + 1.0 + 0.1 * rng.normal(size=(50, 64, 1, 1))
-    scores = [forecast.crps_from_samples(p, truth).mean() for p in (sharp_right, wide, biased)]
-    assert scores[0] < scores[1] and scores[0] < scores[2]
+    crps = [scores.crps_from_samples(p, truth).mean() for p in (sharp_right, wide, biased)]
+    assert crps[0] < crps[1] and crps[0] < crps[2]
 
 
 def test_quantiles_and_horizon_mean():
     paths = np.broadcast_to(np.arange(101.0)[None, :, None, None], (2, 101, 3, 1))
-    q = forecast.sample_quantiles(paths, (0.1, 0.5, 0.9))
+    q = scores.sample_quantiles(paths, (0.1, 0.5, 0.9))
     assert q.shape == (3, 2, 3, 1)
     np.testing.assert_allclose(q[:, 0, 0, 0], [10, 50, 90])
     errors = np.array([[[1.0], [2.0]], [[3.0], [100.0]]])  # (b=2, H=2, d=1)
-    np.testing.assert_allclose(forecast.horizon_mean(errors), [2.0, 51.0])
-    np.testing.assert_allclose(forecast.horizon_mean(errors, np.array([[1, 1], [1, 0]])), [2, 2])
+    np.testing.assert_allclose(scores.horizon_mean(errors), [2.0, 51.0])
+    np.testing.assert_allclose(scores.horizon_mean(errors, np.array([[1, 1], [1, 0]])), [2, 2])
 
 
 def test_parse_quantiles_of_the_command_line():
@@ -77,15 +78,38 @@ def test_parse_quantiles_of_the_command_line():
             parse_quantiles(bad)
 
 
-def test_choose_starts():
-    mask = np.ones((2, 30))
-    mask[1, 9] = 0
-    starts = forecast.choose_starts([30, 20], mask, horizon=5, min_context=10, num_starts=100)
-    assert (0, 10) in starts and (0, 25) in starts and (0, 26) not in starts
-    assert (1, 10) not in starts  # its last context step is missing
-    assert len(forecast.choose_starts([30, 20], mask, horizon=5, min_context=10, num_starts=4)) == 4
-    with pytest.raises(ValueError, match="no start point fits"):
-        forecast.choose_starts([30], mask[:1], horizon=25, min_context=10, num_starts=4)
+def test_horizon_report_starts_and_naive_errors_by_hand():
+    import dataclasses
+
+    from seqmodel.data import DataError
+    from seqmodel.data.preparation import Series
+    from seqmodel.data.series import plain_preparation
+
+    rng = np.random.default_rng(0)
+    first, second = rng.normal(size=30), rng.normal(size=20)
+    second[9] = np.nan  # a missing last context value rules out the start right after it
+    preparation = plain_preparation(("y",), Normalizer.identity(1), head="gaussian")
+    preparation = dataclasses.replace(preparation, season=4, spec=dataclasses.replace(
+        preparation.spec, context_length=8))
+    series = [Series(name, values[:, None], np.zeros((len(values), 0), np.float32))
+              for name, values in (("a", first), ("b", second))]
+    model = sm.SequenceModel(sm.ModelConfig(input_size=1, head="gaussian", hidden_size=8),
+                             rngs=nnx.Rngs(0))
+    report = reports.horizon_report(model, preparation, series, [10, 12], key=jax.random.key(0),
+                                    horizon=5, num_samples=4, num_starts=100, min_context=11)
+    starts = [(0, o) for o in range(11, 26)] + [(1, o) for o in range(12, 16)]
+    assert report["num_starts"] == len(starts) == 19 and report["season"] == 4
+    whole = [first, second]
+    for h in range(5):
+        persistence = np.mean([abs(whole[r][o + h] - whole[r][o - 1]) for r, o in starts])
+        seasonal = np.nanmean([abs(whole[r][o + h] - whole[r][o - 4 + h % 4]) for r, o in starts])
+        assert report["persistence_mae"][h] == pytest.approx(persistence, abs=1e-5)
+        assert report["seasonal_naive_mae"][h] == pytest.approx(seasonal, abs=1e-5)
+    assert len(report["mae"]) == len(report["teacher_forced_crps"]) == 5
+    assert report["min_context"] == 8  # the context the model reads: its context_length
+    with pytest.raises(DataError, match="no start point fits"):
+        reports.horizon_report(model, preparation, series, [10, 12], key=jax.random.key(0),
+                               horizon=25, num_samples=4)
 
 
 @pytest.fixture(scope="module")
@@ -134,21 +158,21 @@ def test_forecast_original_units_and_report(tiny_model, tmp_path):
                           horizon=4, num_samples=2)
 
     sequences = [normalizer.denormalize(rng.normal(size=(n, 2))) for n in (20, 14)]
-    report = forecast.exposure_bias_report(tiny_model, sequences, normalizer,
+    report = reports.exposure_bias_report(tiny_model, sequences, normalizer,
                                            key=jax.random.key(0), horizon=3, num_samples=8,
                                            num_starts=6, min_context=5, max_context=8)
     for name in ("mae", "crps", "persistence_mae", "teacher_forced_mae", "teacher_forced_crps"):
         assert len(report[name]) == 3 and all(np.isfinite(report[name]))
     assert report["num_starts"] == 6 and np.isfinite(report["nll"])
     with pytest.raises(ValueError, match="max_context must be >= 1"):
-        forecast.exposure_bias_report(tiny_model, sequences, normalizer, key=jax.random.key(0),
+        reports.exposure_bias_report(tiny_model, sequences, normalizer, key=jax.random.key(0),
                                       horizon=3, max_context=0)
     assert math.isclose(report["nll_original_units"],
                         report["nll"] + math.log(10.0) + math.log(0.5), rel_tol=1e-6)
     # Free running at horizon 1 draws from the very distribution teacher forcing scores.
     assert abs(report["mae"][0] - report["teacher_forced_mae"][0]) < 0.5 * report["mae"][0]
-    fan = forecast.plot_fan(history, paths, tmp_path / "fan.png", truth=history[:4])
-    chart = forecast.plot_report(report, tmp_path / "report.png")
+    fan = plots.plot_fan(history, paths, tmp_path / "fan.png", truth=history[:4])
+    chart = plots.plot_report(report, tmp_path / "report.png")
     for name in (fan, chart):
         with open(name, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -162,7 +186,7 @@ def test_report_runs_in_eval_mode_and_leaves_the_callers_mode():
     normalizer = Normalizer(mean=(0.0, 0.0), scale=(1.0, 1.0))
     sequences = [np.random.default_rng(2).normal(size=(16, 2))]
     options = dict(key=jax.random.key(0), horizon=2, num_samples=4, num_starts=3, min_context=4)
-    first = forecast.exposure_bias_report(model, sequences, normalizer, **options)
-    second = forecast.exposure_bias_report(model, sequences, normalizer, **options)
+    first = reports.exposure_bias_report(model, sequences, normalizer, **options)
+    second = reports.exposure_bias_report(model, sequences, normalizer, **options)
     assert first["nll"] == second["nll"]  # no dropout noise in the teacher-forced pass
     assert not model.dropout.deterministic  # the caller's model is still in training mode

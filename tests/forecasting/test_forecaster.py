@@ -13,8 +13,9 @@ from flax import nnx
 
 import seqmodel as sm
 from seqmodel.data import DataError
-from seqmodel.data.series import load_forecast_dataset, window_arrays
-from seqmodel.forecasting import forecaster
+from seqmodel.data import load_dataset
+from seqmodel.data.series import window_arrays
+from seqmodel.forecasting import free_running
 
 
 def write_csv(path, *, days=60, stores=(("a", 10.0), ("b", 1000.0)), covariate=True, seed=0):
@@ -33,7 +34,7 @@ def write_csv(path, *, days=60, stores=(("a", 10.0), ("b", 1000.0)), covariate=T
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     path = write_csv(tmp_path_factory.mktemp("data") / "sales.csv")
-    return load_forecast_dataset(str(path), time_column="date", id_column="store",
+    return load_dataset(str(path), time_column="date", id_column="store",
                                  covariates=("price",), static_columns=("store",), lags=(1, 2, 7),
                                  context_length=10, val_fraction=0.2)
 
@@ -67,17 +68,17 @@ def test_teacher_forced_inputs_equal_the_inputs_built_while_free_running(dataset
     teacher-forced model's."""
     model = untrained(dataset)
     series, origin, horizon = dataset.series[1], 45, 8
-    contexts = forecaster.prepare_contexts(dataset.spec, [series.values[:origin]],
+    contexts = free_running.prepare_contexts(dataset.spec, [series.values[:origin]],
                                            [series.known[: origin + horizon]], horizon)
     length = int(contexts.lengths[0])
     assert length == dataset.spec.context_length
     truth = series.values[origin : origin + horizon][None]
-    _, fed = forecaster.sample_contexts(model, dataset.spec, contexts, key=jax.random.key(0),
+    _, fed = free_running.sample_contexts(model, dataset.spec, contexts, key=jax.random.key(0),
                                         horizon=horizon, num_samples=2, truth=truth)
     inputs, _, _ = window_arrays(dataset.spec, series, origin - length, length + horizon - 1)
     np.testing.assert_allclose(contexts.prompt[0, :length], inputs[:length], atol=1e-6)
     np.testing.assert_allclose(fed[0, 1], inputs[length - 1 :], atol=1e-6)
-    outputs = forecaster.teacher_forced_steps(model, dataset.spec, contexts, truth)
+    outputs = free_running.teacher_forced_steps(model, dataset.spec, contexts, truth)
     teacher, _ = model(inputs[None])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], np.asarray(b)[0, length - 1 :],
                                                          rtol=1e-4, atol=1e-5),
@@ -87,9 +88,9 @@ def test_teacher_forced_inputs_equal_the_inputs_built_while_free_running(dataset
 def test_lags_come_from_the_models_own_samples(dataset):
     model = untrained(dataset, head="gaussian")
     series, origin, horizon = dataset.series[0], 40, 9
-    contexts = forecaster.prepare_contexts(dataset.spec, [series.values[:origin]],
+    contexts = free_running.prepare_contexts(dataset.spec, [series.values[:origin]],
                                            [series.known[: origin + horizon]], horizon)
-    samples, fed = forecaster.sample_contexts(model, dataset.spec, contexts,
+    samples, fed = free_running.sample_contexts(model, dataset.spec, contexts,
                                               key=jax.random.key(1), horizon=horizon,
                                               num_samples=3)
     scale = contexts.scale[0, 0]
@@ -121,7 +122,7 @@ def test_the_scale_is_undone_in_every_output(dataset):
     np.testing.assert_allclose(inputs[1:, 0] * np.exp(inputs[1:, 1]),
                                dataset.series[1].values[11:22, 0], rtol=1e-5)
     # Forecasts come back in original units (store b is ~100x store a).
-    paths = forecaster.forecast_series(
+    paths = free_running.forecast_series(
         model, dataset.spec, dataset.normalizer, [s.values[:40] for s in dataset.series],
         [s.known[:45] for s in dataset.series], key=jax.random.key(0), horizon=5,
         num_samples=50)
@@ -133,17 +134,17 @@ def test_negative_binomial_forecasts_are_counts(tmp_path):
     rng = np.random.default_rng(0)
     rows = ["t,count"] + [f"{t},{rng.poisson(5 + 4 * np.sin(t / 3))}" for t in range(80)]
     (tmp_path / "counts.csv").write_text("\n".join(rows) + "\n")
-    data = load_forecast_dataset(str(tmp_path / "counts.csv"), time_column="t", head="negbin",
+    data = load_dataset(str(tmp_path / "counts.csv"), time_column="t", head="negbin",
                                  lags=(1, 2), context_length=8)
     assert data.normalizer.scale == (1.0,) and data.spec.scaling == "mean"
     model = untrained(data, head="negbin")
-    paths = forecaster.forecast_series(model, data.spec, data.normalizer,
+    paths = free_running.forecast_series(model, data.spec, data.normalizer,
                                        [data.series[0].values], None, key=jax.random.key(0),
                                        horizon=6, num_samples=20)
     assert np.all(paths >= 0) and np.all(paths == np.round(paths))
     (tmp_path / "real.csv").write_text("t,count\n0,1.5\n1,2\n2,3\n3,4\n")
     with pytest.raises(DataError, match="negbin needs counts"):
-        load_forecast_dataset(str(tmp_path / "real.csv"), head="negbin")
+        load_dataset(str(tmp_path / "real.csv"), head="negbin")
 
 
 def test_a_mean_scaled_model_extrapolates_a_trending_series(tmp_path):
@@ -157,14 +158,14 @@ def test_a_mean_scaled_model_extrapolates_a_trending_series(tmp_path):
     series = 10 * 1.02 ** steps * (1 + 0.02 * rng.normal(size=160))
     (tmp_path / "trend.csv").write_text(
         "y\n" + "\n".join(f"{v:.5f}" for v in series) + "\n")
-    data = load_forecast_dataset(str(tmp_path / "trend.csv"), lags=(1, 2), context_length=8,
+    data = load_dataset(str(tmp_path / "trend.csv"), lags=(1, 2), context_length=8,
                                  head="gaussian", val_fraction=0.0)
     train = data.train_series[0].head_part(140)
     data.train_series = [train]
     model = untrained(data, head="gaussian", hidden_size=16)
     fit(model, data, TrainConfig(batch_size=16, seq_len=16, steps=300, learning_rate=1e-2,
                                  warmup_steps=20, eval_every=None), progress=False)
-    paths = forecaster.forecast_series(model, data.spec, data.normalizer,
+    paths = free_running.forecast_series(model, data.spec, data.normalizer,
                                        [data.series[0].values[:140]], None,
                                        key=jax.random.key(0), horizon=10, num_samples=100)
     truth = series[140:150]
@@ -178,9 +179,9 @@ def test_short_histories_and_futures_are_refused(dataset):
     spec = dataset.spec
     series = dataset.series[0]
     with pytest.raises(ValueError, match="lags up to 7; give at least 7 steps"):
-        forecaster.prepare_contexts(spec, [series.values[:5]], [series.known[:10]], 5)
+        free_running.prepare_contexts(spec, [series.values[:5]], [series.known[:10]], 5)
     with pytest.raises(ValueError, match="cover 3 step.*horizon is 5.*future values"):
-        forecaster.prepare_contexts(spec, [series.values[:30]], [series.known[:33]], 5)
+        free_running.prepare_contexts(spec, [series.values[:30]], [series.known[:33]], 5)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -200,7 +201,7 @@ def test_bad_data_gets_one_clear_error(tmp_path, change, message):
                    static_columns=("store",))
     options.update(change)
     with pytest.raises(DataError, match=message):
-        load_forecast_dataset(str(path), **options)
+        load_dataset(str(path), **options)
 
 
 def test_missing_covariates_and_irregular_times_name_the_line(tmp_path):
@@ -209,16 +210,16 @@ def test_missing_covariates_and_irregular_times_name_the_line(tmp_path):
     lines[4] = lines[4].rsplit(",", 1)[0] + ","  # line 5: no price
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match="line 5, column 'price' is missing"):
-        load_forecast_dataset(str(path), time_column="date", id_column="store",
+        load_dataset(str(path), time_column="date", id_column="store",
                               covariates=("price",))
-    masked = load_forecast_dataset(str(path), time_column="date", id_column="store",
+    masked = load_dataset(str(path), time_column="date", id_column="store",
                                    covariates=("price",), missing="mask")
     assert np.isfinite(masked.series[0].known).all()
     lines = write_csv(tmp_path / "gap.csv").read_text().splitlines()
     del lines[6]
     (tmp_path / "gap.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match="line 7: .* step of 2 days, but the first step is 1 day"):
-        load_forecast_dataset(str(tmp_path / "gap.csv"), time_column="date", id_column="store")
+        load_dataset(str(tmp_path / "gap.csv"), time_column="date", id_column="store")
 
 
 def test_a_stopped_forecaster_run_resumes_bit_for_bit(dataset, tmp_path):

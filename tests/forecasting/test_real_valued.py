@@ -13,7 +13,9 @@ from flax import nnx
 
 import seqmodel as sm
 from seqmodel.data import Batch, synthetic
-from seqmodel.data.numeric import NumericDataset, pad_sequences
+from seqmodel.data.padding import pad_sequences
+from seqmodel.data.series import NumericDataset
+from seqmodel.forecasting import free_running, reports
 from seqmodel.forecasting import paths as forecast
 from seqmodel.training.fitting import fit
 from seqmodel.training.optimization import TrainConfig, make_loss_fn
@@ -35,7 +37,7 @@ def one_step_draws(model, normalizer, sequences, *, num_samples, key):
     distribution, and the mean NLL per step."""
     values, mask = pad_sequences([normalizer.normalize(s) for s in sequences])
     outputs, nll = forecast.teacher_forced_outputs(model, values, mask)
-    draws = forecast._draw(model.head, outputs, jax.random.split(key, num_samples), 1.0)
+    draws = free_running.draw_samples(model.head, outputs, jax.random.split(key, num_samples), 1.0)
     return normalizer.denormalize(np.asarray(draws, np.float64)), float(nll)
 
 
@@ -116,7 +118,7 @@ def test_noisy_sine_forecasts_beat_persistence_at_every_horizon():
     dataset = NumericDataset(synthetic.sine(num_sequences=256, length=160, seed=0), name="sine",
                              val_fraction=0.125)
     model = train(dataset, head="gaussian", steps=300, hidden_size=32, seq_len=100)
-    report = forecast.exposure_bias_report(model, dataset.val_sequences, dataset.normalizer,
+    report = reports.exposure_bias_report(model, dataset.val_sequences, dataset.normalizer,
                                            key=jax.random.key(0), horizon=50, num_samples=30,
                                            num_starts=32, min_context=60)
     mae, persistence = np.array(report["mae"]), np.array(report["persistence_mae"])

@@ -1,0 +1,185 @@
+"""Split-conformal calibration of forecast intervals, per horizon step and per interval level.
+
+A model's sample paths give central intervals ``[q_(1-L)/2, q_(1+L)/2]`` that are often too narrow
+(the model's own errors compound free running, and a model fits the data it trained on). On
+calibration windows whose truth the intervals did not see, conformalised quantile regression
+(Romano et al. 2019) scores each window by how far the truth fell outside its interval,
+
+    E = max(q_lo - y, y - q_hi) / s        (negative inside the interval)
+
+with ``s`` the window's scale (the mean ``|y|`` of its context, so that series of different levels
+pool), and widens (or narrows) every interval of that level and horizon step by the
+``ceil((n + 1) L) / n`` empirical quantile of ``E`` times the scale of the window forecast. With
+exchangeable windows the calibrated interval covers at least ``L``.
+
+Calibration windows: rolling origins, one step apart, whose forecast windows lie in the
+validation part of every series (what training did not fit), extended back into the training
+part when that part is too short for :data:`MIN_WINDOWS` windows.
+
+Example::
+
+    calibration = calibrate(forecaster, dataset, horizon=12)
+    lo, hi = calibration.adjust(quantiles, levels, scale)      # calibrated quantiles
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from seqmodel.data.batching import DataError
+
+# The central intervals calibrated: every symmetric pair of the default quantile levels.
+DEFAULT_LEVELS = (0.2, 0.4, 0.6, 0.8, 0.95)
+# Fewest calibration windows; fewer leaves the conformal quantile of a 95% interval undefined.
+MIN_WINDOWS = 40
+# Most calibration windows (evenly spread over all that fit): their paths cost a forecast each.
+MAX_WINDOWS = 400
+CALIBRATION_SAMPLES = 100
+
+
+def window_scale(history: np.ndarray, context_length: int) -> np.ndarray:
+    """``(d,)``: the mean ``|y|`` of the last ``context_length`` steps (NaN skipped), 1 where
+    that is 0 or undefined: the unit in which conformal scores pool across series."""
+    recent = np.abs(np.asarray(history, np.float64)[-context_length:])
+    with np.errstate(invalid="ignore"):
+        scale = np.nanmean(recent, axis=0)
+    return np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+
+
+def _pairs(levels: Sequence[float], coverage: float) -> tuple[int, int]:
+    low, high = round((1 - coverage) / 2, 6), round((1 + coverage) / 2, 6)
+    rounded = [round(float(level), 6) for level in levels]
+    if low not in rounded or high not in rounded:
+        raise ValueError(f"the {coverage:.0%} interval needs the quantile levels {low} and "
+                         f"{high}; the levels are {list(levels)}")
+    return rounded.index(low), rounded.index(high)
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Conformal margins per interval level and horizon step.
+
+    Attributes:
+      levels: the central interval coverages calibrated, e.g. ``(0.8, 0.95)``.
+      margins: ``(len(levels), H)``: the widening of each interval, in window scales (negative
+        narrows it).
+      coverage_before: per level, the coverage of the raw intervals on the calibration windows.
+      windows: how many calibration windows there were.
+    """
+
+    levels: tuple
+    margins: np.ndarray
+    coverage_before: dict
+    windows: int
+
+    @property
+    def horizon(self) -> int:
+        return self.margins.shape[1]
+
+    def adjust(self, quantiles: np.ndarray, quantile_levels: Sequence[float],
+               scale: np.ndarray) -> np.ndarray:
+        """Calibrated ``quantiles`` ``(Q, ..., H, d)`` at ``quantile_levels``: each calibrated
+        pair moved out by its margin times ``scale`` ``(..., d)``, the median kept, the levels
+        kept in order. Pairs that were not calibrated stay as they are."""
+        quantiles = np.array(quantiles, np.float64, copy=True)
+        horizon = quantiles.shape[-2]
+        if horizon > self.horizon:
+            raise ValueError(f"the calibration covers {self.horizon} steps, the forecast "
+                             f"{horizon}; calibrate with the forecast's horizon")
+        scale = np.asarray(scale, np.float64)[..., None, :]  # (..., 1, d)
+        for index, coverage in enumerate(self.levels):
+            try:
+                low, high = _pairs(quantile_levels, coverage)
+            except ValueError:
+                continue
+            margin = self.margins[index, :horizon, None] * scale  # (..., H, d)
+            quantiles[low] -= margin
+            quantiles[high] += margin
+        return np.sort(quantiles, axis=0)  # a narrowed pair cannot cross its neighbours
+
+    def to_dict(self) -> dict:
+        return {"levels": list(self.levels), "margins": self.margins.round(6).tolist(),
+                "coverage_before": self.coverage_before, "windows": self.windows}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Calibration":
+        return cls(tuple(values["levels"]), np.asarray(values["margins"], np.float64),
+                   dict(values["coverage_before"]), int(values["windows"]))
+
+
+def conformal_margins(paths: np.ndarray, truth: np.ndarray, scale: np.ndarray,
+                      levels: Sequence[float] = DEFAULT_LEVELS) -> Calibration:
+    """The :class:`Calibration` of sample paths ``(n, S, H, d)`` against ``truth`` ``(n, H, d)``
+    (NaN: missing) with window scales ``(n, d)``; pooled over windows and features."""
+    levels = tuple(float(level) for level in levels)
+    n = len(paths)
+    margins = np.zeros((len(levels), paths.shape[2]))
+    coverage_before = {}
+    for index, coverage in enumerate(levels):
+        low, high = np.quantile(paths, [(1 - coverage) / 2, (1 + coverage) / 2], axis=1)
+        scores = np.maximum(low - truth, truth - high) / scale[:, None, :]  # (n, H, d)
+        present = np.isfinite(scores)
+        coverage_before[f"{coverage:g}"] = float((scores[present] <= 0).mean())
+        for step in range(paths.shape[2]):
+            column = scores[:, step][present[:, step]]
+            if not len(column):
+                continue
+            rank = min(math.ceil((len(column) + 1) * coverage) / len(column), 1.0)
+            margins[index, step] = np.quantile(column, rank, method="higher")
+    return Calibration(levels, margins, coverage_before, n)
+
+
+def calibration_origins(lengths: Sequence[int], splits: Sequence[int], *, horizon: int,
+                        first: int, minimum: int = MIN_WINDOWS,
+                        maximum: int = MAX_WINDOWS) -> list[tuple[int, int]]:
+    """``(series, origin)`` pairs: every origin one step apart whose ``horizon`` steps lie at
+    or after the series' split, moved back into the training part (never before ``first``)
+    until there are ``minimum``; at most ``maximum``, evenly spread."""
+    def origins(back: int):
+        return [(row, origin) for row, (length, split) in enumerate(zip(lengths, splits))
+                for origin in range(max(split - back, first), length - horizon + 1)]
+
+    back, chosen = 0, origins(0)
+    longest = max(lengths)
+    while len(chosen) < minimum and back < longest:
+        back = max(1, 2 * back)
+        chosen = origins(back)
+    if not chosen:
+        raise DataError(f"no calibration window fits: the series are shorter than the horizon "
+                        f"{horizon} plus the {first} steps a forecast needs first")
+    if len(chosen) > maximum:
+        picks = np.linspace(0, len(chosen) - 1, maximum).round().astype(int)
+        chosen = [chosen[i] for i in picks]
+    return chosen
+
+
+def calibrate(forecaster, series: Sequence, splits: Sequence[int], *, horizon: int,
+              levels: Sequence[float] = DEFAULT_LEVELS, num_samples: int = CALIBRATION_SAMPLES,
+              key=None) -> Calibration:
+    """Conformal margins of ``forecaster``'s intervals on rolling windows of ``series``
+    (:class:`~seqmodel.data.preparation.Series`, globally normalised) at or after ``splits``.
+
+    Example::
+
+        calibration = calibrate(forecaster, dataset.series, dataset.splits, horizon=12)
+    """
+    preparation = forecaster.preparation
+    spec = preparation.spec
+    first = max(spec.max_lag, 2)
+    chosen = calibration_origins([len(item) for item in series], splits, horizon=horizon,
+                                 first=first)
+    values = [series[row].values[:origin] for row, origin in chosen]
+    known = [series[row].known[: origin + horizon] for row, origin in chosen]
+    paths = forecaster.sample(values, known, horizon=horizon, num_samples=num_samples,
+                              key=jax.random.key(1) if key is None else key)
+    normalizer = preparation.normalizer
+    truth = np.stack([normalizer.denormalize(series[row].values[origin : origin + horizon])
+                      for row, origin in chosen])
+    scale = np.stack([window_scale(normalizer.denormalize(v), spec.context_length)
+                      for v in values])
+    return conformal_margins(paths, truth, scale, levels)
