@@ -88,7 +88,6 @@ def score_windows(task, point, quantiles, levels, *, samples=None, distribution=
     ``(Q, r, H)``, samples ``(r, S, H)`` (rows series-major)."""
     from seqmodel.forecasting import scores
     from seqmodel.forecasting.backtest import normal_crps
-    from seqmodel.forecasting.paths import crps_from_samples
 
     truth = datasets.truth(task)  # (n, N, H)
     n, windows, horizon = truth.shape
@@ -103,7 +102,7 @@ def score_windows(task, point, quantiles, levels, *, samples=None, distribution=
     result["crps_quantile_grid"] = float(grid.mean())
     if distribution == "samples":
         paths = np.asarray(samples, np.float64)  # (r, S, H)
-        crps = crps_from_samples(paths, truth.reshape(n * windows, horizon), axis=1)
+        crps = scores.crps_from_samples(paths, truth.reshape(n * windows, horizon), axis=1)
     elif distribution == "normal":
         levels = list(levels)
         spread = (quantiles[levels.index(0.9)] - quantiles[levels.index(0.1)]) / (2 * 1.2815516)
