@@ -352,16 +352,56 @@ def main(argv=None) -> int:
     return 0
 
 
+def combine_seeds(first: dict, second: dict) -> dict:
+    """One model's results from runs with other seeds (the same budget), as one: the seeds and
+    per-seed scores joined, mean and std over all, each run's timings kept."""
+    seeds = first["seeds"] + second["seeds"]
+    scores = {}
+    for metric, score in first["scores"].items():
+        values = score["per_seed"] + second["scores"][metric]["per_seed"]
+        scores[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                          "per_seed": values}
+    parts = first.get("parts") or [{key: first[key] for key in PART_FIELDS if key in first}]
+    return {**first, "seeds": seeds, "scores": scores, "timings": first["timings"] +
+            second["timings"], "parts": parts + [{key: second[key] for key in PART_FIELDS
+                                                  if key in second}]}
+
+
+# What each worker of a model run in parts measured (combine_seeds keeps them all).
+PART_FIELDS = ("seeds", "worker_seconds", "worker_cpu_seconds", "process_seconds",
+               "load_average")
+
+
 def merge(documents: list[dict]) -> dict:
     """One document of runs made apart with the same budget: their runs in order, their
-    results in the benchmark's dataset order (a dataset in several: the last one's)."""
-    budgets = {json.dumps(document["budget"], sort_keys=True) for document in documents}
+    results in the benchmark's dataset order. A dataset in several runs: the union of its
+    models; a deep model in several runs with other seeds: their seeds combined
+    (:func:`combine_seeds`); the same model and seeds twice: the last run's."""
+    def budget_of(document):
+        return {key: value for key, value in document["budget"].items() if key != "seeds"}
+
+    budgets = {json.dumps(budget_of(document), sort_keys=True) for document in documents}
     if len(budgets) != 1:
         raise ValueError(f"the runs have different budgets: {sorted(budgets)}")
     merged = {**documents[0], "runs": [run for d in documents for run in d["runs"]]}
+    merged["budget"] = {**documents[0]["budget"], "seeds": sorted(
+        {seed for d in documents for seed in d["budget"]["seeds"]})}
     merged["history_limits"] = {key: value for d in documents
                                 for key, value in d["history_limits"].items()}
-    found = {entry["dataset"]: entry for d in documents for entry in d["results"]}
+    found = {}
+    for document in documents:
+        for entry in document["results"]:
+            if entry["dataset"] not in found:
+                found[entry["dataset"]] = {**entry, "methods": dict(entry["methods"])}
+                continue
+            methods = found[entry["dataset"]]["methods"]
+            for model, method in entry["methods"].items():
+                earlier = methods.get(model)
+                if (isinstance(earlier, dict) and earlier.get("seeds") and method.get("seeds")
+                        and not set(earlier["seeds"]) & set(method["seeds"])):
+                    methods[model] = combine_seeds(earlier, method)
+                else:
+                    methods[model] = method
     merged["results"] = [found[name] for name in datasets.DATASETS if name in found]
     return merged
 

@@ -181,14 +181,36 @@ def test_a_deep_peer_end_to_end(model):
 def test_runs_made_apart_merge_into_one():
     budget = {"training_windows": 64, "seeds": [0]}
 
-    def document(names, command):
+    def document(names, command, model="deepar"):
         return {"budget": budget, "runs": [{"command": command}], "history_limits": {},
-                "results": [{"dataset": name, "methods": {}} for name in names]}
+                "results": [{"dataset": name, "methods": {model: command}} for name in names]}
 
     merged = bench_forecast_peers.merge([document(["panel"], "b"),
-                                         document(["taylor", "wineind"], "a")])
-    assert [run["command"] for run in merged["runs"]] == ["b", "a"]
+                                         document(["taylor", "wineind"], "a"),
+                                         document(["panel"], "c", model="lstm")])
+    assert [run["command"] for run in merged["runs"]] == ["b", "a", "c"]
     assert [entry["dataset"] for entry in merged["results"]] == ["wineind", "panel", "taylor"]
+    assert merged["results"][1]["methods"] == {"deepar": "b", "lstm": "c"}
     other = {**document(["co2"], "c"), "budget": {"training_windows": 32, "seeds": [0]}}
     with pytest.raises(ValueError, match="different budgets"):
         bench_forecast_peers.merge([document(["panel"], "b"), other])
+
+
+def test_seeds_run_apart_combine():
+    def document(seeds, mase):
+        method = {"seeds": seeds, "timings": [{"seed": seed} for seed in seeds],
+                  "worker_seconds": 10.0, "scores": {"mase": {
+                      "mean": float(np.mean(mase)), "std": float(np.std(mase)),
+                      "per_seed": mase}}}
+        return {"budget": {"training_windows": 64, "seeds": seeds}, "runs": [{}],
+                "history_limits": {},
+                "results": [{"dataset": "taylor", "methods": {"deepar": method}}]}
+
+    merged = bench_forecast_peers.merge([document([0], [1.0]), document([1, 2], [2.0, 3.0])])
+    method = merged["results"][0]["methods"]["deepar"]
+    assert merged["budget"]["seeds"] == [0, 1, 2]
+    assert method["seeds"] == [0, 1, 2]
+    assert method["scores"]["mase"]["per_seed"] == [1.0, 2.0, 3.0]
+    assert method["scores"]["mase"]["mean"] == pytest.approx(2.0)
+    assert [timing["seed"] for timing in method["timings"]] == [0, 1, 2]
+    assert [part["seeds"] for part in method["parts"]] == [[0], [1, 2]]
