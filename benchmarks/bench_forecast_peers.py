@@ -235,6 +235,8 @@ def markdown(document: dict) -> str:
              f"(steps: {budget['steps']}), seeds {budget['seeds']}, mean (std) over seeds; "
              f"trained once before the first origin (refit=False). Machine: "
              f"{document['machine']['cpu_count']} cores, load average (1 min) {loads}.", ""]
+    lines += [f"- {note}" for note in document.get("notes", [])] + (
+        [""] if document.get("notes") else [])
     columns = ("mase", "wql", "smape", "crps", "coverage_80", "coverage_95")
     for entry in document["results"]:
         lines += [f"### {entry['dataset']}", "",
@@ -287,6 +289,8 @@ def main(argv=None) -> int:
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="write the results of runs "
                         "made apart (same budget, e.g. datasets in parallel) as one to --json "
                         "and --markdown; runs nothing")
+    parser.add_argument("--note", action="append", default=[],
+                        help="with --merge: a note on how the runs were made (repeatable)")
     args = parser.parse_args(argv)
     if args.merge:
         documents = []
@@ -294,7 +298,9 @@ def main(argv=None) -> int:
             with open(path, encoding="utf-8") as handle:
                 documents.append(json.load(handle))
         try:
-            write(args, merge(documents))
+            merged = merge(documents)
+            merged["notes"] = merged.get("notes", []) + args.note
+            write(args, merged)
         except ValueError as error:
             parser.error(f"--merge: {error}")
         return 0
@@ -376,7 +382,8 @@ def merge(documents: list[dict]) -> dict:
     """One document of runs made apart with the same budget: their runs in order, their
     results in the benchmark's dataset order. A dataset in several runs: the union of its
     models; a deep model in several runs with other seeds: their seeds combined
-    (:func:`combine_seeds`); the same model and seeds twice: the last run's."""
+    (:func:`combine_seeds`); the same model and seeds twice: the last run's, unless it failed
+    where an earlier one did not."""
     def budget_of(document):
         return {key: value for key, value in document["budget"].items() if key != "seeds"}
 
@@ -397,6 +404,8 @@ def merge(documents: list[dict]) -> dict:
             methods = found[entry["dataset"]]["methods"]
             for model, method in entry["methods"].items():
                 earlier = methods.get(model)
+                if isinstance(earlier, dict) and "scores" in earlier and "scores" not in method:
+                    continue  # a run whose worker was stopped does not undo one that finished
                 if (isinstance(earlier, dict) and earlier.get("seeds") and method.get("seeds")
                         and not set(earlier["seeds"]) & set(method["seeds"])):
                     methods[model] = combine_seeds(earlier, method)

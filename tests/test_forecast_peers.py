@@ -191,6 +191,12 @@ def test_runs_made_apart_merge_into_one():
     assert [run["command"] for run in merged["runs"]] == ["b", "a", "c"]
     assert [entry["dataset"] for entry in merged["results"]] == ["wineind", "panel", "taylor"]
     assert merged["results"][1]["methods"] == {"deepar": "b", "lstm": "c"}
+    finished = document(["wineind"], "d")
+    finished["results"][0]["methods"] = {"lstm": {"scores": {}}}
+    stopped = document(["wineind"], "e")
+    stopped["results"][0]["methods"] = {"lstm": {"error": "stopped"}}
+    merged = bench_forecast_peers.merge([finished, stopped])
+    assert merged["results"][0]["methods"]["lstm"] == {"scores": {}}
     other = {**document(["co2"], "c"), "budget": {"training_windows": 32, "seeds": [0]}}
     with pytest.raises(ValueError, match="different budgets"):
         bench_forecast_peers.merge([document(["panel"], "b"), other])
