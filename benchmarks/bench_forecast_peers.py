@@ -88,7 +88,6 @@ def score_windows(task, point, quantiles, levels, *, samples=None, distribution=
     ``(Q, r, H)``, samples ``(r, S, H)`` (rows series-major)."""
     from seqmodel.forecasting import scores
     from seqmodel.forecasting.backtest import normal_crps
-    from seqmodel.forecasting.paths import crps_from_samples
 
     truth = datasets.truth(task)  # (n, N, H)
     n, windows, horizon = truth.shape
@@ -103,7 +102,7 @@ def score_windows(task, point, quantiles, levels, *, samples=None, distribution=
     result["crps_quantile_grid"] = float(grid.mean())
     if distribution == "samples":
         paths = np.asarray(samples, np.float64)  # (r, S, H)
-        crps = crps_from_samples(paths, truth.reshape(n * windows, horizon), axis=1)
+        crps = scores.crps_from_samples(paths, truth.reshape(n * windows, horizon), axis=1)
     elif distribution == "normal":
         levels = list(levels)
         spread = (quantiles[levels.index(0.9)] - quantiles[levels.index(0.1)]) / (2 * 1.2815516)
@@ -236,6 +235,8 @@ def markdown(document: dict) -> str:
              f"(steps: {budget['steps']}), seeds {budget['seeds']}, mean (std) over seeds; "
              f"trained once before the first origin (refit=False). Machine: "
              f"{document['machine']['cpu_count']} cores, load average (1 min) {loads}.", ""]
+    lines += [f"- {note}" for note in document.get("notes", [])] + (
+        [""] if document.get("notes") else [])
     columns = ("mase", "wql", "smape", "crps", "coverage_80", "coverage_95")
     for entry in document["results"]:
         lines += [f"### {entry['dataset']}", "",
@@ -285,7 +286,24 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="write the tables here")
     parser.add_argument("--append", action="store_true", help="add to the results already in "
                         "--json (a dataset run again replaces its entry)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="write the results of runs "
+                        "made apart (same budget, e.g. datasets in parallel) as one to --json "
+                        "and --markdown; runs nothing")
+    parser.add_argument("--note", action="append", default=[],
+                        help="with --merge: a note on how the runs were made (repeatable)")
     args = parser.parse_args(argv)
+    if args.merge:
+        documents = []
+        for path in args.merge:
+            with open(path, encoding="utf-8") as handle:
+                documents.append(json.load(handle))
+        try:
+            merged = merge(documents)
+            merged["notes"] = merged.get("notes", []) + args.note
+            write(args, merged)
+        except ValueError as error:
+            parser.error(f"--merge: {error}")
+        return 0
     names = [name.strip() for name in args.datasets.split(",") if name.strip()]
     unknown = [name for name in names if name not in datasets.DATASETS]
     if unknown:
@@ -338,6 +356,63 @@ def main(argv=None) -> int:
               flush=True)
         write(args, document)  # what is done so far survives an interruption
     return 0
+
+
+def combine_seeds(first: dict, second: dict) -> dict:
+    """One model's results from runs with other seeds (the same budget), as one: the seeds and
+    per-seed scores joined, mean and std over all, each run's timings kept."""
+    seeds = first["seeds"] + second["seeds"]
+    scores = {}
+    for metric, score in first["scores"].items():
+        values = score["per_seed"] + second["scores"][metric]["per_seed"]
+        scores[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values)),
+                          "per_seed": values}
+    parts = first.get("parts") or [{key: first[key] for key in PART_FIELDS if key in first}]
+    return {**first, "seeds": seeds, "scores": scores, "timings": first["timings"] +
+            second["timings"], "parts": parts + [{key: second[key] for key in PART_FIELDS
+                                                  if key in second}]}
+
+
+# What each worker of a model run in parts measured (combine_seeds keeps them all).
+PART_FIELDS = ("seeds", "worker_seconds", "worker_cpu_seconds", "process_seconds",
+               "load_average")
+
+
+def merge(documents: list[dict]) -> dict:
+    """One document of runs made apart with the same budget: their runs in order, their
+    results in the benchmark's dataset order. A dataset in several runs: the union of its
+    models; a deep model in several runs with other seeds: their seeds combined
+    (:func:`combine_seeds`); the same model and seeds twice: the last run's, unless it failed
+    where an earlier one did not."""
+    def budget_of(document):
+        return {key: value for key, value in document["budget"].items() if key != "seeds"}
+
+    budgets = {json.dumps(budget_of(document), sort_keys=True) for document in documents}
+    if len(budgets) != 1:
+        raise ValueError(f"the runs have different budgets: {sorted(budgets)}")
+    merged = {**documents[0], "runs": [run for d in documents for run in d["runs"]]}
+    merged["budget"] = {**documents[0]["budget"], "seeds": sorted(
+        {seed for d in documents for seed in d["budget"]["seeds"]})}
+    merged["history_limits"] = {key: value for d in documents
+                                for key, value in d["history_limits"].items()}
+    found = {}
+    for document in documents:
+        for entry in document["results"]:
+            if entry["dataset"] not in found:
+                found[entry["dataset"]] = {**entry, "methods": dict(entry["methods"])}
+                continue
+            methods = found[entry["dataset"]]["methods"]
+            for model, method in entry["methods"].items():
+                earlier = methods.get(model)
+                if isinstance(earlier, dict) and "scores" in earlier and "scores" not in method:
+                    continue  # a run whose worker was stopped does not undo one that finished
+                if (isinstance(earlier, dict) and earlier.get("seeds") and method.get("seeds")
+                        and not set(earlier["seeds"]) & set(method["seeds"])):
+                    methods[model] = combine_seeds(earlier, method)
+                else:
+                    methods[model] = method
+    merged["results"] = [found[name] for name in datasets.DATASETS if name in found]
+    return merged
 
 
 def write(args, document: dict) -> None:

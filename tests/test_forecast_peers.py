@@ -133,13 +133,9 @@ def test_peer_rows_read_the_results(tmp_path):
 
 
 def test_the_windows_are_the_benchmarks():
-    """bench_forecast_real's seqmodel arm and the peers score the same windows."""
+    """bench_forecast_real's seqmodel arm and the peers load the same series and windows."""
     real = pytest.importorskip("benchmarks.bench_forecast_real")
-    for name, (loader, setting) in real.DATASETS.items():
-        spec = forecast_datasets.DATASETS[name]
-        assert loader is spec.loader
-        assert (setting.horizon, setting.windows, setting.season) == (
-            spec.horizon, spec.windows, spec.season)
+    assert real.SUITES["benchmark"] is forecast_datasets.DATASETS
 
 
 @pytest.mark.slow
@@ -180,3 +176,47 @@ def test_a_deep_peer_end_to_end(model):
     assert np.all(np.diff(response.quantiles, axis=1) >= 0)
     assert [timing["steps"] for timing in response.info["timings"]] == [3, 3]
     assert response.info["torch_threads"] == 1
+
+
+def test_runs_made_apart_merge_into_one():
+    budget = {"training_windows": 64, "seeds": [0]}
+
+    def document(names, command, model="deepar"):
+        return {"budget": budget, "runs": [{"command": command}], "history_limits": {},
+                "results": [{"dataset": name, "methods": {model: command}} for name in names]}
+
+    merged = bench_forecast_peers.merge([document(["panel"], "b"),
+                                         document(["taylor", "wineind"], "a"),
+                                         document(["panel"], "c", model="lstm")])
+    assert [run["command"] for run in merged["runs"]] == ["b", "a", "c"]
+    assert [entry["dataset"] for entry in merged["results"]] == ["wineind", "panel", "taylor"]
+    assert merged["results"][1]["methods"] == {"deepar": "b", "lstm": "c"}
+    finished = document(["wineind"], "d")
+    finished["results"][0]["methods"] = {"lstm": {"scores": {}}}
+    stopped = document(["wineind"], "e")
+    stopped["results"][0]["methods"] = {"lstm": {"error": "stopped"}}
+    merged = bench_forecast_peers.merge([finished, stopped])
+    assert merged["results"][0]["methods"]["lstm"] == {"scores": {}}
+    other = {**document(["co2"], "c"), "budget": {"training_windows": 32, "seeds": [0]}}
+    with pytest.raises(ValueError, match="different budgets"):
+        bench_forecast_peers.merge([document(["panel"], "b"), other])
+
+
+def test_seeds_run_apart_combine():
+    def document(seeds, mase):
+        method = {"seeds": seeds, "timings": [{"seed": seed} for seed in seeds],
+                  "worker_seconds": 10.0, "scores": {"mase": {
+                      "mean": float(np.mean(mase)), "std": float(np.std(mase)),
+                      "per_seed": mase}}}
+        return {"budget": {"training_windows": 64, "seeds": seeds}, "runs": [{}],
+                "history_limits": {},
+                "results": [{"dataset": "taylor", "methods": {"deepar": method}}]}
+
+    merged = bench_forecast_peers.merge([document([0], [1.0]), document([1, 2], [2.0, 3.0])])
+    method = merged["results"][0]["methods"]["deepar"]
+    assert merged["budget"]["seeds"] == [0, 1, 2]
+    assert method["seeds"] == [0, 1, 2]
+    assert method["scores"]["mase"]["per_seed"] == [1.0, 2.0, 3.0]
+    assert method["scores"]["mase"]["mean"] == pytest.approx(2.0)
+    assert [timing["seed"] for timing in method["timings"]] == [0, 1, 2]
+    assert [part["seeds"] for part in method["parts"]] == [[0], [1, 2]]
