@@ -327,10 +327,14 @@ def main(argv=None) -> int:
                         help="leave AutoETS and AutoARIMA out")
     parser.add_argument("--json", help="write every result here")
     parser.add_argument("--markdown", help="write the tables here")
+    parser.add_argument("--tables-from", metavar="JSON", help="no training: the tables of this "
+                        "result file (with --peers: the peers' rows added) to --markdown")
     parser.add_argument("--peers", nargs="?", const="default", help="add the rows of the "
                         "forecasting peers (DeepAR, NHITS, LSTM, MSTL...) from this JSON of "
                         "bench_forecast_peers (default: the committed results)")
     args = parser.parse_args(argv)
+    if args.tables_from:
+        return tables_from(args)
     suite = SUITES[args.suite]
     names = [n.strip() for n in (args.datasets or ",".join(suite)).split(",") if n.strip()]
     unknown = [name for name in names if name not in suite]
@@ -361,6 +365,27 @@ def main(argv=None) -> int:
               flush=True)
         write_results(args, results, argv, time.perf_counter() - started_all)
     print("\n".join(verdict(results)))
+    return 0
+
+
+def tables_from(args) -> int:
+    """The markdown tables and verdicts of a committed result file (peers' rows added)."""
+    with open(args.tables_from, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    results = saved["results"]
+    if args.peers:
+        for result in results:
+            add_peer_rows(result, args.peers)
+    args.settings = saved.get("settings", {})
+    text = (markdown(results, args) + "\n\n" + "\n".join(f"- {line}" for line in verdict(results))
+            + "\n")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as handle:
+            handle.write(f"Generated from {args.tables_from} (`{saved.get('command', '')}`, "
+                         f"{saved.get('date', '')}, load average "
+                         f"{', '.join(f'{v:.1f}' for v in saved.get('load_average', []))}).\n\n"
+                         + text)
+    print(text)
     return 0
 
 
