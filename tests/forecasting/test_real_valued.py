@@ -167,7 +167,9 @@ def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     paths = np.load("a.npy")
     assert paths.shape == (8, 5, 2)
     np.testing.assert_array_equal(paths, np.load("b.npy"))
-    assert 90 < np.median(paths[..., 1]) < 110  # original units, not normalised
+    # Original units (the load column sits near 100), not the scaled ones (near 1): 150 steps of a
+    # tiny model leave the level a few units off, so the band only tells the two scales apart.
+    assert 50 < np.median(paths[..., 1]) < 150
     assert (tmp_path / "fan.png").read_bytes()[:4] == b"\x89PNG"
     assert main([*sample, "--seed", "1", "--quantiles", "0.1,0.5,0.9", "--out", "q.npy"]) == 0
     quantiles = np.load("q.npy")
