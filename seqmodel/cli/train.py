@@ -497,7 +497,10 @@ def cmd_train(args) -> int:
         limits.append(f"{train_config.steps} steps")
     if train_config.max_time:
         limits.append(f"{train_config.max_time:g} s")
-    say(args, f"seqmodel: {'resuming' if from_checkpoint else 'training'} {model_config.cell} "
+    # The step named is the newest whose metadata reads; should its arrays not read, fit
+    # warns which older step it resumes from instead.
+    action = f"resuming from step {checkpoint_metadata['step']}" if from_checkpoint else "training"
+    say(args, f"seqmodel: {action} {model_config.cell} "
                f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
                f"({_describe(dataset)}) for {' or '.join(limits)} on "
                f"{parallel.describe()}; run folder {out}")
