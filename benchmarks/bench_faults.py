@@ -98,6 +98,8 @@ class TrainProcess:
         self.out = out
         # The newest complete step before it starts: where a restart must continue from.
         self.expected_step = run.steps[0].step if run.steps else 0
+        # Partial steps a killed save left: the process removes them, they are no save of its.
+        self.stale = partial_steps(out)
         self.started = time.perf_counter()
         self.lines: list[tuple[float, str]] = []
         self.process = subprocess.Popen(
@@ -121,9 +123,13 @@ class TrainProcess:
                 return moment
         return None
 
+    def saving(self) -> bool:
+        """Whether this process is writing a step (a temporary step folder of its own)."""
+        return bool(partial_steps(self.out) - self.stale)
+
     def phase(self) -> str:
         """The phase of the run at this moment (see the module docstring)."""
-        if saving(self.out):
+        if self.saving():
             return "saving"
         if self.line_time("done:") is not None:
             return "finishing"
@@ -166,17 +172,19 @@ class TrainProcess:
         return lines[-1] if lines else ""
 
 
-def saving(out: pathlib.Path) -> bool:
+def partial_steps(out: pathlib.Path) -> set[tuple[str, int]]:
+    """``(name, inode)`` of the temporary step folders in the run's checkpoint folder."""
     try:
-        return any(TEMPORARY_MARK in entry.name for entry in os.scandir(out / "checkpoints"))
+        return {(entry.name, entry.inode()) for entry in os.scandir(out / "checkpoints")
+                if TEMPORARY_MARK in entry.name}
     except OSError:
-        return False
+        return set()
 
 
 def wait_for_save(train: TrainProcess, deadline: float) -> bool:
     """Poll until a save is in progress (True) or the process ends or the deadline passes."""
     while train.process.poll() is None and train.seconds() < deadline:
-        if saving(train.out):
+        if train.saving():
             return True
         time.sleep(POLL_SECONDS)
     return False
@@ -217,7 +225,8 @@ def one_run(options, out: pathlib.Path, wall: float, rng: random.Random) -> dict
         record.update(exit=status, seconds=round(train.seconds(), 3),
                       resumed_from=train.resumed_from())
         if "kill" in record and record["kill"]["phase"] == "saving":
-            record["kill"]["save_interrupted"] = saving(out)  # a partial step left behind
+            # A partial step left behind: the kill landed before the save completed.
+            record["kill"]["save_interrupted"] = train.saving()
         if "kill" in record:
             record["kill"]["sigterm_saved"] = status == 128 + signal.SIGTERM
         processes.append(record)
