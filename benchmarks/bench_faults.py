@@ -22,7 +22,7 @@ appears. Each kill records its phase, observed from outside at the moment it was
 - ``finishing``: after the ``done:`` line (the sample).
 
 Every restart records the newest complete step on disk before it started (``expected_step``)
-and the step it resumed from (``resumed_from``, from its ``resuming from step N`` line, or the
+and the step it resumed from (``resumed_from``, from its ``resuming ... from step N`` line, or the
 fallback warning's step; 0 when it started anew). A restart that resumed from an older step than
 the newest complete one without a warning naming an unreadable step, in particular one that
 started again from 0 while a complete step was saved, fails the run: a run that silently
@@ -67,7 +67,7 @@ from benchmarks.protocol import environment  # noqa: E402
 SIGNALLED = {-signal.SIGKILL, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signal.SIGTERM}
 PHASES = ("start-up", "compile", "training", "saving", "finishing")
 TEMPORARY_MARK = ".orbax-checkpoint-tmp"
-RESUMING = re.compile(r"^seqmodel: resuming from step (\d+) ")
+RESUMING = re.compile(r"^seqmodel: resuming \S+ \S+ from step (\d+) ")
 FALLBACK = re.compile(r"resuming from step (\d+): .* cannot be read")
 STARTED_ANEW = re.compile(r"^seqmodel: training |starting it from step 0")
 POLL_SECONDS = 0.001

@@ -114,6 +114,86 @@ def test_torch_worker_trains_the_copy():
         run, info, _ = train_workers.torch_worker(
             {"cell": "lstm", "hidden": 8, "options": {"threads": 1}})
         assert abs(info["first_loss"] - info["seqmodel_first_loss"]) <= 1e-4
-        assert run(1) > 0
+        assert run(1) > 0 and info["threads"] == 1 and info["mode"] == "eager"
+        # The GRU as a loop over time holds the same weights: the same loss, and it trains.
+        run, info, _ = train_workers.torch_worker(
+            {"cell": "gru", "hidden": 8, "options": {"threads": 1, "implementation": "loop"}})
+        assert abs(info["first_loss"] - info["seqmodel_first_loss"]) <= 1e-4
+        assert run(1) > 0 and info["implementation"] == "loop"
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_fastest_pytorch_candidate_is_the_baseline(monkeypatch):
+    measured = {"seqmodel": {"tokens_per_second": 900.0}, "torch-eager-1t": {"tokens_per_second": 500.0},
+                "torch-compile-2t": {"tokens_per_second": 700.0}, "torch-loop-eager-1t": {"error": "x"}}
+    assert candidates.fastest_torch(measured) == "torch-compile-2t"
+    assert candidates.fastest_torch({"seqmodel": {"tokens_per_second": 1.0}}) is None
+    from benchmarks import torch_variants
+
+    # PyTorch's default is timed only where it is not one of the explicit counts.
+    monkeypatch.setattr(torch_variants, "default_threads", lambda: 2)
+    names = [c.name for c in candidates.default_candidates(("torch",))]
+    assert names == ["torch-eager-1t", "torch-eager-2t", "torch-compile-1t", "torch-compile-2t",
+                     "torch-loop-eager-1t", "torch-loop-eager-2t", "torch-loop-compile-1t",
+                     "torch-loop-compile-2t"]
+    loop = candidates.default_candidates(("torch-loop-eager-1t",))[0]
+    assert loop.applies_to("gru") and not loop.applies_to("lstm") and loop.is_torch
+    monkeypatch.setattr(torch_variants, "default_threads", lambda: 16)
+    names = [c.name for c in candidates.default_candidates(("torch",), modes=("eager",))]
+    assert names[:3] == ["torch-eager-dt", "torch-eager-1t", "torch-eager-2t"]
+
+
+def test_pytorch_variants_compute_what_the_modules_compute():
+    torch = pytest.importorskip("torch", reason="the PyTorch baselines need torch")
+    from benchmarks import decode_workers, torch_variants
+
+    embedding, gru, head = torch_copy.torch_modules(reference_model("gru", 12))
+    x = torch.randn(3, 7, 64)
+    with torch.no_grad():
+        want, want_last = gru(x)
+        got, got_last = torch_variants.gru_loop_class()(gru)(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_last, want_last, atol=1e-5, rtol=1e-5)
+
+    embedding, lstm, head = torch_copy.torch_modules(reference_model("lstm", 12))
+    module, cell = (torch_variants.StepLoop(embedding, lstm, head, implementation=kind,
+                                            mode="eager") for kind in ("module", "cell"))
+    tokens = torch.tensor([3, 9])
+    with torch.no_grad():
+        for loop_state in ((module, module.initial_state(2)), (cell, cell.initial_state(2))):
+            assert loop_state[1][0].shape == (2, 12)
+        logits_module, *_ = module.logits(tokens, *module.initial_state(2))
+        logits_cell, *_ = cell.logits(tokens, *cell.initial_state(2))
+        sample, h, c = cell.sample(tokens, *cell.initial_state(2))
+    torch.testing.assert_close(logits_module, logits_cell, atol=1e-5, rtol=1e-5)
+    assert sample.shape == (2,) and sample.dtype == torch.long and h.shape == c.shape == (2, 12)
+    prompt = np.array(decode_workers.BEAM_PROMPT)
+    by_module = decode_workers.torch_beam_search(module, prompt, steps=6, beams=3)
+    by_cell = decode_workers.torch_beam_search(cell, prompt, steps=6, beams=3)
+    np.testing.assert_array_equal(by_module[0], by_cell[0])
+    assert by_module[0].shape == (3, 6) and np.all(np.diff(by_module[1]) <= 0)
+
+
+@pytest.mark.slow
+def test_decoding_workers_agree_over_the_protocol():
+    """A seqmodel and a PyTorch beam-search worker at a tiny size: each answers with its best
+    beam (the suite compares them) and times whole searches."""
+    pytest.importorskip("torch", reason="the PyTorch baselines need torch")
+    options = {"beams": 3, "steps": 12}
+    seqmodel_beam = candidates.start(candidates.Candidate("seqmodel", "beam", options), "lstm", 8)
+    torch_beam = candidates.start(candidates.Candidate(
+        "torch-cell-eager-1t", "torch-beam",
+        {**options, "threads": 1, "mode": "eager", "implementation": "cell"},
+        candidates.TORCH_ENV), "lstm", 8)
+    try:
+        assert seqmodel_beam.hello.get("ready"), seqmodel_beam.hello
+        assert torch_beam.hello.get("ready"), torch_beam.hello
+        assert torch_beam.hello["best_beam"] == seqmodel_beam.hello["best_beam"]
+        assert len(seqmodel_beam.hello["best_beam"]) == 12
+        assert torch_beam.hello["threads"] == 1
+        for worker in (seqmodel_beam, torch_beam):
+            assert worker.ask("run 2")["seconds"] > 0
+    finally:
+        seqmodel_beam.close()
+        torch_beam.close()

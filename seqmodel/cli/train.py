@@ -365,6 +365,21 @@ def _planned_batch_size(args) -> int | None:
         return None  # _run_folder and _resolve_resume report a missing or unreadable checkpoint
 
 
+def _recorded_devices(args) -> int | None:
+    """The devices of the run that ``--resume`` continues, as its checkpoint recorded them (a
+    resumed run keeps its split, or it would not continue bit for bit); None when not resuming,
+    or for a checkpoint that recorded none."""
+    if not args.resume or args.devices is not None:
+        return None
+    from seqmodel.training import checkpoint
+
+    try:
+        devices = checkpoint.peek_metadata(_resume_out(args), prefer="latest").get("devices")
+    except (checkpoint.CheckpointError, OSError, ValueError):
+        return None  # _run_folder and _resolve_resume report a missing or unreadable checkpoint
+    return devices if isinstance(devices, int) and devices > 0 else None
+
+
 def _resume_out(args) -> pathlib.Path:
     """The run folder that ``--resume`` continues: ``--out``, else the default of ``--data``."""
     return pathlib.Path(args.out) if args.out else pathlib.Path("runs") / (
@@ -442,6 +457,10 @@ def _metric_writers(args, out: pathlib.Path) -> list:
 
 
 def cmd_train(args) -> int:
+    # Without --devices a new single-process run times its splits at start-up; a resumed one
+    # keeps the split its checkpoint recorded.
+    choose_split = args.devices is None and args.coordinator is None and not args.resume
+    args.devices = args.devices or _recorded_devices(args)
     # Before any JAX computation: virtual CPU devices and jax.distributed must come first.
     parallel = parallel_from_flags(args, batch_size=_planned_batch_size(args))
     import jax
@@ -491,6 +510,11 @@ def cmd_train(args) -> int:
                                   "nothing_to_train": True}), flush=True)
             return 0
     model = SequenceModel(model_config, rngs=nnx.Rngs(train_config.seed))
+    split = None
+    if choose_split:
+        from seqmodel.training.devices import choose_split as choose
+
+        parallel, split = choose(model, dataset, train_config, parallel)
     units = getattr(dataset, "bits_per_unit", None)
     limits = []
     if train_config.steps:
@@ -499,15 +523,17 @@ def cmd_train(args) -> int:
         limits.append(f"{train_config.max_time:g} s")
     # The step named is the newest whose metadata reads; should its arrays not read, fit
     # warns which older step it resumes from instead.
-    action = f"resuming from step {checkpoint_metadata['step']}" if from_checkpoint else "training"
-    say(args, f"seqmodel: {action} {model_config.cell} "
-               f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
+    origin = f" from step {checkpoint_metadata['step']}" if from_checkpoint else ""
+    say(args, f"seqmodel: {'resuming' if from_checkpoint else 'training'} {model_config.cell} "
+               f"h{model_config.hidden_size}x{model_config.num_layers}{origin} on {source} "
                f"({_describe(dataset)}) for {' or '.join(limits)} on "
-               f"{parallel.describe()}; run folder {out}")
+               f"{split.reason if split else parallel.describe()}; run folder {out}")
     try:
         result = fit(model, dataset, train_config, out_dir=out, resume=args.resume,
                      progress=not args.no_progress, writers=writers,
-                     run_metadata={"source": source}, parallel=parallel)
+                     run_metadata={"source": source, "devices": parallel.num_devices,
+                                   "device_choice": split.to_dict() if split else None},
+                     parallel=parallel)
     except TrainingError as error:
         if getattr(args, "debug", False):
             traceback.print_exc()
@@ -531,6 +557,8 @@ def cmd_train(args) -> int:
         "interrupted": result.interrupted,
         "stop_signal": signal.Signals(result.stop_signal).name if result.stop_signal else None,
         "checkpoint_wait_seconds": round(result.checkpoint_wait_seconds, 3),
+        "devices": parallel.num_devices,
+        "device_choice": split.reason if split else None,
     }
     if units:
         summary[f"val_bits_per_{units}"] = rounded(result.val_bits)
