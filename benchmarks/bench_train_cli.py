@@ -21,6 +21,7 @@ Run::
 
     python benchmarks/bench_train_cli.py --json benchmarks/results/train_cli_cpu_2core.json
     python benchmarks/bench_train_cli.py --cells lstm --hidden 128 --seconds 10   # quick look
+    python benchmarks/bench_train_cli.py --quickstart --json benchmarks/results/quickstart_cpu_2core.json
 """
 
 from __future__ import annotations
@@ -124,8 +125,32 @@ def measure(cell: str, hidden: int, *, seconds: float, repeats: int, log) -> dic
     }
 
 
+def quickstart(argv) -> dict:
+    """``seqmodel train`` with no arguments (the README's quick start), in a fresh folder: its
+    printed lines and its summary."""
+    environment = protocol.environment()
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        process = subprocess.run([sys.executable, "-m", "seqmodel", "train", "--json"],
+                                 env=environment, capture_output=True, text=True, check=False,
+                                 cwd=folder)
+        wall = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"seqmodel train failed ({process.returncode}): "
+                           f"{process.stderr.strip()[-500:]}")
+    summary = json.loads(process.stdout.strip().splitlines()[-1])
+    # --json moved the human-readable lines to stderr; library warnings start with "seqmodel ".
+    output = [line for line in process.stderr.rstrip().splitlines()
+              if not line.startswith(("WARNING", "seqmodel train: "))]
+    return {"run_command": "seqmodel train", "output": output, "summary": summary,
+            "wall_seconds": wall}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quickstart", action="store_true",
+                        help="run `seqmodel train` with no arguments instead (the README's "
+                             "quick start) and record what it prints")
     parser.add_argument("--cells", default="lstm,gru")
     parser.add_argument("--hidden", default="128,512")
     parser.add_argument("--seconds", type=float, default=30.0,
@@ -134,6 +159,13 @@ def main(argv=None) -> int:
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
     report = provenance("benchmarks/bench_train_cli.py", argv)
+    if args.quickstart:
+        report.update(quickstart(argv))
+        print("\n".join(report["output"]))
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(finish(report), indent=1))
+            print(f"wrote {args.json}")
+        return 0
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     rows = []
     for cell in args.cells.split(","):
