@@ -161,9 +161,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "<run folder>/tensorboard (needs tensorboardX: pip install 'seqmodel[tensorboard]')")
     # Data parallelism and several processes: seqmodel.training.distributed, docs/distributed.md.
     add("--devices", type=positive_int, metavar="N", help="devices per process to split each batch "
-        "over (default: all accelerators; on a CPU-only machine one virtual CPU device per core, "
-        "at most 8, fewer when the batch does not split into at least 8 rows a device; 1: one "
-        "device)")
+        "over (default: all accelerators; on a CPU-only machine one device or one virtual CPU "
+        "device per core, whichever a short timing at start-up finds faster, said in the first "
+        "line and kept by --resume; 1: one device)")
     add("--coordinator", metavar="HOST:PORT", help="several processes: address of process 0 "
         "(with --num-processes and --process-id; needs --out and --steps)")
     add("--num-processes", type=positive_int, metavar="N", help="processes in the run")
