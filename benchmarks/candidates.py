@@ -129,11 +129,12 @@ def start(candidate: Candidate, cell: str, hidden: int) -> protocol.Worker:
 
 def builders() -> dict:
     """``kind -> builder(spec) -> (run, compile_info, extra)`` (see :func:`protocol.serve`)."""
-    from benchmarks import decode_workers, rooflines, train_workers
+    from benchmarks import decode_workers, profile_train_step, rooflines, train_workers
 
     return {"seqmodel": train_workers.seqmodel_worker, "fit": train_workers.fit_worker,
             "flax": train_workers.flax_worker, "torch": train_workers.torch_worker,
-            "gemm": rooflines.gemm_worker, **decode_workers.BUILDERS}
+            "gemm": rooflines.gemm_worker, **decode_workers.BUILDERS,
+            **profile_train_step.BUILDERS}
 
 
 def main(argv=None) -> int:

@@ -197,3 +197,68 @@ def test_decoding_workers_agree_over_the_protocol():
     finally:
         seqmodel_beam.close()
         torch_beam.close()
+
+
+def test_readme_tables_come_from_the_result_files(tmp_path):
+    from benchmarks import readme_tables
+
+    speed = {"command": "python benchmarks/bench_speed.py", "date": "2026-12-05T10:00:00+00:00",
+             "commit": "abcdef0123456789", "machine": {"cpus": 2}, "repeats": 5,
+             "load_average": {"start": [0.5, 0.4, 0.3], "end": [1.5, 1.0, 0.8]},
+             "ceilings_gflops": {"large_gflops": 400.0},
+             "rows": [{"cell": "lstm", "hidden": 128, "torch_best": "torch-compile-1t",
+                       "candidates": {
+                           "seqmodel": {"tokens_per_second": 400_000.0, "ratio_to_torch": 1.33,
+                                        "spread": 0.05, "devices": 2, "device_choice": {
+                                            "reason": "2 cpu devices (measured)"}},
+                           "seqmodel-1dev-1call": {"tokens_per_second": 250_000.0,
+                                                   "ratio_to_torch": 0.83, "spread": 0.08},
+                           "torch-compile-1t": {"tokens_per_second": 300_000.0,
+                                                "ratio_to_torch": 1.0, "spread": 0.1},
+                           "flax": {"error": "ImportError: no flax"}}}]}
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "speed_cpu_2core.json").write_text(__import__("json").dumps(speed))
+    sections = readme_tables.sections(results)
+    table = sections["train-step"]
+    assert "| LSTM | 128 | 400k (**1.33x**, 2 dev.) | 250k (0.83x) |" in table
+    assert "300k (`torch-compile-1t`)" in table and "largest spread (max - min) / median: 10%" in table
+    assert "commit abcdef0123, load average 0.3-1.5 on 2 CPUs" in table
+    assert "2 cpu devices (measured)" in table
+    assert "| train step LSTM h128 >= 1.3x PyTorch's best | 1.33x (`torch-compile-1t`" in \
+        sections["targets"] and "| met |" in sections["targets"]
+    assert "skipped: ImportError" in sections["speed-all"]
+    # Marked sections of a file are replaced; the rest of it is left as it was.
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- readme_tables:train-step -->\nold\n<!-- /readme_tables:train-step -->\n"
+                    "<!-- readme_tables:unknown -->\nkept\n<!-- /readme_tables:unknown -->\n")
+    assert readme_tables.update(page, sections) == ["train-step"]
+    text = page.read_text()
+    assert text.startswith("intro\n") and "old" not in text and "400k" in text and "kept" in text
+
+
+def test_fault_runs_read_where_each_restart_resumed():
+    from benchmarks import bench_faults
+
+    def lines_of(*lines):
+        train = bench_faults.TrainProcess.__new__(bench_faults.TrainProcess)
+        train.lines = [(0.0, line) for line in lines]
+        return train
+
+    resumed = lines_of("seqmodel: resuming gru h32x1 from step 160 on sine (input_size 1) for 400 "
+                       "steps on 1 cpu device; run folder x")
+    assert resumed.resumed_from() == 160 and not resumed.fell_back()
+    fell_back = lines_of("seqmodel: resuming gru h32x1 from step 160 on sine ...",
+                         "seqmodel train: resuming from step 80: the newer step 160 (its params "
+                         "cannot be read (...)) cannot be read and is set aside in x")
+    assert fell_back.resumed_from() == 80 and fell_back.fell_back()
+    assert lines_of("seqmodel: training gru h32x1 on sine ...").resumed_from() == 0
+    assert lines_of("loading").resumed_from() is None  # killed before it said
+    runs = [{"outcome": "identical", "processes": [
+        {"expected_step": 0, "resumed_from": 0,
+         "kill": {"phase": "saving", "signal": "SIGKILL", "aimed_at": "save",
+                  "save_interrupted": True}},
+        {"expected_step": 0, "resumed_from": 0}]}]
+    counts = bench_faults.count(runs)
+    assert counts["by_phase"]["saving"] == 1 and counts["saving_with_partial_step_left"] == 1
+    assert counts["identical"] == 1 and counts["restarts"] == 1
