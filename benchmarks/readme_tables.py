@@ -413,6 +413,11 @@ def targets_table(speed: dict | None, generate: dict | None) -> str:
 def sections(results: pathlib.Path = RESULTS) -> dict[str, str]:
     """``{name: Markdown}`` of every section whose result files exist."""
     found = {name: load(name, results) for name in FILES}
+    # Files of the suites' earlier formats (no provenance, PyTorch in the JAX process) are not
+    # quoted: only results of the current scripts are.
+    for name in ("speed", "generate", "decoding", "train_cli"):
+        if found[name] and "commit" not in found[name]:
+            found[name] = None
     out = {}
     if found["quickstart"]:
         out["quickstart"] = quickstart_block(found["quickstart"])
@@ -454,8 +459,21 @@ def marked(name: str, text: str) -> str:
     return f"<!-- readme_tables:{name} -->\n{text}\n<!-- /readme_tables:{name} -->"
 
 
-def update(path: pathlib.Path, generated: dict[str, str]) -> list[str]:
-    """Replace the marked sections of ``path`` by ``generated``; returns the names replaced."""
+def relative_links(text: str, page: pathlib.Path, root: pathlib.Path) -> str:
+    """Links written from the checkout's root (``](benchmarks/...``, ``](docs/...``) made
+    relative to ``page``'s folder."""
+    import os
+
+    prefix = os.path.relpath(root.resolve(), page.resolve().parent)
+    if prefix == ".":
+        return text
+    return re.sub(r"\]\((benchmarks|docs)/", lambda m: f"]({prefix}/{m.group(1)}/", text)
+
+
+def update(path: pathlib.Path, generated: dict[str, str],
+           root: pathlib.Path = RESULTS.parent.parent) -> list[str]:
+    """Replace the marked sections of ``path`` by ``generated`` (links made relative to it);
+    returns the names replaced."""
     text = path.read_text(encoding="utf-8")
     replaced = []
 
@@ -464,10 +482,10 @@ def update(path: pathlib.Path, generated: dict[str, str]) -> list[str]:
         if name not in generated:
             return match.group(0)
         replaced.append(name)
-        return marked(name, generated[name])
+        return marked(name, relative_links(generated[name], path, root))
 
-    text = re.sub(r"<!-- readme_tables:([\w-]+) -->\n.*?\n<!-- /readme_tables:\1 -->", replace,
-                  text, flags=re.DOTALL)
+    text = re.sub(r"<!-- readme_tables:([\w-]+) -->\n(?:.*?\n)?<!-- /readme_tables:\1 -->",
+                  replace, text, flags=re.DOTALL)
     path.write_text(text, encoding="utf-8")
     return replaced
 
