@@ -53,6 +53,7 @@ FILES = {
     "stdlib_gru": "linear_quality/stdlib_gru.json",
     "stdlib_mingru": "linear_quality/stdlib_mingru.json",
     "forecast": "forecast_real_cpu_2core.json",
+    "profile": "profile_train_step_cpu_2core.json",
 }
 TARGETS = {("lstm", 128): 1.3, ("lstm", 512): 1.1}  # train step against PyTorch's best
 GENERATION_TARGET = 10.0  # batch 1 against PyTorch's best step loop
@@ -168,6 +169,29 @@ def speed_all_table(speed: dict) -> str:
     lines += ["", "GEMM ceilings GFLOP/s: " + ", ".join(
         f"{k.replace('_gflops', '')} {v:.0f}" for k, v in ceilings.items()) + "; "
         + provenance_line(speed) + "."]
+    return "\n".join(lines)
+
+
+def profile_table(report: dict) -> str:
+    """Milliseconds of the step's parts and the serial GEMM chain's GFLOP/s, per framework."""
+    lines = ["| cell | hidden | candidate | step ms | forward ms | forward + backward ms | serial "
+             "GEMMs GFLOP/s, 32 rows (forward / backward) | 16 rows |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        for name in ("seqmodel-1dev", "torch-eager-1t", "torch-eager-2t"):
+            part = row.get(name) or {}
+            if "train_step" not in part:
+                continue
+            lines.append(
+                f"| {row['cell'].upper()} | {row['hidden']} | {name} "
+                f"| {1e3 * part['train_step']:.1f} | {1e3 * part['forward']:.1f} "
+                f"| {1e3 * part['forward_backward']:.1f} "
+                f"| {part['serial_forward_32rows_gflops']:.0f} / "
+                f"{part['serial_backward_32rows_gflops']:.0f} "
+                f"| {part['serial_forward_16rows_gflops']:.0f} / "
+                f"{part['serial_backward_16rows_gflops']:.0f} |")
+    lines += ["", f"Fastest of the repetitions; `{report.get('command', '')}`, "
+                  f"{provenance_line(report)}."]
     return "\n".join(lines)
 
 
@@ -426,6 +450,8 @@ def sections(results: pathlib.Path = RESULTS) -> dict[str, str]:
         out["speed-all"] = speed_all_table(found["speed"])
     if found["train_cli"]:
         out["train-cli"] = train_cli_table(found["train_cli"])
+    if found["profile"]:
+        out["profile"] = profile_table(found["profile"])
     if found["generate"]:
         out["generation"] = generation_table(found["generate"])
         out["generation-all"] = generation_all_table(found["generate"])
