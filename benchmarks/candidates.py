@@ -26,16 +26,16 @@ SEQMODEL_CANDIDATES = {
     # The default of `seqmodel train`: the split of the batch over devices and the steps per
     # call that seqmodel.training.devices chooses at start-up (the worker reports the choice).
     "seqmodel": {"generate": True},
-    # The default's two splits, each pinned: one device, and one CPU device per core.
+    # The splits the default chooses from, each pinned: one device and one CPU device per core,
+    # with TrainConfig.steps_per_call steps per call and with one.
     "seqmodel-1dev": {"devices": 1},
     "seqmodel-per-core": {"devices": "cores"},
-    # One device, one train step per compiled call: no split, no multi-step program.
     "seqmodel-1dev-1call": {"devices": 1, "steps_per_call": 1},
-    "seqmodel-1call": {"devices": "cores", "steps_per_call": 1},
+    "seqmodel-per-core-1call": {"devices": "cores", "steps_per_call": 1},
     "seqmodel-plain": {"fast_recurrence": False, "devices": 1, "steps_per_call": 1},
 }
 TRAIN_CANDIDATES = ("seqmodel", "seqmodel-1dev", "seqmodel-per-core", "seqmodel-1dev-1call",
-                    "seqmodel-fit", "seqmodel-plain", "flax", "torch")
+                    "seqmodel-per-core-1call", "seqmodel-fit", "seqmodel-plain", "flax", "torch")
 
 
 @dataclasses.dataclass(frozen=True)

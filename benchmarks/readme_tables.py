@@ -104,6 +104,7 @@ SPEED_COLUMNS = [  # (header, candidate)
     ("1 device, 1 step per call", "seqmodel-1dev-1call"),
     ("1 device", "seqmodel-1dev"),
     ("1 CPU device per core", "seqmodel-per-core"),
+    ("1 device per core, 1 step per call", "seqmodel-per-core-1call"),
     ("`fit` itself", "seqmodel-fit"),
     ("plain `lax.scan` autodiff", "seqmodel-plain"),
     ("Flax `nnx.RNN`", "flax"),
@@ -119,7 +120,8 @@ def _speed_cell(entry: dict | None, *, bold: bool = False, devices: bool = False
         return "-"
     ratio = _ratio(entry)
     ratio = f"**{ratio}**" if bold else ratio
-    split = f", {entry['devices']} dev." if devices and entry.get("devices") else ""
+    split = (f", {entry['devices']} dev. x {entry.get('steps_per_call')}"
+             if devices and entry.get("devices") else "")
     return f"{thousands(entry['tokens_per_second'])} ({ratio}{split})"
 
 

@@ -143,6 +143,7 @@ def seqmodel_worker(spec: dict):
     choice = None
     if count is None:
         parallel, choice = devices.choose_split(model, _SameBatches(), train_config, parallel)
+        per_call = choice.steps_per_call
     tx, train_step = parallel.train_step(nnx.graphdef(model), train_config,
                                          stacked=per_call > 1)
     graphdef, state = init_train_state(model, tx, train_config)
@@ -165,6 +166,8 @@ def seqmodel_worker(spec: dict):
     for batch_values in (first, placed(1, True)):
         state, metrics = train_step(state, batch_values)
     compile_info["compiled_programs"] = int(train_step._cache_size())
+    if choice is not None:  # the choice compiled this program already: its time is the choice's
+        compile_info["compile_seconds"] = compile_info["compile_cpu_seconds"] = None
     compile_info["devices"] = parallel.num_devices
     compile_info["steps_per_call"] = per_call
     if choice is not None:
@@ -225,13 +228,14 @@ def fit_worker(spec: dict):
     model = SequenceModel(config, rngs=nnx.Rngs(0))
     # The default, a multiple of the default steps per call: every mark falls at a call's end.
     log_every = TrainConfig.log_every
-    choice = None
+    choice, per_call = None, TrainConfig.steps_per_call
     if options.get("devices") is None:  # as seqmodel train: the split measured at start-up
         from seqmodel.training import devices
 
         parallel, choice = devices.choose_split(
             model, dataset, TrainConfig(batch_size=BATCH, seq_len=SEQUENCE, steps=10_000),
             parallel)
+        per_call = choice.steps_per_call
 
     def run(n: int) -> tuple[float, float]:
         # Whole log intervals: the callback then marks the end of every interval, and the time
@@ -239,7 +243,7 @@ def fit_worker(spec: dict):
         timed = -(-n // log_every) * log_every
         marks = []
         train_config = TrainConfig(batch_size=BATCH, seq_len=SEQUENCE, steps=timed + log_every,
-                                   eval_every=None, log_every=log_every)
+                                   eval_every=None, log_every=log_every, steps_per_call=per_call)
         folder = tempfile.mkdtemp(prefix="seqmodel-bench-fit-")
         try:
             fit(model, dataset, train_config, out_dir=folder, progress=False, parallel=parallel,
@@ -251,7 +255,7 @@ def fit_worker(spec: dict):
         return (wall_end - wall_start) * n / timed, (cpu_end - cpu_start) * n / timed
 
     run(1)  # compiles the step (the suite times the compile in the ``seqmodel`` worker)
-    return run, {"devices": parallel.num_devices, "steps_per_call": TrainConfig.steps_per_call,
+    return run, {"devices": parallel.num_devices, "steps_per_call": per_call,
                  **({"device_choice": choice.to_dict()} if choice else {})}, {}
 
 

@@ -209,7 +209,7 @@ def test_readme_tables_come_from_the_result_files(tmp_path):
              "rows": [{"cell": "lstm", "hidden": 128, "torch_best": "torch-compile-1t",
                        "candidates": {
                            "seqmodel": {"tokens_per_second": 400_000.0, "ratio_to_torch": 1.33,
-                                        "spread": 0.05, "devices": 2, "device_choice": {
+                                        "spread": 0.05, "devices": 2, "steps_per_call": 20, "device_choice": {
                                             "reason": "2 cpu devices (measured)"}},
                            "seqmodel-1dev-1call": {"tokens_per_second": 250_000.0,
                                                    "ratio_to_torch": 0.83, "spread": 0.08},
@@ -221,7 +221,7 @@ def test_readme_tables_come_from_the_result_files(tmp_path):
     (results / "speed_cpu_2core.json").write_text(__import__("json").dumps(speed))
     sections = readme_tables.sections(results)
     table = sections["train-step"]
-    assert "| LSTM | 128 | 400k (**1.33x**, 2 dev.) | 250k (0.83x) |" in table
+    assert "| LSTM | 128 | 400k (**1.33x**, 2 dev. x 20) | 250k (0.83x) |" in table
     assert "300k (`torch-compile-1t`)" in table and "largest spread (max - min) / median: 10%" in table
     assert "commit abcdef0123, load average 0.3-1.5 on 2 CPUs" in table
     assert "2 cpu devices (measured)" in table

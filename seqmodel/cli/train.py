@@ -514,7 +514,9 @@ def cmd_train(args) -> int:
     if choose_split:
         from seqmodel.training.devices import choose_split as choose
 
-        parallel, split = choose(model, dataset, train_config, parallel)
+        parallel, split = choose(model, dataset, train_config, parallel,
+                                 choose_steps_per_call=args.steps_per_call is None)
+        train_config = dataclasses.replace(train_config, steps_per_call=split.steps_per_call)
     units = getattr(dataset, "bits_per_unit", None)
     limits = []
     if train_config.steps:

@@ -24,17 +24,24 @@ CONFIG = TrainConfig(batch_size=8, seq_len=16, steps=6, eval_every=None, eval_ba
                      eval_seq_len=32, warmup_steps=0, log_every=1, steps_per_call=3)
 
 
-def test_per_core_devices_must_win_by_more_than_the_margin():
-    clear = devices.decide({1: 0.050, 2: 0.040})
-    assert clear.devices == 2 and clear.seconds_per_step == {1: 0.050, 2: 0.040}
-    assert clear.reason.startswith("2 cpu devices (measured at start-up: one device 50.0 ms a "
-                                   "step, 2 devices 40.0 ms: 1.25x)")
-    close = devices.decide({1: 0.050, 2: 0.049})  # 2% faster: noise
-    assert close.devices == 1 and "within 5%: one device kept" in close.reason
-    slower = devices.decide({1: 0.040, 2: 0.068})  # a busy machine: the split loses
-    assert slower.devices == 1 and slower.reason.startswith("1 cpu device (measured")
-    assert devices.decide({1: 0.05, 4: 0.02}).devices == 4
-    assert json.loads(json.dumps(clear.to_dict()))["seconds_per_step"] == {"1": 0.05, "2": 0.04}
+def test_a_split_must_beat_one_device_by_more_than_the_margin():
+    clear = devices.decide({(1, 20): 0.050, (2, 20): 0.040, (1, 1): 0.060}, (1, 20))
+    assert (clear.devices, clear.steps_per_call) == (2, 20)
+    assert clear.reason.startswith("2 cpu devices, 20 steps a call (timed at start-up, ms a step: "
+                                   "1 cpu device, 20 steps a call 50.0, 2 cpu devices, 20 steps a "
+                                   "call 40.0, 1 cpu device, 1 step a call 60.0; 1.25x the first)")
+    close = devices.decide({(1, 20): 0.050, (2, 20): 0.049}, (1, 20))  # 2% faster: noise
+    assert (close.devices, close.steps_per_call) == (1, 20)
+    assert "the others within 5%: the first kept" in close.reason
+    slower = devices.decide({(1, 20): 0.040, (2, 20): 0.068}, (1, 20))  # a busy machine
+    assert slower.devices == 1 and slower.reason.startswith("1 cpu device, 20 steps a call (")
+    # One step per call wins on a busy machine when the long calls get less of the cores.
+    busy = devices.decide({(1, 20): 0.060, (1, 1): 0.035, (2, 20): 0.062, (2, 1): 0.050}, (1, 20))
+    assert (busy.devices, busy.steps_per_call) == (1, 1)
+    assert devices.decide({(1, 20): 0.05, (4, 20): 0.02}, (1, 20)).devices == 4
+    record = json.loads(json.dumps(clear.to_dict()))
+    assert record["seconds_per_step"] == {"1x20": 0.05, "2x20": 0.04, "1x1": 0.06}
+    assert record["steps_per_call"] == 20
 
 
 def model():
@@ -57,13 +64,15 @@ def test_one_device_is_kept_without_timing_anything():
 
     chosen, choice = devices.choose_split(trained, dataset, CONFIG, parallel, measure=never)
     assert chosen is parallel and choice.devices == 1 and choice.seconds_per_step == {}
+    assert choice.steps_per_call == CONFIG.steps_per_call
 
 
 def test_timing_leaves_the_model_and_the_run_as_they_were():
     trained, dataset = model()
     before = params_of(trained)
-    timed = devices.time_splits(trained, dataset, CONFIG, [distributed.DataParallel.create(1)])
-    assert set(timed) == {1} and timed[1] > 0
+    timed = devices.time_splits(trained, dataset, CONFIG, [distributed.DataParallel.create(1)],
+                                [CONFIG.steps_per_call, 1])
+    assert set(timed) == {(1, 3), (1, 1)} and all(seconds > 0 for seconds in timed.values())
     # The timed calls donated copies: the model's own arrays are intact, and a run that follows
     # equals a run that was never timed, bit for bit.
     for got, want in zip(params_of(trained), before, strict=True):
@@ -95,15 +104,16 @@ def test_train_times_its_split_says_it_and_a_resumed_run_keeps_it(tmp_path):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one core: nothing to choose")
     summary = json.loads(first.stdout.strip().splitlines()[-1])
-    assert "measured at start-up: one device" in summary["device_choice"]
+    assert "(timed at start-up, ms a step: 1 cpu device, 20 steps a call" in summary["device_choice"]
     assert f"on {summary['device_choice']}" in first.stderr
     metadata = json.loads((tmp_path / "run" / "checkpoints" / "6" / "metadata" / "metadata")
                           .read_text())
     assert metadata["devices"] == summary["devices"] in (1, 2)
-    assert set(metadata["device_choice"]["seconds_per_step"]) == {"1", "2"}
+    assert set(metadata["device_choice"]["seconds_per_step"]) == {"1x20", "1x1", "2x20", "2x1"}
+    assert metadata["train_config"]["steps_per_call"] == metadata["device_choice"]["steps_per_call"]
     resumed = subprocess.run([*pinned, *command, "--resume", "--steps", "9"], capture_output=True,
                              text=True, env=environment, timeout=300, check=False)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     again = json.loads(resumed.stdout.strip().splitlines()[-1])
     assert again["devices"] == summary["devices"] and again["device_choice"] is None
-    assert "measured" not in resumed.stderr
+    assert "timed at start-up" not in resumed.stderr
