@@ -47,11 +47,10 @@ FILES = {
     "train_cli": "train_cli_cpu_2core.json",
     "quickstart": "quickstart_cpu_2core.json",
     "quality": "quality",
+    "quality_stdlib": "quality_stdlib",
     "faults_1": "faults_cpu_1dev.json",
     "faults_2": "faults_cpu_2dev.json",
     "linear": "linear_cpu_2core_quiet.json",
-    "stdlib_gru": "linear_quality/stdlib_gru.json",
-    "stdlib_mingru": "linear_quality/stdlib_mingru.json",
     "forecast": "forecast_real_cpu_2core.json",
     "profile": "profile_train_step_cpu_2core.json",
 }
@@ -297,18 +296,19 @@ ARM_NAMES = {"gru": "GRU h512 (the default)", "lstm": "LSTM h512", "mingru": "mi
              "minlstm": "minLSTM", "rglru": "RG-LRU", "torch-lstm": "PyTorch `nn.LSTM` h512"}
 
 
-def quality_arms(runs: list[dict]) -> dict[str, list[dict]]:
+def quality_arms(runs: list[dict], data: str = "tinyshakespeare") -> dict[str, list[dict]]:
     arms: dict[str, list[dict]] = {}
     for run in runs:
-        if run.get("arm") and run.get("data") == "tinyshakespeare":
+        if run.get("arm") and run.get("data") == data:
             arms.setdefault(run["arm"], []).append(run)
     return arms
 
 
-def quality_table(runs: list[dict]) -> str:
-    lines = ["| arm (defaults, 110 s) | seeds | validation loss, nats/char | mean | steps | "
-             "chars/s | load average | files |", "|---|---|---|---|---|---|---|---|"]
-    for arm, arm_runs in sorted(quality_arms(runs).items(),
+def quality_table(runs: list[dict], data: str = "tinyshakespeare") -> str:
+    budgets = sorted({f"{run['max_time']:g} s" for run in runs if run.get("data") == data})
+    lines = [f"| arm (defaults, {', '.join(budgets)}) | seeds | validation loss, nats/char | mean "
+             f"| steps | chars/s | load average | files |", "|---|---|---|---|---|---|---|---|"]
+    for arm, arm_runs in sorted(quality_arms(runs, data).items(),
                                 key=lambda item: statistics.mean(r["val_loss"] for r in item[1])):
         losses = [run["val_loss"] for run in arm_runs]
         files = ", ".join(f"[{run['seed']}]({run['_file']})" for run in arm_runs)
@@ -339,7 +339,28 @@ def quality_text(runs: list[dict]) -> str:
             + ", ".join(parts))
 
 
-def linear_text(linear: dict | None, stdlib_gru: dict | None, stdlib_mingru: dict | None) -> str:
+def stdlib_text(runs: list[dict]) -> str:
+    """minGRU against the GRU on python-stdlib with 1024-character windows, both at the
+    defaults, every seed: when minGRU's curve reaches the GRU's mean final loss."""
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], []).append(run)
+    if not {"gru", "mingru"} <= set(arms):
+        return ""
+    final = statistics.mean(run["val_loss"] for run in arms["gru"])
+    end = statistics.mean(run["validation_curve"][-1]["seconds"] for run in arms["gru"])
+    reached = [seconds_to_reach(run["validation_curve"], final) for run in arms["mingru"]]
+    ours = statistics.mean(run["val_loss"] for run in arms["mingru"])
+    when = ("never reaches it" if any(value is None for value in reached)
+            else f"reaches it at {statistics.mean(reached):.0f} s")
+    files = ", ".join(f"[{run['arm']} {run['seed']}]({run['_file']})"
+                      for arm in ("gru", "mingru") for run in arms[arm])
+    return (f"on python-stdlib with 1024-character windows ({len(arms['gru'])} seeds, both at "
+            f"the defaults) the GRU ends at {final:.3f} nats/char after {end:.0f} s; minGRU "
+            f"{when} and ends at {ours:.3f} ({files})")
+
+
+def linear_text(linear: dict | None, stdlib: list[dict] | None) -> str:
     parts = []
     if linear:
         rows = [row for row in linear["train"] if row["size"] == "8M" and row["length"] == 8192]
@@ -352,13 +373,10 @@ def linear_text(linear: dict | None, stdlib_gru: dict | None, stdlib_mingru: dic
             parts.append(f"at 8M parameters, batch 1, T = 8192, {best['family']} trains "
                          f"{ratio:.2f}x the GRU's tokens/s x parameters "
                          f"([{pathlib.Path(linear['_file']).name}]({linear['_file']}))")
-    if stdlib_gru and stdlib_mingru:
-        final = stdlib_gru["val_loss"]
-        passed = seconds_to_reach(stdlib_mingru["validation_curve"], final)
-        end = stdlib_gru["validation_curve"][-1]["seconds"]
-        if passed is not None:
-            parts.append(f"on python-stdlib with 1024-character windows minGRU passes the GRU's "
-                         f"final loss ({final:.3f}) in {passed:.0f} s instead of {end:.0f} s")
+    if stdlib:
+        text = stdlib_text(stdlib)
+        if text:
+            parts.append(text)
     return "; ".join(parts)
 
 
@@ -461,6 +479,8 @@ def sections(results: pathlib.Path = RESULTS) -> dict[str, str]:
         out["decoding"] = decoding_table(found["decoding"])
     if found["quality"]:
         out["quality"] = quality_table(found["quality"])
+    if found["quality_stdlib"]:
+        out["quality-stdlib"] = quality_table(found["quality_stdlib"], "python-stdlib")
     faults = [found[name] for name in ("faults_1", "faults_2") if found[name]]
     if faults:
         out["faults"] = faults_table(faults)
@@ -468,7 +488,7 @@ def sections(results: pathlib.Path = RESULTS) -> dict[str, str]:
     more = []
     if found["decoding"]:
         more.append("- Decoding (`benchmarks/bench_decoding.py`): " + decoding_text(found["decoding"]) + ".")
-    linear = linear_text(found["linear"], found["stdlib_gru"], found["stdlib_mingru"])
+    linear = linear_text(found["linear"], found["quality_stdlib"])
     if linear:
         more.append("- Linear recurrences (`benchmarks/bench_linear.py`, "
                     "[docs/linear.md](docs/linear.md)): " + linear + ".")
