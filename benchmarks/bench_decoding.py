@@ -1,18 +1,19 @@
-"""Decoding speed: beam search against a PyTorch eager beam loop over the same weights, and what
-the logits processors cost inside ``generate``.
+"""Decoding speed: beam search against PyTorch's best beam loop over the same weights, and what
+the logits processors cost inside ``generate``; every candidate in its own process.
 
-    python benchmarks/bench_decoding.py [--json decoding.json] [--repeats 5]
-        [--part beam|processors]   (one part only; default both)
+    python benchmarks/bench_decoding.py [--json benchmarks/results/decoding_cpu_2core.json]
 
 1. Beam search: LSTM, vocabulary 65, ``num_beams`` 8, batch 1, hidden 512, 500 steps, no eos (every
    step runs). seqmodel's ``beam_search`` (one compiled program) against the same algorithm as a
-   PyTorch eager loop (``nn.LSTM`` + ``nn.Linear`` built by ``seqmodel.interop.to_torch``; one
-   ``log_softmax``, ``topk`` and index-select of the hidden state per step; the faster of 1 and 2
-   threads). Both must return the same best beam before timing. Tokens/s = rows x beams x steps /
-   seconds.
+   PyTorch loop (:func:`benchmarks.decode_workers.torch_beam_search`: one ``log_softmax``,
+   ``topk`` and index-select of the state per step) over ``nn.LSTM`` stepped on length-1
+   sequences (``torch-...``) and over ``nn.LSTMCell`` (``torch-cell-...``), eager and with the
+   step under ``torch.compile``, at each thread setting; the fastest is the baseline. Every
+   PyTorch candidate must return seqmodel's best beam (its first 50 tokens) or it is dropped.
+   Tokens/s = beams x steps / seconds.
 2. Processors: ``generate`` tokens/s at batch 32, hidden 128, 500 steps, plain against the same
    call with repetition, presence and frequency penalties, a token bias, a ban and a stop
-   sequence that never occurs.
+   sequence that never occurs, and with the repetition penalty alone.
 
 Medians of alternating repetitions; compile excluded.
 """
@@ -21,145 +22,83 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import time
+import pathlib
+import sys
 
-import jax
-import numpy as np
-from flax import nnx
+if not __package__:  # run by path: Python put benchmarks/ on sys.path, the package needs its parent
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import seqmodel as sm
+import numpy as np  # noqa: E402
 
-VOCAB = 65
-
-
-def make_model(hidden: int, seed: int = 0) -> sm.SequenceModel:
-    config = sm.ModelConfig(vocab_size=VOCAB, cell="lstm", hidden_size=hidden, embed_size=64)
-    model = sm.SequenceModel(config, rngs=nnx.Rngs(seed))
-    model.eval()
-    return model
-
-
-def time_call(run, repeats: int) -> list[float]:
-    run()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return times
-
-
-# ---------------------------------------------------------------------------------------------
-# Beam search
-# ---------------------------------------------------------------------------------------------
-
-
-def torch_beam_search(modules, prompt: np.ndarray, steps: int, beams: int):
-    """The beam search of seqmodel.decoding.beam without eos, as a PyTorch eager loop (batch 1)."""
-    import torch
-
-    embedding, rnn, head = modules
-    with torch.no_grad():
-        tokens = torch.as_tensor(prompt, dtype=torch.long)
-        state = None
-        if tokens.shape[1] > 1:
-            _, state = rnn(embedding(tokens[:, :-1]), state)
-        x = tokens[:, -1].repeat(beams)
-        if state is not None:
-            state = tuple(s.repeat_interleave(beams, dim=1) for s in state)
-        scores = torch.full((beams,), -float("inf"))
-        scores[0] = 0.0
-        history = torch.zeros((beams, steps), dtype=torch.long)
-        for step in range(steps):
-            output, state = rnn(embedding(x)[:, None], state)
-            log_probs = torch.log_softmax(head(output[:, 0]), dim=-1)
-            totals = (scores[:, None] + log_probs).reshape(-1)
-            scores, flat = torch.topk(totals, beams)
-            parent, x = flat // VOCAB, flat % VOCAB
-            history = history[parent]
-            history[:, step] = x
-            state = tuple(s[:, parent] for s in state)
-        return history.numpy(), scores.numpy()
-
-
-def bench_beam(args) -> dict:
-    import torch
-
-    from seqmodel.interop import to_torch
-
-    model = make_model(args.hidden)
-    modules = to_torch(model)
-    prompt = np.array([[1, 2, 3, 4]], np.int32)
-    ours = sm.beam_search(model, prompt=prompt, steps=args.steps, num_beams=args.beams,
-                          num_return_sequences=args.beams)
-    theirs, _ = torch_beam_search(modules, prompt, args.steps, args.beams)
-    # Same weights, no randomness: the best beams agree (float rounding may reorder late ties).
-    check = min(args.steps, 50)
-    agree = bool(np.array_equal(np.asarray(ours.sequences[0, 0, :check]), theirs[0, :check]))
-    if not agree:
-        raise SystemExit("bench_decoding: seqmodel and PyTorch beam searches disagree on the best "
-                         "beam's first tokens; the models are not the same")
-
-    def ours_run():
-        jax.block_until_ready(sm.beam_search(model, prompt=prompt, steps=args.steps,
-                                             num_beams=args.beams))
-
-    results = {"seqmodel": [], "pytorch": {}}
-    thread_counts = (1, 2)
-    for _ in range(args.repeats):
-        results["seqmodel"] += time_call(ours_run, 1)
-        for threads in thread_counts:
-            torch.set_num_threads(threads)
-            results["pytorch"].setdefault(threads, []).extend(time_call(
-                lambda: torch_beam_search(modules, prompt, args.steps, args.beams), 1))
-    tokens = args.beams * args.steps
-    ours_rate = tokens / statistics.median(results["seqmodel"])
-    torch_rate = max(tokens / statistics.median(times) for times in results["pytorch"].values())
-    return {"hidden": args.hidden, "beams": args.beams, "steps": args.steps,
-            "seqmodel_tokens_per_second": ours_rate, "pytorch_tokens_per_second": torch_rate,
-            "ratio": ours_rate / torch_rate, "best_beams_agree_first_tokens": check}
-
-
-# ---------------------------------------------------------------------------------------------
-# Processors
-# ---------------------------------------------------------------------------------------------
-
+from benchmarks import candidates, protocol  # noqa: E402
+from benchmarks.environment import finish, load_average, provenance  # noqa: E402
 
 PROCESSORS = dict(repetition_penalty=1.2, presence_penalty=0.3, frequency_penalty=0.1,
                   token_bias={5: 0.5}, banned_tokens=[0], stop_sequences=[[64, 64, 64, 64]])
 
 
-def bench_processors(args) -> dict:
-    model = make_model(128)
-    prompt = np.tile(np.arange(1, 9, dtype=np.int32), (32, 1))
-    key = jax.random.key(0)
+def _measure(hidden: int, chosen: list[candidates.Candidate], repeats: int, log) -> dict:
+    workers, failed = protocol.start_workers(
+        [(c.name, {"kind": c.kind, "hidden": hidden, "cell": "lstm", "options": c.options}, c.env)
+         for c in chosen], log=log)
+    try:
+        start = load_average()
+        seconds, failed_later = protocol.alternate(workers, repeats=repeats, log=log)
+        entries = {worker.name: {**{k: v for k, v in worker.hello.items()
+                                    if k not in ("ready", "result")},
+                                 **protocol.summary(seconds[worker.name])}
+                   for worker in workers if seconds[worker.name]}
+    finally:
+        for worker in workers:
+            worker.close()
+    for name, error in {**failed, **failed_later}.items():
+        entries.setdefault(name, {})["error"] = error
+    return {"candidates": entries, "load_average": {"start": start, "end": load_average()}}
 
-    def run(**extra):
-        return lambda: jax.block_until_ready(
-            sm.generate(model, key=key, steps=args.steps, prompt=prompt, **extra).samples)
 
-    plain, processed, repetition = [], [], []
-    cpu = {"plain": [], "all": []}  # CPU seconds of the process: steadier on a shared machine
-    for _ in range(args.repeats):
-        started = time.process_time()
-        plain += time_call(run(), 1)
-        cpu["plain"].append(time.process_time() - started)
-        started = time.process_time()
-        processed += time_call(run(**PROCESSORS), 1)
-        cpu["all"].append(time.process_time() - started)
-        repetition += time_call(run(repetition_penalty=1.2), 1)
+def bench_beam(args, log=print) -> dict:
+    options = {"beams": args.beams, "steps": args.steps}
+    chosen = [candidates.Candidate("seqmodel", "beam", options)]
+    chosen += candidates.torch_variants("torch-beam", {"module": (), "cell": ()}, extra=options)
+    result = _measure(args.hidden, chosen, args.repeats, log)
+    entries = result["candidates"]
+    reference = entries.get("seqmodel", {}).get("best_beam")
+    for name, entry in entries.items():
+        # Same weights, no randomness: the best beams agree (float ties may reorder late ones).
+        if name != "seqmodel" and "median" in entry and entry.get("best_beam") != reference:
+            entry["error"] = "its best beam differs from seqmodel's: not the same model"
+            entry.pop("median")
+    tokens = args.beams * args.steps
+    for entry in entries.values():
+        if "median" in entry:
+            entry["tokens_per_second"] = tokens / entry["median"]
+    best = candidates.fastest_torch(entries)
+    ours = entries.get("seqmodel", {}).get("tokens_per_second")
+    return {"hidden": args.hidden, "beams": args.beams, "steps": args.steps, **result,
+            "torch_best": best, "seqmodel_tokens_per_second": ours,
+            "pytorch_tokens_per_second": entries[best]["tokens_per_second"] if best else None,
+            "ratio": ours / entries[best]["tokens_per_second"] if best and ours else None}
+
+
+def bench_processors(args, log=print) -> dict:
+    prompt = np.tile(np.arange(1, 9, dtype=np.int32), (32, 1)).tolist()
+    base = {"variant": "generate", "batch": 32, "steps": args.steps, "prompt": prompt}
+    processors = {**PROCESSORS, "token_bias": {str(k): v for k, v in PROCESSORS["token_bias"].items()}}
+    chosen = [candidates.Candidate("plain", "generate", base),
+              candidates.Candidate("all-processors", "generate",
+                                   {**base, "generate_options": processors}),
+              candidates.Candidate("repetition-only", "generate",
+                                   {**base, "generate_options": {"repetition_penalty": 1.2}})]
+    result = _measure(128, chosen, args.repeats, log)
     tokens = 32 * args.steps
-    plain_rate = tokens / statistics.median(plain)
-    processed_rate = tokens / statistics.median(processed)
-    return {"batch": 32, "hidden": 128, "steps": args.steps,
-            "plain_tokens_per_second": plain_rate,
-            "all_processors_tokens_per_second": processed_rate,
-            "repetition_only_tokens_per_second": tokens / statistics.median(repetition),
-            "cost_fraction": 1.0 - processed_rate / plain_rate,
-            "cpu_cost_fraction": statistics.median(cpu["all"]) / statistics.median(cpu["plain"])
-            - 1.0}
+    rates = {name: tokens / entry["median"] for name, entry in result["candidates"].items()
+             if "median" in entry}
+    return {"batch": 32, "hidden": 128, "steps": args.steps, **result,
+            "plain_tokens_per_second": rates.get("plain"),
+            "all_processors_tokens_per_second": rates.get("all-processors"),
+            "repetition_only_tokens_per_second": rates.get("repetition-only"),
+            "cost_fraction": (1.0 - rates["all-processors"] / rates["plain"]
+                              if "plain" in rates and "all-processors" in rates else None)}
 
 
 def main(argv=None) -> int:
@@ -168,29 +107,27 @@ def main(argv=None) -> int:
     parser.add_argument("--beams", type=int, default=8)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--part", choices=("beam", "processors"),
-                        help="run one part only (default: both)")
+    parser.add_argument("--only", choices=("beam", "processors"), help="run one part only")
     parser.add_argument("--json", metavar="PATH")
     args = parser.parse_args(argv)
-    report = {"jax": jax.__version__}
-    if args.part in (None, "beam"):
-        report["beam_search"] = beam = bench_beam(args)
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    report = provenance("benchmarks/bench_decoding.py", argv)
+    if args.only != "processors":
+        beam = report["beam_search"] = bench_beam(args, log)
         print(f"beam search (beams {beam['beams']}, batch 1, hidden {beam['hidden']}, "
-              f"{beam['steps']} steps): seqmodel {beam['seqmodel_tokens_per_second']:,.0f} "
-              f"tok/s, PyTorch eager {beam['pytorch_tokens_per_second']:,.0f} tok/s: "
-              f"{beam['ratio']:.1f}x")
-    if args.part in (None, "processors"):
-        report["processors"] = processors = bench_processors(args)
-        report["loadavg"] = [round(value, 2) for value in os.getloadavg()]
+              f"{beam['steps']} steps): seqmodel {beam['seqmodel_tokens_per_second'] or 0:,.0f} "
+              f"tok/s, PyTorch's best ({beam['torch_best']}) "
+              f"{beam['pytorch_tokens_per_second'] or 0:,.0f} tok/s: {beam['ratio'] or 0:.1f}x")
+    if args.only != "beam":
+        processors = report["processors"] = bench_processors(args, log)
         print(f"processors (batch 32, hidden 128): plain "
-              f"{processors['plain_tokens_per_second']:,.0f} tok/s, all processors "
-              f"{processors['all_processors_tokens_per_second']:,.0f} tok/s (cost "
-              f"{100 * processors['cost_fraction']:.1f}%), repetition penalty only "
-              f"{processors['repetition_only_tokens_per_second']:,.0f} tok/s; CPU time cost "
-              f"{100 * processors['cpu_cost_fraction']:.1f}%")
+              f"{processors['plain_tokens_per_second'] or 0:,.0f} tok/s, all processors "
+              f"{processors['all_processors_tokens_per_second'] or 0:,.0f} tok/s (cost "
+              f"{100 * (processors['cost_fraction'] or 0):.1f}%), repetition penalty only "
+              f"{processors['repetition_only_tokens_per_second'] or 0:,.0f} tok/s")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2, default=str)
+        pathlib.Path(args.json).write_text(json.dumps(finish(report), indent=1, default=str))
+        print(f"wrote {args.json}")
     return 0
 
 

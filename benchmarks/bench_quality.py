@@ -1,29 +1,30 @@
 """Quality benchmark: validation loss after a fixed wall-time budget, and the loss curve on the way.
 
 Runs ``seqmodel train --data tinyshakespeare --max-time 110`` with the default settings in a fresh
-process and reports the validation loss in nats per character, the throughput, a sample and how
-loaded the machine was (the 1-minute load average before and after; timings on a shared machine
-are pessimistic). References measured on the 2-core development machine: a PyTorch ``nn.LSTM``
-(hidden 512, Adam) reaches 1.665 in the same budget, nanoGPT's CPU configuration 1.886 in 124 s.
-The target is 1.60 or lower.
+process, once per seed, and reports the validation loss in nats per character, the throughput,
+a sample and how loaded the machine was (the load averages at the start and the end; timings on
+a shared machine are pessimistic). The target is 1.60 or lower.
+
+Arms compare at an equal tuning budget: every arm runs the command's defaults (only the cell,
+and the size the cell's own defaults give, change), three seeds each. ``--framework torch`` is the
+PyTorch arm: ``nn.LSTM`` h512 with the same data, initial weights, optimizer, schedule, budget
+rule and evaluation (:mod:`benchmarks.quality_torch`).
 
 ``--cell``, ``--scan``, ``--hidden-size``, ``--num-layers``, ``--seq-len``, ``--eval-every``,
-``--data`` and ``--max-time`` pass on to ``seqmodel train`` (any other flag after ``--``), so
-that two families can be compared. The run's ``metrics.jsonl`` gives the curve: every
-evaluation's validation loss against the run's wall-clock seconds (evaluations included, as
-they count against the budget), and the training loss of every log interval.
-``benchmarks/plot_linear.py quality`` draws the curves of several results in one plot.
+``--data`` and ``--max-time`` pass on to ``seqmodel train`` (any other flag after ``--``). The
+run's ``metrics.jsonl`` gives the curve: every evaluation's validation loss against the run's
+wall-clock seconds (evaluations included, as they count against the budget), and the training
+loss of every log interval. Each run's JSON (``--out-dir DIR``: ``DIR/ARM_seedN.json``) holds
+the command, date, commit, versions and load averages.
 
 Usage::
 
-    SEQMODEL_DATA_DIR=../shared/data python benchmarks/bench_quality.py [--max-time 110]
-        [--json result.json] [-- extra seqmodel train flags]
-    python benchmarks/bench_quality.py --cell rglru --num-layers 2 --hidden-size 256 \\
-        --json rglru.json
-    python benchmarks/bench_quality.py --data python-stdlib --seq-len 1024 --eval-every 20 \\
-        --max-time 150 --json gru_long.json
+    python benchmarks/bench_quality.py --seeds 0,1,2 --out-dir benchmarks/results/quality
+    python benchmarks/bench_quality.py --cell lstm --seeds 0,1,2 --out-dir benchmarks/results/quality
+    python benchmarks/bench_quality.py --cell mingru --seeds 0,1,2 --out-dir benchmarks/results/quality
+    python benchmarks/bench_quality.py --framework torch --seeds 0,1,2 --out-dir benchmarks/results/quality
 
-Not a test: it takes about two minutes.
+Not a test: each run takes about two minutes.
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ import sys
 import tempfile
 import time
 
+if not __package__:  # run by path: Python put benchmarks/ on sys.path, the package needs its parent
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.environment import finish, provenance  # noqa: E402
+
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 TARGET = 1.60  # tinyshakespeare's target; other data have none
-REFERENCES = {"pytorch_lstm_h512_110s": 1.665, "nanogpt_cpu_124s": 1.886}
 # Flags passed on to `seqmodel train` as given (None: the train command's default).
 PASSED_FLAGS = {"cell": str, "scan": str, "hidden_size": int, "num_layers": int, "seq_len": int,
                 "eval_every": int}
@@ -79,14 +84,61 @@ def seconds_to_reach(curve: list[dict], loss: float) -> float | None:
     return None
 
 
-def train_command(args, out: pathlib.Path, extra: list[str]) -> list[str]:
+def train_command(args, out: pathlib.Path, extra: list[str], seed: int) -> list[str]:
+    if args.framework == "torch":
+        return [sys.executable, "-m", "benchmarks.quality_torch", "--data", args.data,
+                "--max-time", str(args.max_time), "--seed", str(seed), "--out", str(out)]
     command = [sys.executable, "-m", "seqmodel.cli", "train", "--data", args.data,
-               "--max-time", str(args.max_time), "--out", str(out), "--json", "--no-progress"]
+               "--max-time", str(args.max_time), "--out", str(out), "--json", "--no-progress",
+               "--seed", str(seed)]
     for field in PASSED_FLAGS:
         value = getattr(args, field)
         if value is not None:
             command += ["--" + field.replace("_", "-"), str(value)]
     return command + extra
+
+
+def one_run(args, extra: list[str], seed: int, environment: dict, argv) -> dict:
+    """Train one arm with one seed in a fresh process; its result (see the module docstring)."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = pathlib.Path(args.keep) / f"seed{seed}" if args.keep else pathlib.Path(folder) / "run"
+        command = train_command(args, out, extra, seed)
+        header = provenance("benchmarks/bench_quality.py", argv)
+        started = time.perf_counter()
+        process = subprocess.run(command, env=environment, capture_output=True, text=True,
+                                 check=False, cwd=REPOSITORY)
+        wall = time.perf_counter() - started
+        if process.returncode != 0:
+            sys.stderr.write(process.stderr[-3000:])
+            raise SystemExit(f"bench_quality: the run failed with status {process.returncode}")
+        validation, training = read_curves(out / "metrics.jsonl")
+    summary = json.loads(process.stdout.strip().splitlines()[-1])
+    shakespeare = args.data == "tinyshakespeare"
+    return finish({
+        **header,
+        "run_command": " ".join(["seqmodel", *command[3:]] if args.framework == "seqmodel"
+                                else ["python", *command[1:]]),
+        "arm": args.arm, "framework": args.framework, "seed": seed,
+        "data": args.data,
+        "cell": "lstm" if args.framework == "torch" else args.cell,
+        "max_time": args.max_time,
+        "val_loss": summary["val_loss"],
+        "bpc": summary.get("bpc"),
+        "target": TARGET if shakespeare else None,
+        "meets_target": (shakespeare and summary["val_loss"] is not None
+                         and summary["val_loss"] <= TARGET),
+        "steps": summary["steps"],
+        "tokens": summary["tokens"],
+        "train_seconds": summary["train_seconds"],
+        "tokens_per_second": summary["tokens_per_second"],
+        "devices": summary.get("devices"),
+        "device_choice": summary.get("device_choice"),
+        "threads": summary.get("threads"),
+        "process_wall_seconds": round(wall, 1),
+        "validation_curve": validation,
+        "training_curve": training,
+        "sample": summary.get("sample", ""),
+    })
 
 
 def main(argv=None) -> int:
@@ -97,70 +149,53 @@ def main(argv=None) -> int:
     for field, kind in PASSED_FLAGS.items():
         parser.add_argument("--" + field.replace("_", "-"), type=kind, default=None,
                             help="passed to seqmodel train (default: its default)")
-    parser.add_argument("--json", metavar="PATH", help="also write the result as JSON")
-    parser.add_argument("--keep", metavar="DIR", help="keep the run folder here (default: a "
+    parser.add_argument("--framework", choices=("seqmodel", "torch"), default="seqmodel",
+                        help="torch: benchmarks/quality_torch.py, nn.LSTM h512 with seqmodel "
+                             "train's defaults")
+    parser.add_argument("--seeds", default="0", help="comma list of seeds, one run each")
+    parser.add_argument("--arm", help="the arm's name in file names and tables (default: the "
+                        "cell, or torch-lstm)")
+    parser.add_argument("--out-dir", metavar="DIR", help="write DIR/ARM_seedN.json per run")
+    parser.add_argument("--json", metavar="PATH", help="write the (last) run's result here")
+    parser.add_argument("--keep", metavar="DIR", help="keep the run folders here (default: a "
                         "temporary folder, removed)")
     parser.add_argument("extra", nargs=argparse.REMAINDER,
                         help="flags passed on to seqmodel train (after --)")
     args = parser.parse_args(argv)
     extra = [flag for flag in args.extra if flag != "--"]
+    if args.framework == "torch" and (extra or any(getattr(args, f) is not None
+                                                   for f in PASSED_FLAGS)):
+        parser.error("--framework torch runs seqmodel train's defaults only (no model flags)")
+    args.arm = args.arm or ("torch-lstm" if args.framework == "torch" else args.cell or "gru")
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds: {args.seeds!r} is not a comma list of integers")
 
     environment = dict(os.environ)
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(REPOSITORY)] + [p for p in environment.get("PYTHONPATH", "").split(os.pathsep) if p])
     if "SEQMODEL_DATA_DIR" not in environment:
         shared = REPOSITORY.parent / "shared" / "data"
         if shared.is_dir():
             environment["SEQMODEL_DATA_DIR"] = str(shared)
-    with tempfile.TemporaryDirectory() as folder:
-        out = pathlib.Path(args.keep) if args.keep else pathlib.Path(folder) / "run"
-        command = train_command(args, out, extra)
-        load_before = os.getloadavg()[0]
-        started = time.perf_counter()
-        process = subprocess.run(command, env=environment, capture_output=True, text=True,
-                                 check=False)
-        wall = time.perf_counter() - started
-        load_after = os.getloadavg()[0]
-        if process.returncode != 0:
-            sys.stderr.write(process.stderr[-3000:])
-            print(f"bench_quality: seqmodel train failed with status {process.returncode}",
-                  file=sys.stderr)
-            return process.returncode
-        validation, training = read_curves(out / "metrics.jsonl")
-    summary = json.loads(process.stdout.strip().splitlines()[-1])
-    shakespeare = args.data == "tinyshakespeare"
-    result = {
-        "command": " ".join(["seqmodel", *command[3:]]),
-        "data": args.data,
-        "cell": args.cell,
-        "val_loss": summary["val_loss"],
-        "bpc": summary.get("bpc"),
-        "target": TARGET if shakespeare else None,
-        "meets_target": (shakespeare and summary["val_loss"] is not None
-                         and summary["val_loss"] <= TARGET),
-        "steps": summary["steps"],
-        "tokens": summary["tokens"],
-        "train_seconds": summary["train_seconds"],
-        "tokens_per_second": summary["tokens_per_second"],
-        "process_wall_seconds": round(wall, 1),
-        "load_average_before": round(load_before, 2),
-        "load_average_after": round(load_after, 2),
-        "cpu_count": os.cpu_count(),
-        "validation_curve": validation,
-        "training_curve": training,
-        "references": REFERENCES if shakespeare else None,
-        "sample": summary.get("sample", ""),
-    }
-    references = (f" (target {TARGET}; PyTorch LSTM h512 "
-                  f"{REFERENCES['pytorch_lstm_h512_110s']})" if shakespeare else "")
-    print(f"{args.data}, --max-time {args.max_time:g}: val loss {result['val_loss']:.4f} "
-          f"nats/char{references} after {result['steps']} steps, {result['tokens']:,} chars, "
-          f"{result['tokens_per_second']:,.0f} chars/s; load average {load_before:.1f} -> "
-          f"{load_after:.1f} on {os.cpu_count()} cores")
-    print("validation loss by wall-clock seconds: " + ", ".join(
-        f"{point['seconds']:.0f} s {point['val_loss']:.3f}" for point in validation))
-    print("--- sample ---")
-    print(result["sample"])
-    if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    for seed in seeds:
+        result = one_run(args, extra, seed, environment, argv)
+        print(f"{args.arm} seed {seed}: {args.data}, --max-time {args.max_time:g}: val loss "
+              f"{result['val_loss']:.4f} nats/char after {result['steps']} steps, "
+              f"{result['tokens']:,} chars, {result['tokens_per_second']:,.0f} chars/s; load "
+              f"average {result['load_average']['start'][0]:.1f} -> "
+              f"{result['load_average']['end'][0]:.1f} on {os.cpu_count()} cores", flush=True)
+        print("validation loss by wall-clock seconds: " + ", ".join(
+            f"{point['seconds']:.0f} s {point['val_loss']:.3f}"
+            for point in result["validation_curve"]))
+        text = json.dumps(result, indent=1) + "\n"
+        if args.out_dir:
+            folder = pathlib.Path(args.out_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{args.arm}_seed{seed}.json").write_text(text, encoding="utf-8")
+        if args.json:
+            pathlib.Path(args.json).write_text(text, encoding="utf-8")
     return 0
 
 

@@ -1,22 +1,27 @@
-"""Speed suite: seqmodel's jitted train step against PyTorch and a plain Flax RNN, in one run.
+"""Speed suite: seqmodel's jitted train step against PyTorch's best and a plain Flax RNN, in one run.
 
 What it measures, for every (cell, hidden size) on the same inputs (batch 32, sequence 128,
 Embedding 64 -> cell -> Linear, vocabulary 65, AdamW + global-norm clipping, fp32):
 
 - train-step tokens/s (compile excluded), compile seconds (wall and CPU) and whether the step
   recompiles on a second batch, for
-  ``seqmodel`` (the library's step, :func:`seqmodel.training.optimization.make_train_step` as ``seqmodel train``
-  runs it by default: custom-VJP recurrences, on a CPU-only machine the batch split over one
-  device per core, :func:`seqmodel.training.distributed.default_cpu_devices`), ``seqmodel-1dev`` (the same
-  step on one device, ``--devices 1``), ``seqmodel-fit`` (:func:`seqmodel.training.fitting` itself with
-  its default devices: data pipeline, logging and run folder around the same step),
-  ``seqmodel-plain`` (``fast_recurrence=False``: ``lax.scan`` differentiated by JAX, one device),
-  ``flax`` (``nnx.RNN(OptimizedLSTMCell / GRUCell)``, same optax chain), ``torch``
-  (``nn.LSTM`` / ``nn.GRU``, default threads) and ``torch-1t`` (one thread); the torch models
-  hold the seqmodel model's weights (:func:`seqmodel.interop.to_torch`) and must give its loss
-  on the first batch before they are timed;
-- generate tokens/s of the library (``time_generate`` of :mod:`benchmarks.bench_generate`),
-  ``b=32`` rows of 128 tokens;
+  ``seqmodel`` (the library's step as ``seqmodel train`` runs it by default: custom-VJP
+  recurrences, ``TrainConfig.steps_per_call`` steps per compiled call, and on a CPU-only machine
+  the split of the batch over devices that :func:`seqmodel.training.devices.choose_split`
+  measures at start-up: one device, or one CPU device per core; ``device_choice`` says which and
+  why), ``seqmodel-1dev`` and ``seqmodel-per-core`` (those two splits pinned),
+  ``seqmodel-1dev-1call`` (one device, one step per call: no split, no multi-step program),
+  ``seqmodel-fit`` (:func:`seqmodel.training.fitting.fit` itself with the default split: data
+  pipeline, logging and run folder around the same step), ``seqmodel-plain``
+  (``fast_recurrence=False``: ``lax.scan`` differentiated by JAX, one device, one step per
+  call), ``flax`` (``nnx.RNN(OptimizedLSTMCell / GRUCell)``, same optax chain) and PyTorch
+  (``nn.LSTM`` / ``nn.GRU``, and for the GRU also :class:`benchmarks.torch_variants.GRULoop`,
+  its input projection hoisted) at each thread setting (``torch-{eager,compile}-{1t,2t}``, its
+  default too when that differs), eager and under ``torch.compile``; the PyTorch models hold the
+  seqmodel model's weights (:func:`seqmodel.interop.to_torch`) and must give its loss on the
+  first batch before they are timed;
+- generate tokens/s of the library (:func:`benchmarks.decode_workers.time_generate`), ``b=32``
+  rows of 128 tokens;
 - the machine's GEMM FLOP/s: a large ``2048^3`` GEMM and the serial small GEMMs of the
   recurrence (``(b, h) @ (h, G)`` and ``(b, G) @ (G, h)`` chained in a ``lax.scan``), and a
   roofline column: the time the step's FLOPs would take at those ceilings (serial matmuls at the
@@ -24,19 +29,17 @@ Embedding 64 -> cell -> Linear, vocabulary 65, AdamW + global-norm clipping, fp3
 
 Every candidate runs in its own worker process (so that device counts, thread counts and the
 two frameworks' thread pools do not interfere); the parent alternates repetitions across
-candidates (rotating the order) and quotes medians. ``x torch`` is the ratio to the faster of
-``torch`` / ``torch-1t`` in the same run; ``x torch-1t cpu`` compares CPU time per step, a figure
-that a busy machine disturbs far less than wall time. On a GPU the same code runs unchanged
-(PyTorch then uses cuDNN; ``seqmodel`` then runs on the accelerator's devices).
-
-The parts (workers, rooflines, tables, the worker protocol) are modules of the ``benchmarks``
-package; this one runs them.
+candidates (rotating the order) and quotes medians. ``x torch`` is the ratio to the fastest
+PyTorch candidate of the same run (named in ``torch_best``); ``x torch-1t cpu`` compares CPU
+time per step with eager PyTorch on one thread, a figure that a busy machine disturbs far less
+than wall time. The JSON holds the command, date, commit, versions and load averages. On a GPU
+the same code runs unchanged (PyTorch then uses cuDNN; ``seqmodel`` the accelerator's devices).
 
 Run (from the source checkout)::
 
-    python benchmarks/bench_speed.py                  # full suite (~9 min on 2 idle cores)
-    python benchmarks/bench_speed.py --quick          # smoke test (~1 min)
-    python -m benchmarks.bench_speed --quick          # the same
+    python benchmarks/bench_speed.py --json benchmarks/results/speed_cpu_2core.json
+    python benchmarks/bench_speed.py --quick          # smoke test
+    python benchmarks/bench_speed.py --cells lstm --hidden 512 --candidates seqmodel,seqmodel-1dev,seqmodel-per-core
     seqmodel bench --json results.json --markdown
 """
 
@@ -44,9 +47,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
-import platform
 import statistics
 import sys
 
@@ -54,20 +55,23 @@ if not __package__:  # run by path: Python put benchmarks/ on sys.path, the pack
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.candidates import (  # noqa: E402
-    TORCH_CANDIDATES,
     TRAIN_CANDIDATES,
     Candidate,
     default_candidates,
+    fastest_torch,
     start,
 )
-from benchmarks.environment import installed_versions  # noqa: E402
+from benchmarks.environment import finish, load_average, provenance  # noqa: E402
 from benchmarks.rooflines import roofline  # noqa: E402
 from benchmarks.tables import format_markdown, format_table  # noqa: E402
 from benchmarks.workload import BATCH, EMBED, GATES, SEQUENCE, VOCAB  # noqa: E402
 
 # What a worker's ready line reports that the results keep.
 HELLO_KEYS = ("compile_seconds", "compile_cpu_seconds", "compiled_programs", "devices",
-              "steps_per_call", "first_loss", "seqmodel_first_loss")
+              "steps_per_call", "first_loss", "seqmodel_first_loss", "threads", "default_threads",
+              "mode", "implementation", "device_choice")
+# The work ratio's reference: PyTorch eager on one thread (its CPU time is its work).
+ONE_THREAD_TORCH = "torch-eager-1t"
 
 
 def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repeats: int,
@@ -97,7 +101,7 @@ def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repe
                 worker.close()
                 continue
             steps[worker.name] = max(1, round(seconds_per_repeat / max(first["seconds"], 1e-4)))
-        load_before = os.getloadavg()[0]
+        load_before = load_average()
         for repeat in range(repeats):
             # Alternate (every candidate sees the same machine load) and rotate the order, so
             # that no candidate always runs right after the same neighbour.
@@ -119,7 +123,7 @@ def _measure_config(cell: str, hidden: int, candidates: list[Candidate], *, repe
             entry["spread"] = (max(entry["seconds"]) - min(entry["seconds"])) / entry[
                 "seconds_per_step"]
             entry["cpu_ms_per_step"] = 1e3 * statistics.median(entry["cpu_seconds"])
-        results["_load"] = {"before": load_before, "after": os.getloadavg()[0]}
+        results["_load"] = {"start": load_before, "end": load_average()}
         generators = [w for w in workers if w.name == "seqmodel"]
         for worker in generators:
             answers = [worker.ask("generate") for _ in range(generate_repeats)]
@@ -140,7 +144,7 @@ def run_suite(*, cells=("lstm", "gru"), hidden_sizes=(128, 512), candidates=None
               log=print) -> dict:
     """Run the suite and return its results as a JSON-ready dict (see module docstring)."""
     candidates = default_candidates() if candidates is None else candidates
-    log(f"load average before: {os.getloadavg()}")
+    log(f"load average before: {load_average()}")
     gemm = start(Candidate("gemm", "gemm", {"serial_shapes": [
         (hidden, GATES[cell]) for cell in cells for hidden in hidden_sizes]}), "lstm", 0)
     ceilings = gemm.hello.get("result") or {}
@@ -151,30 +155,27 @@ def run_suite(*, cells=("lstm", "gru"), hidden_sizes=(128, 512), candidates=None
         for hidden in hidden_sizes:
             log(f"{cell} h{hidden} ...")
             measured = _measure_config(
-                cell, hidden, candidates, repeats=repeats, seconds_per_repeat=seconds_per_repeat,
-                generate_repeats=generate_repeats, log=log)
+                cell, hidden, [c for c in candidates if c.applies_to(cell)], repeats=repeats,
+                seconds_per_repeat=seconds_per_repeat, generate_repeats=generate_repeats, log=log)
             load = measured.pop("_load", None)
             for entry in measured.values():
                 if "seconds_per_step" in entry:
                     entry.update(roofline(cell, hidden, entry["seconds_per_step"], ceilings))
-            torch_speeds = [measured[n]["tokens_per_second"] for n in TORCH_CANDIDATES
-                            if "tokens_per_second" in measured.get(n, {})]
-            reference = max(torch_speeds) if torch_speeds else None
+            best = fastest_torch(measured)
+            reference = measured[best]["tokens_per_second"] if best else None
             for entry in measured.values():
                 if reference and "tokens_per_second" in entry:
                     entry["ratio_to_torch"] = entry["tokens_per_second"] / reference
             # Work ratio: torch on one thread against each candidate, in CPU time per step.
-            one_thread = measured.get("torch-1t", {}).get("cpu_ms_per_step")
+            one_thread = measured.get(ONE_THREAD_TORCH, {}).get("cpu_ms_per_step")
             for entry in measured.values():
                 if one_thread and entry.get("cpu_ms_per_step"):
                     entry["cpu_ratio_to_torch_1t"] = one_thread / entry["cpu_ms_per_step"]
             rows.append({"cell": cell, "hidden": hidden, "load_average": load,
-                         "candidates": measured})
+                         "torch_best": best, "candidates": measured})
     return {
         "shape": {"batch": BATCH, "sequence": SEQUENCE, "vocab": VOCAB, "embed": EMBED},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_average_after": os.getloadavg()},
-        "versions": installed_versions("jax", "jaxlib", "flax", "optax", "torch"),
+        "repeats": repeats, "seconds_per_repeat": seconds_per_repeat,
         "ceilings_gflops": ceilings,
         "rows": rows,
     }
@@ -190,7 +191,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cells", default="lstm,gru")
     parser.add_argument("--hidden", default="128,512")
     parser.add_argument("--candidates", default=",".join(TRAIN_CANDIDATES),
-                        help="comma list of: " + ", ".join(TRAIN_CANDIDATES))
+                        help="comma list of: " + ", ".join(TRAIN_CANDIDATES) + " (torch: every "
+                        "PyTorch variant), or single variants such as torch-compile-1t")
+    parser.add_argument("--torch-threads", default="1,2",
+                        help="PyTorch thread counts besides its default (default 1,2)")
+    parser.add_argument("--torch-modes", default="eager,compile",
+                        help="PyTorch modes: eager, compile (default both)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds per repetition")
     parser.add_argument("--markdown", action="store_true", help="also print a Markdown table")
@@ -207,14 +213,23 @@ def main(argv=None) -> int:
         if cell not in ("lstm", "gru"):
             parser.error(f"--cells: {cell!r} is not allowed; allowed: lstm, gru")
     try:
-        candidates = default_candidates(tuple(args.candidates.split(",")))
+        threads = (None, *(int(count) for count in args.torch_threads.split(",") if count))
+    except ValueError:
+        parser.error(f"--torch-threads: {args.torch_threads!r} is not a comma list of integers")
+    modes = tuple(args.torch_modes.split(","))
+    if not set(modes) <= {"eager", "compile"}:
+        parser.error(f"--torch-modes: {args.torch_modes!r}; allowed: eager, compile")
+    try:
+        candidates = default_candidates(tuple(args.candidates.split(",")), threads=threads,
+                                        modes=modes)
     except ValueError as error:
         parser.error(f"--candidates: {error}")
+    report = provenance("benchmarks/bench_speed.py", argv)
     results = run_suite(cells=cells, hidden_sizes=hidden_sizes, candidates=candidates,
                         repeats=repeats, seconds_per_repeat=seconds,
                         generate_repeats=generate_repeats,
                         log=lambda message: print(message, file=sys.stderr, flush=True))
-    results["command"] = " ".join(["seqmodel bench", *(argv if argv is not None else sys.argv[1:])])
+    results = finish({**report, **results})
     print(format_table(results))
     if args.markdown:
         print()

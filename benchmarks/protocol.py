@@ -133,3 +133,58 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.log.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing several workers in turn
+# ---------------------------------------------------------------------------------------------
+
+
+def start_workers(named_specs, *, log=print) -> tuple[list[Worker], dict[str, str]]:
+    """Start one worker per ``(name, spec, env)``, one after the other (each builds and compiles
+    alone). Returns ``(ready workers, {name: error})`` for those that failed to start."""
+    workers, failed = [], {}
+    for name, spec, env in named_specs:
+        worker = Worker(name, spec, env=env)
+        if "error" in worker.hello:
+            log(f"  {name}: skipped ({worker.hello['error'][-300:]})")
+            failed[name] = worker.hello["error"][-1000:]
+            worker.close()
+        else:
+            workers.append(worker)
+    return workers, failed
+
+
+def alternate(workers: list[Worker], *, repeats: int, counts: dict[str, int] | None = None,
+              log=print) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """``repeats`` rounds in which every worker times ``counts[name]`` units (``run N``; default
+    1) in turn, the order rotating each round so that no worker always follows the same one.
+    Returns ``({name: [seconds per unit, one per round]}, {name: error})``; a worker that fails
+    is dropped from later rounds."""
+    seconds: dict[str, list[float]] = {worker.name: [] for worker in workers}
+    failed: dict[str, str] = {}
+    live = list(workers)
+    for repeat in range(repeats):
+        shift = repeat % max(len(live), 1)
+        for worker in live[shift:] + live[:shift]:
+            if worker.name in failed:
+                continue
+            count = (counts or {}).get(worker.name, 1)
+            answer = worker.ask(f"run {count}")
+            if "seconds" in answer:
+                seconds[worker.name].append(answer["seconds"] / count)
+            else:
+                failed[worker.name] = answer.get("error", "no answer")[-1000:]
+                log(f"  {worker.name}: failed ({failed[worker.name][-300:]})")
+        live = [worker for worker in live if worker.name not in failed]
+    return seconds, failed
+
+
+def summary(values: list[float]) -> dict:
+    """``{"median", "fastest", "spread", "repeats"}`` of a candidate's repetitions (seconds);
+    ``spread`` is ``(max - min) / median``, the run's own noise figure."""
+    import statistics
+
+    median = statistics.median(values)
+    return {"median": median, "fastest": min(values),
+            "spread": (max(values) - min(values)) / median, "repeats": len(values)}

@@ -8,7 +8,7 @@ COLUMNS = [  # (header, key, format)
     ("devices", "devices", "d"),
     ("steps/call", "steps_per_call", "d"),
     ("train tok/s", "tokens_per_second", ".0f"),
-    ("x torch", "ratio_to_torch", ".2f"),
+    ("x best torch", "ratio_to_torch", ".2f"),
     ("spread", "spread", ".2f"),
     ("cpu ms/step", "cpu_ms_per_step", ".1f"),
     ("x torch-1t cpu", "cpu_ratio_to_torch_1t", ".2f"),
@@ -35,6 +35,15 @@ def _footer(results: dict) -> list[str]:
     ceilings = results.get("ceilings_gflops", {})
     lines = ["GEMM ceilings GFLOP/s: " + ", ".join(
         f"{k.replace('_gflops', '')}={v:.0f}" for k, v in ceilings.items())]
+    best = [f"{row['cell']} h{row['hidden']}: {row['torch_best']}" for row in results["rows"]
+            if row.get("torch_best")]
+    if best:
+        lines.append("fastest PyTorch candidate (x best torch is against it): " + ", ".join(best))
+    choices = [f"{row['cell']} h{row['hidden']}: {entry['device_choice']['reason']}"
+               for row in results["rows"] for name, entry in row["candidates"].items()
+               if name == "seqmodel" and entry.get("device_choice")]
+    if choices:
+        lines.append("seqmodel's split, chosen at start-up: " + "; ".join(choices))
     programs = {entry["compiled_programs"] for row in results["rows"]
                 for entry in row["candidates"].values() if "compiled_programs" in entry}
     if programs:
@@ -48,7 +57,8 @@ def _footer(results: dict) -> list[str]:
                      f"first-batch loss equal within {max(loss_errors):.1e}")
     loads = [row.get("load_average") for row in results["rows"] if row.get("load_average")]
     if loads:
-        worst = max(max(load.values()) for load in loads)
+        worst = max(max(value if isinstance(value, (int, float)) else max(value)
+                        for value in load.values()) for load in loads)
         lines.append(f"load average during the runs: up to {worst:.1f} on {os.cpu_count()} CPUs"
                      + ("  (busy machine: absolute figures are low and noisy; read the ratios)"
                         if worst > (os.cpu_count() or 1) else ""))
@@ -56,11 +66,12 @@ def _footer(results: dict) -> list[str]:
 
 
 def format_table(results: dict) -> str:
-    """The printed table: one line per (cell, hidden, candidate), ratios to the best torch.
+    """The printed table: one line per (cell, hidden, candidate), ratios to the fastest
+    PyTorch candidate of the row (named in the footer).
 
     ``spread`` is ``(max - min) / median`` of the repetitions: the run's own noise figure.
     ``cpu ms/step`` is the CPU time of the candidate's process (every thread) per step, and
-    ``x torch-1t cpu`` torch-on-one-thread's CPU time over the candidate's: a work ratio that a
+    ``x torch-1t cpu`` eager torch-on-one-thread's CPU time over the candidate's: a work ratio that a
     busy machine disturbs far less than wall time (a multi-threaded candidate's figure includes
     its threads' waiting)."""
     header = ["cell", "h", "candidate"] + [title for title, _, _ in COLUMNS]

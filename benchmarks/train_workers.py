@@ -12,7 +12,15 @@ import shutil
 import tempfile
 import time
 
-from benchmarks.workload import BATCH, EMBED, SEQUENCE, VOCAB, batch, optax_chain, reference_model
+from benchmarks.workload import (
+    BATCH,
+    EMBED,
+    SEQUENCE,
+    VOCAB,
+    batch,
+    optax_chain,
+    reference_model,
+)
 
 
 def _compile(jitted, *args):
@@ -84,29 +92,58 @@ def _jax_train_runner(model, loss_of, options):
     return run, compile_info
 
 
+class _SameBatches:
+    """A dataset stand-in for :func:`seqmodel.training.devices.choose_split`: its train batches
+    are the workload's batch, again and again."""
+
+    def train_batches(self, **_):
+        import numpy as np
+
+        from seqmodel.data import Batch
+
+        inputs, targets = batch(0)
+        while True:
+            yield Batch(inputs=inputs, targets=targets, mask=None,
+                        reset=np.zeros((BATCH,), bool))
+
+
 def seqmodel_worker(spec: dict):
-    """The library's own train step, as ``seqmodel train [--devices N]`` runs it: the program of
-    :meth:`seqmodel.training.distributed.DataParallel.train_step` (the batch and the lanes' carry split by
-    rows over N devices; N=1 is the plain one-device step; no N: the default of
-    :func:`seqmodel.training.distributed.from_flags` for this batch), ``TrainConfig.steps_per_call`` steps
-    per call over stacked batches unless ``options['steps_per_call']`` says otherwise."""
+    """The library's own train step, as ``seqmodel train`` runs it: the program of
+    :meth:`seqmodel.training.distributed.DataParallel.train_step` (the batch and the lanes' carry
+    split by rows over the devices), ``TrainConfig.steps_per_call`` steps per call over stacked
+    batches unless ``options['steps_per_call']`` says otherwise.
+
+    ``options['devices']``: a count (1: the plain one-device step), ``"cores"`` (one CPU device
+    per core), or absent: ``seqmodel train``'s default, the split that
+    :func:`seqmodel.training.devices.choose_split` measures at start-up (the ready line names it
+    in ``device_choice``)."""
     import jax
     import numpy as np
     from flax import nnx
 
     from seqmodel.data import Batch
-    from seqmodel.training import distributed
+    from seqmodel.training import devices, distributed
     from seqmodel.training.fitting.in_flight import CallsInFlight
-    from seqmodel.training.optimization import TrainConfig, init_train_state, stack_batches
+    from seqmodel.training.optimization import (
+        TrainConfig,
+        init_train_state,
+        stack_batches,
+    )
 
     options = spec["options"]
+    count = options.get("devices")
+    count = distributed.cpu_cores() if count == "cores" else count
     # Before any JAX computation: virtual CPU devices must be asked for first.
-    parallel = distributed.from_flags(devices=options.get("devices"), batch_size=BATCH)
+    parallel = distributed.from_flags(devices=count, batch_size=BATCH)
     model = reference_model(spec["cell"], spec["hidden"],
                             fast_recurrence=options.get("fast_recurrence", True),
                             fold_embedding=options.get("fold_embedding", True))
     train_config = TrainConfig(batch_size=BATCH, seq_len=SEQUENCE, steps=10_000)
     per_call = int(options.get("steps_per_call") or train_config.steps_per_call)
+    choice = None
+    if count is None:
+        parallel, choice = devices.choose_split(model, _SameBatches(), train_config, parallel)
+        per_call = choice.steps_per_call
     tx, train_step = parallel.train_step(nnx.graphdef(model), train_config,
                                          stacked=per_call > 1)
     graphdef, state = init_train_state(model, tx, train_config)
@@ -129,8 +166,12 @@ def seqmodel_worker(spec: dict):
     for batch_values in (first, placed(1, True)):
         state, metrics = train_step(state, batch_values)
     compile_info["compiled_programs"] = int(train_step._cache_size())
+    if choice is not None:  # the choice compiled this program already: its time is the choice's
+        compile_info["compile_seconds"] = compile_info["compile_cpu_seconds"] = None
     compile_info["devices"] = parallel.num_devices
     compile_info["steps_per_call"] = per_call
+    if choice is not None:
+        compile_info["device_choice"] = choice.to_dict()
     holder = {"state": state}
 
     def run(n: int) -> tuple[float, float]:
@@ -153,7 +194,7 @@ def seqmodel_worker(spec: dict):
 def _generate_runner(model, steps: int = SEQUENCE):
     """Timer of free-running generation, ``BATCH`` rows of ``steps`` tokens, compile excluded
     (the generate benchmark's own timer)."""
-    from benchmarks.bench_generate import time_generate
+    from benchmarks.decode_workers import time_generate
 
     return lambda: time_generate(model, batch_size=BATCH, steps=steps)
 
@@ -165,7 +206,8 @@ def fit_worker(spec: dict):
     the time quoted runs from the end of its first interval (the run's start) to the end of its
     last (evaluation and the final checkpoint come after), marked by fit's callback. Against
     ``seqmodel`` in the same run (same devices) it shows whether the data pipeline and the logging
-    keep the compiled step busy."""
+    keep the compiled step busy. Without ``options['devices']`` its split is measured at
+    start-up, as ``seqmodel train`` does."""
     import numpy as np
     from flax import nnx
 
@@ -186,6 +228,14 @@ def fit_worker(spec: dict):
     model = SequenceModel(config, rngs=nnx.Rngs(0))
     # The default, a multiple of the default steps per call: every mark falls at a call's end.
     log_every = TrainConfig.log_every
+    choice, per_call = None, TrainConfig.steps_per_call
+    if options.get("devices") is None:  # as seqmodel train: the split measured at start-up
+        from seqmodel.training import devices
+
+        parallel, choice = devices.choose_split(
+            model, dataset, TrainConfig(batch_size=BATCH, seq_len=SEQUENCE, steps=10_000),
+            parallel)
+        per_call = choice.steps_per_call
 
     def run(n: int) -> tuple[float, float]:
         # Whole log intervals: the callback then marks the end of every interval, and the time
@@ -193,7 +243,7 @@ def fit_worker(spec: dict):
         timed = -(-n // log_every) * log_every
         marks = []
         train_config = TrainConfig(batch_size=BATCH, seq_len=SEQUENCE, steps=timed + log_every,
-                                   eval_every=None, log_every=log_every)
+                                   eval_every=None, log_every=log_every, steps_per_call=per_call)
         folder = tempfile.mkdtemp(prefix="seqmodel-bench-fit-")
         try:
             fit(model, dataset, train_config, out_dir=folder, progress=False, parallel=parallel,
@@ -205,8 +255,8 @@ def fit_worker(spec: dict):
         return (wall_end - wall_start) * n / timed, (cpu_end - cpu_start) * n / timed
 
     run(1)  # compiles the step (the suite times the compile in the ``seqmodel`` worker)
-    return run, {"devices": parallel.num_devices,
-                 "steps_per_call": TrainConfig.steps_per_call}, {}
+    return run, {"devices": parallel.num_devices, "steps_per_call": per_call,
+                 **({"device_choice": choice.to_dict()} if choice else {})}, {}
 
 
 def flax_worker(spec: dict):
@@ -241,18 +291,32 @@ def flax_worker(spec: dict):
 def torch_worker(spec: dict):
     """``nn.Embedding`` + ``nn.LSTM`` / ``nn.GRU`` + ``nn.Linear`` holding the weights of the
     ``seqmodel`` candidates' model (:func:`seqmodel.interop.to_torch`), checked to give its loss
-    on the first batch before anything is timed; AdamW with warmup and clipping, eager mode
-    (cuDNN on a GPU), ``options['threads']`` intra-op threads (default: PyTorch's)."""
+    on the first batch before anything is timed; AdamW with warmup and clipping.
+
+    ``options``: ``threads`` (intra-op threads; None: PyTorch's default), ``mode`` (``eager`` or
+    ``compile``: ``torch.compile`` of the forward and loss, whose backward AOTAutograd compiles
+    with it; the foreach AdamW step stays eager), ``implementation`` (``module``: ``nn.LSTM`` /
+    ``nn.GRU``; ``loop``: :class:`benchmarks.torch_variants.GRULoop`, the GRU as a loop over time
+    with its input projection hoisted, checked against the same loss). On a GPU: cuDNN."""
     import torch
 
+    from benchmarks import torch_variants
     from benchmarks.torch_copy import check_same_loss, torch_modules
 
-    threads = spec["options"].get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+    options = spec["options"]
+    threads = torch_variants.configure_threads(options.get("threads"))
+    mode = options.get("mode", "eager")
+    implementation = options.get("implementation", "module")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     seqmodel_model = reference_model(spec["cell"], spec["hidden"])
     modules = torch_modules(seqmodel_model, device)
+    if implementation == "loop":
+        if spec["cell"] != "gru":
+            raise ValueError(f"implementation 'loop' is the GRU's; cell {spec['cell']!r}")
+        modules = type(modules)(modules[0], torch_variants.gru_loop_class()(modules[1]).to(device),
+                                modules[2])
+    elif implementation != "module":
+        raise ValueError(f"implementation={implementation!r}; allowed: module, loop")
     inputs_array, targets_array = batch()
     agreement = check_same_loss(seqmodel_model, modules, inputs_array, targets_array)
     del seqmodel_model
@@ -270,15 +334,25 @@ def torch_worker(spec: dict):
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 100))
     inputs, targets = (torch.from_numpy(a).long().to(device) for a in (inputs_array, targets_array))
 
+    def loss_of(inputs, targets):
+        logits = model(inputs)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+
+    loss_of = torch_variants.compiled(loss_of, mode)
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        logits = model(inputs)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), targets.reshape(-1))
+        loss = loss_of(inputs, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         return loss
+
+    wall, cpu = time.perf_counter(), time.process_time()
+    step().item()  # compiles (torch.compile) or warms up (eager)
+    compile_info = {"compile_seconds": time.perf_counter() - wall,
+                    "compile_cpu_seconds": time.process_time() - cpu}
 
     def run(n: int) -> float:
         start = time.perf_counter()
@@ -287,5 +361,6 @@ def torch_worker(spec: dict):
         loss.item()
         return time.perf_counter() - start
 
-    return run, {"first_loss": agreement["torch_loss"],
+    return run, {**compile_info, **threads, "mode": mode, "implementation": implementation,
+                 "first_loss": agreement["torch_loss"],
                  "seqmodel_first_loss": agreement["loss"]}, {}

@@ -114,6 +114,151 @@ def test_torch_worker_trains_the_copy():
         run, info, _ = train_workers.torch_worker(
             {"cell": "lstm", "hidden": 8, "options": {"threads": 1}})
         assert abs(info["first_loss"] - info["seqmodel_first_loss"]) <= 1e-4
-        assert run(1) > 0
+        assert run(1) > 0 and info["threads"] == 1 and info["mode"] == "eager"
+        # The GRU as a loop over time holds the same weights: the same loss, and it trains.
+        run, info, _ = train_workers.torch_worker(
+            {"cell": "gru", "hidden": 8, "options": {"threads": 1, "implementation": "loop"}})
+        assert abs(info["first_loss"] - info["seqmodel_first_loss"]) <= 1e-4
+        assert run(1) > 0 and info["implementation"] == "loop"
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_fastest_pytorch_candidate_is_the_baseline(monkeypatch):
+    measured = {"seqmodel": {"tokens_per_second": 900.0}, "torch-eager-1t": {"tokens_per_second": 500.0},
+                "torch-compile-2t": {"tokens_per_second": 700.0}, "torch-loop-eager-1t": {"error": "x"}}
+    assert candidates.fastest_torch(measured) == "torch-compile-2t"
+    assert candidates.fastest_torch({"seqmodel": {"tokens_per_second": 1.0}}) is None
+    from benchmarks import torch_variants
+
+    # PyTorch's default is timed only where it is not one of the explicit counts.
+    monkeypatch.setattr(torch_variants, "default_threads", lambda: 2)
+    names = [c.name for c in candidates.default_candidates(("torch",))]
+    assert names == ["torch-eager-1t", "torch-eager-2t", "torch-compile-1t", "torch-compile-2t",
+                     "torch-loop-eager-1t", "torch-loop-eager-2t", "torch-loop-compile-1t",
+                     "torch-loop-compile-2t"]
+    loop = candidates.default_candidates(("torch-loop-eager-1t",))[0]
+    assert loop.applies_to("gru") and not loop.applies_to("lstm") and loop.is_torch
+    monkeypatch.setattr(torch_variants, "default_threads", lambda: 16)
+    names = [c.name for c in candidates.default_candidates(("torch",), modes=("eager",))]
+    assert names[:3] == ["torch-eager-dt", "torch-eager-1t", "torch-eager-2t"]
+
+
+def test_pytorch_variants_compute_what_the_modules_compute():
+    torch = pytest.importorskip("torch", reason="the PyTorch baselines need torch")
+    from benchmarks import decode_workers, torch_variants
+
+    embedding, gru, head = torch_copy.torch_modules(reference_model("gru", 12))
+    x = torch.randn(3, 7, 64)
+    with torch.no_grad():
+        want, want_last = gru(x)
+        got, got_last = torch_variants.gru_loop_class()(gru)(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_last, want_last, atol=1e-5, rtol=1e-5)
+
+    embedding, lstm, head = torch_copy.torch_modules(reference_model("lstm", 12))
+    module, cell = (torch_variants.StepLoop(embedding, lstm, head, implementation=kind,
+                                            mode="eager") for kind in ("module", "cell"))
+    tokens = torch.tensor([3, 9])
+    with torch.no_grad():
+        for loop_state in ((module, module.initial_state(2)), (cell, cell.initial_state(2))):
+            assert loop_state[1][0].shape == (2, 12)
+        logits_module, *_ = module.logits(tokens, *module.initial_state(2))
+        logits_cell, *_ = cell.logits(tokens, *cell.initial_state(2))
+        sample, h, c = cell.sample(tokens, *cell.initial_state(2))
+    torch.testing.assert_close(logits_module, logits_cell, atol=1e-5, rtol=1e-5)
+    assert sample.shape == (2,) and sample.dtype == torch.long and h.shape == c.shape == (2, 12)
+    prompt = np.array(decode_workers.BEAM_PROMPT)
+    by_module = decode_workers.torch_beam_search(module, prompt, steps=6, beams=3)
+    by_cell = decode_workers.torch_beam_search(cell, prompt, steps=6, beams=3)
+    np.testing.assert_array_equal(by_module[0], by_cell[0])
+    assert by_module[0].shape == (3, 6) and np.all(np.diff(by_module[1]) <= 0)
+
+
+@pytest.mark.slow
+def test_decoding_workers_agree_over_the_protocol():
+    """A seqmodel and a PyTorch beam-search worker at a tiny size: each answers with its best
+    beam (the suite compares them) and times whole searches."""
+    pytest.importorskip("torch", reason="the PyTorch baselines need torch")
+    options = {"beams": 3, "steps": 12}
+    seqmodel_beam = candidates.start(candidates.Candidate("seqmodel", "beam", options), "lstm", 8)
+    torch_beam = candidates.start(candidates.Candidate(
+        "torch-cell-eager-1t", "torch-beam",
+        {**options, "threads": 1, "mode": "eager", "implementation": "cell"},
+        candidates.TORCH_ENV), "lstm", 8)
+    try:
+        assert seqmodel_beam.hello.get("ready"), seqmodel_beam.hello
+        assert torch_beam.hello.get("ready"), torch_beam.hello
+        assert torch_beam.hello["best_beam"] == seqmodel_beam.hello["best_beam"]
+        assert len(seqmodel_beam.hello["best_beam"]) == 12
+        assert torch_beam.hello["threads"] == 1
+        for worker in (seqmodel_beam, torch_beam):
+            assert worker.ask("run 2")["seconds"] > 0
+    finally:
+        seqmodel_beam.close()
+        torch_beam.close()
+
+
+def test_readme_tables_come_from_the_result_files(tmp_path):
+    from benchmarks import readme_tables
+
+    speed = {"command": "python benchmarks/bench_speed.py", "date": "2026-12-05T10:00:00+00:00",
+             "commit": "abcdef0123456789", "machine": {"cpus": 2}, "repeats": 5,
+             "load_average": {"start": [0.5, 0.4, 0.3], "end": [1.5, 1.0, 0.8]},
+             "ceilings_gflops": {"large_gflops": 400.0},
+             "rows": [{"cell": "lstm", "hidden": 128, "torch_best": "torch-compile-1t",
+                       "candidates": {
+                           "seqmodel": {"tokens_per_second": 400_000.0, "ratio_to_torch": 1.33,
+                                        "spread": 0.05, "devices": 2, "steps_per_call": 20, "device_choice": {
+                                            "reason": "2 cpu devices (measured)"}},
+                           "seqmodel-1dev-1call": {"tokens_per_second": 250_000.0,
+                                                   "ratio_to_torch": 0.83, "spread": 0.08},
+                           "torch-compile-1t": {"tokens_per_second": 300_000.0,
+                                                "ratio_to_torch": 1.0, "spread": 0.1},
+                           "flax": {"error": "ImportError: no flax"}}}]}
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    (results / "speed_cpu_2core.json").write_text(__import__("json").dumps(speed))
+    sections = readme_tables.sections(results)
+    table = sections["train-step"]
+    assert "| LSTM | 128 | 400k (**1.33x**, 2 dev. x 20) | 250k (0.83x) |" in table
+    assert "300k (`torch-compile-1t`)" in table and "largest spread (max - min) / median: 10%" in table
+    assert "commit abcdef0123, load average 0.3-1.5 on 2 CPUs" in table
+    assert "2 cpu devices (measured)" in table
+    assert "| train step LSTM h128 >= 1.3x PyTorch's best | 1.33x (`torch-compile-1t`" in \
+        sections["targets"] and "| met |" in sections["targets"]
+    assert "skipped: ImportError" in sections["speed-all"]
+    # Marked sections of a file are replaced; the rest of it is left as it was.
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- readme_tables:train-step -->\nold\n<!-- /readme_tables:train-step -->\n"
+                    "<!-- readme_tables:unknown -->\nkept\n<!-- /readme_tables:unknown -->\n")
+    assert readme_tables.update(page, sections) == ["train-step"]
+    text = page.read_text()
+    assert text.startswith("intro\n") and "old" not in text and "400k" in text and "kept" in text
+
+
+def test_fault_runs_read_where_each_restart_resumed():
+    from benchmarks import bench_faults
+
+    def lines_of(*lines):
+        train = bench_faults.TrainProcess.__new__(bench_faults.TrainProcess)
+        train.lines = [(0.0, line) for line in lines]
+        return train
+
+    resumed = lines_of("seqmodel: resuming gru h32x1 from step 160 on sine (input_size 1) for 400 "
+                       "steps on 1 cpu device; run folder x")
+    assert resumed.resumed_from() == 160 and not resumed.fell_back()
+    fell_back = lines_of("seqmodel: resuming gru h32x1 from step 160 on sine ...",
+                         "seqmodel train: resuming from step 80: the newer step 160 (its params "
+                         "cannot be read (...)) cannot be read and is set aside in x")
+    assert fell_back.resumed_from() == 80 and fell_back.fell_back()
+    assert lines_of("seqmodel: training gru h32x1 on sine ...").resumed_from() == 0
+    assert lines_of("loading").resumed_from() is None  # killed before it said
+    runs = [{"outcome": "identical", "processes": [
+        {"expected_step": 0, "resumed_from": 0,
+         "kill": {"phase": "saving", "signal": "SIGKILL", "aimed_at": "save",
+                  "save_interrupted": True}},
+        {"expected_step": 0, "resumed_from": 0}]}]
+    counts = bench_faults.count(runs)
+    assert counts["by_phase"]["saving"] == 1 and counts["saving_with_partial_step_left"] == 1
+    assert counts["identical"] == 1 and counts["restarts"] == 1

@@ -113,10 +113,13 @@ def load_checkpoint(checkpoint_path: str):
     if not run.path.exists():
         raise UsageError(f"--checkpoint {checkpoint_path!r}: no such folder")
     if not run.holds_checkpoint:
-        partial = " (only a partial step, left by a run killed during its first save)" \
-            if run.partial else ""
-        raise UsageError(f"--checkpoint {checkpoint_path!r} holds no checkpoint{partial}: give a "
-                         f"run folder written by `seqmodel train --out`")
+        held = "no checkpoint" + (" (only a partial step, left by a run killed during its first "
+                                  "save)" if run.partial else "")
+        if run.damaged:
+            held = "no readable checkpoint (" + "; ".join(
+                f"step {saved.step}: {reason}" for saved, reason in run.damaged) + ")"
+        raise UsageError(f"--checkpoint {checkpoint_path!r} holds {held}: give a run folder "
+                         f"written by `seqmodel train --out`")
     return checkpoint.load_model(checkpoint_path)
 
 

@@ -161,9 +161,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "<run folder>/tensorboard (needs tensorboardX: pip install 'seqmodel[tensorboard]')")
     # Data parallelism and several processes: seqmodel.training.distributed, docs/distributed.md.
     add("--devices", type=positive_int, metavar="N", help="devices per process to split each batch "
-        "over (default: all accelerators; on a CPU-only machine one virtual CPU device per core, "
-        "at most 8, fewer when the batch does not split into at least 8 rows a device; 1: one "
-        "device)")
+        "over (default: all accelerators; on a CPU-only machine one device or one virtual CPU "
+        "device per core, whichever a short timing at start-up finds faster, said in the first "
+        "line and kept by --resume; 1: one device)")
     add("--coordinator", metavar="HOST:PORT", help="several processes: address of process 0 "
         "(with --num-processes and --process-id; needs --out and --steps)")
     add("--num-processes", type=positive_int, metavar="N", help="processes in the run")
@@ -379,6 +379,21 @@ def _planned_batch_size(args) -> int | None:
         return None  # _run_folder and _resolve_resume report a missing or unreadable checkpoint
 
 
+def _recorded_devices(args) -> int | None:
+    """The devices of the run that ``--resume`` continues, as its checkpoint recorded them (a
+    resumed run keeps its split, or it would not continue bit for bit); None when not resuming,
+    or for a checkpoint that recorded none."""
+    if not args.resume or args.devices is not None:
+        return None
+    from seqmodel.training import checkpoint
+
+    try:
+        devices = checkpoint.peek_metadata(_resume_out(args), prefer="latest").get("devices")
+    except (checkpoint.CheckpointError, OSError, ValueError):
+        return None  # _run_folder and _resolve_resume report a missing or unreadable checkpoint
+    return devices if isinstance(devices, int) and devices > 0 else None
+
+
 def _resume_out(args) -> pathlib.Path:
     """The run folder that ``--resume`` continues: ``--out``, else the default of ``--data``."""
     return pathlib.Path(args.out) if args.out else pathlib.Path("runs") / (
@@ -456,6 +471,10 @@ def _metric_writers(args, out: pathlib.Path) -> list:
 
 
 def cmd_train(args) -> int:
+    # Without --devices a new single-process run times its splits at start-up; a resumed one
+    # keeps the split its checkpoint recorded.
+    choose_split = args.devices is None and args.coordinator is None and not args.resume
+    args.devices = args.devices or _recorded_devices(args)
     # Before any JAX computation: virtual CPU devices and jax.distributed must come first.
     parallel = parallel_from_flags(args, batch_size=_planned_batch_size(args))
     import jax
@@ -505,23 +524,36 @@ def cmd_train(args) -> int:
                                   "nothing_to_train": True}), flush=True)
             return 0
     model = SequenceModel(model_config, rngs=nnx.Rngs(train_config.seed))
+    split = None
+    if choose_split:
+        from seqmodel.training.devices import choose_split as choose
+
+        parallel, split = choose(model, dataset, train_config, parallel,
+                                 choose_steps_per_call=args.steps_per_call is None)
+        train_config = dataclasses.replace(train_config, steps_per_call=split.steps_per_call)
     units = getattr(dataset, "bits_per_unit", None)
     limits = []
     if train_config.steps:
         limits.append(f"{train_config.steps} steps")
     if train_config.max_time:
         limits.append(f"{train_config.max_time:g} s")
+    # The step named is the newest whose metadata reads; should its arrays not read, fit
+    # warns which older step it resumes from instead.
+    origin = f" from step {checkpoint_metadata['step']}" if from_checkpoint else ""
     say(args, f"seqmodel: {'resuming' if from_checkpoint else 'training'} {model_config.cell} "
-               f"h{model_config.hidden_size}x{model_config.num_layers} on {source} "
+               f"h{model_config.hidden_size}x{model_config.num_layers}{origin} on {source} "
                f"({_describe(dataset)}) for {' or '.join(limits)} on "
-               f"{parallel.describe()}; run folder {out}")
+               f"{split.reason if split else parallel.describe()}; run folder {out}")
     ensemble = getattr(args, "ensemble", None) or 1
     if ensemble > 1 and dataset.kind != "series":
         raise UsageError("--ensemble applies to real-valued data (forecasters), not to text")
     try:
         result = fit(model, dataset, train_config, out_dir=out, resume=args.resume,
                      progress=not args.no_progress, writers=writers,
-                     run_metadata={"source": source, "ensemble": ensemble}, parallel=parallel)
+                     run_metadata={"source": source, "ensemble": ensemble,
+                                   "devices": parallel.num_devices,
+                                   "device_choice": split.to_dict() if split else None},
+                     parallel=parallel)
         member_seconds = [result.train_seconds]
         for member in range(1, ensemble if not result.interrupted else 1):
             member_seconds.append(_train_member(args, member, model_config, train_config,
@@ -549,6 +581,8 @@ def cmd_train(args) -> int:
         "interrupted": result.interrupted,
         "stop_signal": signal.Signals(result.stop_signal).name if result.stop_signal else None,
         "checkpoint_wait_seconds": round(result.checkpoint_wait_seconds, 3),
+        "devices": parallel.num_devices,
+        "device_choice": split.reason if split else None,
     }
     if ensemble > 1:
         summary["ensemble"] = ensemble

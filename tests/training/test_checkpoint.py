@@ -4,6 +4,7 @@ incompatible and damaged checkpoints, run folders of the earlier layout."""
 import dataclasses
 import logging
 import os
+import shutil
 import signal
 
 import jax
@@ -188,30 +189,88 @@ def largest_array_file(step_folder):
     return max(files, key=lambda path: path.stat().st_size)
 
 
-# orbax's reads of the other arrays of a damaged step end after its event loop closed, which
-# Python reports as ignored exceptions: harmless, and orbax's own.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_damaged_newest_step_gives_way_to_the_one_before(uninterrupted, tmp_path, caplog):
-    _, straight, _ = uninterrupted
-    fit(model(), dataset(), CONFIG, out_dir=tmp_path, progress=False)
-    damaged = largest_array_file(tmp_path / CHECKPOINTS / "14")
-    damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])  # truncated
+def truncate(path, keep=0.5):
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
 
-    with caplog.at_level(logging.WARNING, logger="seqmodel"):
-        resumed = fit(model(), dataset(), CONFIG, out_dir=tmp_path, resume=True, progress=False)
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "seqmodel"]
-    assert warning.startswith("resuming from step 10: the newer step 14 (")
+
+def truncate_arrays(step_folder):
+    for path in step_folder.rglob("*"):
+        if path.is_file() and path.parent.name == "d":  # orbax's OCDBT data files
+            truncate(path)
+
+
+def truncate_everything(step_folder):
+    for path in step_folder.rglob("*"):
+        if path.is_file():
+            truncate(path)
+
+
+def empty_folder(step_folder):
+    shutil.rmtree(step_folder)
+    step_folder.mkdir()
+
+
+# What a bad copy or a full disk leaves of the newest step; the reason the warning gives.
+DAMAGES = {
+    "truncated _CHECKPOINT_METADATA": (
+        lambda step: truncate(step / "_CHECKPOINT_METADATA", 0.3),
+        "its _CHECKPOINT_METADATA cannot be read"),
+    "truncated array files": (truncate_arrays, "its params cannot be read (OUT_OF_RANGE"),
+    "largest array file truncated": (
+        lambda step: truncate(largest_array_file(step)), "its train_state cannot be read"),
+    "missing commit_success.txt": (
+        lambda step: (step / "commit_success.txt").unlink(), "its commit_success.txt is missing"),
+    "empty step folder": (empty_folder, "its folder is empty"),
+    "every file truncated": (truncate_everything, "its _CHECKPOINT_METADATA cannot be read"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_newest_step_gives_way_to_the_one_before(uninterrupted, tmp_path, damage, caplog,
+                                                           capfd):
+    _, straight, folder = uninterrupted
+    run_dir = tmp_path / "run"
+    shutil.copytree(folder, run_dir)
+    spoil, reason = DAMAGES[damage]
+    spoil(run_dir / CHECKPOINTS / "14")
+    assert [saved.step for saved, _ in inspect_run(run_dir).damaged] == (
+        [] if "array" in damage else [14])  # arrays show only when read
+    capfd.readouterr()
+
+    with caplog.at_level(logging.WARNING):
+        resumed = fit(model(), dataset(), CONFIG, out_dir=run_dir, resume=True, progress=False)
+    # One warning, and nothing else on the terminal: orbax never read the damaged step's
+    # records, nor left reads in flight on a closed event loop.
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.startswith(f"resuming from step 10: the newer step 14 ({reason}")
     assert UNREADABLE in warning
+    assert capfd.readouterr().err == ""
     assert resumed.steps == 14
     assert_same_state(resumed.state, straight.state)  # the lost steps were trained again
-    records = read_jsonl(tmp_path / "metrics.jsonl")
+    records = read_jsonl(run_dir / "metrics.jsonl")
     (event,) = [r for r in records if "event" in r]
     assert event["event"] == "resumed_from_older_step" and event["step"] == 10
     assert event["unreadable_steps"] == [14]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 15))
     assert [r["step"] for r in records if "val_loss" in r] == [5, 10, 14]
-    assert (tmp_path / UNREADABLE / "14").is_dir()  # set aside, not deleted
-    assert [s.step for s in inspect_run(tmp_path).steps][:2] == [14, 10]
+    assert (run_dir / UNREADABLE / "14").is_dir()  # set aside, not deleted
+    assert [s.step for s in inspect_run(run_dir).steps][:2] == [14, 10]
+    assert not inspect_run(run_dir).damaged
+
+
+def test_a_run_whose_only_step_is_damaged_starts_again_with_one_warning(tmp_path, caplog):
+    config = dataclasses.replace(CONFIG, steps=5)
+    fit(model(), dataset(), config, out_dir=tmp_path, progress=False)
+    (tmp_path / CHECKPOINTS / "5" / "commit_success.txt").unlink()
+    run = inspect_run(tmp_path)
+    assert run.holds_run and not run.holds_checkpoint
+    with caplog.at_level(logging.WARNING):
+        resumed = fit(model(), dataset(), config, out_dir=tmp_path, resume=True, progress=False)
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "step 5 cannot be read (its commit_success.txt is missing" in warning
+    assert warning.endswith("starting it from step 0")
+    assert resumed.steps == 5 and (tmp_path / UNREADABLE / "5").is_dir()
+    assert [s.step for s in inspect_run(tmp_path).steps] == [5]
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -231,8 +290,8 @@ def test_no_readable_step_is_a_clear_error(tmp_path):
     fit(model(), dataset(), config, out_dir=tmp_path, progress=False)
     (tmp_path / CHECKPOINTS / "5" / "metadata" / "metadata").write_text("{truncated")
     _, template = init_train_state(model(), make_optimizer(CONFIG), CONFIG)
-    with pytest.raises(CheckpointError, match=r"no readable checkpoint in .*step 5: its metadata "
-                                              r"cannot be read"):
+    with pytest.raises(CheckpointError, match=r"no readable checkpoint in .*step 5: its "
+                                              r"metadata/metadata cannot be read"):
         restore_train_state(tmp_path, template, model().config)
 
 

@@ -50,7 +50,7 @@ from seqmodel.training.checkpoint.folders import (
     RunFolder,
     SavedStep,
     inspect_run,
-    set_aside_newer_steps,
+    set_aside_unreadable_steps,
 )
 from seqmodel.training.checkpoint.loading import (
     RestoredRun,
@@ -68,5 +68,5 @@ __all__ = [
     "CHECKPOINTS", "DELETED", "KEEP_LATEST", "LEGACY_KINDS", "RECORDS", "TRAIN_STATE_FIELDS",
     "UNREADABLE", "CheckpointError", "RestoredRun", "RunCheckpoints", "RunFolder", "SavedStep",
     "check_model_config", "find_checkpoint", "inspect_run", "load_model", "peek_metadata",
-    "read_metadata", "restore_train_state", "set_aside_newer_steps",
+    "read_metadata", "restore_train_state", "set_aside_unreadable_steps",
 ]

@@ -27,6 +27,12 @@ UNREADABLE = "unreadable-checkpoints"
 # killed while deleting leaves no half-deleted step), and RunCheckpoints empties it.
 DELETED = ".deleted"
 TEMPORARY_MARK = ".orbax-checkpoint-tmp"
+# What orbax writes into every step: its record of the step (JSON), and since orbax 0.12 a
+# commit mark that it writes last, before the rename (an older orbax writes none).
+STEP_RECORD = "_CHECKPOINT_METADATA"
+COMMIT_MARK = "commit_success.txt"
+# The items every step of a run holds (``metrics`` only in steps written with a metric).
+REQUIRED_ITEMS = ("params", "train_state", "metadata")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +52,39 @@ class SavedStep:
         """The step's JSON metadata, read as a plain file (no orbax, no JAX)."""
         return json.loads((self.path / "metadata" / "metadata").read_text(encoding="utf-8"))
 
+    def damage(self) -> str | None:
+        """Why the step's folder is not a complete step, judged from its files alone (None:
+        nothing found). A bad copy or a full disk leaves an empty folder, a missing commit mark,
+        a truncated JSON record or item; truncated array files show only when orbax reads
+        them. Checking first keeps orbax from reading a damaged step's records at all: its
+        manager reads every step's ``_CHECKPOINT_METADATA`` and metrics when it opens."""
+        try:
+            names = {child.name for child in self.path.iterdir()}
+        except OSError as error:
+            return f"its folder cannot be listed ({error.strerror})"
+        if not names:
+            return "its folder is empty"
+        if STEP_RECORD not in names:
+            return f"its {STEP_RECORD} is missing"
+        # A step written by an orbax that marks commits has a mark in each item: then the
+        # step's own mark, written last, must be there too.
+        if COMMIT_MARK not in names and any(
+                (self.path / name / COMMIT_MARK).is_file() for name in names):
+            return f"its {COMMIT_MARK} is missing (the save or the copy did not complete)"
+        missing = [item for item in REQUIRED_ITEMS if item not in names and not self.legacy]
+        if missing:
+            return f"its {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+        records = [self.path / STEP_RECORD] + [
+            self.path / name / record for name in sorted(names) if (self.path / name).is_dir()
+            for record in ("_METADATA", name) if (self.path / name / record).is_file()]
+        for record in records:
+            try:
+                json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as error:
+                where = record.relative_to(self.path)
+                return f"its {where} cannot be read ({_first_line(error)})"
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class RunFolder:
@@ -56,12 +95,15 @@ class RunFolder:
       steps: the complete checkpoint steps, newest first (this layout before the earlier one at
         the same step).
       partial: the folders of steps whose save never completed (a killed process).
+      damaged: ``(step, reason)`` of the step folders that :meth:`SavedStep.damage` finds
+        incomplete (a bad copy, a full disk), newest first; not in ``steps``.
       has_records: whether ``metrics.jsonl`` exists.
     """
 
     path: pathlib.Path
     steps: tuple[SavedStep, ...] = ()
     partial: tuple[pathlib.Path, ...] = ()
+    damaged: tuple[tuple[SavedStep, str], ...] = ()
     has_records: bool = False
 
     @property
@@ -73,7 +115,8 @@ class RunFolder:
     def holds_run(self) -> bool:
         """Anything a run left: a step, a partial step or metric records. A folder that holds a
         run is continued (``resume``), never started again over."""
-        return self.holds_checkpoint or bool(self.partial) or self.has_records
+        return (self.holds_checkpoint or bool(self.partial) or bool(self.damaged)
+                or self.has_records)
 
     def newest(self) -> SavedStep:
         if not self.steps:
@@ -141,25 +184,39 @@ def inspect_run(path: str | os.PathLike) -> RunFolder:
     # Newest first; at one step, this layout, then legacy latest, then legacy best.
     order = {CHECKPOINTS: 0, "latest": 1, "best": 2}
     saved.sort(key=lambda s: (-s.step, s.legacy, order.get(s.folder.name, 0)))
-    return RunFolder(path=path, steps=tuple(saved), partial=tuple(sorted(partial)),
+    checked = [(step, step.damage()) for step in saved]
+    return RunFolder(path=path, steps=tuple(step for step, reason in checked if reason is None),
+                     partial=tuple(sorted(partial)),
+                     damaged=tuple((step, reason) for step, reason in checked if reason),
                      has_records=(path / RECORDS).is_file())
 
 
+def _first_line(error: BaseException, *, limit: int = 160) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
-def set_aside_newer_steps(run_dir: str | os.PathLike, step: int) -> list[pathlib.Path]:
-    """Move the steps of ``RUN/checkpoints`` newer than ``step`` (unreadable ones that a resumed
-    run skipped) to ``RUN/unreadable-checkpoints/``, so that the run saves those steps anew.
-    Returns where they went."""
+
+
+def set_aside_unreadable_steps(run_dir: str | os.PathLike, step: int) -> list[pathlib.Path]:
+    """Move out of ``RUN/checkpoints``, into ``RUN/unreadable-checkpoints/``, the steps newer
+    than ``step`` (unreadable ones that a resumed run skipped) and every damaged step folder
+    (:attr:`RunFolder.damaged`), so that the run saves those steps anew and orbax's manager,
+    which reads every step's records when it opens, meets none of them. Returns where they
+    went."""
     run_dir = pathlib.Path(run_dir)
+    run = inspect_run(run_dir)
     moved = []
-    for saved in inspect_run(run_dir).steps:
-        if saved.step > step and not saved.legacy:
-            target = run_dir / UNREADABLE / str(saved.step)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            number = 2
-            while target.exists():
-                target = run_dir / UNREADABLE / f"{saved.step}-{number}"
-                number += 1
-            saved.path.rename(target)
-            moved.append(target)
+    newer = [saved for saved in run.steps if saved.step > step]
+    for saved in newer + [saved for saved, _ in run.damaged]:
+        if saved.legacy:
+            continue  # the earlier layout's folders: a resumed run writes RUN/checkpoints
+        target = run_dir / UNREADABLE / str(saved.step)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        number = 2
+        while target.exists():
+            target = run_dir / UNREADABLE / f"{saved.step}-{number}"
+            number += 1
+        saved.path.rename(target)
+        moved.append(target)
     return moved

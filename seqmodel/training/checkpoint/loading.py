@@ -45,6 +45,9 @@ def _checked_folder(path: str | os.PathLike) -> RunFolder:
     run = inspect_run(path)
     if not run.path.exists():
         raise CheckpointError(f"{str(run.path)!r}: no such folder")
+    if not run.steps and run.damaged:
+        reasons = "; ".join(f"step {saved.step}: {reason}" for saved, reason in run.damaged)
+        raise CheckpointError(f"no readable checkpoint in {run.path} ({reasons})")
     run.newest()  # raises when there is no step
     return run
 
@@ -63,25 +66,49 @@ def find_checkpoint(path: str | os.PathLike, *,
 
 
 def _restore_items(saved: SavedStep, **items) -> dict:
-    """orbax's restore of ``items`` of one step; a damaged step raises :class:`_Unreadable`."""
-    options = ocp.CheckpointManagerOptions(create=False)
+    """orbax's restore of ``items`` of one step; a damaged step raises :class:`_Unreadable`.
+
+    The step's folder is read by itself, not through a ``CheckpointManager``: a manager reads
+    the records of every step of the folder when it opens, so a damaged newer step would fail
+    the restore of an intact older one."""
+    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
-        manager = ocp.CheckpointManager(saved.folder.absolute(), options=options)
-    except Exception as error:  # orbax raises a variety of types for damaged folders
-        raise _Unreadable(_first_line(error)) from None
-    try:
-        return manager.restore(saved.step, args=ocp.args.Composite(**items))
+        return checkpointer.restore(saved.path.absolute(), args=ocp.args.Composite(**items))
     except CheckpointError:
         raise
-    except Exception as error:
+    except Exception as error:  # orbax raises a variety of types for damaged folders
         raise _Unreadable(_first_line(error)) from None
     finally:
-        manager.close()
+        checkpointer.close()
+
+
+def _check_array_files(saved: SavedStep, item: str) -> None:
+    """Read every stored value of ``item`` (an OCDBT database, orbax's default array store)
+    once, synchronously, and raise :class:`_Unreadable` at the first truncated or missing file.
+
+    orbax reads a step's arrays concurrently on an event loop that it closes at the first
+    failure; the reads still in flight then report "Event loop is closed" tracebacks on stderr.
+    Finding the damage first keeps a fallback to the older step to its one warning. The cost is
+    a second read of the item's files, once per restore."""
+    folder = (saved.path / item).absolute()
+    if not (folder / "manifest.ocdbt").is_file():
+        return  # another store (an earlier orbax): left to orbax's restore
+    import tensorstore
+
+    try:
+        store = tensorstore.KvStore.open({"driver": "ocdbt",
+                                          "base": f"file://{folder}/"}).result()
+        for key in store.list().result():
+            store.read(key).result()
+    except Exception as error:  # tensorstore reports damage as ValueError or OSError
+        raise _Unreadable(f"its {item} cannot be read ({_first_line(error)})") from None
 
 
 def _saved_shapes(saved: SavedStep, item: str) -> dict[str, tuple]:
     """``{name: (shape, dtype)}`` of the arrays of ``item`` in ``saved``, from orbax's metadata
-    (nothing is read but the tree's description)."""
+    (orbax reads the tree's description and each array's header), once every stored value of
+    the item is found readable (:func:`_check_array_files`)."""
+    _check_array_files(saved, item)
     handler = ocp.StandardCheckpointHandler()
     try:
         metadata = handler.metadata((saved.path / item).absolute())
@@ -201,8 +228,9 @@ def _restore_numbered(saved: SavedStep, tree: dict, saved_names: dict) -> dict:
 
 
 class RestoredRun(NamedTuple):
-    """What :func:`restore_train_state` returns: the state, its step's metadata, and the newer
-    steps that could not be read, as ``(step, reason)``."""
+    """What :func:`restore_train_state` returns: the state, its step's metadata, and the steps
+    that could not be read, as ``(step, reason)``, newest first: the newer steps it skipped and
+    any damaged step folder (:attr:`RunFolder.damaged`)."""
 
     state: Any
     metadata: dict
@@ -221,7 +249,7 @@ def restore_train_state(run_dir: str | os.PathLike, template, model_config) -> R
         state, metadata, skipped = restore_train_state("runs/demo", state, model.config)
     """
     run = _checked_folder(run_dir)
-    skipped = []
+    skipped = [(saved.step, reason) for saved, reason in run.damaged]
     for saved in run.steps:
         try:
             metadata = _read_metadata(saved)
@@ -233,8 +261,9 @@ def restore_train_state(run_dir: str | os.PathLike, template, model_config) -> R
             skipped.append((saved.step, str(error)))
             continue
         state = template.replace(params=params, **rest)
-        return RestoredRun(state, metadata, tuple(skipped))
-    reasons = "; ".join(f"step {step}: {reason}" for step, reason in skipped)
+        return RestoredRun(state, metadata, tuple(sorted(skipped, key=lambda item: -item[0])))
+    reasons = "; ".join(f"step {step}: {reason}"
+                        for step, reason in sorted(skipped, key=lambda item: -item[0]))
     raise CheckpointError(f"no readable checkpoint in {run.path} ({reasons}); move the folder "
                           f"away to start the run again")
 
@@ -254,7 +283,8 @@ def load_model(path: str | os.PathLike, *, prefer: str = "best", seed: int = 0):
     chosen = run.pick(prefer)
     # The chosen step first; should it be unreadable, the others, newest first.
     candidates = [chosen] + [saved for saved in run.steps if saved != chosen]
-    skipped = []
+    skipped = [f"step {saved.step} ({reason})" for saved, reason in run.damaged
+               if saved.step > chosen.step]
     for saved in candidates:
         try:
             model, metadata = _load_step(saved, seed)

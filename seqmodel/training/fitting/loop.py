@@ -198,7 +198,7 @@ def _set_aside_unreadable(out_path: pathlib.Path, resumed: Resumed, parallel) ->
     from seqmodel.training import checkpoint
 
     if parallel.is_main:
-        checkpoint.set_aside_newer_steps(out_path, resumed.step)
+        checkpoint.set_aside_unreadable_steps(out_path, resumed.step)
     if parallel.num_processes > 1:
         from jax.experimental import multihost_utils
 

@@ -22,8 +22,9 @@ log = logging.getLogger("seqmodel")
 class Resumed:
     """What a run takes over from the checkpoint it resumes, besides the train state (a fresh
     run: the defaults). ``step``: the step it continues from (0 for a fresh run, and for a
-    resumed run that no step of was saved completely); ``skipped``: the newer steps that could
-    not be read, as ``(step, reason)``."""
+    resumed run that no step of was saved completely); ``skipped``: the steps that could not be
+    read (newer than ``step``, or damaged folders), as ``(step, reason)``: set aside by
+    :func:`seqmodel.training.checkpoint.set_aside_unreadable_steps`."""
 
     data_position: dict | None = None
     elapsed: float = 0.0
@@ -132,20 +133,26 @@ def _resume(out_path: pathlib.Path, state: optimization.TrainState,
     from seqmodel.training import checkpoint  # keeps orbax off the import path
 
     run = checkpoint.inspect_run(out_path)
+    aside = out_path / checkpoint.UNREADABLE
     if not run.holds_checkpoint:
         if not run.holds_run:
             raise checkpoint.CheckpointError(
                 f"{str(out_path)!r} holds no run to resume (no checkpoint, no metrics.jsonl); "
                 f"start it without resume")
-        log.warning(f"no step of the run in {out_path} was saved completely; starting it from "
-                    f"step 0")
-        return state, Resumed()
+        damaged = tuple((saved.step, reason) for saved, reason in run.damaged)
+        unreadable = "".join(f"; step {step} cannot be read ({reason}) and is set aside in "
+                             f"{aside}" for step, reason in damaged)
+        log.warning(f"no step of the run in {out_path} was saved completely{unreadable}; "
+                    f"starting it from step 0")
+        return state, Resumed(skipped=damaged)
     restored = checkpoint.restore_train_state(out_path, state, model_config)
     saved, step = restored.metadata, int(restored.state.step)
     if restored.skipped:
-        newest = ", ".join(f"step {skipped} ({reason})" for skipped, reason in restored.skipped)
-        log.warning(f"resuming from step {step}: the newer {newest} cannot be read and is set "
-                    f"aside in {out_path / checkpoint.UNREADABLE}")
+        listing = ", ".join(f"{'the newer ' if skipped > step else ''}step {skipped} ({reason})"
+                            for skipped, reason in restored.skipped)
+        verb = "cannot be read and is" if len(restored.skipped) == 1 else \
+            "cannot be read and are"
+        log.warning(f"resuming from step {step}: {listing} {verb} set aside in {aside}")
     return restored.state, Resumed(
         data_position=saved.get("data_position"), elapsed=float(saved.get("train_seconds", 0.0)),
         best_val_loss=saved.get("best_val_loss"), tokens=int(saved.get("tokens", 0)),

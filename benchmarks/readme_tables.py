@@ -1,0 +1,563 @@
+"""The README's and the docs' benchmark tables, generated from the committed result files: no
+figure typed by hand.
+
+Reads the JSON results under ``benchmarks/results/`` (each holds its command, date, commit,
+versions and load averages) and writes Markdown sections, each between
+``<!-- readme_tables:NAME -->`` and ``<!-- /readme_tables:NAME -->`` markers:
+
+- ``quickstart``: the output of ``seqmodel train`` with no arguments (``quickstart_*.json``);
+- ``train-step``: the train-step table (``speed_*.json``), ratios to the fastest PyTorch
+  candidate of each row, which it names, with seqmodel's default split and the one-device,
+  one-step-per-call figure beside it;
+- ``generation``: generation against PyTorch's best step loop (``generate_*.json``);
+- ``more``: one line each for decoding, the linear recurrences, forecasting and quality;
+- for docs/benchmarks.md: ``speed-all`` (every candidate), ``train-cli`` (``seqmodel train``
+  from outside against the suite), ``generation-all``, ``decoding``, ``quality``, ``targets``;
+- for docs/checkpoints.md: ``faults``.
+
+Run::
+
+    python benchmarks/readme_tables.py                     # writes benchmarks/results/readme_tables.md
+    python benchmarks/readme_tables.py --update docs/benchmarks.md docs/checkpoints.md README.md
+
+``--update FILE`` replaces the marked sections that ``FILE`` holds (a file without markers is
+left as it is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import re
+import statistics
+import sys
+
+if not __package__:  # run by path: Python put benchmarks/ on sys.path, the package needs its parent
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_quality import seconds_to_reach  # noqa: E402
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+FILES = {
+    "speed": "speed_cpu_2core.json",
+    "generate": "generate_cpu_2core.json",
+    "decoding": "decoding_cpu_2core.json",
+    "train_cli": "train_cli_cpu_2core.json",
+    "quickstart": "quickstart_cpu_2core.json",
+    "quality": "quality",
+    "quality_stdlib": "quality_stdlib",
+    "faults_1": "faults_cpu_1dev.json",
+    "faults_2": "faults_cpu_2dev.json",
+    "linear": "linear_cpu_2core_quiet.json",
+    "forecast": "forecast_real_cpu_2core.json",
+    "profile": "profile_train_step_cpu_2core.json",
+}
+TARGETS = {("lstm", 128): 1.3, ("lstm", 512): 1.1}  # train step against PyTorch's best
+GENERATION_TARGET = 10.0  # batch 1 against PyTorch's best step loop
+NAN = float("nan")
+
+
+def load(name: str, results: pathlib.Path = RESULTS):
+    path = results / FILES[name]
+    if path.is_dir():
+        return [json.loads(p.read_text()) | {"_file": str(p.relative_to(results.parent.parent))}
+                for p in sorted(path.glob("*.json"))]
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()) | {"_file": str(path.relative_to(results.parent.parent))}
+
+
+def thousands(value: float | None) -> str:
+    """``425k``, ``44.6k``, ``8,776``: tokens/s at a glance."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    if value >= 100_000:
+        return f"{value / 1000:.0f}k"
+    if value >= 10_000:
+        return f"{value / 1000:.1f}k"
+    return f"{value:,.0f}"
+
+
+def load_text(report: dict) -> str:
+    values = [v for part in report.get("load_average", {}).values()
+              for v in (part if isinstance(part, list) else [part])]
+    return f"{min(values):.1f}-{max(values):.1f}" if values else "?"
+
+
+def provenance_line(report: dict) -> str:
+    """``date, commit, load average`` of a result file, and the file."""
+    commit = (report.get("commit") or "?")[:10]
+    return (f"{report.get('date', '?')[:10]}, commit {commit}, load average "
+            f"{load_text(report)} on {report.get('machine', {}).get('cpus', '?')} CPUs; "
+            f"[{pathlib.Path(report['_file']).name}]({report['_file']})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Train step
+# ---------------------------------------------------------------------------------------------
+
+SPEED_COLUMNS = [  # (header, candidate)
+    ("seqmodel (default split, chosen at start-up)", "seqmodel"),
+    ("1 device, 1 step per call", "seqmodel-1dev-1call"),
+    ("1 device", "seqmodel-1dev"),
+    ("1 CPU device per core", "seqmodel-per-core"),
+    ("1 device per core, 1 step per call", "seqmodel-per-core-1call"),
+    ("`fit` itself", "seqmodel-fit"),
+    ("plain `lax.scan` autodiff", "seqmodel-plain"),
+    ("Flax `nnx.RNN`", "flax"),
+]
+
+
+def _ratio(entry: dict) -> str:
+    return f"{entry['ratio_to_torch']:.2f}x" if entry.get("ratio_to_torch") else "-"
+
+
+def _speed_cell(entry: dict | None, *, bold: bool = False, devices: bool = False) -> str:
+    if not entry or "tokens_per_second" not in entry:
+        return "-"
+    ratio = _ratio(entry)
+    ratio = f"**{ratio}**" if bold else ratio
+    split = (f", {entry['devices']} dev. x {entry.get('steps_per_call')}"
+             if devices and entry.get("devices") else "")
+    return f"{thousands(entry['tokens_per_second'])} ({ratio}{split})"
+
+
+def train_step_table(speed: dict) -> str:
+    header = ["cell", "hidden"] + [title for title, _ in SPEED_COLUMNS] + ["PyTorch's best"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in speed["rows"]:
+        entries = row["candidates"]
+        best = row.get("torch_best")
+        cells = [row["cell"].upper(), str(row["hidden"])]
+        for index, (_, name) in enumerate(SPEED_COLUMNS):
+            cells.append(_speed_cell(entries.get(name), bold=index == 0, devices=index == 0))
+        cells.append(f"{thousands(entries[best]['tokens_per_second'])} (`{best}`)" if best else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    spreads = [entry["spread"] for row in speed["rows"] for entry in row["candidates"].values()
+               if "spread" in entry]
+    lines += ["", f"Medians of {speed.get('repeats', '?')} alternating repetitions (largest "
+                  f"spread (max - min) / median: {max(spreads, default=NAN):.0%}); ratios to the "
+                  f"fastest PyTorch candidate of the row, named (`torch-{{eager,compile}}-{{1t,2t}}`: "
+                  f"`nn.LSTM` / `nn.GRU` eager or under `torch.compile` on 1 or 2 threads; "
+                  f"`torch-loop-...`: the GRU as a loop with its input projection hoisted). "
+                  f"`{speed.get('command', '')}`, {provenance_line(speed)}."]
+    choices = [f"{row['cell'].upper()} h{row['hidden']}: {entry['device_choice']['reason']}"
+               for row in speed["rows"] for name, entry in row["candidates"].items()
+               if name == "seqmodel" and entry.get("device_choice")]
+    if choices:
+        lines += ["", "The default's split, as measured at start-up: " + "; ".join(choices) + "."]
+    return "\n".join(lines)
+
+
+def speed_all_table(speed: dict) -> str:
+    """Every candidate of every row, with CPU time, compile time and roofline."""
+    lines = ["| cell | h | candidate | tok/s | x best torch | spread | cpu ms/step | compile s | "
+             "roofline |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in speed["rows"]:
+        for name, entry in row["candidates"].items():
+            if "tokens_per_second" not in entry:
+                lines.append(f"| {row['cell']} | {row['hidden']} | {name} | skipped: "
+                             f"{entry.get('error', '?')[:60]} | | | | | |")
+                continue
+            lines.append(
+                f"| {row['cell']} | {row['hidden']} | {name} | {entry['tokens_per_second']:,.0f} "
+                f"| {_ratio(entry)} | {entry.get('spread', NAN):.2f} "
+                f"| {entry.get('cpu_ms_per_step', NAN):.1f} "
+                f"| {entry.get('compile_seconds', NAN):.1f} | {entry.get('roofline', NAN):.2f} |")
+    ceilings = speed.get("ceilings_gflops", {})
+    lines += ["", "GEMM ceilings GFLOP/s: " + ", ".join(
+        f"{k.replace('_gflops', '')} {v:.0f}" for k, v in ceilings.items()) + "; "
+        + provenance_line(speed) + "."]
+    return "\n".join(lines)
+
+
+def profile_table(report: dict) -> str:
+    """Milliseconds of the step's parts and the serial GEMM chain's GFLOP/s, per framework."""
+    lines = ["| cell | hidden | candidate | step ms | forward ms | forward + backward ms | serial "
+             "GEMMs GFLOP/s, 32 rows (forward / backward) | 16 rows |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        for name in ("seqmodel-1dev", "torch-eager-1t", "torch-eager-2t"):
+            part = row.get(name) or {}
+            if "train_step" not in part:
+                continue
+            lines.append(
+                f"| {row['cell'].upper()} | {row['hidden']} | {name} "
+                f"| {1e3 * part['train_step']:.1f} | {1e3 * part['forward']:.1f} "
+                f"| {1e3 * part['forward_backward']:.1f} "
+                f"| {part['serial_forward_32rows_gflops']:.0f} / "
+                f"{part['serial_backward_32rows_gflops']:.0f} "
+                f"| {part['serial_forward_16rows_gflops']:.0f} / "
+                f"{part['serial_backward_16rows_gflops']:.0f} |")
+    lines += ["", f"Fastest of the repetitions; `{report.get('command', '')}`, "
+                  f"{provenance_line(report)}."]
+    return "\n".join(lines)
+
+
+def train_cli_table(report: dict) -> str:
+    lines = ["| cell | hidden | suite's default step | `seqmodel train`: step rate | reported | "
+             "from outside | fixed costs | split (command) |", "|---|---|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        lines.append(
+            f"| {row['cell'].upper()} | {row['hidden']} | {row['bench_tokens_per_second']:,.0f} "
+            f"({row['bench_devices']} dev.) | {row['step_tokens_per_second']:,.0f} "
+            f"({row['step_to_bench']:.2f}x) | {row['train_tokens_per_second']:,.0f} "
+            f"| {row['outside_tokens_per_second']:,.0f} ({row['outside_to_bench']:.2f}x) "
+            f"| {row['fixed_seconds']:.1f} s of {row['wall_seconds']:.1f} s "
+            f"| {row['command_devices']} dev. |")
+    lines += ["", f"`{report.get('command', '')}`, {provenance_line(report)}."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation and decoding
+# ---------------------------------------------------------------------------------------------
+
+
+def _rate(row: dict, name: str | None) -> str:
+    value = row["candidates"].get(name or "", {}).get("tokens_per_second")
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def generation_table(report: dict) -> str:
+    lines = ["| hidden | batch | `sm.generate` tok/s | + `eos_id` | Python loop of a jitted step "
+             "| PyTorch's best step loop | vs PyTorch | vs jitted-step loop |",
+             "|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for row in report["rows"]:
+        best = row.get("torch_best")
+        ratio = row.get("vs_torch", NAN)
+        bold = "**" if row["batch"] == 1 else ""
+        lines.append(
+            f"| {row['hidden']} | {row['batch']} | {_rate(row, 'generate')} "
+            f"| {_rate(row, 'generate+eos')} | {_rate(row, 'jit-step')} "
+            f"| {_rate(row, best)} (`{best}`) | {bold}{ratio:.1f}x{bold} "
+            f"({row.get('vs_torch_fastest', NAN):.1f}x) | {row.get('vs_jit_step', NAN):.1f}x |")
+    spreads = [entry["spread"] for row in report["rows"] for entry in row["candidates"].values()
+               if "spread" in entry]
+    first = report["rows"][0] if report["rows"] else {}
+    lines += ["", f"Medians of {first.get('repeats', '?')} alternating repetitions, "
+                  f"{first.get('steps', '?')} steps, LSTM (fastest repetitions' ratio in "
+                  f"parentheses; largest spread {max(spreads, default=NAN):.0%}). PyTorch "
+                  f"candidates: `nn.LSTM` stepped on length-1 sequences (`torch-...`) and "
+                  f"`nn.LSTMCell` (`torch-cell-...`), eager or under `torch.compile`, on 1 or 2 "
+                  f"threads. `{report.get('command', '')}`, {provenance_line(report)}."]
+    return "\n".join(lines)
+
+
+def generation_all_table(report: dict) -> str:
+    lines = ["| hidden | batch | candidate | tok/s | spread | compile s |", "|---|---|---|---|---|---|"]
+    for row in report["rows"]:
+        for name, entry in row["candidates"].items():
+            if "tokens_per_second" not in entry:
+                lines.append(f"| {row['hidden']} | {row['batch']} | {name} | skipped: "
+                             f"{entry.get('error', '?')[:60]} | | |")
+                continue
+            lines.append(f"| {row['hidden']} | {row['batch']} | {name} "
+                         f"| {entry['tokens_per_second']:,.0f} | {entry['spread']:.2f} "
+                         f"| {entry.get('compile_seconds', NAN):.1f} |")
+    return "\n".join(lines)
+
+
+def decoding_text(report: dict) -> str:
+    beam, processors = report.get("beam_search"), report.get("processors")
+    parts = []
+    if beam and beam.get("ratio"):
+        parts.append(f"8-beam `beam_search`, LSTM h{beam['hidden']}, "
+                     f"{thousands(beam['seqmodel_tokens_per_second'])} tokens/s, "
+                     f"**{beam['ratio']:.1f}x** PyTorch's best beam loop (`{beam['torch_best']}`, "
+                     f"{thousands(beam['pytorch_tokens_per_second'])})")
+    if processors and processors.get("cost_fraction") is not None:
+        parts.append(f"all logits processors together cost {processors['cost_fraction']:.0%} at "
+                     f"batch 32, hidden 128")
+    return "; ".join(parts) + f" ({provenance_line(report)})"
+
+
+def decoding_table(report: dict) -> str:
+    beam = report.get("beam_search") or {}
+    lines = ["| candidate | tok/s | spread | compile s |", "|---|---|---|---|"]
+    for name, entry in beam.get("candidates", {}).items():
+        if "tokens_per_second" in entry:
+            lines.append(f"| {name} | {entry['tokens_per_second']:,.0f} | {entry['spread']:.2f} "
+                         f"| {entry.get('compile_seconds', NAN):.1f} |")
+        else:
+            lines.append(f"| {name} | skipped: {entry.get('error', '?')[:60]} | | |")
+    lines += ["", f"Beams 8, batch 1, hidden {beam.get('hidden')}, {beam.get('steps')} steps; "
+                  f"`{report.get('command', '')}`, {provenance_line(report)}."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quality, linear recurrences, forecasting
+# ---------------------------------------------------------------------------------------------
+
+ARM_NAMES = {"gru": "GRU h512 (the default)", "lstm": "LSTM h512", "mingru": "minGRU",
+             "minlstm": "minLSTM", "rglru": "RG-LRU", "torch-lstm": "PyTorch `nn.LSTM` h512"}
+
+
+def quality_arms(runs: list[dict], data: str = "tinyshakespeare") -> dict[str, list[dict]]:
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        if run.get("arm") and run.get("data") == data:
+            arms.setdefault(run["arm"], []).append(run)
+    return arms
+
+
+def quality_table(runs: list[dict], data: str = "tinyshakespeare") -> str:
+    budgets = sorted({f"{run['max_time']:g} s" for run in runs if run.get("data") == data})
+    lines = [f"| arm (defaults, {', '.join(budgets)}) | seeds | validation loss, nats/char | mean "
+             f"| steps | chars/s | load average | files |", "|---|---|---|---|---|---|---|---|"]
+    for arm, arm_runs in sorted(quality_arms(runs, data).items(),
+                                key=lambda item: statistics.mean(r["val_loss"] for r in item[1])):
+        losses = [run["val_loss"] for run in arm_runs]
+        files = ", ".join(f"[{run['seed']}]({run['_file']})" for run in arm_runs)
+        lines.append(
+            f"| {ARM_NAMES.get(arm, arm)} | {len(arm_runs)} | "
+            f"{', '.join(f'{loss:.3f}' for loss in losses)} | **{statistics.mean(losses):.3f}** "
+            f"| {min(r['steps'] for r in arm_runs):,}-{max(r['steps'] for r in arm_runs):,} "
+            f"| {thousands(min(r['tokens_per_second'] for r in arm_runs))}-"
+            f"{thousands(max(r['tokens_per_second'] for r in arm_runs))} "
+            f"| {min(min(r['load_average']['start'][0], r['load_average']['end'][0]) for r in arm_runs):.1f}-"
+            f"{max(max(r['load_average']['start'][0], r['load_average']['end'][0]) for r in arm_runs):.1f} "
+            f"| {files} |")
+    return "\n".join(lines)
+
+
+def quality_text(runs: list[dict]) -> str:
+    arms = quality_arms(runs)
+    if not arms:
+        return "no quality results"
+    parts = []
+    for arm in ("gru", "lstm", "mingru", "torch-lstm"):
+        if arm in arms:
+            losses = [run["val_loss"] for run in arms[arm]]
+            parts.append(f"{ARM_NAMES[arm]} {statistics.mean(losses):.3f} "
+                         f"({min(losses):.3f}-{max(losses):.3f})")
+    return ("tinyshakespeare in 110 s, every arm at `seqmodel train`'s defaults, "
+            f"{len(next(iter(arms.values())))} seeds each, mean (range) nats/char: "
+            + ", ".join(parts))
+
+
+def stdlib_text(runs: list[dict]) -> str:
+    """minGRU against the GRU on python-stdlib with 1024-character windows, both at the
+    defaults, every seed: when minGRU's curve reaches the GRU's mean final loss."""
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], []).append(run)
+    if not {"gru", "mingru"} <= set(arms):
+        return ""
+    final = statistics.mean(run["val_loss"] for run in arms["gru"])
+    end = statistics.mean(run["validation_curve"][-1]["seconds"] for run in arms["gru"])
+    reached = [seconds_to_reach(run["validation_curve"], final) for run in arms["mingru"]]
+    ours = statistics.mean(run["val_loss"] for run in arms["mingru"])
+    when = ("never reaches it" if any(value is None for value in reached)
+            else f"reaches it at {statistics.mean(reached):.0f} s")
+    files = ", ".join(f"[{run['arm']} {run['seed']}]({run['_file']})"
+                      for arm in ("gru", "mingru") for run in arms[arm])
+    return (f"on python-stdlib with 1024-character windows ({len(arms['gru'])} seeds, both at "
+            f"the defaults) the GRU ends at {final:.3f} nats/char after {end:.0f} s; minGRU "
+            f"{when} and ends at {ours:.3f} ({files})")
+
+
+def linear_text(linear: dict | None, stdlib: list[dict] | None) -> str:
+    parts = []
+    if linear:
+        rows = [row for row in linear["train"] if row["size"] == "8M" and row["length"] == 8192]
+        gru = next((row for row in rows if row["family"] == "gru"), None)
+        new = [row for row in rows if row["family"] != "gru"]
+        if gru and new:
+            best = max(new, key=lambda row: row["tokens_per_second"] * row["parameters"])
+            ratio = (best["tokens_per_second"] * best["parameters"]
+                     / (gru["tokens_per_second"] * gru["parameters"]))
+            parts.append(f"at 8M parameters, batch 1, T = 8192, {best['family']} trains "
+                         f"{ratio:.2f}x the GRU's tokens/s x parameters "
+                         f"([{pathlib.Path(linear['_file']).name}]({linear['_file']}))")
+    if stdlib:
+        text = stdlib_text(stdlib)
+        if text:
+            parts.append(text)
+    return "; ".join(parts)
+
+
+def forecast_text(report: dict | None) -> str:
+    if not report:
+        return ""
+    parts = []
+    for result in report["results"]:
+        overall = result["overall"]
+        ours = next(value for key, value in overall.items()
+                    if key.startswith("seqmodel") and "not chosen" not in key)
+        baselines = [overall.get(name, {}).get("mase") for name in
+                     ("seasonal_naive", "auto_ets", "auto_arima")]
+        figures = " / ".join("-" if value is None else f"{value:.2f}" for value in baselines)
+        best = min([v for v in baselines if v is not None], default=NAN)
+        mark = "**" if ours["mase"] < best else ""
+        parts.append(f"{result['dataset']} {mark}{ours['mase']:.2f}{mark} vs {figures}")
+    return ("MASE on real datasets, seqmodel vs seasonal naive / AutoETS / AutoARIMA: "
+            + ", ".join(parts) + f" ([{pathlib.Path(report['_file']).name}]({report['_file']}))")
+
+
+# ---------------------------------------------------------------------------------------------
+# Quick start, faults, targets
+# ---------------------------------------------------------------------------------------------
+
+
+def quickstart_block(report: dict) -> str:
+    lines = report["output"]
+    return ("```\n" + "\n".join(lines) + "\n```\n\n"
+            f"(`{report['run_command']}`, {provenance_line(report)})")
+
+
+def faults_table(reports: list[dict]) -> str:
+    lines = ["| devices | runs | kills | start-up | compile | training | saving (partial step "
+             "left) | finishing | restarts from the newest complete step | identical | lost | "
+             "failed |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for report in reports:
+        counts, phases = report["counts"], report["counts"]["by_phase"]
+        resumed = counts["resumed_from_newest_complete_step"]
+        said = sum(process["resumed_from"] is not None for run in report["runs"]
+                   for process in run["processes"][1:])
+        lines.append(
+            f"| {report['options']['devices']} | {counts['runs']} | {counts['kills']} "
+            f"| {phases['start-up']} | {phases['compile']} | {phases['training']} "
+            f"| {phases['saving']} ({counts['saving_with_partial_step_left']}) "
+            f"| {phases['finishing']} | {resumed} of {said} | {counts['identical']} "
+            f"| {counts['lost']} | {counts['failed']} |")
+    lines += [""] + [f"`{report['command']}`: {provenance_line(report)}." for report in reports]
+    return "\n".join(lines)
+
+
+def targets_table(speed: dict | None, generate: dict | None) -> str:
+    lines = ["| target | measured | |", "|---|---|---|"]
+    for row in (speed or {}).get("rows", []):
+        target = TARGETS.get((row["cell"], row["hidden"]))
+        entry = row["candidates"].get("seqmodel", {})
+        if target and entry.get("ratio_to_torch"):
+            met = entry["ratio_to_torch"] >= target
+            lines.append(f"| train step {row['cell'].upper()} h{row['hidden']} >= {target}x "
+                         f"PyTorch's best | {entry['ratio_to_torch']:.2f}x (`{row['torch_best']}`; "
+                         f"one device, one step per call: "
+                         f"{_ratio(row['candidates'].get('seqmodel-1dev-1call', {}))}) "
+                         f"| {'met' if met else '**missed**'} |")
+    for row in (generate or {}).get("rows", []):
+        if row["batch"] == 1 and row.get("vs_torch"):
+            met = row["vs_torch"] >= GENERATION_TARGET
+            lines.append(f"| generation, batch 1, hidden {row['hidden']} >= {GENERATION_TARGET:g}x "
+                         f"PyTorch's best step loop | {row['vs_torch']:.1f}x (`{row['torch_best']}`) "
+                         f"| {'met' if met else '**missed**'} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections and files
+# ---------------------------------------------------------------------------------------------
+
+
+def sections(results: pathlib.Path = RESULTS) -> dict[str, str]:
+    """``{name: Markdown}`` of every section whose result files exist."""
+    found = {name: load(name, results) for name in FILES}
+    # Files of the suites' earlier formats (no provenance, PyTorch in the JAX process) are not
+    # quoted: only results of the current scripts are.
+    for name in ("speed", "generate", "decoding", "train_cli"):
+        if found[name] and "commit" not in found[name]:
+            found[name] = None
+    out = {}
+    if found["quickstart"]:
+        out["quickstart"] = quickstart_block(found["quickstart"])
+    if found["speed"]:
+        out["train-step"] = train_step_table(found["speed"])
+        out["speed-all"] = speed_all_table(found["speed"])
+    if found["train_cli"]:
+        out["train-cli"] = train_cli_table(found["train_cli"])
+    if found["profile"]:
+        out["profile"] = profile_table(found["profile"])
+    if found["generate"]:
+        out["generation"] = generation_table(found["generate"])
+        out["generation-all"] = generation_all_table(found["generate"])
+    if found["decoding"]:
+        out["decoding"] = decoding_table(found["decoding"])
+    if found["quality"]:
+        out["quality"] = quality_table(found["quality"])
+    if found["quality_stdlib"]:
+        out["quality-stdlib"] = quality_table(found["quality_stdlib"], "python-stdlib")
+    faults = [found[name] for name in ("faults_1", "faults_2") if found[name]]
+    if faults:
+        out["faults"] = faults_table(faults)
+    out["targets"] = targets_table(found["speed"], found["generate"])
+    more = []
+    if found["decoding"]:
+        more.append("- Decoding (`benchmarks/bench_decoding.py`): " + decoding_text(found["decoding"]) + ".")
+    linear = linear_text(found["linear"], found["quality_stdlib"])
+    if linear:
+        more.append("- Linear recurrences (`benchmarks/bench_linear.py`, "
+                    "[docs/linear.md](docs/linear.md)): " + linear + ".")
+    forecast = forecast_text(found["forecast"])
+    if forecast:
+        more.append("- Forecasting (`benchmarks/bench_forecast_real.py`, "
+                    "[docs/forecasting.md](docs/forecasting.md)): " + forecast + ".")
+    if found["quality"]:
+        more.append("- Quality (`benchmarks/bench_quality.py`, [docs/benchmarks.md]"
+                    "(docs/benchmarks.md#quality)): " + quality_text(found["quality"]) + ".")
+    out["more"] = "\n".join(more)
+    return out
+
+
+def marked(name: str, text: str) -> str:
+    return f"<!-- readme_tables:{name} -->\n{text}\n<!-- /readme_tables:{name} -->"
+
+
+def relative_links(text: str, page: pathlib.Path, root: pathlib.Path) -> str:
+    """Links written from the checkout's root (``](benchmarks/...``, ``](docs/...``) made
+    relative to ``page``'s folder."""
+    import os
+
+    prefix = os.path.relpath(root.resolve(), page.resolve().parent)
+    if prefix == ".":
+        return text
+    return re.sub(r"\]\((benchmarks|docs)/", lambda m: f"]({prefix}/{m.group(1)}/", text)
+
+
+def update(path: pathlib.Path, generated: dict[str, str],
+           root: pathlib.Path = RESULTS.parent.parent) -> list[str]:
+    """Replace the marked sections of ``path`` by ``generated`` (links made relative to it);
+    returns the names replaced."""
+    text = path.read_text(encoding="utf-8")
+    replaced = []
+
+    def replace(match):
+        name = match.group(1)
+        if name not in generated:
+            return match.group(0)
+        replaced.append(name)
+        return marked(name, relative_links(generated[name], path, root))
+
+    text = re.sub(r"<!-- readme_tables:([\w-]+) -->\n(?:.*?\n)?<!-- /readme_tables:\1 -->",
+                  replace, text, flags=re.DOTALL)
+    path.write_text(text, encoding="utf-8")
+    return replaced
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default=str(RESULTS), help="the result files' folder")
+    parser.add_argument("--out", default=str(RESULTS / "readme_tables.md"),
+                        help="write every section here (default benchmarks/results/readme_tables.md)")
+    parser.add_argument("--update", nargs="*", default=[], metavar="FILE",
+                        help="replace the marked sections of these files")
+    args = parser.parse_args(argv)
+    generated = sections(pathlib.Path(args.results))
+    pathlib.Path(args.out).write_text(
+        "# Benchmark sections generated by `python benchmarks/readme_tables.py`\n\n"
+        "Each section goes between its markers in README.md or docs/ (`--update FILE`).\n\n"
+        + "\n\n".join(marked(name, text) for name, text in generated.items()) + "\n",
+        encoding="utf-8")
+    print(f"wrote {args.out}: {', '.join(generated)}")
+    for name in args.update:
+        replaced = update(pathlib.Path(name), generated)
+        print(f"{name}: {', '.join(replaced) or 'no marked section'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
