@@ -1,18 +1,20 @@
 """Long sequences: peak memory and tokens/s of one train step against the length T, with and
 without rematerialisation, on 1 device and with time split over 4 devices.
 
-The model is a ~1M-parameter byte-level minGRU (hidden 128, 5 residual blocks, vocabulary 256)
-trained at batch 1 on one lane of the ``python-stdlib`` byte stream (built in: the running
-Python's standard library), through the library's train step (``DataParallel.train_step``: AdamW,
-clipping, state donated), as ``seqmodel train --cell mingru --tokenizer byte --remat R
---sequence-parallel S`` runs it. Each configuration runs in a process of its own (its device
-count is fixed when JAX starts, and its peak resident memory is its own), which:
+The model is a ~1M-parameter character-level minGRU (hidden 128, 5 residual blocks, the 101
+characters of the corpus) trained at batch 1 on one lane of the ``python-stdlib`` text (built
+in: the running Python's standard library, 3M characters), through the library's train step
+(``DataParallel.train_step``: AdamW, clipping, state donated), as ``seqmodel train --data
+python-stdlib --cell mingru --hidden-size 128 --num-layers 5 --embed-size 16 --batch-size 1
+--remat R --sequence-parallel S`` runs it. Each configuration runs in a process of its own (its
+device count is fixed when JAX starts, and its peak resident memory is its own), which:
 
 1. compiles the step and reads XLA's plan for it (``memory_analysis``): the bytes each device
    allocates for the step (temporaries + arguments + outputs - donated aliases). This figure is
    exact for the compiled program and costs no memory, so it is recorded for every
    configuration, also those too large to run here;
-2. when the plan fits ``--budget-gb`` (default: 60% of the memory available at the start), runs
+2. when the plan fits ``--budget-gb`` (default: 60% of the memory available at the start) and
+   80% of what is available just before it (others' work on a shared machine comes first), runs
    ``--steps`` timed steps after one warm-up step and records the process's peak resident set
    (``ru_maxrss``: everything, the Python process and JAX included), seconds per step, tokens/s
    and the loss;
@@ -22,7 +24,8 @@ Run::
 
     python benchmarks/bench_long_context.py                       # the sweep of the committed JSON
     python benchmarks/bench_long_context.py --lengths 16384 --remat none block --devices 1
-    python benchmarks/bench_long_context.py --plot-only benchmarks/results/long_context_cpu_2core.json
+    python benchmarks/bench_long_context.py --plot-only \
+        benchmarks/results/long_context_cpu_2core.json
 
 The JSON goes to ``--json`` (rewritten after every configuration, so a long sweep can be read
 while it runs) and the figure to ``--plot``.
@@ -43,15 +46,15 @@ import time
 if not __package__:  # run by path: the package needs its parent on sys.path
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks.environment import installed_versions  # noqa: E402
-from benchmarks.protocol import environment  # noqa: E402
+from benchmarks.environment import installed_versions
+from benchmarks.protocol import environment
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 DEFAULT_JSON = RESULTS / "long_context_cpu_2core.json"
 DEFAULT_PLOT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "figures" / \
     "long_context_memory.png"
 LENGTHS = (16_384, 65_536, 262_144, 1_048_576)
-MODEL = dict(vocab_size=256, cell="mingru", hidden_size=128, num_layers=5, embed_size=16)
+MODEL = dict(cell="mingru", hidden_size=128, num_layers=5, embed_size=16)
 GIB = 2**30
 
 
@@ -85,11 +88,11 @@ def worker(spec: dict) -> dict:
     length = spec["length"]
     started = time.perf_counter()
     parallel = distributed.DataParallel.create(devices, sequence=devices)
-    model_config = ModelConfig(**MODEL, remat=spec["remat"])
+    dataset = load_dataset("python-stdlib", val_fraction=0.0)
+    model_config = ModelConfig(**MODEL, **dataset.model_fields(), remat=spec["remat"])
     train_config = TrainConfig(batch_size=1, seq_len=length, steps=spec["steps"] + 1,
                                warmup_steps=0, learning_rate=1e-3, steps_per_call=1)
     parallel.check_config(train_config, model_config)
-    dataset = load_dataset("python-stdlib", tokenizer="byte", val_fraction=0.0)
     batches = dataset.train_batches(batch_size=1, seq_len=length, batching="lanes", seed=0)
     model = SequenceModel(model_config, rngs=nnx.Rngs(0))
     parameters = sum(int(np.prod(leaf.shape)) for leaf in
@@ -107,7 +110,7 @@ def worker(spec: dict) -> dict:
                   device_gib=round(device_bytes / GIB, 4),
                   temp_gib=round(analysis.temp_size_in_bytes / GIB, 4),
                   planned_gib=round(device_bytes * devices / GIB, 4))
-    if device_bytes * devices > spec["budget_bytes"]:
+    if device_bytes * devices > min(spec["budget_bytes"], 0.8 * available_bytes()):
         return dict(result, ran=False)
     state, metrics = compiled(state, first)  # warm-up: first-touch of every buffer
     float(metrics["loss"])
@@ -149,7 +152,8 @@ def run_configuration(spec: dict, timeout: float) -> dict:
 def sweep(args) -> dict:
     budget = int((args.budget_gb * GIB) if args.budget_gb else 0.6 * available_bytes())
     report = dict(
-        benchmark="bench_long_context", model=MODEL, batch_size=1, steps=args.steps,
+        benchmark="bench_long_context", model=dict(MODEL, data="python-stdlib (char)"),
+        batch_size=1, steps=args.steps,
         machine=dict(platform=platform.platform(), processor=platform.processor(),
                      cpus=os.cpu_count(), memory_available_gib=round(available_bytes() / GIB, 1)),
         budget_gib=round(budget / GIB, 1),
@@ -158,6 +162,8 @@ def sweep(args) -> dict:
     for length in args.lengths:
         for devices in args.devices:
             for mode in args.remat:
+                if mode == "scan" and devices not in args.scan_devices:
+                    continue
                 spec = dict(length=length, devices=devices, remat=mode, steps=args.steps,
                             budget_bytes=budget)
                 row = run_configuration(spec, args.timeout)
@@ -194,10 +200,8 @@ def plot(report: dict, path: pathlib.Path) -> None:
             speed.plot([row["length"] for row in ran], [row["tokens_per_second"] for row in ran],
                        color=color, marker=marker, linestyle="--" if devices > 1 else "-",
                        label=label)
-    available = report["machine"]["memory_available_gib"]
     memory.axhline(24, color="black", linewidth=0.8)
     memory.text(report["rows"][0]["length"], 26, "24 GiB: this machine", fontsize=8)
-    del available
     for axis in (memory, speed):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("sequence length T (tokens, batch 1)")
@@ -220,6 +224,8 @@ def main(argv=None) -> None:
     parser.add_argument("--remat", nargs="+", default=["none", "scan", "block"],
                         choices=["none", "scan", "block"])
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--scan-devices", type=int, nargs="+", default=[1],
+                        help="device counts that also run remat=scan (it is the middle case)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the warm-up")
     parser.add_argument("--budget-gb", type=float, default=None,
                         help="run a configuration only when XLA's plan for it (all devices) is "

@@ -20,9 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from seqmodel.nn import remat as rematerialisation
 from seqmodel.nn import scans, sequence_parallel
 from seqmodel.nn.linear import CELLS, check_sizes
-from seqmodel.nn import remat as rematerialisation
 
 Array = jax.Array
 
@@ -68,8 +68,9 @@ class ResidualBlock(nnx.Module):
 
     ``remat`` (:mod:`seqmodel.nn.remat`) trades compute for memory in training: ``"scan"``
     recomputes the gates and states of the recurrence in the backward pass, ``"block"`` the
-    whole block, one time segment at a time. Under :func:`seqmodel.nn.sequence_parallel.split_time` the convolution takes
-    its left context from the previous device and the recurrence exchanges chunk summaries.
+    whole block, one time segment at a time. Under
+    :func:`seqmodel.nn.sequence_parallel.split_time` the convolution takes its left context from
+    the previous device and the recurrence exchanges chunk summaries.
 
     Example::
 

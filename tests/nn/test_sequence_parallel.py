@@ -172,7 +172,8 @@ def block_loss(cell, mode, where):
         def of(block, carry):
             with sequence_parallel.split_time(where):
                 new_carry, ys = block.scan(carry, inputs)
-            return jnp.sum(ys * jnp.cos(ys)) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(new_carry)), (new_carry, ys)
+            carried = sum(jnp.sum(leaf) for leaf in jax.tree.leaves(new_carry))
+            return jnp.sum(ys * jnp.cos(ys)) + carried, (new_carry, ys)
         (value, outputs), grads = nnx.value_and_grad(of, argnums=(0, 1), has_aux=True)(block, carry)
         return value, outputs, nnx.state(grads[0]), grads[1]
     return run(block, carry)
@@ -183,7 +184,8 @@ for rows, time in [(1, 2), (1, 4), (2, 2)]:
     where = layout(rows, time)
     for method in ("sequential", "associative", "chunked"):
         report[f"recurrence {method} {rows}x{time}"] = error(
-            recurrence_loss(method, where)(a, b, initial), recurrence_loss(method, None)(a, b, initial))
+            recurrence_loss(method, where)(a, b, initial),
+            recurrence_loss(method, None)(a, b, initial))
     report[f"conv {rows}x{time}"] = error(conv_loss(where)(window, x, kernel, bias),
                                           conv_loss(None)(window, x, kernel, bias))
     if time == 2 and rows == 1:

@@ -22,7 +22,6 @@ import subprocess
 import sys
 
 import jax
-import numpy as np
 import pytest
 
 from seqmodel import ModelConfig, TrainConfig, cli
@@ -179,7 +178,8 @@ def run(parallel, steps, out_dir=None, resume=False, callback=None):
                          learning_rate=1e-3, log_every=1, steps_per_call=2)
     result = fit(model, dataset, config, out_dir=out_dir, progress=False, parallel=parallel,
                  resume=resume, callback=callback)
-    return model, result, [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    params = jax.tree.leaves(nnx.state(model, nnx.Param))
+    return model, result, [np.asarray(leaf) for leaf in params]
 
 mesh = distributed.DataParallel.create(4, sequence=2)
 one_model, one, one_params = run(distributed.DataParallel.create(1), 7)
@@ -258,8 +258,8 @@ def test_what_cannot_split_time_is_refused_with_one_line():
     linear = ModelConfig(vocab_size=8, cell="rglru")
     parallel.check_config(TrainConfig(seq_len=64), linear)
     cases = [
-        (TrainConfig(seq_len=63), linear, r"--seq-len 63 does not split over "
-                                          r"--sequence-parallel 2: use a multiple of 2 \(e.g. 64\)"),
+        (TrainConfig(seq_len=63), linear,
+         r"--seq-len 63 does not split over --sequence-parallel 2: use a multiple of 2 \(e.g. 64"),
         (TrainConfig(seq_len=64), ModelConfig(vocab_size=8, cell="lstm"),
          "--cell lstm is a serial recurrence"),
         (TrainConfig(seq_len=64), ModelConfig(vocab_size=8, cell="mingru", scan="log_space"),
