@@ -159,6 +159,14 @@ def sweep(args) -> dict:
         budget_gib=round(budget / GIB, 1),
         versions=installed_versions("jax", "jaxlib", "flax", "optax"),
         started=time.strftime("%Y-%m-%d %H:%M:%S"), rows=[])
+    if args.append and args.json and pathlib.Path(args.json).exists():
+        # Keep the rows of another sitting, except those measured again now.
+        earlier = json.loads(pathlib.Path(args.json).read_text())
+        planned = {(length, devices, mode) for length in args.lengths
+                   for devices in args.devices for mode in args.remat}
+        report["rows"] = [row for row in earlier["rows"]
+                          if (row["length"], row["devices"], row["remat"]) not in planned]
+        report["sittings"] = earlier.get("sittings", [earlier["started"]]) + [report["started"]]
     for length in args.lengths:
         for devices in args.devices:
             for mode in args.remat:
@@ -168,6 +176,7 @@ def sweep(args) -> dict:
                             budget_bytes=budget)
                 row = run_configuration(spec, args.timeout)
                 row.pop("budget_bytes")
+                row["measured"] = time.strftime("%Y-%m-%d %H:%M")
                 report["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 if args.json:
@@ -232,6 +241,9 @@ def main(argv=None) -> None:
                              "under this (default: 60%% of MemAvailable at the start)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds a configuration")
     parser.add_argument("--json", default=str(DEFAULT_JSON))
+    parser.add_argument("--append", action="store_true",
+                        help="keep the other rows of --json (the configurations run now replace "
+                             "theirs)")
     parser.add_argument("--plot", default=str(DEFAULT_PLOT))
     parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a result file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
