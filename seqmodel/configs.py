@@ -21,6 +21,9 @@ HEAD_NAMES = ("categorical", "gaussian", "mdn", "bernoulli", "student_t", "negbi
 # Scans of the linear recurrences (seqmodel.nn.scans.METHODS) and their default chunk.
 SCAN_METHODS = ("sequential", "associative", "chunked", "log_space")
 DEFAULT_CHUNK_SIZE = 64
+# Rematerialisation of the linear recurrences' blocks (seqmodel.nn.remat.REMAT_NAMES): what the
+# backward pass recomputes instead of keeping from the forward pass.
+REMAT_NAMES = ("none", "scan", "block")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
 # Data (seqmodel.data): how training windows are cut, and the text tokenizers.
 BATCHINGS = ("lanes", "random")
@@ -105,6 +108,12 @@ class ModelConfig(DictConfig):
     chunk_size: int = DEFAULT_CHUNK_SIZE
     expansion: int = 1
     mlp_expansion: int = 3
+    # Linear recurrences: what the backward pass recomputes rather than keeps (jax.checkpoint
+    # over time segments): "none" keeps every activation; "scan" recomputes each block's gates
+    # and recurrence states; "block" keeps only each block's input and recomputes the whole
+    # block, one segment at a time (least memory, one more forward pass of compute).
+    # seqmodel.nn.remat, docs/long_context.md.
+    remat: str = "none"
     # Fold the embedding into the first layer's input projection: one (vocab, G) table gathered per
     # token instead of an embedding gather plus a matmul. Exact (no dropout sits between them).
     fold_embedding: bool = True
@@ -131,6 +140,12 @@ class ModelConfig(DictConfig):
             bad("cell", f"allowed: {', '.join(CELL_NAMES)}")
         if self.scan not in SCAN_METHODS + ("auto",):
             bad("scan", f"allowed: auto, {', '.join(SCAN_METHODS)}")
+        if self.remat not in REMAT_NAMES:
+            bad("remat", f"allowed: {', '.join(REMAT_NAMES)}")
+        if self.remat != "none" and self.cell not in LINEAR_CELLS:
+            bad("remat", f"rematerialisation applies to the linear recurrences' blocks "
+                f"({', '.join(LINEAR_CELLS)}); cell={self.cell!r} keeps remat='none' (its "
+                f"custom backward pass already keeps only the gates and states)")
         for field in ("hidden_size", "num_layers", "embed_size", "num_mixtures", "chunk_size",
                       "expansion", "mlp_expansion"):
             value = getattr(self, field)

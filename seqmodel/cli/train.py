@@ -38,7 +38,7 @@ from seqmodel.cli.sample import default_prompt, text_sample
 MODEL_FLAGS = {"cell": "cell", "hidden_size": "hidden_size", "num_layers": "num_layers",
                "embed_size": "embed_size", "dropout": "dropout", "head": "head",
                "num_mixtures": "num_mixtures", "scan": "scan", "expansion": "expansion",
-               "mlp_expansion": "mlp_expansion"}
+               "mlp_expansion": "mlp_expansion", "remat": "remat"}
 
 
 TRAIN_FLAGS = {"batch_size": "batch_size", "seq_len": "seq_len", "steps": "steps",
@@ -95,6 +95,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         BATCHINGS,
         CELL_NAMES,
         HEAD_NAMES,
+        REMAT_NAMES,
         SCAN_METHODS,
         TEACHER_FORCING_SCHEDULES,
         TOKENIZERS,
@@ -124,6 +125,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         f"is N x hidden-size wide (default {d['expansion']})")
     add("--mlp-expansion", type=positive_int, metavar="N", help="linear recurrences: the block's "
         f"gated MLP is N x hidden-size wide (default {d['mlp_expansion']})")
+    add("--remat", choices=REMAT_NAMES, help="linear recurrences: what the backward pass "
+        "recomputes instead of keeping: none, scan (gates and states), block (the whole block, "
+        f"one time segment at a time: least memory) (default {d['remat']})")
     add("--batch-size", type=positive_int, metavar="N", help=f"default {d['batch_size']}")
     add("--seq-len", type=positive_int, metavar="N", help="steps of backpropagation through "
         f"time (default {d['seq_len']})")
@@ -164,6 +168,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "over (default: all accelerators; on a CPU-only machine one device or one virtual CPU "
         "device per core, whichever a short timing at start-up finds faster, said in the first "
         "line and kept by --resume; 1: one device)")
+    add("--sequence-parallel", type=positive_int, metavar="S", help="linear recurrences: split "
+        "each row's time axis over S of the --devices (the rest split rows); memory per device "
+        "falls by S; --seq-len must divide by S (default 1; docs/long_context.md)")
     add("--coordinator", metavar="HOST:PORT", help="several processes: address of process 0 "
         "(with --num-processes and --process-id; needs --out and --steps)")
     add("--num-processes", type=positive_int, metavar="N", help="processes in the run")
@@ -414,7 +421,7 @@ def parallel_from_flags(args, *, batch_size: int | None = None):
             "system that all hosts share)")
     return distributed.from_flags(devices=args.devices, coordinator=args.coordinator,
                                   num_processes=args.num_processes, process_id=args.process_id,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, sequence=args.sequence_parallel or 1)
 
 
 def stop_after_failure(error: BaseException, parallel) -> None:
@@ -472,8 +479,9 @@ def _metric_writers(args, out: pathlib.Path) -> list:
 
 def cmd_train(args) -> int:
     # Without --devices a new single-process run times its splits at start-up; a resumed one
-    # keeps the split its checkpoint recorded.
-    choose_split = args.devices is None and args.coordinator is None and not args.resume
+    # keeps the split its checkpoint recorded; a time split (--sequence-parallel) is asked for.
+    choose_split = (args.devices is None and args.coordinator is None and not args.resume
+                    and (args.sequence_parallel or 1) == 1)
     args.devices = args.devices or _recorded_devices(args)
     # Before any JAX computation: virtual CPU devices and jax.distributed must come first.
     parallel = parallel_from_flags(args, batch_size=_planned_batch_size(args))

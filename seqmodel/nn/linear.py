@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from seqmodel.nn import scans
+from seqmodel.nn import scans, sequence_parallel
 
 Array = jax.Array
 
@@ -143,15 +143,37 @@ class _LinearCell(nnx.Module):
         """Training mode: state ``(b, h)``, xp ``(t, b, P)`` -> ``(state, ys (t, b, h))``.
 
         Runs the scan chosen by ``scan=`` (``"auto"`` is resolved for the backend now, see
-        :data:`seqmodel.nn.scans.AUTO_SCAN`)."""
+        :data:`seqmodel.nn.scans.AUTO_SCAN`); its backward pass is the reverse recurrence
+        (:func:`seqmodel.nn.sequence_parallel.linear_recurrence`), except in log space.
+        With a time split in force (:func:`seqmodel.nn.sequence_parallel.split_time`) each
+        device scans its chunk of time and the chunks' summaries cross the devices. The same as
+        ``scan_over_time(carry, scan_coefficients(xp_sequence))``."""
+        return self.scan_over_time(carry, self.scan_coefficients(xp_sequence))
+
+    def scan_coefficients(self, xp_sequence: Array) -> tuple[Array, Array]:
+        """The per-position half of :meth:`scan`: ``(a, b)`` ``(t, b, h)`` float32, or
+        ``(log a, log b)`` for ``scan="log_space"``."""
+        if scans.resolve(self.scan_method) == "log_space":
+            return self.log_coefficients(xp_sequence)
+        return self.coefficients(xp_sequence)
+
+    def scan_over_time(self, carry: Array, coefficients: tuple[Array, Array]
+                       ) -> tuple[Array, Array]:
+        """The across-time half of :meth:`scan`: state ``(b, h)`` and
+        :meth:`scan_coefficients` -> ``(state, ys (t, b, h))``."""
         method = scans.resolve(self.scan_method)
         initial = carry.astype(_state_dtype(self.dtype))
+        layout = sequence_parallel.current()
         if method == "log_space":
-            log_a, log_b = self.log_coefficients(xp_sequence)
-            state, states = scans.log_space(log_a, log_b, initial)
+            if layout is not None:
+                raise sequence_parallel.SequenceSplitError(
+                    f"{type(self).__name__} with scan='log_space' cannot split time over the "
+                    f"{layout.axis!r} axis; use scan='sequential', 'associative' or 'chunked' "
+                    f"(or 'auto')")
+            state, states = scans.log_space(*coefficients, initial)
         else:
-            a, b = self.coefficients(xp_sequence)
-            state, states = scans.scan(method, a, b, initial, chunk_size=self.chunk_size)
+            state, states = sequence_parallel.linear_recurrence(
+                method, *coefficients, initial, chunk_size=self.chunk_size, layout=layout)
         return state, states.astype(self.dtype)
 
     def __call__(self, carry: Array, x: Array) -> tuple[Array, Array]:

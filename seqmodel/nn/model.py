@@ -21,6 +21,7 @@ from seqmodel.nn import blocks
 from seqmodel.nn import cells as cells_module
 from seqmodel.nn import heads as heads_module
 from seqmodel.nn import linear as linear_module
+from seqmodel.nn import sequence_parallel
 
 Array = jax.Array
 
@@ -34,7 +35,7 @@ def _make_layer(config: ModelConfig, input_size: int, rngs: nnx.Rngs):
         return blocks.ResidualBlock(
             input_size, config.hidden_size, rngs=rngs, dtype=dtype, cell=config.cell,
             expansion=config.expansion, mlp_expansion=config.mlp_expansion, scan=config.scan,
-            chunk_size=config.chunk_size)
+            chunk_size=config.chunk_size, remat=config.remat)
     return cells_module.CELLS[config.cell](input_size, config.hidden_size, rngs=rngs, dtype=dtype,
                                            fast_recurrence=config.fast_recurrence)
 
@@ -160,6 +161,15 @@ class SequenceModel(nnx.Module):
           of one step is exactly that, and it keeps a generation step free of loop overhead.
         """
         length = projected.shape[0]
+        if sequence_parallel.current() is not None:
+            # A time split (the train step of a "sequence" mesh) needs every layer to scan in
+            # parallel over time: no serial cell, no per-step feeding or masking.
+            if not self.config.linear:
+                sequence_parallel.refuse_serial(self.config.cell)
+            if active is not None:
+                raise sequence_parallel.SequenceSplitError(
+                    "a run with per-row lengths or fed-back samples (prompts, scheduled "
+                    "sampling) steps through time and cannot split it over devices")
         hidden = None
         new_carry = []
         for layer, cell in enumerate(self.cells):

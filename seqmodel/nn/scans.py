@@ -113,16 +113,19 @@ def _check_shapes(a: Array, b: Array, initial: Array) -> None:
         )
 
 
-def sequential(a: Array, b: Array, initial: Array, *, unroll: int = 1) -> tuple[Array, Array]:
+def sequential(a: Array, b: Array, initial: Array, *, unroll: int = 1,
+               reverse: bool = False) -> tuple[Array, Array]:
     """``h_t = a_t * h_{t-1} + b_t`` by ``lax.scan``; serial depth ``T``.
 
     Args:
       a, b: ``(t, ...)`` coefficients and inputs.
       initial: ``h_0`` ``(...)``.
       unroll: passed to ``lax.scan`` (steps per loop iteration).
+      reverse: run from the last element to the first (``h_t = a_t h_{t+1} + b_t`` with
+        ``h_{T+1} = initial``; the backward pass of the forward recurrence is one).
 
     Returns:
-      ``(h_T (...), h (t, ...))``.
+      ``(h_T (...), h (t, ...))`` (with ``reverse``: ``(h_1, h)``).
 
     Example::
 
@@ -135,7 +138,7 @@ def sequential(a: Array, b: Array, initial: Array, *, unroll: int = 1) -> tuple[
         h = a_t * h + b_t
         return h, h
 
-    return jax.lax.scan(step, initial, (a, b), unroll=unroll)
+    return jax.lax.scan(step, initial, (a, b), unroll=unroll, reverse=reverse)
 
 
 def _combine(earlier: tuple[Array, Array], later: tuple[Array, Array]) -> tuple[Array, Array]:
@@ -248,9 +251,10 @@ SCANS: dict[str, Callable] = {
 
 
 def scan(method: str, a: Array, b: Array, initial: Array, *,
-         chunk_size: int = DEFAULT_CHUNK_SIZE) -> tuple[Array, Array]:
+         chunk_size: int = DEFAULT_CHUNK_SIZE, reverse: bool = False) -> tuple[Array, Array]:
     """Run the linear recurrence with ``method`` (``"auto"``, ``"sequential"``, ``"associative"``
-    or ``"chunked"``). Shapes as :func:`sequential`.
+    or ``"chunked"``). Shapes as :func:`sequential`; ``reverse`` runs it from the last element
+    to the first (as :func:`sequential` does).
 
     Example::
 
@@ -262,6 +266,51 @@ def scan(method: str, a: Array, b: Array, initial: Array, *,
             "scan='log_space' needs log a and log b: call linear_scan.log_space(log_a, log_b, "
             "initial) instead"
         )
+    if method == "sequential":
+        return sequential(a, b, initial, reverse=reverse)
+    if reverse:
+        # The parallel scans read time forwards; flipping costs two copies, small next to them.
+        final, states = scan(method, jnp.flip(a, 0), jnp.flip(b, 0), initial,
+                             chunk_size=chunk_size)
+        return final, jnp.flip(states, 0)
     if method == "chunked":
         return chunked(a, b, initial, chunk_size=chunk_size)
     return SCANS[method](a, b, initial)
+
+
+def summary(method: str, a: Array, b: Array, *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+            reverse: bool = False) -> tuple[Array, Array]:
+    """The whole span as one affine map ``h -> A h + B``: ``A = prod a`` and ``B`` the last state
+    from ``h_0 = 0``, both ``(...)``; what a device tells the others about its chunk of time.
+
+    The sequential form keeps no states (``lax.scan`` without outputs); the parallel forms take
+    ``B`` from their scan. Shapes as :func:`sequential`.
+
+    Example::
+
+        product, offset = summary("sequential", a, b)     # a, b (t, b, h) -> (b, h) each
+    """
+    zeros = jnp.zeros_like(b[0])
+    if resolve(method) != "sequential":
+        return jnp.prod(a, axis=0), scan(method, a, b, zeros, chunk_size=chunk_size,
+                                         reverse=reverse)[0]
+
+    def step(running, coefficients):
+        product, offset = running
+        a_t, b_t = coefficients
+        return (a_t * product, a_t * offset + b_t), None
+
+    (product, offset), _ = jax.lax.scan(step, (jnp.ones_like(zeros), zeros), (a, b),
+                                        reverse=reverse)
+    return product, offset
+
+
+def combine(earlier: tuple[Array, Array], later: tuple[Array, Array]) -> tuple[Array, Array]:
+    """Compose two affine maps ``h -> a h + b`` given as ``(a, b)``: ``earlier``, then ``later``."""
+    return _combine(earlier, later)
+
+
+def prefix(a: Array, b: Array, *, axis: int = 0) -> tuple[Array, Array]:
+    """Inclusive prefix compositions of the maps ``(a, b)`` along ``axis`` by
+    ``lax.associative_scan``: ``(prod a, h from h_0 = 0)`` at every position."""
+    return _prefix(a, b, axis)

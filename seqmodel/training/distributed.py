@@ -5,6 +5,14 @@ stays one jitted program: each batch and the training lanes' carry are split alo
 ``r`` of a batch lives on one device), parameters, optimizer state, step and keys are replicated,
 and XLA inserts the gradient all-reduce. One device is the same code path with a mesh of one.
 
+With ``sequence=S`` (``DataParallel.create(devices, sequence=S)``, ``seqmodel train
+--sequence-parallel S``) the mesh has a second axis, ``sequence``, and each batch's time axis is
+split over it too: a device holds ``t / S`` consecutive steps of its rows. The train step is
+traced under :func:`seqmodel.nn.sequence_parallel.split_time`, so the linear recurrences scan
+their chunk and exchange chunk summaries along ``sequence``; the carry of the lanes stays split
+by rows only (every device of a row group holds it). The devices of one ``sequence`` group belong
+to one process. Serial cells refuse it (:meth:`DataParallel.check_config`).
+
 Several processes (one per host, or several on one machine) join with :func:`initialize`, a thin
 wrapper of :func:`jax.distributed.initialize` with bounded timeouts. Every process then builds the
 same :class:`DataParallel` over all processes' devices, runs the same batch iterator (same seed,
@@ -43,10 +51,13 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from seqmodel.data import Batch
 from seqmodel.errors import UserError
+from seqmodel.nn import sequence_parallel
 from seqmodel.training import optimization
 
 DATA_AXIS = "data"
+SEQUENCE_AXIS = sequence_parallel.SEQUENCE_AXIS
 
 # Bounded waits of jax.distributed (seconds). JAX's own defaults (300 s to start, 100 s to notice
 # a dead peer) make a failed run look hung; these fail within a minute and stay well above the
@@ -210,11 +221,18 @@ def is_main_process() -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def data_mesh(devices: int | None = None) -> Mesh:
-    """A one-axis mesh ``("data",)`` over ``devices`` devices of every process (None: all).
+def data_mesh(devices: int | None = None, *, sequence: int = 1) -> Mesh:
+    """A one-axis mesh ``("data",)`` over ``devices`` devices of every process (None: all); with
+    ``sequence > 1`` a two-axis mesh ``("data", "sequence")`` of ``devices / sequence`` by
+    ``sequence`` devices per process.
 
     Devices are ordered by process, then by id, so each process's devices hold a contiguous block
-    of rows (its lanes). Example: ``data_mesh(1)`` is the one-device mesh of a single process."""
+    of rows (its lanes), and a ``sequence`` group never spans processes. Example:
+    ``data_mesh(1)`` is the one-device mesh of a single process; ``data_mesh(4, sequence=2)``
+    splits rows in 2 and time in 2."""
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
+        raise DistributedError(f"sequence={sequence!r} is invalid: must be a positive integer "
+                               f"(devices that split the time axis)")
     by_process: dict[int, list] = {}
     for device in jax.devices():
         by_process.setdefault(device.process_index, []).append(device)
@@ -223,6 +241,11 @@ def data_mesh(devices: int | None = None) -> Mesh:
         devices = local
     if not isinstance(devices, int) or isinstance(devices, bool) or devices < 1:
         raise DistributedError(f"devices={devices!r} is invalid: must be a positive integer")
+    if devices % sequence:
+        raise DistributedError(
+            f"--sequence-parallel {sequence} does not divide --devices {devices}: the devices of "
+            f"a process form (devices / sequence) row groups of {sequence} devices that split "
+            f"time; use a multiple of {sequence} devices")
     if devices > local:
         platform = jax.devices()[0].platform
         hint = (f"; on a CPU-only machine ask for virtual devices first with "
@@ -232,15 +255,19 @@ def data_mesh(devices: int | None = None) -> Mesh:
                                f"device(s) of this process{hint}")
     chosen = [device for process in sorted(by_process)
               for device in sorted(by_process[process], key=lambda d: d.id)[:devices]]
-    return Mesh(np.array(chosen), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+    if sequence == 1:
+        return Mesh(np.array(chosen), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+    return Mesh(np.array(chosen).reshape(-1, sequence), (DATA_AXIS, SEQUENCE_AXIS),
+                axis_types=(AxisType.Auto, AxisType.Auto))
 
 
 @dataclasses.dataclass(frozen=True)
 class DataParallel:
-    """How a training run spreads over devices: a mesh with one ``data`` axis.
+    """How a training run spreads over devices: a mesh with a ``data`` axis (rows) and, for
+    sequence parallelism, a ``sequence`` axis (time).
 
     Attributes:
-      mesh: the :class:`jax.sharding.Mesh`; its size is the number of data-parallel replicas.
+      mesh: the :class:`jax.sharding.Mesh`: axes ``("data",)`` or ``("data", "sequence")``.
 
     Example::
 
@@ -248,20 +275,41 @@ class DataParallel:
         parallel.check_batch_size(64)
         state = parallel.place_state(state)          # params replicated, carry split by rows
         batch = parallel.shard_batch(batch)          # (64, t) -> 16 rows on each device
+
+        parallel = DataParallel.create(devices=4, sequence=2)
+        batch = parallel.shard_batch(batch)          # (64, t) -> 32 rows x t/2 steps a device
     """
 
     mesh: Mesh
 
     @classmethod
-    def create(cls, devices: int | None = None) -> "DataParallel":
-        """Over ``devices`` devices of each process (None: all of them)."""
-        return cls(data_mesh(devices))
+    def create(cls, devices: int | None = None, *, sequence: int = 1) -> "DataParallel":
+        """Over ``devices`` devices of each process (None: all of them), of which groups of
+        ``sequence`` split each row's time axis (``devices / sequence`` row groups)."""
+        return cls(data_mesh(devices, sequence=sequence))
 
     # -- facts ---------------------------------------------------------------------------------
 
     @property
     def num_devices(self) -> int:
         return self.mesh.devices.size
+
+    @property
+    def sequence_size(self) -> int:
+        """Devices along the ``sequence`` axis: 1 when time is not split."""
+        return int(dict(self.mesh.shape).get(SEQUENCE_AXIS, 1))
+
+    @property
+    def data_size(self) -> int:
+        """Row groups (devices along ``data``): the number the batch size must split into."""
+        return self.num_devices // self.sequence_size
+
+    @property
+    def layout(self) -> sequence_parallel.SequenceLayout | None:
+        """How the train step splits time (None: it does not)."""
+        if self.sequence_size == 1:
+            return None
+        return sequence_parallel.SequenceLayout(self.mesh, SEQUENCE_AXIS, DATA_AXIS)
 
     @property
     def num_processes(self) -> int:
@@ -286,10 +334,24 @@ class DataParallel:
         """Second axis split along ``data`` (stacked batches ``(K, b, ...)``)."""
         return NamedSharding(self.mesh, PartitionSpec(None, DATA_AXIS))
 
+    def batch_shardings(self, *, stacked: bool = False) -> Batch:
+        """Shardings of a :class:`~seqmodel.data.Batch` (a prefix tree): rows along ``data``,
+        and the time axis of inputs, targets and mask along ``sequence`` when there is one
+        (``reset`` ``(b,)`` has no time axis). ``stacked``: leaves ``(K, b, ...)``."""
+        rows = self.stacked_rows if stacked else self.rows
+        if self.sequence_size == 1:
+            return Batch(rows, rows, rows, rows)
+        lead = (None,) if stacked else ()
+        time = NamedSharding(self.mesh, PartitionSpec(*lead, DATA_AXIS, SEQUENCE_AXIS))
+        return Batch(time, time, time, rows)
+
     def describe(self) -> str:
-        """E.g. ``"4 cpu devices"`` or ``"8 gpu devices in 2 processes"``."""
+        """E.g. ``"4 cpu devices"``, ``"8 gpu devices in 2 processes"`` or ``"4 cpu devices
+        (2 data x 2 sequence)"``."""
         platform = self.mesh.devices.flat[0].platform
         text = f"{self.num_devices} {platform} device{'s' if self.num_devices > 1 else ''}"
+        if self.sequence_size > 1:
+            text += f" ({self.data_size} data x {self.sequence_size} sequence)"
         if self.num_processes > 1:
             text += f" in {self.num_processes} processes"
         return text
@@ -297,23 +359,56 @@ class DataParallel:
     # -- checks --------------------------------------------------------------------------------
 
     def check_batch_size(self, batch_size: int, *, what: str = "batch_size") -> None:
-        if batch_size % self.num_devices:
-            multiple = -(-batch_size // self.num_devices) * self.num_devices
+        groups = self.data_size
+        if batch_size % groups:
+            multiple = -(-batch_size // groups) * groups
             raise DistributedError(
                 f"{what}={batch_size} does not split evenly over {self.describe()}: use a "
-                f"multiple of {self.num_devices} (e.g. {multiple}) or fewer devices "
+                f"multiple of {groups} (e.g. {multiple}) or fewer devices "
                 f"(--devices N, DataParallel.create(N))")
 
-    def check_config(self, config) -> None:
+    def check_config(self, config, model_config=None) -> None:
         """Raise :class:`DistributedError` for a :class:`~seqmodel.training.optimization.TrainConfig` that cannot
-        run on this mesh."""
+        run on this mesh (and, given the :class:`~seqmodel.ModelConfig`, a model that cannot:
+        with a ``sequence`` axis only the linear recurrences split time)."""
         self.check_batch_size(config.batch_size, what="--batch-size")
+        if self.sequence_size > 1:
+            self._check_sequence_split(config, model_config)
         if self.num_processes > 1 and config.max_time is not None:
             # Each process would measure its own time and stop after a different step; the
             # others would then wait for it forever inside a collective.
             raise DistributedError(
                 f"--max-time {config.max_time:g} cannot bound a run across {self.num_processes} "
                 f"processes (each would stop at its own step); give --steps instead")
+
+    def _check_sequence_split(self, config, model_config) -> None:
+        size = self.sequence_size
+        if config.seq_len % size:
+            raise DistributedError(
+                f"--seq-len {config.seq_len} does not split over --sequence-parallel {size}: use "
+                f"a multiple of {size} (e.g. {-(-config.seq_len // size) * size})")
+        if not config.plain_teacher_forcing:
+            raise DistributedError(
+                f"--teacher-forcing {config.teacher_forcing:g} (scheduled sampling) feeds each "
+                f"step's sample to the next, so time cannot be split: drop it or use "
+                f"--sequence-parallel 1")
+        if model_config is None:
+            return
+        if not model_config.linear:
+            raise DistributedError(
+                f"--cell {model_config.cell} is a serial recurrence (each step needs the previous "
+                f"one) and cannot split time over --sequence-parallel {size}; use --cell mingru, "
+                f"minlstm or rglru, or --sequence-parallel 1")
+        if model_config.scan == "log_space":
+            raise DistributedError(
+                f"--scan log_space cannot split time over --sequence-parallel {size}; use "
+                f"--scan auto, sequential, associative or chunked")
+        context = 3 if model_config.cell == "rglru" else 0  # ResidualBlock's default conv width
+        if config.seq_len // size < max(context, 1):
+            raise DistributedError(
+                f"--seq-len {config.seq_len} leaves {config.seq_len // size} step(s) per device "
+                f"of --sequence-parallel {size}; the causal convolution of {model_config.cell} "
+                f"needs at least {context}")
 
     # -- placement -----------------------------------------------------------------------------
 
@@ -360,7 +455,8 @@ class DataParallel:
     def _local_rows(self, batch_size: int) -> slice:
         self.check_batch_size(batch_size)
         indices = self.rows.addressable_devices_indices_map((batch_size,)).values()
-        starts = sorted((index[0].start or 0, index[0].stop or batch_size) for index in indices)
+        # A set: the devices of one sequence group hold the same rows.
+        starts = sorted({(index[0].start or 0, index[0].stop or batch_size) for index in indices})
         start, stop = starts[0][0], starts[-1][1]
         if stop - start != sum(b - a for a, b in starts):  # pragma: no cover - mesh order bug
             raise DistributedError("this process's devices do not hold contiguous rows")
@@ -371,24 +467,36 @@ class DataParallel:
 
         In a run of several processes each transfers only its own rows. Leaves ``(b, ...)``, or
         with ``stacked=True`` ``(K, b, ...)`` (see :func:`seqmodel.training.optimization.stack_batches`); a
-        ``None`` mask stays None."""
-        sharding = self.stacked_rows if stacked else self.rows
+        ``None`` mask stays None. With a ``sequence`` axis, leaves with a time axis after the
+        rows (``(b, t, ...)``) are split along it too (:meth:`batch_shardings`)."""
         row_axis = 1 if stacked else 0
+        row_sharding = self.stacked_rows if stacked else self.rows
+        time_sharding = self.batch_shardings(stacked=stacked).inputs
+        return self._put_rows(batch, lambda leaf: (time_sharding if np.ndim(leaf) > row_axis + 1
+                                                   else row_sharding), row_axis)
+
+    def _put_rows(self, batch, sharding_of, row_axis: int):
+        """Each leaf of ``batch`` on its ``sharding_of(leaf)``; across processes, each process
+        transfers only its rows (its lanes)."""
         rows = jax.tree.leaves(batch)[0].shape[row_axis]
         if self.num_processes == 1:
             self.check_batch_size(rows)
-            return jax.device_put(batch, sharding)
+            return jax.tree.map(lambda leaf: jax.device_put(leaf, sharding_of(leaf)), batch)
         mine = (slice(None),) * row_axis + (self.local_rows(rows),)
         return jax.tree.map(
             lambda leaf: jax.make_array_from_process_local_data(
-                sharding, np.asarray(leaf)[mine], np.shape(leaf)), batch)
+                sharding_of(leaf), np.asarray(leaf)[mine], np.shape(leaf)), batch)
 
     def place_eval_batch(self, batch, *, stacked: bool = False):
         """Like :meth:`shard_batch`, or replicated when the rows do not split evenly (evaluation
         lanes are ``min(eval_batch_size, stream length)``, which need not divide the devices)."""
-        rows = jax.tree.leaves(batch)[0].shape[1 if stacked else 0]
-        if rows % self.num_devices == 0:
-            return self.shard_batch(batch, stacked=stacked)
+        row_axis = 1 if stacked else 0
+        rows = jax.tree.leaves(batch)[0].shape[row_axis]
+        if rows % self.data_size == 0:
+            # By rows only, also on a sequence mesh: evaluation does not split time (each device
+            # of a sequence group evaluates its rows whole), so its programs hold no collective.
+            sharding = self.stacked_rows if stacked else self.rows
+            return self._put_rows(batch, lambda leaf: sharding, row_axis)
         return self._place(batch, self.replicated)
 
     def local_batches(self, batches) -> "LocalBatches":
@@ -426,7 +534,8 @@ class DataParallel:
 
     def train_step(self, graphdef, config, *, stacked: bool = False):
         """``(tx, train_step)``: :func:`seqmodel.training.optimization.make_train_step` jitted with this mesh's
-        shardings (batch and carry by rows, the rest replicated, metrics replicated); with
+        shardings (batch and carry by rows, batch by time along ``sequence``, the rest
+        replicated, metrics replicated), traced with the mesh's time split in force; with
         ``stacked=True`` :func:`seqmodel.training.optimization.make_multi_step` instead, K steps over stacked
         batches ``(K, b, ...)`` (:meth:`shard_batch` with ``stacked=True``; one compile per K).
         Shared by every run with the same model graph, optimizer settings and mesh."""
@@ -442,11 +551,26 @@ def _local_rows(parallel: DataParallel, batch_size: int) -> slice:
 def _cached_train_step(graphdef, config, parallel: DataParallel, stacked: bool):
     tx = optimization.make_optimizer(config)
     states = parallel.state_shardings()
-    make, batch_sharding = ((optimization.make_multi_step, parallel.stacked_rows) if stacked
-                            else (optimization.make_train_step, parallel.rows))
-    step = make(graphdef, tx, config, in_shardings=(states, batch_sharding),
-                out_shardings=(states, parallel.replicated))
-    return tx, step
+    make = optimization.make_multi_step if stacked else optimization.make_train_step
+    step = _traced_with_layout(make(graphdef, tx, config, jit=False), parallel.layout)
+    jitted = jax.jit(step, donate_argnums=0,
+                     in_shardings=(states, parallel.batch_shardings(stacked=stacked)),
+                     out_shardings=(states, parallel.replicated))
+    return tx, jitted
+
+
+def _traced_with_layout(step, layout: sequence_parallel.SequenceLayout | None):
+    """``step`` whose tracing runs with ``layout``'s time split in force (the model reads it
+    while JAX traces; a compiled call does not run Python)."""
+    if layout is None:
+        return step
+
+    @functools.wraps(step)
+    def traced(*args):
+        with sequence_parallel.split_time(layout):
+            return step(*args)
+
+    return traced
 
 
 class LocalBatches:
@@ -493,35 +617,41 @@ def default_parallel(batch_size: int | None = None) -> DataParallel:
 
 def from_flags(*, devices: int | None = None, coordinator: str | None = None,
                num_processes: int | None = None, process_id: int | None = None,
-               batch_size: int | None = None) -> DataParallel:
-    """What ``seqmodel train --devices N --coordinator HOST:PORT --num-processes N
-    --process-id I`` sets up, in the required order: virtual CPU devices (when more than one is
-    asked for and the machine has no accelerator JAX would pick), then the distributed run, then
-    the mesh. Call it before any JAX computation.
+               batch_size: int | None = None, sequence: int = 1) -> DataParallel:
+    """What ``seqmodel train --devices N --sequence-parallel S --coordinator HOST:PORT
+    --num-processes N --process-id I`` sets up, in the required order: virtual CPU devices (when
+    more than one is asked for and the machine has no accelerator JAX would pick), then the
+    distributed run, then the mesh. Call it before any JAX computation.
 
     Without ``devices`` a single process on a CPU-only machine gets
-    :func:`default_cpu_devices` of ``batch_size`` (one per core); with an accelerator, all of
-    its devices. ``devices=1`` is the plain one-device run.
+    :func:`default_cpu_devices` of ``batch_size`` (one per core; with ``sequence=S``, ``S``
+    times the default for ``cores / S`` cores); with an accelerator, all of its devices.
+    ``devices=1`` is the plain one-device run. ``sequence`` devices of each row group split time.
 
     Example::
 
         parallel = from_flags(devices=2)    # on a CPU-only machine: 2 virtual CPU devices
         parallel = from_flags(batch_size=32)  # one device per core (2 on a 2-core machine)
+        parallel = from_flags(devices=4, sequence=2)   # rows in 2 groups, time in 2 halves
     """
     distributed_flags = (coordinator, num_processes, process_id)
     if any(flag is not None for flag in distributed_flags) and not all(
             flag is not None for flag in distributed_flags):
         raise DistributedError("--coordinator, --num-processes and --process-id go together: "
                                "give all three (or none for a single process)")
+    if not isinstance(sequence, int) or isinstance(sequence, bool) or sequence < 1:
+        raise DistributedError(f"--sequence-parallel {sequence!r} is invalid: must be a positive "
+                               f"integer")
     if devices is not None:
         request_cpu_devices(devices)
     elif coordinator is None and not _backend_started():
         # Only the CPU backend sees these; where an accelerator is the default, the mesh below
         # takes the accelerator's devices.
-        request_cpu_devices(default_cpu_devices(batch_size))
+        cores = max(1, cpu_cores() // sequence)
+        request_cpu_devices(sequence * default_cpu_devices(batch_size, cores=cores))
     if coordinator is not None:
         initialize(coordinator, num_processes, process_id)
-    return DataParallel.create(devices)
+    return DataParallel.create(devices, sequence=sequence)
 
 
 # Words of the errors that JAX, gloo and NCCL raise when another process of the run is gone.

@@ -237,7 +237,7 @@ def test_from_flags_without_devices_asks_for_the_default_before_jax_starts(monke
     monkeypatch.setattr(distributed, "request_cpu_devices", asked.append)
     monkeypatch.setattr(distributed, "cpu_cores", lambda: 2)
     monkeypatch.setattr(distributed.DataParallel, "create",
-                        classmethod(lambda cls, devices=None: ("mesh of", devices)))
+                        classmethod(lambda cls, devices=None, sequence=1: ("mesh of", devices)))
     assert distributed.from_flags(batch_size=32) == ("mesh of", None)  # all of the 2 made
     assert distributed.from_flags(devices=1, batch_size=32) == ("mesh of", 1)
     assert distributed.from_flags(batch_size=12) == ("mesh of", None)

@@ -101,7 +101,7 @@ def fit(model, dataset, config: optimization.TrainConfig, *, out_dir: str | os.P
         raise ValueError("resume=True needs out_dir")
     parallel = parallel if parallel is not None else distributed.default_parallel(
         config.batch_size)
-    parallel.check_config(config)
+    parallel.check_config(config, model.config)
     training, resumed = Training.start(model, dataset, config, parallel, out_path=out_path,
                                        resume=resume)
     validation = Validation(dataset, config, parallel, optimization.eval_graphdef(model))
