@@ -10,7 +10,9 @@ versions and load averages) and writes Markdown sections, each between
   candidate of each row, which it names, with seqmodel's default split and the one-device,
   one-step-per-call figure beside it;
 - ``generation``: generation against PyTorch's best step loop (``generate_*.json``);
-- ``more``: one line each for decoding, the linear recurrences, forecasting and quality;
+- ``forecast``: MASE on the six real series against seasonal naive, the best classical method
+  and the best deep peer (``forecast_real_*.json``, ``forecast_peers_*.json``);
+- ``more``: one line each for decoding, the linear recurrences and quality;
 - for docs/benchmarks.md: ``speed-all`` (every candidate), ``train-cli`` (``seqmodel train``
   from outside against the suite), ``generation-all``, ``decoding``, ``quality``, ``targets``;
 - for docs/checkpoints.md: ``faults``.
@@ -52,6 +54,7 @@ FILES = {
     "faults_2": "faults_cpu_2dev.json",
     "linear": "linear_cpu_2core_quiet.json",
     "forecast": "forecast_real_cpu_2core.json",
+    "forecast_peers": "forecast_peers_cpu_2core.json",
     "profile": "profile_train_step_cpu_2core.json",
 }
 TARGETS = {("lstm", 128): 1.3, ("lstm", 512): 1.1}  # train step against PyTorch's best
@@ -380,22 +383,55 @@ def linear_text(linear: dict | None, stdlib: list[dict] | None) -> str:
     return "; ".join(parts)
 
 
-def forecast_text(report: dict | None) -> str:
-    if not report:
-        return ""
-    parts = []
+CLASSICAL = {"auto_ets": "AutoETS", "auto_arima": "AutoARIMA", "mstl": "MSTL",
+             "seasonal_naive_long": "seasonal naive (long season)"}
+DEEP = {"deepar": "DeepAR", "nhits": "NHITS", "lstm": "LSTM"}
+
+
+def _best(methods: dict, names: dict) -> tuple[float, str] | None:
+    """The lowest mean MASE among ``names`` in a peers result's ``methods``: (mase, name)."""
+    scored = [(entry["scores"]["mase"]["mean"], label) for key, label in names.items()
+              if (entry := methods.get(key)) and "mase" in entry.get("scores", {})]
+    return min(scored) if scored else None
+
+
+def forecast_table(report: dict, peers: dict | None) -> str:
+    """MASE per dataset: seqmodel (one model, ensemble; mean over seeds) against seasonal naive,
+    the best classical method and the best deep peer of the peers' file (the same windows), and
+    the single model's calibrated 80% coverage."""
+    peer_rows = {row["dataset"]: row["methods"] for row in (peers or {}).get("results", [])}
+    lines = ["| dataset | seqmodel | ensemble | seasonal naive | best classical | best deep peer "
+             "| 80% coverage |", "|---|---|---|---|---|---|---|"]
     for result in report["results"]:
         overall = result["overall"]
-        ours = next(value for key, value in overall.items()
-                    if key.startswith("seqmodel") and "not chosen" not in key)
-        baselines = [overall.get(name, {}).get("mase") for name in
-                     ("seasonal_naive", "auto_ets", "auto_arima")]
-        figures = " / ".join("-" if value is None else f"{value:.2f}" for value in baselines)
-        best = min([v for v in baselines if v is not None], default=NAN)
-        mark = "**" if ours["mase"] < best else ""
-        parts.append(f"{result['dataset']} {mark}{ours['mase']:.2f}{mark} vs {figures}")
-    return ("MASE on real datasets, seqmodel vs seasonal naive / AutoETS / AutoARIMA: "
-            + ", ".join(parts) + f" ([{pathlib.Path(report['_file']).name}]({report['_file']}))")
+        single = overall["seqmodel"]
+        ensemble = next((value for key, value in overall.items()
+                         if key.startswith("seqmodel ensemble")), None)
+        methods = dict(peer_rows.get(result["dataset"], {}))
+        for key in ("auto_ets", "auto_arima"):  # the benchmark's own histories count too
+            if key in overall:
+                own = {"scores": {"mase": {"mean": overall[key]["mase"]}}}
+                if key not in methods or own["scores"]["mase"]["mean"] < methods[key]["scores"][
+                        "mase"]["mean"]:
+                    methods[key] = own
+        classical, deep = _best(methods, CLASSICAL), _best(methods, DEEP)
+        best_other = min(v[0] for v in (classical, deep) if v) if (classical or deep) else NAN
+
+        def cell(value):
+            return f"**{value:.3f}**" if value < best_other else f"{value:.3f}"
+
+        lines.append(
+            f"| {result['dataset']} | {cell(single['mase'])} | "
+            f"{cell(ensemble['mase']) if ensemble else '-'} | "
+            f"{overall['seasonal_naive']['mase']:.3f} | "
+            + (f"{classical[0]:.3f} {classical[1]}" if classical else "-") + " | "
+            + (f"{deep[0]:.3f} {deep[1]}" if deep else "-")
+            + f" | {single['coverage_80']:.2f} |")
+    files = [report] + ([peers] if peers else [])
+    lines.append("")
+    lines.append("MASE (mean over seeds; bold: below every other method), " + ", ".join(
+        f"[{pathlib.Path(item['_file']).name}]({item['_file']})" for item in files) + ".")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -492,10 +528,8 @@ def sections(results: pathlib.Path = RESULTS) -> dict[str, str]:
     if linear:
         more.append("- Linear recurrences (`benchmarks/bench_linear.py`, "
                     "[docs/linear.md](docs/linear.md)): " + linear + ".")
-    forecast = forecast_text(found["forecast"])
-    if forecast:
-        more.append("- Forecasting (`benchmarks/bench_forecast_real.py`, "
-                    "[docs/forecasting.md](docs/forecasting.md)): " + forecast + ".")
+    if found["forecast"]:
+        out["forecast"] = forecast_table(found["forecast"], found["forecast_peers"])
     if found["quality"]:
         more.append("- Quality (`benchmarks/bench_quality.py`, [docs/benchmarks.md]"
                     "(docs/benchmarks.md#quality)): " + quality_text(found["quality"]) + ".")
