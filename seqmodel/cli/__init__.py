@@ -31,21 +31,27 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 from seqmodel.cli.bench import cmd_bench
-from seqmodel.cli.common import EXIT_STATUSES, EXIT_USAGE, Parser, UsageError, configure_logging
+from seqmodel.cli.common import (
+    EXIT_STATUSES,
+    EXIT_USAGE,
+    Parser,
+    UsageError,
+    configure_logging,
+)
 from seqmodel.cli.evaluate import add_eval_arguments, cmd_eval
 from seqmodel.cli.sample import add_sample_arguments, cmd_sample, parse_quantiles  # noqa: F401
 from seqmodel.cli.train import (  # noqa: F401  (tests and scripts reach these as seqmodel.cli.*)
     DEFAULT_MAX_TIME,
     MODEL_FLAGS,
     TRAIN_FLAGS,
-    _planned_batch_size,
-    _train_configs,
     add_train_arguments,
     cmd_train,
+    planned_batch_size,
     stop_after_failure,
+    train_configs,
     train_defaults,
 )
 from seqmodel.errors import is_user_error

@@ -56,9 +56,9 @@ def test_train_json_line_and_run_folder(corpus, tmp_path, capsys):
 
 def test_resume_plans_its_devices_with_the_checkpoint_batch_size(trained):
     parse = cli.build_parser().parse_args
-    assert cli._planned_batch_size(parse(["train", "--resume", "--out", str(trained)])) == 4
-    assert cli._planned_batch_size(parse(["train", "--out", str(trained / "x")])) == 16
-    assert cli._planned_batch_size(parse(["train", "--resume", "--out", str(trained / "x")])) is None
+    assert cli.planned_batch_size(parse(["train", "--resume", "--out", str(trained)])) == 4
+    assert cli.planned_batch_size(parse(["train", "--out", str(trained / "x")])) == 16
+    assert cli.planned_batch_size(parse(["train", "--resume", "--out", str(trained / "x")])) is None
 
 
 def test_sample_is_reproducible_and_takes_multiline_unicode_prompts(trained, capsys):
@@ -173,7 +173,7 @@ def test_cli_defaults_are_the_library_defaults(capsys):
             return {"vocab_size": 5}
 
     args = cli.build_parser().parse_args(["train"])
-    model_config, train_config = cli._train_configs(args, Data())
+    model_config, train_config = cli.train_configs(args, Data())
     assert model_config == model
     assert train_config == TrainConfig(max_time=cli.DEFAULT_MAX_TIME)
 

@@ -113,7 +113,7 @@ def test_holdout_keeps_the_last_steps_out_and_the_metadata_says_what_was_seen(tm
 
 def test_the_command_line_maps_its_flags_onto_load_dataset(tmp_path):
     from seqmodel.cli import build_parser
-    from seqmodel.cli.train import _load_training_data
+    from seqmodel.cli.train import load_training_data
 
     values = seasonal_series(200, season=7)
     (tmp_path / "x.csv").write_text("t,y,price\n" + "\n".join(
@@ -122,7 +122,7 @@ def test_the_command_line_maps_its_flags_onto_load_dataset(tmp_path):
              "price", "--lags", "1,7", "--scaling", "mean", "--context-length", "20",
              "--holdout", "10", "--head", "gaussian", "--val-fraction", "0.2"]
     args = build_parser().parse_args(flags)
-    from_cli = _load_training_data(args, args.data, val_fraction=0.2, tokenizer="char",
+    from_cli = load_training_data(args, args.data, val_fraction=0.2, tokenizer="char",
                                    metadata=None)
     from_api = load_dataset(str(tmp_path / "x.csv"), val_fraction=0.2, time_column="t",
                             covariates=("price",), lags=(1, 7), scaling="mean",
@@ -131,4 +131,4 @@ def test_the_command_line_maps_its_flags_onto_load_dataset(tmp_path):
     np.testing.assert_array_equal(first_batch(from_cli).inputs, first_batch(from_api).inputs)
     with pytest.raises(Exception, match="--lags applies to real-valued data"):
         text = build_parser().parse_args(["train", "--data", "python-stdlib", "--lags", "1,2"])
-        _load_training_data(text, text.data, val_fraction=0.1, tokenizer="char", metadata=None)
+        load_training_data(text, text.data, val_fraction=0.1, tokenizer="char", metadata=None)

@@ -233,7 +233,7 @@ def test_default_cpu_devices_are_one_per_core_that_splits_the_batch():
 
 def test_from_flags_without_devices_asks_for_the_default_before_jax_starts(monkeypatch):
     asked = []
-    monkeypatch.setattr(distributed, "_backend_started", lambda: False)
+    monkeypatch.setattr(distributed, "backend_started", lambda: False)
     monkeypatch.setattr(distributed, "request_cpu_devices", asked.append)
     monkeypatch.setattr(distributed, "cpu_cores", lambda: 2)
     monkeypatch.setattr(distributed.DataParallel, "create",
