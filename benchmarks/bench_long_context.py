@@ -190,12 +190,14 @@ def sweep(args) -> dict:
 
 
 def plot(report: dict, path: pathlib.Path) -> None:
+    """Three panels against T: XLA's plan per device (every configuration), the measured peak
+    resident memory of the process (the configurations that ran) and tokens/s."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (memory, speed) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (plan, resident, speed) = plt.subplots(1, 3, figsize=(15, 4.4))
     styles = {("none", 1): ("tab:red", "o"), ("scan", 1): ("tab:orange", "^"),
               ("block", 1): ("tab:blue", "s"), ("none", 4): ("tab:pink", "o"),
               ("scan", 4): ("tab:olive", "^"), ("block", 4): ("tab:cyan", "s")}
@@ -204,29 +206,39 @@ def plot(report: dict, path: pathlib.Path) -> None:
         if "error" not in row:
             groups.setdefault((row["remat"], row["devices"]), []).append(row)
     for (mode, devices), rows in sorted(groups.items(), key=lambda item: (item[0][1], item[0][0])):
+        rows = sorted(rows, key=lambda row: row["length"])
         color, marker = styles.get((mode, devices), ("gray", "x"))
-        label = f"remat={mode}, {devices} device{'s' if devices > 1 else ''}"
-        lengths = [row["length"] for row in rows]
-        memory.plot(lengths, [row["device_gib"] for row in rows], color=color, marker=marker,
-                    linestyle="--" if devices > 1 else "-", label=label + " (per device)")
+        style = dict(color=color, marker=marker, linestyle="--" if devices > 1 else "-",
+                     label=f"remat={mode}, {devices} device{'s' if devices > 1 else ''}")
+        plan.plot([row["length"] for row in rows], [row["device_gib"] for row in rows], **style)
         ran = [row for row in rows if row.get("ran")]
         if ran:
-            speed.plot([row["length"] for row in ran], [row["tokens_per_second"] for row in ran],
-                       color=color, marker=marker, linestyle="--" if devices > 1 else "-",
-                       label=label)
-    memory.axhline(24, color="black", linewidth=0.8)
-    memory.text(report["rows"][0]["length"], 26, "24 GiB: this machine", fontsize=8)
-    for axis in (memory, speed):
+            lengths = [row["length"] for row in ran]
+            resident.plot(lengths, [row["peak_rss_gib"] for row in ran], **style)
+            speed.plot(lengths, [row["tokens_per_second"] for row in ran], **style)
+    for axis in (plan, resident):
+        axis.axhline(24, color="black", linewidth=0.8)
+        axis.annotate("24 GiB: this machine", (0.02, 24), xycoords=("axes fraction", "data"),
+                      xytext=(0, 3), textcoords="offset points", fontsize=8)
+        axis.set_yscale("log")
+    for axis in (plan, resident, speed):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("sequence length T (tokens, batch 1)")
         axis.grid(True, which="both", alpha=0.3)
-    memory.set_yscale("log")
-    memory.set_ylabel("GiB a device allocates for the train step (XLA's plan)")
-    memory.set_title("memory of one train step, ~1M-parameter minGRU")
+        axis.legend(fontsize=7, loc="lower right" if axis is not speed else "lower left")
+    plan.set_ylabel("GiB a device allocates (XLA's plan)")
+    plan.set_title("train step's memory plan, per device")
+    resident.set_ylabel("peak resident memory of the process, GiB")
+    resident.set_title("measured (all devices: one process)")
+    resident.set_ylim(plan.get_ylim())
+    loads = [value for row in report["rows"] if row.get("ran")
+             for value in (row["load_before"], row["load_after"])]
+    speed.set_ylim(bottom=0)
     speed.set_ylabel("tokens/s (measured)")
-    speed.set_title("train-step throughput, 2-core CPU")
-    memory.legend(fontsize=7)
-    speed.legend(fontsize=7)
+    speed.set_title(f"throughput, 2-core CPU shared (load {min(loads):.0f}-{max(loads):.0f})"
+                    if loads else "throughput")
+    figure.suptitle(f"one train step of a {report['rows'][0].get('parameters', 0) / 1e6:.1f}M-"
+                    f"parameter minGRU, batch 1 ({report['started'][:10]})", fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
