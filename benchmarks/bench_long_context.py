@@ -249,7 +249,9 @@ def markdown_table(report: dict) -> str:
     lines = ["| T | devices | remat | plan GiB a device | plan GiB all | peak RSS GiB | s/step | "
              "tokens/s | loss per step | load (1 min) |",
              "|---:|---:|---|---:|---:|---:|---:|---:|---|---|"]
-    for row in report["rows"]:
+    order = {"none": 0, "scan": 1, "block": 2}
+    for row in sorted(report["rows"], key=lambda row: (row["length"], row["devices"],
+                                                       order.get(row["remat"], 3))):
         if "error" in row:
             lines.append(f"| {row['length']:,} | {row['devices']} | {row['remat']} | "
                          f"error: {row['error']} | | | | | | |")
