@@ -153,6 +153,14 @@ def run_configuration(spec: dict, timeout: float) -> dict:
                 load_after=round(os.getloadavg()[0], 2))
 
 
+def sittings(report: dict) -> list[dict]:
+    """When each sitting of a result file started, with its budget and the memory then free (the
+    top-level fields are the latest sitting's)."""
+    return report.get("sittings") or [dict(
+        started=report["started"], budget_gib=report["budget_gib"],
+        memory_available_gib=report["machine"]["memory_available_gib"])]
+
+
 def sweep(args) -> dict:
     budget = int((args.budget_gb * GIB) if args.budget_gb else 0.6 * available_bytes())
     report = dict(
@@ -171,7 +179,7 @@ def sweep(args) -> dict:
                    for devices in args.devices for mode in args.remat}
         report["rows"] = [row for row in earlier["rows"]
                           if (row["length"], row["devices"], row["remat"]) not in planned]
-        report["sittings"] = earlier.get("sittings", [earlier["started"]]) + [report["started"]]
+        report["sittings"] = sittings(earlier) + sittings(report)
     for length in args.lengths:
         for devices in args.devices:
             for mode in args.remat:

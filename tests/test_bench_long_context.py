@@ -44,3 +44,11 @@ def test_table_lists_every_row_by_length():
     assert lines[2].startswith("| 1,024 | 1 | none | 0.10 | 0.10 | 0.80 | 2.0 | 512 | 4.500 > 3.500")
     assert "not run" in lines[3] and "error: timed out" in lines[4]
     assert lines[5].startswith("| 2,048 |")
+
+
+def test_sittings_keep_each_sittings_budget():
+    report = dict(a_report(), budget_gib=12.6)
+    first = bench_long_context.sittings(report)
+    assert first == [dict(started="2026-12-04 22:09:19", budget_gib=12.6,
+                          memory_available_gib=20.0)]
+    assert bench_long_context.sittings(dict(report, sittings=first * 2)) == first * 2
