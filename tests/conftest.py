@@ -1,5 +1,6 @@
 """Shared test settings: deterministic fp32 math on the CPU, small shapes everywhere."""
 
+import logging
 import pathlib
 
 import jax
@@ -18,3 +19,14 @@ def shared_data_dir(monkeypatch):
         pytest.skip(f"tinyshakespeare.txt not found in {SHARED_DATA} (shared data folder absent)")
     monkeypatch.setenv("SEQMODEL_DATA_DIR", str(SHARED_DATA))
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def library_logging_restored():
+    """The command line configures the library's logger (a stderr handler, no propagation): put
+    it back after each test, so that no test sees what an earlier one set up."""
+    library = logging.getLogger("seqmodel")
+    saved = (list(library.handlers), library.propagate, library.level)
+    yield
+    library.handlers[:] = saved[0]
+    library.propagate, library.level = saved[1], saved[2]

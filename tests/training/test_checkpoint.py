@@ -244,7 +244,9 @@ def test_a_damaged_newest_step_gives_way_to_the_one_before(uninterrupted, tmp_pa
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert warning.startswith(f"resuming from step 10: the newer step 14 ({reason}")
     assert UNREADABLE in warning
-    assert capfd.readouterr().err == ""
+    # (A logging handler that an earlier CLI test installed may echo the warning itself.)
+    echoed = [line for line in capfd.readouterr().err.splitlines() if warning not in line]
+    assert echoed == []
     assert resumed.steps == 14
     assert_same_state(resumed.state, straight.state)  # the lost steps were trained again
     records = read_jsonl(run_dir / "metrics.jsonl")
