@@ -55,6 +55,8 @@ FILES = {
     "linear": "linear_cpu_2core_quiet.json",
     "forecast": "forecast_real_cpu_2core.json",
     "forecast_peers": "forecast_peers_cpu_2core.json",
+    "long_context": "long_context_cpu_2core.json",
+    "long_context_example": "long_context_example_cpu.json",
     "profile": "profile_train_step_cpu_2core.json",
 }
 TARGETS = {("lstm", 128): 1.3, ("lstm", 512): 1.1}  # train step against PyTorch's best
@@ -383,6 +385,34 @@ def linear_text(linear: dict | None, stdlib: list[dict] | None) -> str:
     return "; ".join(parts)
 
 
+def long_context_text(sweep: dict | None, example: dict | None) -> str:
+    """One line: the longest sequence trained, its memory with and without remat, and split over
+    devices (``bench_long_context``'s sweep and worked example)."""
+    rows = (example or {}).get("rows", []) + (sweep or {}).get("rows", [])
+    ran = [row for row in rows if row.get("ran") and row["devices"] == 1]
+    if not ran:
+        return ""
+    longest = max(row["length"] for row in ran)
+    trained = next(row for row in ran if row["length"] == longest)
+    plain = next((row for row in rows if row["length"] == longest and row["devices"] == 1
+                  and row["remat"] == "none"), None)
+    split = [row for row in rows if row["length"] == longest and row["devices"] > 1
+             and row["remat"] == trained["remat"] and row.get("ran")]
+    losses = trained.get("losses") or [trained.get("loss")]
+    text = (f"a {trained['parameters'] / 1e6:.1f}M-parameter model trains on one sequence of "
+            f"T = {longest:,} characters with `remat=\"{trained['remat']}\"` (XLA plans "
+            f"{trained['planned_gib']:.2f} GiB, peak RSS {trained['peak_rss_gib']:.2f} GiB; loss "
+            f"{losses[0]:.2f} -> {losses[-1]:.2f} in {len(losses)} steps)")
+    if plain:
+        text += f"; without remat the plan is {plain['planned_gib']:.1f} GiB"
+    if split:
+        text += (f"; split over {split[0]['devices']} devices, {split[0]['device_gib']:.2f} GiB "
+                 f"a device")
+    files = [item for item in (example, sweep) if item]
+    return text + " (" + ", ".join(f"[{pathlib.Path(item['_file']).name}]({item['_file']})"
+                                   for item in files) + ")"
+
+
 CLASSICAL = {"auto_ets": "AutoETS", "auto_arima": "AutoARIMA", "mstl": "MSTL",
              "seasonal_naive_long": "seasonal naive (long season)"}
 DEEP = {"deepar": "DeepAR", "nhits": "NHITS", "lstm": "LSTM"}
@@ -528,6 +558,10 @@ def sections(results: pathlib.Path = RESULTS) -> dict[str, str]:
     if linear:
         more.append("- Linear recurrences (`benchmarks/bench_linear.py`, "
                     "[docs/linear.md](docs/linear.md)): " + linear + ".")
+    long_context = long_context_text(found["long_context"], found["long_context_example"])
+    if long_context:
+        more.append("- Long sequences (`benchmarks/bench_long_context.py`, "
+                    "[docs/long_context.md](docs/long_context.md)): " + long_context + ".")
     if found["forecast"]:
         out["forecast"] = forecast_table(found["forecast"], found["forecast_peers"])
     if found["quality"]:
