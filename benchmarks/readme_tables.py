@@ -156,6 +156,12 @@ def train_step_table(speed: dict) -> str:
     return "\n".join(lines)
 
 
+def _figure(entry: dict, key: str, spec: str, missing: str = "-") -> str:
+    """``entry[key]`` formatted with ``spec``; ``missing`` when absent or None."""
+    value = entry.get(key)
+    return missing if value is None else format(value, spec)
+
+
 def speed_all_table(speed: dict) -> str:
     """Every candidate of every row, with CPU time, compile time and roofline."""
     lines = ["| cell | h | candidate | tok/s | x best torch | spread | cpu ms/step | compile s | "
@@ -168,9 +174,10 @@ def speed_all_table(speed: dict) -> str:
                 continue
             lines.append(
                 f"| {row['cell']} | {row['hidden']} | {name} | {entry['tokens_per_second']:,.0f} "
-                f"| {_ratio(entry)} | {entry.get('spread', NAN):.2f} "
-                f"| {entry.get('cpu_ms_per_step', NAN):.1f} "
-                f"| {entry.get('compile_seconds', NAN):.1f} | {entry.get('roofline', NAN):.2f} |")
+                f"| {_ratio(entry)} | {_figure(entry, 'spread', '.2f')} "
+                f"| {_figure(entry, 'cpu_ms_per_step', '.1f')} "
+                f"| {_figure(entry, 'compile_seconds', '.1f', '(at start-up)')} "
+                f"| {_figure(entry, 'roofline', '.2f')} |")
     ceilings = speed.get("ceilings_gflops", {})
     lines += ["", "GEMM ceilings GFLOP/s: " + ", ".join(
         f"{k.replace('_gflops', '')} {v:.0f}" for k, v in ceilings.items()) + "; "
