@@ -24,6 +24,7 @@ def sample(run, capsys, *flags):
     return status, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_beam_search_returns_the_best_hypotheses(run, capsys):
     status, out, _ = sample(run, capsys, "--beams", "4", "--num-samples", "2",
                             "--length-penalty", "0.5")

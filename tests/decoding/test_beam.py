@@ -53,6 +53,7 @@ def exhaustive(model, prompt_row, steps, eos_id, length_penalty):
     return sorted(hypotheses, key=lambda item: -item[0])
 
 
+@pytest.mark.slow
 def test_one_beam_is_greedy_decoding():
     model = tiny_model(vocab=11)
     prompt = np.array([[1, 2, 3], [4, 5, 6]], np.int32)
@@ -111,6 +112,7 @@ def test_rows_are_independent_and_no_recompile():
     np.testing.assert_allclose(alone.scores[0], both.scores[1], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_processors_apply_inside_beam_search():
     model = tiny_model(vocab=11)
     prompt = np.array([[1, 2, 3]], np.int32)

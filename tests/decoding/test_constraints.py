@@ -277,6 +277,7 @@ def universal(vocabulary):
     dict(eos_id=0, top_k=5, repetition_penalty=1.3),
     dict(top_p=0.8, stop_sequences=[[4, 4]], banned_tokens=[3]),
 ])
+@pytest.mark.slow
 def test_a_constraint_that_allows_everything_changes_nothing(arguments):
     model = char_model()
     common = dict(key=jax.random.key(7), steps=40, prompt=np.array([[1, 2, 3], [4, 5, 0]]),
@@ -294,6 +295,7 @@ def test_a_constraint_that_allows_everything_changes_nothing(arguments):
         sm.beam_search(model, **beam).sequences)
 
 
+@pytest.mark.slow
 def test_stream_equals_generate_and_scores_equal_teacher_forcing():
     tokenizer = sm.CharTokenizer(CHARS)
     model = char_model()
@@ -315,6 +317,7 @@ def test_stream_equals_generate_and_scores_equal_teacher_forcing():
             assert re.fullmatch(CSV, "ab" + tokenizer.decode(whole.samples[row, :length - 1]))
 
 
+@pytest.mark.slow
 def test_rows_stop_with_their_reason():
     tokenizer = sm.CharTokenizer(CHARS)
     model = char_model()

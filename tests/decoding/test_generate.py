@@ -292,6 +292,7 @@ def test_bad_arguments_name_argument_value_and_allowed(head, kwargs, message):
             next(sm.generate_stream(make_model(head), chunk_size=2, **arguments))
 
 
+@pytest.mark.slow
 def test_noise_drawn_in_segments_gives_the_same_samples(monkeypatch):
     """A small noise budget cuts the loop into several scan segments plus a remainder."""
     generate_module = importlib.import_module("seqmodel.decoding.generate")

@@ -73,6 +73,7 @@ def test_scans_match_float64_loop(length):
     np.testing.assert_array_equal(final, states[-1])
 
 
+@pytest.mark.slow
 def test_gradients_agree():
     a, b, positive, initial = coefficients(50, 4, seed=1)
     weights = jax.random.normal(jax.random.key(9), (50, 2, 4))
@@ -105,6 +106,7 @@ def test_gradients_agree():
         assert relative_error(got, want) < 2e-3  # measured 4e-4 (d/da), see the header
 
 
+@pytest.mark.slow
 def test_long_sequence_stays_finite():
     a, b, positive, initial = coefficients(65_536, 2, batch=1, seed=2)
     results = all_scans(a, b, positive, initial)

@@ -96,6 +96,7 @@ def test_fold_embedding_is_exact():
     np.testing.assert_allclose(folded(inputs)[0], plain(inputs)[0], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_carry_continues_a_sequence():
     config = make_config("gaussian", cell="gru", num_layers=2)
     model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
