@@ -477,7 +477,9 @@ def forecast_table(report: dict, peers: dict | None) -> str:
 
 
 def quickstart_block(report: dict) -> str:
-    lines = report["output"]
+    # The progress bar's redraws (tqdm on stderr) are not what a reader needs to see.
+    lines = [line for line in report["output"]
+             if line.strip() and not re.search(r"step/s|\d+step \[|^\s*$", line)]
     return ("```\n" + "\n".join(lines) + "\n```\n\n"
             f"(`{report['run_command']}`, {provenance_line(report)})")
 
