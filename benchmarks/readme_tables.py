@@ -480,6 +480,9 @@ def quickstart_block(report: dict) -> str:
     # The progress bar's redraws (tqdm on stderr) are not what a reader needs to see.
     lines = [line for line in report["output"]
              if line.strip() and not re.search(r"step/s|\d+step \[|^\s*$", line)]
+    if "--- sample" in " ".join(lines):  # the run's lines and the sample's first 8 lines
+        start = next(i for i, line in enumerate(lines) if line.startswith("--- sample"))
+        lines = lines[:start + 9] + ["..."]
     return ("```\n" + "\n".join(lines) + "\n```\n\n"
             f"(`{report['run_command']}`, {provenance_line(report)})")
 
