@@ -56,7 +56,8 @@ def all_scans(a, b, positive, initial):
     }
 
 
-@pytest.mark.parametrize("length", [1, 7, 64, 2048])
+@pytest.mark.parametrize("length", [pytest.param(1, marks=pytest.mark.slow), 7,
+                                    pytest.param(64, marks=pytest.mark.slow), 2048])
 def test_scans_match_float64_loop(length):
     width = 4 if length == 2048 else 8
     a, b, positive, initial = coefficients(length, width)
