@@ -51,10 +51,10 @@ def _chain_flops(rows: int, inner: int, cols: int) -> float:
 
 def jax_profile(spec: dict):
     import jax
-    import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
+    from benchmarks.rooflines import serial_chain
     from benchmarks.workload import batch, reference_model
     from seqmodel.data import Batch
     from seqmodel.training import distributed
@@ -96,18 +96,7 @@ def jax_profile(spec: dict):
     for rows in (BATCH, BATCH // 2):
         for direction, (inner, cols) in {"forward": (hidden, width),
                                          "backward": (width, hidden)}.items():
-            kernel = jnp.full((inner, cols), 0.01, jnp.float32)
-
-            def chain(kernel, rows=rows, inner=inner, cols=cols):
-                def body(state, _):
-                    out = jnp.tanh(state @ kernel)
-                    if cols > inner:
-                        return out[:, :inner], None
-                    return jnp.tile(out, (1, inner // cols)), None
-
-                return jax.lax.scan(body, jnp.ones((rows, inner)), None, length=SEQUENCE)[0]
-
-            compiled = jax.jit(chain)
+            compiled, kernel = serial_chain(rows, inner, cols)
             seconds = _fastest(lambda: jax.block_until_ready(compiled(kernel)), repeats)
             result[f"serial_{direction}_{rows}rows"] = seconds
             result[f"serial_{direction}_{rows}rows_gflops"] = (

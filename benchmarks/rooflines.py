@@ -46,6 +46,27 @@ def roofline(cell: str, hidden: int, seconds_per_step: float, ceilings: dict) ->
     return {"gflops": achieved, "bound_seconds": bound, "roofline": bound / seconds_per_step}
 
 
+def serial_chain(rows: int, inner: int, cols: int):
+    """``(jitted chain, kernel)``: SEQUENCE dependent ``tanh((rows, inner) @ (inner, cols))``
+    steps in a ``lax.scan``, each step's input the last step's output, as in a recurrence (the
+    serial GEMMs that neither framework can spread over time). Call ``chain(kernel)``."""
+    import jax
+    import jax.numpy as jnp
+
+    kernel = jnp.full((inner, cols), 0.01, jnp.float32)
+
+    def chain(kernel):
+        def body(state, _):
+            out = jnp.tanh(state @ kernel)
+            if cols > inner:
+                return out[:, :inner], None
+            return jnp.tile(out, (1, inner // cols)), None
+
+        return jax.lax.scan(body, jnp.ones((rows, inner)), None, length=SEQUENCE)[0]
+
+    return jax.jit(chain), kernel
+
+
 def gemm_worker(spec: dict):
     """The ceilings in GFLOP/s: ``large_gflops`` and, for each ``(hidden, gates)`` of
     ``options['serial_shapes']``, ``serial_gflops_h{hidden}x{gates}_{forward,backward}``."""
@@ -73,19 +94,8 @@ def gemm_worker(spec: dict):
         for direction, (rows, inner, cols) in {
             "forward": (BATCH, hidden, width), "backward": (BATCH, width, hidden),
         }.items():
-            kernel = jnp.full((inner, cols), 0.01, jnp.float32)
-
-            def chain(kernel, rows=rows, inner=inner, cols=cols):
-                # Each step's input depends on the last step's output, as in a recurrence.
-                def body(state, _):
-                    out = jnp.tanh(state @ kernel)
-                    if cols > inner:
-                        return out[:, :inner], None
-                    return jnp.tile(out, (1, inner // cols)), None
-
-                return jax.lax.scan(body, jnp.ones((rows, inner)), None, length=SEQUENCE)[0]
-
-            seconds = timed(jax.jit(chain), kernel)
+            chain, kernel = serial_chain(rows, inner, cols)
+            seconds = timed(chain, kernel)
             results[f"serial_gflops_h{hidden}x{gates}_{direction}"] = (
                 2 * rows * inner * cols * SEQUENCE / seconds / 1e9
             )
