@@ -30,37 +30,19 @@ if not __package__:  # run by path: Python put benchmarks/ on sys.path, the pack
 
 import numpy as np  # noqa: E402
 
-from benchmarks import candidates, protocol  # noqa: E402
-from benchmarks.environment import finish, load_average, provenance  # noqa: E402
+from benchmarks import candidates  # noqa: E402
+from benchmarks.bench_generate import measure  # noqa: E402  (start, alternate, summarise)
+from benchmarks.environment import finish, provenance  # noqa: E402
 
 PROCESSORS = dict(repetition_penalty=1.2, presence_penalty=0.3, frequency_penalty=0.1,
                   token_bias={5: 0.5}, banned_tokens=[0], stop_sequences=[[64, 64, 64, 64]])
-
-
-def _measure(hidden: int, chosen: list[candidates.Candidate], repeats: int, log) -> dict:
-    workers, failed = protocol.start_workers(
-        [(c.name, {"kind": c.kind, "hidden": hidden, "cell": "lstm", "options": c.options}, c.env)
-         for c in chosen], log=log)
-    try:
-        start = load_average()
-        seconds, failed_later = protocol.alternate(workers, repeats=repeats, log=log)
-        entries = {worker.name: {**{k: v for k, v in worker.hello.items()
-                                    if k not in ("ready", "result")},
-                                 **protocol.summary(seconds[worker.name])}
-                   for worker in workers if seconds[worker.name]}
-    finally:
-        for worker in workers:
-            worker.close()
-    for name, error in {**failed, **failed_later}.items():
-        entries.setdefault(name, {})["error"] = error
-    return {"candidates": entries, "load_average": {"start": start, "end": load_average()}}
 
 
 def bench_beam(args, log=print) -> dict:
     options = {"beams": args.beams, "steps": args.steps}
     chosen = [candidates.Candidate("seqmodel", "beam", options)]
     chosen += candidates.torch_variants("torch-beam", {"module": (), "cell": ()}, extra=options)
-    result = _measure(args.hidden, chosen, args.repeats, log)
+    result = measure(args.hidden, chosen, repeats=args.repeats, log=log)
     entries = result["candidates"]
     reference = entries.get("seqmodel", {}).get("best_beam")
     for name, entry in entries.items():
@@ -89,7 +71,7 @@ def bench_processors(args, log=print) -> dict:
                                    {**base, "generate_options": processors}),
               candidates.Candidate("repetition-only", "generate",
                                    {**base, "generate_options": {"repetition_penalty": 1.2}})]
-    result = _measure(128, chosen, args.repeats, log)
+    result = measure(128, chosen, repeats=args.repeats, log=log)
     tokens = 32 * args.steps
     rates = {name: tokens / entry["median"] for name, entry in result["candidates"].items()
              if "median" in entry}
