@@ -21,12 +21,22 @@ def shared_data_dir(monkeypatch):
     return SHARED_DATA
 
 
+# The library logger as it is before any test: the state every test starts and ends with.
+_LIBRARY = logging.getLogger("seqmodel")
+_PRISTINE_LOGGING = (list(_LIBRARY.handlers), _LIBRARY.propagate, _LIBRARY.level)
+
+
+def _restore_library_logging():
+    _LIBRARY.handlers[:] = _PRISTINE_LOGGING[0]
+    _LIBRARY.propagate, _LIBRARY.level = _PRISTINE_LOGGING[1], _PRISTINE_LOGGING[2]
+
+
 @pytest.fixture(autouse=True)
 def library_logging_restored():
     """The command line configures the library's logger (a stderr handler, no propagation): put
-    it back after each test, so that no test sees what an earlier one set up."""
-    library = logging.getLogger("seqmodel")
-    saved = (list(library.handlers), library.propagate, library.level)
+    it back before and after each test. Before, too: a module-scoped fixture that runs the
+    command line is set up ahead of this fixture, so what it configured would otherwise be taken
+    for the starting state and outlive its module."""
+    _restore_library_logging()
     yield
-    library.handlers[:] = saved[0]
-    library.propagate, library.level = saved[1], saved[2]
+    _restore_library_logging()
