@@ -27,6 +27,7 @@ from seqmodel.training.checkpoint import (
     read_metadata,
     restore_train_state,
 )
+from seqmodel.training.checkpoint.folders import COMMIT_MARK
 from seqmodel.training.fitting import fit
 from seqmodel.training.optimization import TrainConfig, init_train_state, make_optimizer
 from seqmodel.training.writers import read_jsonl
@@ -232,6 +233,8 @@ def test_a_damaged_newest_step_gives_way_to_the_one_before(uninterrupted, tmp_pa
     run_dir = tmp_path / "run"
     shutil.copytree(folder, run_dir)
     spoil, reason = DAMAGES[damage]
+    if "commit_success" in damage and not (run_dir / CHECKPOINTS / "14" / COMMIT_MARK).exists():
+        pytest.skip(f"this orbax ({ocp.__version__}) writes no {COMMIT_MARK} (orbax 0.12 does)")
     spoil(run_dir / CHECKPOINTS / "14")
     assert [saved.step for saved, _ in inspect_run(run_dir).damaged] == (
         [] if "array" in damage else [14])  # arrays show only when read
