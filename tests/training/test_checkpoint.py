@@ -266,13 +266,13 @@ def test_a_damaged_newest_step_gives_way_to_the_one_before(uninterrupted, tmp_pa
 def test_a_run_whose_only_step_is_damaged_starts_again_with_one_warning(tmp_path, caplog):
     config = dataclasses.replace(CONFIG, steps=5)
     fit(model(), dataset(), config, out_dir=tmp_path, progress=False)
-    (tmp_path / CHECKPOINTS / "5" / "commit_success.txt").unlink()
+    (tmp_path / CHECKPOINTS / "5" / "_CHECKPOINT_METADATA").write_text("{")  # any orbax
     run = inspect_run(tmp_path)
     assert run.holds_run and not run.holds_checkpoint
     with caplog.at_level(logging.WARNING):
         resumed = fit(model(), dataset(), config, out_dir=tmp_path, resume=True, progress=False)
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert "step 5 cannot be read (its commit_success.txt is missing" in warning
+    assert "step 5 cannot be read (its _CHECKPOINT_METADATA cannot be read" in warning
     assert warning.endswith("starting it from step 0")
     assert resumed.steps == 5 and (tmp_path / UNREADABLE / "5").is_dir()
     assert [s.step for s in inspect_run(tmp_path).steps] == [5]
