@@ -89,6 +89,11 @@ class ModelConfig(DictConfig):
     # multiplied back by s (head.rescale), so outputs, log-likelihoods and samples are in data
     # units while the network sees values of order 1 (seqmodel.data.features builds such inputs).
     input_scaling: bool = False
+    # Standard scaling (GluonTS's StdScaler, RevIN): with input_scaling, the next target_size
+    # conditioning features (indices 2 * target_size .. 3 * target_size - 1) hold the row's
+    # location m (the window's mean), which was subtracted from the element and its lags before
+    # dividing by s; the head's distribution is moved back by m after the scaling by s.
+    input_location: bool = False
     # Tuned with TrainConfig's defaults: the argument-free `seqmodel train` (python-stdlib) learns
     # Python-looking text within a few minutes on 2 CPU cores, and tinyshakespeare under 110 s
     # reaches a validation loss at or below 1.60 nats per character (benchmarks/bench_quality.py).
@@ -169,6 +174,12 @@ class ModelConfig(DictConfig):
             bad("input_scaling", "needs real-valued inputs with target_size set and at least "
                 "target_size conditioning features (the log scales), and a head other than "
                 "bernoulli (0/1 elements cannot be scaled)")
+        if self.input_location and (not self.input_scaling
+                                    or self.head not in ("gaussian", "student_t", "mdn")
+                                    or self.input_size < 3 * self.target_size):
+            bad("input_location", "needs input_scaling, at least 2 * target_size conditioning "
+                "features (the log scales, then the locations) and a continuous head (gaussian, "
+                "student_t or mdn): counts and 0/1 elements cannot be shifted")
         if self.input_size is not None and self.head == "categorical":
             real_valued = ", ".join(repr(name) for name in HEAD_NAMES
                                     if name != "categorical")

@@ -4,14 +4,24 @@ teacher-forced training windows and for free-running forecasts.
 A model with conditioning features (``ModelConfig.target_size < input_size``) reads at step ``t``
 the input row (DeepAR's layout, Salinas et al. 2020)::
 
-    [ y_t / s | log s | y_(t+1-k) / s for each lag k >= 2 | known features of step t + 1 ]
-      element   (input_scaling only)   lagged targets          time features, covariates, static
+    [ (y_t - m) / s | log s | m | (y_(t+1-k) - m) / s for each lag k >= 2 | known of step t + 1 ]
+      element         scaling    std    lagged targets                         time features,
+                      only       only                                          covariates, static
 
 and predicts ``y_(t+1)``. ``y`` is the target (``d`` features, after the global normalisation);
-``s`` (``(d,)``) is the window's **mean scale**: the mean of ``|y|`` over its first
-``context_length`` elements (GluonTS's ``MeanScaler``), so a trending series looks the same to
-the network at every level; the model multiplies its distribution back by ``s``
-(``ModelConfig.input_scaling``). Lag 1 is the element itself. Known features belong to the step
+``m`` and ``s`` (``(d,)`` each) are the window's location and scale, from its first
+``context_length`` elements (missing ones skipped):
+
+- ``scaling="std"``: ``m`` = the mean, ``s`` = the standard deviation (GluonTS's
+  ``StdScaler``, RevIN), so the network sees a window's movements whatever its level, even where
+  the level dwarfs them (a CO2 record: level 360, yearly swing 1.5%);
+- ``scaling="mean"``: ``m = 0``, ``s`` = the mean of ``|y|`` (DeepAR, GluonTS's
+  ``MeanScaler``), a scale that keeps counts counts;
+- ``scaling="none"``: ``m = 0``, ``s = 1``, neither fed.
+
+The model moves and scales its distribution back (``ModelConfig.input_scaling`` and
+``input_location``). Lag 1 is the element itself; a missing element is fed as ``m`` (0 after
+scaling). Known features belong to the step
 being predicted: its time features (smooth sin/cos encodings of the time of day, day of week,
 day of year, month, from the time column's inferred :class:`Frequency`), its known-future
 covariates (z-scored), and the series' static categories (one-hot).
@@ -23,12 +33,12 @@ One function, :func:`assemble`, lays a row out, for NumPy arrays (training windo
 Example::
 
     frequency = infer_frequency([times])                     # e.g. Frequency("month")
-    spec = FeatureSpec(target_columns=("sales",), lags=(1, 12), scaling="mean",
+    spec = FeatureSpec(target_columns=("sales",), lags=(1, 12), scaling="std",
                        context_length=24, time_features=frequency_cycles(frequency),
                        frequency=frequency.name)
     known = known_features(spec, times, covariates=None, static=None)   # (T, K)
-    scale = mean_scale(values[start : start + 24], spec)                # (d,)
-    inputs = window_inputs(spec, values, known, start=start, length=36, scale=scale)
+    loc, scale = window_scale(values[start : start + 24], spec)         # (d,) each
+    inputs = window_inputs(spec, values, known, start=start, length=36, scale=scale, loc=loc)
 """
 
 from __future__ import annotations
@@ -40,11 +50,14 @@ import numpy as np
 
 from seqmodel.data.calendar import CYCLES, time_features
 
-SCALINGS = ("mean", "none")
+SCALINGS = ("std", "mean", "none")
 
 # A window whose context holds no non-zero value gets the scale of the training data instead
 # (in globally normalised units about 1); a scale never falls below this.
 MINIMUM_SCALE = 1e-10
+# A standard scale never falls below this fraction of the training data's: a near-constant
+# context would otherwise blow the first change after it up to thousands of scaled units.
+MINIMUM_STD_FRACTION = 1e-2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,11 +73,12 @@ class FeatureSpec:
       target_columns: names of the ``d`` predicted features.
       lags: sorted lags, 1 (the element itself) first: ``(1, 2, 12)`` also feeds
         ``y_(t-1)`` and ``y_(t-11)`` with the input of step ``t`` (one season before the target).
-      scaling: ``"mean"`` (DeepAR's mean scaling, ``log s`` fed) or ``"none"``.
-      context_length: elements a forecast reads before its first prediction; the mean scale of
-        a window comes from its first ``context_length`` elements.
-      default_scale: ``(d,)`` the scale of a window whose context is all zero (the training
-        data's mean ``|y|``).
+      scaling: ``"std"`` (standard scaling, ``log s`` and ``m`` fed), ``"mean"`` (DeepAR's
+        mean scaling, ``log s`` fed) or ``"none"``.
+      context_length: elements a forecast reads before its first prediction; the location and
+        scale of a window come from its first ``context_length`` elements.
+      default_scale: ``(d,)`` the scale of a window whose context has no spread (mean scaling:
+        the training data's mean ``|y|``; standard scaling: its standard deviation).
       time_column, frequency: the time column and the name of its :class:`Frequency`.
       time_features: the calendar cycles fed (:data:`CYCLES`), each as a sin/cos pair.
       covariate_columns: known-future covariates (z-scored with ``covariate_mean`` /
@@ -139,7 +153,8 @@ class FeatureSpec:
     @property
     def input_size(self) -> int:
         d = self.target_size
-        return d * (1 + (self.scaling == "mean") + len(self.extra_lags)) + self.known_size
+        scaled = (self.scaling != "none") + (self.scaling == "std")
+        return d * (1 + scaled + len(self.extra_lags)) + self.known_size
 
     @property
     def conditioned(self) -> bool:
@@ -151,7 +166,8 @@ class FeatureSpec:
         if not self.conditioned:
             return {"input_size": self.input_size}
         return {"input_size": self.input_size, "target_size": self.target_size,
-                "input_scaling": self.scaling == "mean"}
+                "input_scaling": self.scaling != "none",
+                "input_location": self.scaling == "std"}
 
     # -- saving ------------------------------------------------------------------------------
 
@@ -264,6 +280,27 @@ def mean_scale(values: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     return np.maximum(np.where(scale > 0, scale, default), MINIMUM_SCALE)
 
 
+def window_scale(values: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The location and scale ``(m (d,), s (d,))`` of a context ``(n, d)`` under
+    ``spec.scaling`` (the module docstring), NaN skipped. Standard scaling: a context without
+    spread gets ``spec.default_scale``, and the scale never falls below
+    :data:`MINIMUM_STD_FRACTION` of it; a context without values gets location 0 (the training
+    data's mean) and the default scale."""
+    d = spec.target_size
+    if spec.scaling != "std":
+        return np.zeros((d,), np.float64), mean_scale(values, spec)
+    values = np.asarray(values, np.float64).reshape(-1, d)
+    present = np.isfinite(values)
+    count = present.sum(0)
+    loc = np.divide(np.where(present, values, 0.0).sum(0), count, out=np.zeros(d),
+                    where=count > 0)
+    spread = np.where(present, values - loc, 0.0)
+    std = np.sqrt(np.divide((spread ** 2).sum(0), count, out=np.zeros(d), where=count > 0))
+    default = np.asarray(spec.default_scale or (1.0,) * d, np.float64)
+    scale = np.where(std > 0, std, default)
+    return loc, np.maximum(scale, np.maximum(MINIMUM_STD_FRACTION * default, MINIMUM_SCALE))
+
+
 def _namespace(*arrays):
     """``jax.numpy`` when an argument is a JAX array (a traced forecast step), else NumPy."""
     for array in arrays:
@@ -274,43 +311,49 @@ def _namespace(*arrays):
     return np
 
 
-def assemble(spec: FeatureSpec, element, lagged, known, scale):
+def assemble(spec: FeatureSpec, element, lagged, known, scale, loc=None):
     """One input row per leading index, laid out as the module docstring says.
 
     Args:
-      element: ``(..., d)`` the element ``y_t`` (globally normalised units, NaN filled by 0).
+      element: ``(..., d)`` the element ``y_t`` (globally normalised units, a missing one
+        filled by ``loc``).
       lagged: ``(..., len(spec.extra_lags), d)`` ``y_(t+1-k)`` for the lags ``k >= 2``.
       known: ``(..., spec.known_size)`` the known features of step ``t + 1``.
-      scale: ``(..., d)`` the window's mean scale (ones without scaling).
+      scale: ``(..., d)`` the window's scale (ones without scaling).
+      loc: ``(..., d)`` the window's location (standard scaling; zeros when None).
 
     Returns:
       ``(..., spec.input_size)``, NumPy or JAX like the arguments.
     """
-    xp = _namespace(element, lagged, known, scale)
-    lagged_scaled = lagged / scale[..., None, :]
-    parts = [element / scale]
-    if spec.scaling == "mean":
+    xp = _namespace(element, lagged, known, scale, loc)
+    loc = xp.zeros_like(scale) if loc is None else loc
+    lagged_scaled = (lagged - loc[..., None, :]) / scale[..., None, :]
+    parts = [(element - loc) / scale]
+    if spec.scaling != "none":
         parts.append(xp.log(scale))
+    if spec.scaling == "std":
+        parts.append(loc)
     parts.append(lagged_scaled.reshape(lagged_scaled.shape[:-2] + (-1,)))
     parts.append(known)
     return xp.concatenate([xp.asarray(part, xp.float32) for part in parts], axis=-1)
 
 
 def window_inputs(spec: FeatureSpec, values: np.ndarray, known: np.ndarray, *, start: int,
-                  length: int, scale: np.ndarray) -> np.ndarray:
+                  length: int, scale: np.ndarray, loc: np.ndarray | None = None) -> np.ndarray:
     """The teacher-forced inputs of steps ``start .. start + length - 1`` of one series:
     ``(length, spec.input_size)`` float32. Row ``j`` predicts ``values[start + j + 1]``.
 
     Args:
-      values: ``(T, d)`` targets (globally normalised; NaN = missing, fed as 0).
+      values: ``(T, d)`` targets (globally normalised; NaN = missing, fed as ``loc``).
       known: ``(T', K)`` known features, ``T' >= start + length + 1`` (the step after the last
         input is the last one predicted).
       start: ``>= spec.max_lag - 1``, so every lag of the first row exists.
-      scale: ``(d,)`` from :func:`mean_scale`.
+      scale, loc: ``(d,)`` from :func:`window_scale` (``loc`` None: zeros).
 
     Example::
 
-        inputs = window_inputs(spec, values, known, start=11, length=36, scale=scale)
+        loc, scale = window_scale(values[11 : 11 + spec.context_length], spec)
+        inputs = window_inputs(spec, values, known, start=11, length=36, scale=scale, loc=loc)
     """
     if start < spec.max_lag - 1:
         raise ValueError(f"start={start} is before the first step with every lag "
@@ -318,11 +361,15 @@ def window_inputs(spec: FeatureSpec, values: np.ndarray, known: np.ndarray, *, s
     if start + length > len(values) or start + length + 1 > len(known) and spec.known_size:
         raise ValueError(f"steps {start}..{start + length - 1} do not fit a series of "
                          f"{len(values)} steps with {len(known)} known rows")
-    filled = np.nan_to_num(np.asarray(values, np.float64), nan=0.0)
+    d = spec.target_size
+    loc = np.zeros((d,), np.float64) if loc is None else np.asarray(loc, np.float64)
+    values = np.asarray(values, np.float64)
+    filled = np.where(np.isfinite(values), values, loc)
     steps = np.arange(start, start + length)
     lagged = filled[steps[:, None] + 1 - np.asarray(spec.extra_lags, int)[None, :]] \
         if spec.extra_lags else np.zeros((length, 0, spec.target_size))
     known_rows = (known[steps + 1] if spec.known_size
                   else np.zeros((length, 0), np.float32))
-    scale = np.broadcast_to(np.asarray(scale, np.float64), (length, spec.target_size))
-    return assemble(spec, filled[steps], lagged, known_rows, scale)
+    scale = np.broadcast_to(np.asarray(scale, np.float64), (length, d))
+    return assemble(spec, filled[steps], lagged, known_rows, scale,
+                    np.broadcast_to(loc, (length, d)))

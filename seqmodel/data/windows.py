@@ -24,12 +24,12 @@ from seqmodel.data.preparation import Series
 
 def window_arrays(spec: features.FeatureSpec, series: Series, start: int, length: int):
     """``(inputs (length, input_size), targets (length, d), mask (length,))`` of the window whose
-    inputs are steps ``start .. start + length - 1``; its scale comes from its first
+    inputs are steps ``start .. start + length - 1``; its location and scale come from its first
     ``context_length`` elements. Missing targets get mask 0 (and value 0)."""
     context = series.values[start : start + min(spec.context_length, length)]
-    scale = features.mean_scale(context, spec)
+    loc, scale = features.window_scale(context, spec)
     inputs = features.window_inputs(spec, series.values, series.known, start=start,
-                                    length=length, scale=scale)
+                                    length=length, scale=scale, loc=loc)
     targets = series.values[start + 1 : start + length + 1]
     mask = np.isfinite(targets).all(-1)
     return inputs, np.nan_to_num(targets, nan=0.0).astype(np.float32), mask.astype(np.float32)

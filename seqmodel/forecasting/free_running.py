@@ -6,15 +6,15 @@ features, covariates, static categories; :mod:`seqmodel.data.features`) cannot b
 samples. :func:`forecast_series` runs it as it was trained:
 
 1. **Context.** The last ``context_length`` steps before the origin (fewer when the history is
-   short) become teacher-forced inputs by :func:`seqmodel.data.features.window_inputs`, with the mean
-   scale of those steps, exactly like the first steps of a training window; one masked prefill
+   short) become teacher-forced inputs by :func:`seqmodel.data.features.window_inputs`, with the
+   location and scale of those steps, exactly like the first steps of a training window; one masked prefill
    (:func:`seqmodel.decoding.prompts.prefill`) consumes them.
 2. **Free running.** :func:`seqmodel.decoding.feed.feed_steps` draws each step's element from the head
    (in data units: the model scales its distribution back) and its ``next_input`` hook builds
    the next input with :func:`seqmodel.data.features.assemble`: the element, lags read from a buffer
    of the last ``max_lag`` elements (the history, then the model's own samples), the known
    features of the next step (future times, the future covariates the caller gives). The
-   buffer, the scale and the known rows travel in ``FeedState.history``.
+   buffer, the location, the scale and the known rows travel in ``FeedState.history``.
 
 The whole of it is one compiled program per shape. A plain real-valued model (no conditioning
 features) is the case ``lags=(1,)``, no scaling, no known features (:func:`plain_spec`).
@@ -51,13 +51,15 @@ class LagHistory(NamedTuple):
     Attributes:
       buffer: ``(b, max_lag, d)`` the last ``max_lag`` elements (globally normalised, unscaled),
         newest last: lag ``k`` of the next input is ``buffer[:, -k]``.
-      scale: ``(b, d)`` the row's mean scale.
+      scale: ``(b, d)`` the row's scale (ones without scaling).
+      loc: ``(b, d)`` the row's location (zeros but with standard scaling).
       known: ``(b, H, K)`` the known features of the steps after each forecast step (row ``i``:
         the features of the step that the input following sample ``i`` predicts).
     """
 
     buffer: Array
     scale: Array
+    loc: Array
     known: Array
 
 
@@ -68,6 +70,7 @@ class Contexts(NamedTuple):
     lengths: np.ndarray  # (n,) int32 context lengths
     buffer: np.ndarray  # (n, max_lag, d)
     scale: np.ndarray  # (n, d)
+    loc: np.ndarray  # (n, d)
     known: np.ndarray  # (n, H, K)
 
 
@@ -108,21 +111,23 @@ def prepare_contexts(spec: features.FeatureSpec, values: Sequence[np.ndarray],
     prompt = np.zeros((rows, longest, spec.input_size), np.float32)
     buffer = np.zeros((rows, spec.max_lag, d), np.float32)
     scales = np.zeros((rows, d), np.float32)
+    locs = np.zeros((rows, d), np.float32)
     future = np.zeros((rows, horizon, spec.known_size), np.float32)
     for index, (history, rows_known, length) in enumerate(zip(values, known, lengths)):
         history = np.asarray(history, np.float64).reshape(len(history), d)
         origin = len(history)
         start = origin - length
-        scale = features.mean_scale(history[start:origin], spec)
+        loc, scale = features.window_scale(history[start:origin], spec)
         # Known rows through the origin: the last context input predicts the origin step.
         prompt[index, :length] = features.window_inputs(
             spec, history, np.asarray(rows_known)[: origin + 1], start=start, length=length,
-            scale=scale)
-        buffer[index] = np.nan_to_num(history[origin - spec.max_lag : origin], nan=0.0)
-        scales[index] = scale
+            scale=scale, loc=loc)
+        lagged = history[origin - spec.max_lag : origin]
+        buffer[index] = np.where(np.isfinite(lagged), lagged, loc)  # missing: fed as loc
+        scales[index], locs[index] = scale, loc
         following = np.asarray(rows_known)[origin + 1 : origin + horizon]
         future[index, : len(following)] = following
-    return Contexts(prompt, np.asarray(lengths, np.int32), buffer, scales, future)
+    return Contexts(prompt, np.asarray(lengths, np.int32), buffer, scales, locs, future)
 
 
 def _lagged(spec: features.FeatureSpec, buffer: Array) -> Array:
@@ -138,8 +143,8 @@ def _free_run(model, contexts: Contexts, key, temperature, truth, *, spec, horiz
     state = prefill(model, jnp.asarray(contexts.prompt), jnp.asarray(contexts.lengths),
                     num_samples)
     repeat = functools.partial(jnp.repeat, repeats=num_samples, axis=0)
-    history = LagHistory(repeat(jnp.asarray(contexts.buffer)), repeat(jnp.asarray(contexts.scale)),
-                         repeat(jnp.asarray(contexts.known)))
+    history = LagHistory(*(repeat(jnp.asarray(part)) for part in (
+        contexts.buffer, contexts.scale, contexts.loc, contexts.known)))
     state = state._replace(history=history)
     truth = None if truth is None else repeat(truth)  # (b * S, H, d)
 
@@ -155,7 +160,7 @@ def _free_run(model, contexts: Contexts, key, temperature, truth, *, spec, horiz
     def next_input(element, history: LagHistory, index):
         known = jax.lax.dynamic_index_in_dim(history.known, index, axis=1, keepdims=False)
         return features.assemble(spec, element, _lagged(spec, history.buffer), known,
-                                 history.scale)
+                                 history.scale, history.loc)
 
     _, (samples, fed, outputs) = feed_steps(
         model, state, key=key, start=0, size=horizon, draw=draw, next_input=next_input,

@@ -11,9 +11,10 @@ Each head offers
 - ``mean(params)`` -> the expected element (real-valued heads),
 - ``quantile(params, q)`` -> the per-feature quantile at level ``q`` (real-valued heads): ``(..., d)``
   for a scalar ``q``, ``(Q, ..., d)`` (a leading quantile axis) for a vector of ``Q`` levels,
-- ``rescale(params, scale)`` -> the parameters of the distribution in units ``scale`` times
-  larger (real-valued heads but Bernoulli): how a model with ``input_scaling`` (DeepAR's mean
-  scaling) turns what its network predicts in scaled units into data units,
+- ``rescale(params, scale, loc=None)`` -> the parameters of the distribution of
+  ``loc + scale * X`` (real-valued heads but Bernoulli; ``loc`` only for the continuous ones): how
+  a model with ``input_scaling`` (DeepAR's mean scaling, or standard scaling with
+  ``input_location``) turns what its network predicts in scaled units into data units,
 - ``discrete`` / ``event_shape``: what an element looks like, so that generation can feed samples
   back as inputs.
 
@@ -163,10 +164,11 @@ class Gaussian(_Head):
         levels = quantile_levels(q, params.mean.ndim)
         return params.mean + jnp.exp(params.log_scale) * ndtri(levels)
 
-    def rescale(self, params: GaussianParams, scale: Array) -> GaussianParams:
-        """The distribution of ``scale * X``: scale ``(..., d)`` > 0 multiplies the mean and the
-        standard deviation."""
-        return GaussianParams(params.mean * scale, params.log_scale + jnp.log(scale))
+    def rescale(self, params: GaussianParams, scale: Array,
+                loc: Array | None = None) -> GaussianParams:
+        """The distribution of ``loc + scale * X``: scale ``(..., d)`` > 0 multiplies the mean
+        and the standard deviation, ``loc`` ``(..., d)`` (default 0) moves the mean."""
+        return GaussianParams(_shifted(params.mean * scale, loc), params.log_scale + jnp.log(scale))
 
 
 class MixtureParams(NamedTuple):
@@ -255,12 +257,19 @@ class MixtureGaussian(_Head):
         value = bisect(cdf, target, lower, upper, iterations=60)
         return jnp.where(levels <= 0, -jnp.inf, jnp.where(levels >= 1, jnp.inf, value))
 
-    def rescale(self, params: MixtureParams, scale: Array) -> MixtureParams:
-        """The distribution of ``scale * X``: scale ``(..., d)`` > 0 multiplies every
-        component's mean and standard deviation; the weights stay."""
+    def rescale(self, params: MixtureParams, scale: Array,
+                loc: Array | None = None) -> MixtureParams:
+        """The distribution of ``loc + scale * X``: scale ``(..., d)`` > 0 multiplies every
+        component's mean and standard deviation, ``loc`` ``(..., d)`` moves every mean; the
+        weights stay."""
+        loc = None if loc is None else loc[..., None, :]
         scale = scale[..., None, :]
-        return MixtureParams(params.logits, params.mean * scale,
+        return MixtureParams(params.logits, _shifted(params.mean * scale, loc),
                              params.log_scale + jnp.log(scale))
+
+
+def _shifted(values: Array, loc: Array | None) -> Array:
+    return values if loc is None else values + loc
 
 
 def _take_component(values: Array, component: Array) -> Array:
@@ -308,7 +317,7 @@ class Bernoulli(_Head):
         levels = quantile_levels(q, logits.ndim)
         return (levels > jax.nn.sigmoid(-logits)).astype(jnp.float32)
 
-    def rescale(self, logits: Array, scale: Array) -> Array:
+    def rescale(self, logits: Array, scale: Array, loc: Array | None = None) -> Array:
         raise ValueError("a Bernoulli head's elements are 0/1 and cannot be scaled: train it "
                          "without input scaling (--scaling none)")
 
@@ -383,10 +392,13 @@ class StudentT(_Head):
         standard = student_t_standard_quantile(levels, params.df)
         return params.loc + jnp.exp(params.log_scale) * standard
 
-    def rescale(self, params: StudentTParams, scale: Array) -> StudentTParams:
-        """The distribution of ``scale * X``: scale ``(..., d)`` > 0 multiplies the location and
-        the scale; the degrees of freedom stay."""
-        return StudentTParams(params.loc * scale, params.log_scale + jnp.log(scale), params.df)
+    def rescale(self, params: StudentTParams, scale: Array,
+                loc: Array | None = None) -> StudentTParams:
+        """The distribution of ``loc + scale * X``: scale ``(..., d)`` > 0 multiplies the
+        location and the scale, ``loc`` ``(..., d)`` moves the location; the degrees of freedom
+        stay."""
+        return StudentTParams(_shifted(params.loc * scale, loc), params.log_scale + jnp.log(scale),
+                              params.df)
 
 
 class NegativeBinomialParams(NamedTuple):
@@ -511,11 +523,15 @@ class NegativeBinomial(_Head):
         _, high = jax.lax.fori_loop(0, 48, halve, (jnp.full_like(upper, -1.0), upper))
         return jnp.where(levels <= 0, 0.0, jnp.where(levels >= 1, jnp.inf, high))
 
-    def rescale(self, params: NegativeBinomialParams, scale: Array) -> NegativeBinomialParams:
+    def rescale(self, params: NegativeBinomialParams, scale: Array,
+                loc: Array | None = None) -> NegativeBinomialParams:
         """DeepAR's scaling of counts (Salinas et al. 2020, section 3.3): the mean times
         ``scale`` and the dispersion divided by ``sqrt(scale)``, scale ``(..., d)`` > 0. The
         result is again a distribution over counts (not that of ``scale * X``, which would not
         be integer): its variance ``mu s + alpha mu^2 s^1.5`` grows with the scale of the series."""
+        if loc is not None:
+            raise ValueError("a negative-binomial head's elements are counts and cannot be "
+                             "shifted: train it with --scaling mean or none, not std")
         return NegativeBinomialParams(params.mean * scale, params.dispersion / jnp.sqrt(scale))
 
 

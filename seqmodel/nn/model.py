@@ -231,12 +231,14 @@ class SequenceModel(nnx.Module):
         return self._in_data_units(self.head(hidden[0]), x_t), carry
 
     def _in_data_units(self, outputs, inputs: Array):
-        """With ``input_scaling``, the head's parameters scaled back by each input's scale (read
-        from the input itself, so both modes agree); else ``outputs`` as they are."""
+        """With ``input_scaling``, the head's parameters scaled back by each input's scale (and
+        moved back by its location with ``input_location``), both read from the input itself so
+        that both modes agree; else ``outputs`` as they are."""
         if not self.config.input_scaling:
             return outputs
         size = self.config.target_size
-        return self.head.rescale(outputs, jnp.exp(inputs[..., size : 2 * size]))
+        loc = inputs[..., 2 * size : 3 * size] if self.config.input_location else None
+        return self.head.rescale(outputs, jnp.exp(inputs[..., size : 2 * size]), loc)
 
 
 def _masked_recur(cell, carry, scanned):

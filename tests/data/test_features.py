@@ -100,7 +100,10 @@ def test_spec_sizes_and_round_trip():
     layout = spec()
     # element, log scale, lags 2 and 4, covariate, three one-hot categories
     assert layout.input_size == 1 + 1 + 2 + 1 + 3 == 8
-    assert layout.model_fields() == {"input_size": 8, "target_size": 1, "input_scaling": True}
+    assert layout.model_fields() == {"input_size": 8, "target_size": 1, "input_scaling": True,
+                                     "input_location": False}
+    standard = spec(scaling="std")  # the location m joins the log scale
+    assert standard.input_size == 9 and standard.model_fields()["input_location"] is True
     assert FeatureSpec.from_dict(layout.to_dict()) == layout
     assert features.FeatureSpec(target_columns=("y",)).conditioned is True  # the log scale
     plain = FeatureSpec(target_columns=("y",), scaling="none")
@@ -116,6 +119,39 @@ def test_mean_scale_skips_missing_and_falls_back_on_zero_contexts():
     np.testing.assert_allclose(features.mean_scale(np.zeros((3, 1)), layout), [7.0])
     np.testing.assert_allclose(features.mean_scale(np.ones((3, 1)) * 5, spec(scaling="none")),
                                [1.0])
+
+
+def test_window_scale_of_standard_scaling():
+    layout = spec(scaling="std", default_scale=(4.0,))
+    loc, scale = features.window_scale(np.array([[1.0], [np.nan], [3.0], [5.0]]), layout)
+    np.testing.assert_allclose(loc, [3.0])
+    np.testing.assert_allclose(scale, [np.sqrt(8 / 3)])  # population std of 1, 3, 5
+    # No spread: the training data's scale; a tiny spread is floored at 1% of it.
+    np.testing.assert_allclose(features.window_scale(np.full((3, 1), 7.0), layout), [[7.0], [4.0]])
+    _, tiny = features.window_scale(np.array([[1.0], [1.0 + 1e-6]]), layout)
+    np.testing.assert_allclose(tiny, [features.MINIMUM_STD_FRACTION * 4.0])
+    # No values at all: location 0 (the training mean), the default scale.
+    np.testing.assert_allclose(features.window_scale(np.full((2, 1), np.nan), layout),
+                               [[0.0], [4.0]])
+    # Mean scaling has no location.
+    loc, scale = features.window_scale(np.array([[-2.0], [4.0]]), spec())
+    np.testing.assert_allclose(loc, [0.0]) and np.testing.assert_allclose(scale, [3.0])
+
+
+def test_window_inputs_by_hand_with_standard_scaling():
+    layout = spec(scaling="std")
+    values = np.arange(1.0, 9.0)[:, None]
+    values[5] = np.nan  # missing: fed as the location (0 once scaled)
+    known = features.known_features(layout, None, np.arange(9.0)[:, None] * 2 + 10, ("b",))
+    inputs = features.window_inputs(layout, values, known, start=3, length=3,
+                                    scale=np.array([2.0]), loc=np.array([4.0]))
+    # [(y_t - 4) / 2, log 2, 4, (y_(t-1) - 4) / 2, (y_(t-3) - 4) / 2, covariate of t + 1, b]
+    expected = np.array([
+        [0 / 2, np.log(2), 4, -1 / 2, -3 / 2, 4, 0, 1, 0],
+        [1 / 2, np.log(2), 4, 0 / 2, -2 / 2, 5, 0, 1, 0],
+        [0 / 2, np.log(2), 4, 1 / 2, -1 / 2, 6, 0, 1, 0],
+    ])
+    np.testing.assert_allclose(inputs, expected, rtol=1e-6)
 
 
 def test_window_inputs_by_hand():
@@ -139,14 +175,16 @@ def test_window_inputs_by_hand():
     assert features.static_one_hot(layout, ("unseen",)).sum() == 0
 
 
-def test_assemble_is_the_same_for_numpy_and_jax():
-    layout = spec()
+@pytest.mark.parametrize("scaling", ["mean", "std"])
+def test_assemble_is_the_same_for_numpy_and_jax(scaling):
+    layout = spec(scaling=scaling)
     rng = np.random.default_rng(0)
     element, lagged = rng.normal(size=(4, 1)), rng.normal(size=(4, 2, 1))
     known, scale = rng.normal(size=(4, 4)), rng.uniform(0.5, 2, size=(4, 1))
-    host = features.assemble(layout, element, lagged, known, scale)
+    loc = rng.normal(size=(4, 1))
+    host = features.assemble(layout, element, lagged, known, scale, loc)
     device = features.assemble(layout, *(jnp.asarray(a, jnp.float32) for a in
-                                         (element, lagged, known, scale)))
+                                         (element, lagged, known, scale, loc)))
     assert isinstance(host, np.ndarray)
     np.testing.assert_allclose(np.asarray(device), host, rtol=1e-6, atol=1e-6)
 

@@ -66,11 +66,11 @@ def test_defaults_come_from_the_data_with_or_without_a_time_column(tmp_path):
         f"{m}-01,{v:.4f}" for m, v in zip(months, values)) + "\n")
     plain = load_dataset(str(tmp_path / "plain.csv"))
     dated = load_dataset(str(tmp_path / "dated.csv"), time_column="month")
-    # One rule for both: the season (detected / from the frequency), its lag, mean scaling,
+    # One rule for both: the season (detected / from the frequency), its lag, standard scaling,
     # the Student-t head, a context of two seasons at least; the dated one adds its calendar.
     assert plain.season == dated.season == 12
     assert plain.spec.lags == dated.spec.lags and 12 in plain.spec.lags
-    assert plain.spec.scaling == dated.spec.scaling == "mean" and plain.head == "student_t"
+    assert plain.spec.scaling == dated.spec.scaling == "std" and plain.head == "student_t"
     assert plain.spec.context_length == dated.spec.context_length >= 24
     assert plain.spec.time_features == () and dated.spec.time_features == ("month_of_year",)
     # What the defaults chose can be overridden, and a plain model is the case of no features.

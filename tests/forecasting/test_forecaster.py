@@ -36,7 +36,16 @@ def dataset(tmp_path_factory):
     path = write_csv(tmp_path_factory.mktemp("data") / "sales.csv")
     return load_dataset(str(path), time_column="date", id_column="store",
                                  covariates=("price",), static_columns=("store",), lags=(1, 2, 7),
-                                 context_length=10, val_fraction=0.2)
+                                 context_length=10, val_fraction=0.2, scaling="mean")
+
+
+@pytest.fixture(scope="module")
+def standard_dataset(tmp_path_factory):
+    """The dataset above under standard scaling (each window's mean and std)."""
+    path = write_csv(tmp_path_factory.mktemp("data") / "sales.csv")
+    return load_dataset(str(path), time_column="date", id_column="store",
+                        covariates=("price",), static_columns=("store",), lags=(1, 2, 7),
+                        context_length=10, val_fraction=0.2, scaling="std")
 
 
 def untrained(dataset, head="student_t", **changes):
@@ -50,7 +59,7 @@ def test_dataset_layout_and_batches(dataset):
     assert spec.input_size == 1 + 1 + 2 + 4 + 1 + 2 == dataset.input_size
     assert spec.frequency == "day" and dataset.season == 7
     assert dataset.model_fields() == {"input_size": 11, "target_size": 1, "input_scaling": True,
-                                      "head": "student_t"}
+                                      "input_location": False, "head": "student_t"}
     batches = dataset.train_batches(batch_size=4, seq_len=16, seed=3)
     first, second = next(batches), next(batches)
     assert first.inputs.shape == (4, 16, 11) and first.targets.shape == (4, 16, 1)
@@ -62,11 +71,12 @@ def test_dataset_layout_and_batches(dataset):
     assert sum(batch.mask.sum() for batch in validation) == dataset.num_validation_targets == 24
 
 
-@pytest.mark.slow
-def test_teacher_forced_inputs_equal_the_inputs_built_while_free_running(dataset):
+@pytest.mark.parametrize("scaling", [pytest.param("mean", marks=pytest.mark.slow), "std"])
+def test_teacher_forced_inputs_equal_the_inputs_built_while_free_running(scaling, request):
     """The invariant of the feature path: fed the truth, the free-running loop builds step by
     step the very inputs of the teacher-forced window, and its one-step outputs are the
     teacher-forced model's."""
+    dataset = request.getfixturevalue("dataset" if scaling == "mean" else "standard_dataset")
     model = untrained(dataset)
     series, origin, horizon = dataset.series[1], 45, 8
     contexts = free_running.prepare_contexts(dataset.spec, [series.values[:origin]],
@@ -132,6 +142,26 @@ def test_the_scale_is_undone_in_every_output(dataset):
     assert 20 < ratio < 500
 
 
+def test_the_location_and_scale_are_undone_in_every_output(standard_dataset):
+    """Standard scaling: the model's distribution is its network's times s plus m (exactly),
+    with m and s read from its input; training windows feed (y - m) / s and predict y."""
+    model = untrained(standard_dataset, head="gaussian")
+    plain = untrained(standard_dataset, head="gaussian", input_scaling=False,
+                      input_location=False)
+    nnx.update(plain, nnx.state(model, nnx.Param))
+    inputs, _, _ = window_arrays(standard_dataset.spec, standard_dataset.series[1], 10, 12)
+    moved, _ = model(inputs[None])
+    network, _ = plain(inputs[None])
+    scale, loc = np.exp(inputs[None, :, 1:2]), inputs[None, :, 2:3]
+    np.testing.assert_allclose(moved.mean, network.mean * scale + loc, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(moved.log_scale, network.log_scale + np.log(scale), rtol=1e-5)
+    np.testing.assert_allclose(inputs[1:, 0] * np.exp(inputs[1:, 1]) + inputs[1:, 2],
+                               standard_dataset.series[1].values[11:22, 0], rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="input_location"):
+        untrained(standard_dataset, head="negbin")
+
+
 @pytest.mark.slow
 def test_negative_binomial_forecasts_are_counts(tmp_path):
     rng = np.random.default_rng(0)
@@ -148,6 +178,8 @@ def test_negative_binomial_forecasts_are_counts(tmp_path):
     (tmp_path / "real.csv").write_text("t,count\n0,1.5\n1,2\n2,3\n3,4\n")
     with pytest.raises(DataError, match="negbin needs counts"):
         load_dataset(str(tmp_path / "real.csv"), head="negbin")
+    with pytest.raises(DataError, match="--scaling std shifts.*use --scaling mean or none"):
+        load_dataset(str(tmp_path / "counts.csv"), time_column="t", head="negbin", scaling="std")
 
 
 @pytest.mark.slow
@@ -163,7 +195,7 @@ def test_a_mean_scaled_model_extrapolates_a_trending_series(tmp_path):
     (tmp_path / "trend.csv").write_text(
         "y\n" + "\n".join(f"{v:.5f}" for v in series) + "\n")
     data = load_dataset(str(tmp_path / "trend.csv"), lags=(1, 2), context_length=8,
-                                 head="gaussian", val_fraction=0.0)
+                                 head="gaussian", val_fraction=0.0, scaling="mean")
     train = data.train_series[0].head_part(140)
     data.train_series = [train]
     model = untrained(data, head="gaussian", hidden_size=16)
