@@ -83,8 +83,9 @@ class ModelConfig(DictConfig):
     # Smaller than input_size when every input carries, after the element, conditioning features
     # that the model reads but does not predict (lags, covariates, time features, scales).
     target_size: int | None = None
-    # DeepAR's mean scaling: the first target_size conditioning features of every input (input
-    # indices target_size .. 2 * target_size - 1) hold log(s), the scale of the row's series, by
+    # Window scaling (DeepAR's mean scaling; standard scaling with input_location below): the
+    # first target_size conditioning features of every input (input indices
+    # target_size .. 2 * target_size - 1) hold log(s), the scale of the row's series, by
     # which the element (and its lags) in the input were divided; the head's distribution is
     # multiplied back by s (head.rescale), so outputs, log-likelihoods and samples are in data
     # units while the network sees values of order 1 (seqmodel.data.features builds such inputs).

@@ -2,7 +2,7 @@
 
 A :class:`Preparation` holds everything fitted on the training part and needed again to read new
 data the way the model was trained: the input layout (:class:`~seqmodel.data.features.
-FeatureSpec`: lags, mean scaling, time features, covariates, static categories), the targets'
+FeatureSpec`: lags, window scaling, time features, covariates, static categories), the targets'
 global normalisation, the head the data was prepared for, and the columns it reads. It is saved
 with the model (``to_dict`` / ``from_dict``), so training, ``Forecaster.predict``, backtests and the
 command line all turn tables into series through :meth:`Preparation.series`.

@@ -9,7 +9,7 @@ by a policy.
   training and validation both (for a backtest on the same data afterwards), and ``metadata()``
   records the last step (and time stamp) of every series that training or validation saw.
 - Batching policies (:mod:`seqmodel.data.windows`): ``windows`` (random windows of ``seq_len``
-  inputs from a zero carry, each with its own mean scale: DeepAR's sampling), ``sequences``
+  inputs from a zero carry, each with its own location and scale: DeepAR's sampling), ``sequences``
   (whole sequences from their first step, padded, bucketed by length) and ``lanes`` (one
   unscaled series cut into contiguous lanes, the carry passed on).
 - :class:`NumericDataset`: the plain case built from sequences directly (z-scored, no lags, no
@@ -320,7 +320,7 @@ def plain_preparation(columns: Sequence[str], normalizer: Normalizer, *, head: s
 
 class NumericDataset(SeriesDataset):
     """The plain case built from sequences: z-scored per feature (0/1 data left as it is), the
-    element alone as input (no lags, no mean scaling), default head ``gaussian`` (``bernoulli``
+    element alone as input (no lags, no window scaling), default head ``gaussian`` (``bernoulli``
     for 0/1 data).
 
     - One long series: validation is its last ``val_fraction`` of steps; batches are contiguous
