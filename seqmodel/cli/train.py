@@ -409,6 +409,10 @@ def cmd_train(args) -> int:
         say(args, f"done: {result.steps} steps, {result.tokens:,} tokens in "
                    f"{result.train_seconds:.1f} s ({result.tokens_per_second:,.0f} tokens/s); "
                    f"val loss {val_text}; checkpoints in {out}")
+        if result.steps == 0 and train_config.max_time is not None:
+            say(args, f"no training step fitted in --max-time {train_config.max_time:g} (the "
+                       f"budget also pays for compiling: {result.train_seconds:.1f} s here); "
+                       "give a larger --max-time or --steps N")
     if dataset.kind == "text" and not result.interrupted and parallel.is_main:
         model.eval()
         prompt = default_prompt(dataset.tokenizer)

@@ -286,3 +286,12 @@ def test_the_package_exports_every_public_name_lazily():
     assert seqmodel.training.optimization.TrainConfig is seqmodel.TrainConfig  # a submodule, imported on use
     with pytest.raises(AttributeError):
         seqmodel.no_such_name
+
+
+def test_a_time_budget_spent_before_the_first_step_says_so(corpus, tmp_path, capsys):
+    status, stdout, stderr = run(capsys, "train", "--data", str(corpus), "--out",
+                                 str(tmp_path / "run"), "--max-time", "0.001", *TINY)
+    assert status == 0, stderr
+    assert "done: 0 steps" in stdout
+    assert "no training step fitted in --max-time 0.001 (the budget also pays for compiling" \
+        in stdout and "give a larger --max-time or --steps N" in stdout
