@@ -210,10 +210,11 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
         "series")
     add("--targets", type=column_list, metavar="COL1,COL2", help="forecasting: the columns to "
         "forecast (default: every numeric column that is not a covariate)")
-    add("--scaling", choices=SCALINGS, help="real values: std (each window's context mean "
-        "subtracted, then divided by its standard deviation; the default for continuous data), "
-        "mean (divided by the context's mean |value|, the log scale fed to the network: "
-        "DeepAR's; the default for counts) or none (the default for 0/1 data)")
+    add("--scaling", choices=SCALINGS, help="real values: mean (each window divided by its "
+        "context's mean |value|, the log scale fed to the network: DeepAR's), std (the "
+        "context's mean subtracted, then divided by its standard deviation) or none; default: "
+        "std where the windows move by less than 1%% of their level, none for 0/1 data, else "
+        "mean")
     add("--context-length", type=positive_int, metavar="N", help="real values: steps a "
         "forecast reads before its first prediction, which give the scale (default: at "
         "least 32 and two seasons, at most a third of the shortest series)")

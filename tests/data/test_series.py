@@ -6,7 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from seqmodel.data import DataError, NumericDataset, from_arrays, load_dataset, synthetic
+from seqmodel.data import (DataError, NumericDataset, from_arrays, load_dataset, preparation,
+                           synthetic)
 
 
 def seasonal_series(length=240, season=12, seed=0):
@@ -58,6 +59,22 @@ def test_memory_sources_get_the_checks_and_messages_of_files():
         load_dataset(np.ones((10, 1)), lag=(1, 2))
 
 
+def test_the_default_scaling_is_standard_where_the_level_dwarfs_the_movements():
+    rng = np.random.default_rng(0)
+    steps = np.arange(600)
+    # A CO2-like record: level 360, a yearly swing of 1%: each window moves by ~0.5% of it.
+    level = 360 + 0.03 * steps + 3 * np.sin(2 * np.pi * steps / 52) + 0.2 * rng.normal(size=600)
+    assert preparation.window_spread([level[:, None]], 104) < preparation.LEVEL_DOMINATED
+    assert load_dataset(level, val_fraction=0.1).spec.scaling == "std"
+    assert load_dataset(seasonal_series(240, season=12)).spec.scaling == "mean"
+    assert load_dataset(rng.poisson(3.0, size=200).astype(float), head="negbin"
+                        ).spec.scaling == "mean"
+    assert load_dataset((rng.random(200) < 0.3).astype(float)).spec.scaling == "none"
+    # A level of zero or no values: no ratio, so no standard scaling.
+    assert preparation.window_spread([np.zeros((40, 1))], 8) == float("inf")
+    assert preparation.default_scaling([np.zeros((40, 1))], "student_t", 8) == "mean"
+
+
 def test_defaults_come_from_the_data_with_or_without_a_time_column(tmp_path):
     values = seasonal_series(240, season=12)
     (tmp_path / "plain.csv").write_text("sales\n" + "\n".join(f"{v:.4f}" for v in values) + "\n")
@@ -66,11 +83,11 @@ def test_defaults_come_from_the_data_with_or_without_a_time_column(tmp_path):
         f"{m}-01,{v:.4f}" for m, v in zip(months, values)) + "\n")
     plain = load_dataset(str(tmp_path / "plain.csv"))
     dated = load_dataset(str(tmp_path / "dated.csv"), time_column="month")
-    # One rule for both: the season (detected / from the frequency), its lag, standard scaling,
+    # One rule for both: the season (detected / from the frequency), its lag, mean scaling,
     # the Student-t head, a context of two seasons at least; the dated one adds its calendar.
     assert plain.season == dated.season == 12
     assert plain.spec.lags == dated.spec.lags and 12 in plain.spec.lags
-    assert plain.spec.scaling == dated.spec.scaling == "std" and plain.head == "student_t"
+    assert plain.spec.scaling == dated.spec.scaling == "mean" and plain.head == "student_t"
     assert plain.spec.context_length == dated.spec.context_length >= 24
     assert plain.spec.time_features == () and dated.spec.time_features == ("month_of_year",)
     # What the defaults chose can be overridden, and a plain model is the case of no features.
