@@ -7,8 +7,9 @@ The series ship inside installed packages (nothing is downloaded; ``benchmarks/f
   the series the figures in the README and docs/forecasting.md come from. Nobody tunes on them.
 - ``tuning``: other series (El Nino monthly sea temperatures, quarterly wool production, US
   quarterly unemployment, yearly lynx trappings, heart rate, a weekly series with a yearly
-  season, a weekly series whose level dwarfs its movements): where seqmodel's defaults (``seqmodel.configs.SERIES_*_DEFAULTS``, the preparation's
-  rules) were chosen.
+  season, a weekly series whose level dwarfs its movements, a 30-series panel from the
+  benchmark panel's generator with another seed): where seqmodel's defaults
+  (``seqmodel.configs.SERIES_*_DEFAULTS``, the preparation's rules) were chosen.
 
 For each dataset the last ``windows`` windows of ``horizon`` steps are held out.
 :func:`seqmodel.forecasting.fit` trains on the data before the first window (cross-validation
@@ -51,6 +52,7 @@ if not __package__:  # run by path: Python put benchmarks/ on sys.path, the pack
 
 from benchmarks import forecast_datasets  # noqa: E402
 from benchmarks.environment import installed_versions  # noqa: E402
+from seqmodel.configs import series_steps  # noqa: E402
 from seqmodel.forecasting import baselines  # noqa: E402
 from seqmodel.forecasting.backtest import MODEL_METHOD, backtest  # noqa: E402
 from seqmodel.forecasting.conformal import calibrate  # noqa: E402
@@ -126,6 +128,12 @@ def load_level(length: int = 1500, seed: int = 11):
     return [("level", np.datetime64("1990-01-06") + 7 * steps, values)]
 
 
+def load_tuning_panel():
+    """The benchmark panel's generator with another seed and 30 series: where the defaults of a
+    global model (many related series) are chosen; the benchmark panel (seed 0) stays unseen."""
+    return forecast_datasets.load_panel(count=30, seed=1)
+
+
 Spec = forecast_datasets.DatasetSpec
 TUNING = {
     "elnino": Spec(load_elnino, "MS", 12, horizon=12, windows=4),
@@ -135,6 +143,7 @@ TUNING = {
     "heartrate": Spec(load_heartrate, "30s", 1, horizon=10, windows=3),
     "weekly": Spec(load_weekly, "W-SAT", 52, horizon=26, windows=3),
     "level": Spec(load_level, "W-SAT", 52, horizon=52, windows=3),
+    "panel30": Spec(load_tuning_panel, "MS", 12, horizon=12, windows=2),
 }
 SUITES = {"benchmark": forecast_datasets.DATASETS, "tuning": TUNING}
 # AutoETS / AutoARIMA see at most this many steps before each origin where a long seasonal
@@ -172,7 +181,9 @@ def train_ensemble(task, args, group: int):
     import seqmodel.forecasting as smf
 
     train = frame_of(task, drop_last=task.windows * task.horizon)
-    settings = dict(steps=args.steps, num_samples=args.num_samples, **args.settings)
+    settings = dict(num_samples=args.num_samples, **args.settings)
+    if args.steps:  # else the library's default (seqmodel.configs.series_steps)
+        settings["steps"] = args.steps
     started = time.perf_counter()
     forecaster = smf.fit(train, h=task.horizon, ensemble=args.ensemble, heads=HEADS,
                          seed=args.ensemble * group, **settings)
@@ -207,6 +218,8 @@ def run_dataset(task, args) -> dict:
         forecaster, seconds = train_ensemble(task, args, group)
         training.append({"seed_group": group, "seconds": round(seconds, 1),
                          "members": args.ensemble,
+                         "train_steps": args.steps or series_steps(
+                             len(forecaster.frame.dataset.train_series)),
                          "season": forecaster.preparation.season,
                          "lags": list(forecaster.preparation.spec.lags),
                          "context_length": forecaster.preparation.spec.context_length,
@@ -238,7 +251,7 @@ def run_dataset(task, args) -> dict:
     return {"dataset": task.name, "series": len(task.series),
             "steps": int(sum(task.lengths)), "horizon": task.horizon, "windows": task.windows,
             "season": task.season, "training": training, "seeds": list(args.seeds),
-            "train_steps": args.steps, "ensemble": args.ensemble, "runs": arms,
+            "train_steps": training[0]["train_steps"], "ensemble": args.ensemble, "runs": arms,
             "overall": overall, "spread_over_seeds": spread}
 
 
@@ -315,7 +328,8 @@ def main(argv=None) -> int:
     parser.add_argument("--suite", choices=tuple(SUITES), default="benchmark")
     parser.add_argument("--datasets", help="comma-separated (default: the suite's)")
     parser.add_argument("--steps", type=int, default=None,
-                        help="training steps a model (default: SERIES_TRAIN_DEFAULTS)")
+                        help="training steps a model (default: the library's, "
+                        "seqmodel.configs.series_steps: 800 for one series, more for many)")
     parser.add_argument("--seeds", default="0,1,2", help="seed groups (one ensemble each)")
     parser.add_argument("--ensemble", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -351,9 +365,6 @@ def main(argv=None) -> int:
     if args.quick:
         args.steps, args.num_samples, args.seeds = args.steps or 40, 50, args.seeds[:1]
         args.settings.setdefault("hidden_size", 16)
-    from seqmodel.configs import SERIES_TRAIN_DEFAULTS
-
-    args.steps = args.steps or SERIES_TRAIN_DEFAULTS["steps"]
     results, started_all = [], time.perf_counter()
     for name in names:
         started = time.perf_counter()

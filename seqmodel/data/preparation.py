@@ -222,9 +222,9 @@ def window_spread(train: Sequence[np.ndarray], context_length: int,
     without a window."""
     ratios = []
     for values in train:
-        values = np.asarray(values, np.float64).reshape(len(values), -1)
-        if len(values) < 2:
+        if len(values) < 2:  # a sequence kept whole for validation has no training steps
             continue
+        values = np.asarray(values, np.float64).reshape(len(values), -1)
         length = min(context_length, len(values))
         starts = np.arange(0, len(values) - length + 1, max(1, length // 4))
         if len(starts) > windows_per_series:

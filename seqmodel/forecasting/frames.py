@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from seqmodel.configs import SERIES_MODEL_DEFAULTS, SERIES_TRAIN_DEFAULTS
+from seqmodel.configs import SERIES_MODEL_DEFAULTS, SERIES_TRAIN_DEFAULTS, series_steps
 from seqmodel.data.tables import FRAME_ID, FRAME_TARGET, FRAME_TIME
 from seqmodel.forecasting.frame_io import (  # noqa: F401  (predict_frame: the frame answers)
     DEFAULT_LEVELS,
@@ -68,7 +68,9 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
         (``lags``, ``scaling``, ``context_length``, ``season``, ``head``, ``missing``), training
         (``steps``, ``max_time``, ``batch_size``, ``seq_len``, ``learning_rate``, ``seed``,
         ``eval_every``; defaults: ``seqmodel.configs.SERIES_TRAIN_DEFAULTS`` and
-        ``SERIES_MODEL_DEFAULTS``, the best validation parameters kept), ``ensemble`` (members trained with seeds ``seed + k``;
+        ``SERIES_MODEL_DEFAULTS``, steps from ``series_steps``: 800 for one series, more for
+        many; the best validation parameters kept), ``ensemble`` (members trained with seeds
+        ``seed + k``;
         default 1), ``heads`` (the heads the members cycle through, e.g.
         ``("student_t", "gaussian")``), ``calibrate`` (conformal intervals, default True),
         ``val_fraction``, ``num_samples`` (paths per forecast, default 200), ``out_dir`` (run
@@ -114,7 +116,7 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
     if "steps" in train_values or "max_time" in train_values:
         defaults = {k: v for k, v in SERIES_TRAIN_DEFAULTS.items() if k != "steps"}
     else:
-        defaults = SERIES_TRAIN_DEFAULTS
+        defaults = {**SERIES_TRAIN_DEFAULTS, "steps": series_steps(len(dataset.train_series))}
     train_values = {**defaults, **train_values}
     train_values.setdefault("seq_len", dataset.default_seq_len(int(h)))
     seed = int(train_values.pop("seed", 0))

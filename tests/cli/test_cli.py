@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from seqmodel import cli
@@ -176,6 +177,20 @@ def test_cli_defaults_are_the_library_defaults(capsys):
     model_config, train_config = cli.train_configs(args, Data())
     assert model_config == model
     assert train_config == TrainConfig(max_time=cli.DEFAULT_MAX_TIME)
+
+    # Series get the series defaults; a model of many series trains longer (series_steps).
+    from seqmodel.configs import SERIES_MAX_STEPS, series_steps
+    from seqmodel.data import load_dataset
+
+    assert [series_steps(n) for n in (1, 4, 30, 40, 10_000)] == [
+        800, 1600, 4400, 5100, SERIES_MAX_STEPS]
+    panel = load_dataset([np.sin(np.arange(60.0) + k) + 3 for k in range(4)])
+    _, series_config = cli.train_configs(cli.build_parser().parse_args(["train"]), panel)
+    # (Sequences without times: the last one is kept whole for validation, three train.)
+    assert len(panel.train_series) == 3
+    assert series_config.steps == 1400 and series_config.max_time is None
+    flagged = cli.build_parser().parse_args(["train", "--steps", "7"])
+    assert cli.train_configs(flagged, panel)[1].steps == 7
 
     # --help shows the same values.
     with pytest.raises(SystemExit):

@@ -72,6 +72,7 @@ def test_the_default_scaling_is_standard_where_the_level_dwarfs_the_movements():
     assert load_dataset((rng.random(200) < 0.3).astype(float)).spec.scaling == "none"
     # A level of zero or no values: no ratio, so no standard scaling.
     assert preparation.window_spread([np.zeros((40, 1))], 8) == float("inf")
+    assert preparation.window_spread([np.zeros((0, 1)), level[:, None]], 104) < 0.01
     assert preparation.default_scaling([np.zeros((40, 1))], "student_t", 8) == "mean"
 
 
