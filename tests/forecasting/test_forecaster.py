@@ -31,21 +31,23 @@ def write_csv(path, *, days=60, stores=(("a", 10.0), ("b", 1000.0)), covariate=T
     return path
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def sales_dataset(tmp_path_factory, scaling: str):
+    """Two stores (levels 10 and 1000), a price covariate and the store as a category."""
     path = write_csv(tmp_path_factory.mktemp("data") / "sales.csv")
     return load_dataset(str(path), time_column="date", id_column="store",
-                                 covariates=("price",), static_columns=("store",), lags=(1, 2, 7),
-                                 context_length=10, val_fraction=0.2, scaling="mean")
+                        covariates=("price",), static_columns=("store",), lags=(1, 2, 7),
+                        context_length=10, val_fraction=0.2, scaling=scaling)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return sales_dataset(tmp_path_factory, "mean")
 
 
 @pytest.fixture(scope="module")
 def standard_dataset(tmp_path_factory):
     """The dataset above under standard scaling (each window's mean and std)."""
-    path = write_csv(tmp_path_factory.mktemp("data") / "sales.csv")
-    return load_dataset(str(path), time_column="date", id_column="store",
-                        covariates=("price",), static_columns=("store",), lags=(1, 2, 7),
-                        context_length=10, val_fraction=0.2, scaling="std")
+    return sales_dataset(tmp_path_factory, "std")
 
 
 def untrained(dataset, head="student_t", **changes):
