@@ -52,7 +52,6 @@ if not __package__:  # run by path: Python put benchmarks/ on sys.path, the pack
 
 from benchmarks import forecast_datasets  # noqa: E402
 from benchmarks.environment import installed_versions  # noqa: E402
-from seqmodel.configs import series_steps  # noqa: E402
 from seqmodel.forecasting import baselines  # noqa: E402
 from seqmodel.forecasting.backtest import MODEL_METHOD, backtest  # noqa: E402
 from seqmodel.forecasting.conformal import calibrate  # noqa: E402
@@ -218,8 +217,7 @@ def run_dataset(task, args) -> dict:
         forecaster, seconds = train_ensemble(task, args, group)
         training.append({"seed_group": group, "seconds": round(seconds, 1),
                          "members": args.ensemble,
-                         "train_steps": args.steps or series_steps(
-                             len(forecaster.frame.dataset.train_series)),
+                         "train_steps": forecaster.frame.train_steps,
                          "season": forecaster.preparation.season,
                          "lags": list(forecaster.preparation.spec.lags),
                          "context_length": forecaster.preparation.spec.context_length,

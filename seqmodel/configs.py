@@ -58,6 +58,15 @@ def series_steps(num_series: int) -> int:
     return int(min(SERIES_MAX_STEPS, round(steps / 100) * 100))
 
 
+def series_train_defaults(num_series: int, *, budget_given: bool) -> dict:
+    """The training defaults of a series model (``fit`` and ``seqmodel train``): steps from
+    :func:`series_steps`, none when the caller gives its own budget (``steps`` or ``max_time``)."""
+    defaults = {**SERIES_TRAIN_DEFAULTS, "steps": series_steps(num_series)}
+    if budget_given:
+        defaults.pop("steps")
+    return defaults
+
+
 class DictConfig:
     """Mixin for frozen dataclasses: ``to_dict()`` and ``from_dict(values)``.
 

@@ -134,7 +134,7 @@ def train_configs(args, dataset):
     """``(ModelConfig, TrainConfig)`` of a new run: the fields the data fixes, the explicit
     flags, and the dataclasses' own defaults for everything else (for series:
     ``SERIES_MODEL_DEFAULTS`` / ``SERIES_TRAIN_DEFAULTS`` and the dataset's window length)."""
-    from seqmodel.configs import SERIES_MODEL_DEFAULTS, SERIES_TRAIN_DEFAULTS, series_steps
+    from seqmodel.configs import SERIES_MODEL_DEFAULTS, series_train_defaults
     from seqmodel.nn.model import ModelConfig
     from seqmodel.training.optimization import TrainConfig
 
@@ -154,9 +154,9 @@ def train_configs(args, dataset):
     if getattr(dataset, "kind", None) == "series":
         # Sized for series, not for text (seqmodel.configs.SERIES_*_DEFAULTS).
         model_values = {**SERIES_MODEL_DEFAULTS, **model_values}
-        defaults = {**SERIES_TRAIN_DEFAULTS, "steps": series_steps(len(dataset.train_series))}
-        if args.steps is not None or args.max_time is not None:
-            defaults.pop("steps")
+        defaults = series_train_defaults(
+            len(dataset.train_series),
+            budget_given=args.steps is not None or args.max_time is not None)
         train_values = {**defaults, **train_values}
         train_values.setdefault("seq_len", dataset.default_seq_len())
     elif args.steps is None and args.max_time is None:

@@ -44,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -290,15 +291,20 @@ def window_scale(values: np.ndarray, spec: FeatureSpec) -> tuple[np.ndarray, np.
     if spec.scaling != "std":
         return np.zeros((d,), np.float64), mean_scale(values, spec)
     values = np.asarray(values, np.float64).reshape(-1, d)
-    present = np.isfinite(values)
-    count = present.sum(0)
-    loc = np.divide(np.where(present, values, 0.0).sum(0), count, out=np.zeros(d),
-                    where=count > 0)
-    spread = np.where(present, values - loc, 0.0)
-    std = np.sqrt(np.divide((spread ** 2).sum(0), count, out=np.zeros(d), where=count > 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a feature without values: NaN -> 0
+        loc = np.nan_to_num(np.nanmean(values, axis=0)) if len(values) else np.zeros(d)
+        std = np.nan_to_num(np.nanstd(values, axis=0)) if len(values) else np.zeros(d)
     default = np.asarray(spec.default_scale or (1.0,) * d, np.float64)
     scale = np.where(std > 0, std, default)
     return loc, np.maximum(scale, np.maximum(MINIMUM_STD_FRACTION * default, MINIMUM_SCALE))
+
+
+def fill_missing(values: np.ndarray, loc: np.ndarray) -> np.ndarray:
+    """``values`` ``(..., d)`` float64 with each missing (NaN) element replaced by the window's
+    location ``loc`` ``(d,)``: what a model is fed for it (0 once scaled)."""
+    values = np.asarray(values, np.float64)
+    return np.where(np.isfinite(values), values, loc)
 
 
 def _namespace(*arrays):
@@ -363,8 +369,7 @@ def window_inputs(spec: FeatureSpec, values: np.ndarray, known: np.ndarray, *, s
                          f"{len(values)} steps with {len(known)} known rows")
     d = spec.target_size
     loc = np.zeros((d,), np.float64) if loc is None else np.asarray(loc, np.float64)
-    values = np.asarray(values, np.float64)
-    filled = np.where(np.isfinite(values), values, loc)
+    filled = fill_missing(values, loc)
     steps = np.arange(start, start + length)
     lagged = filled[steps[:, None] + 1 - np.asarray(spec.extra_lags, int)[None, :]] \
         if spec.extra_lags else np.zeros((length, 0, spec.target_size))

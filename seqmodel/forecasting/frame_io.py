@@ -29,6 +29,7 @@ class FrameSettings:
     num_samples: int
     fit_seconds: float
     dataset: Any = None  # the SeriesDataset trained on (its series and splits calibrate)
+    train_steps: int | None = None  # each member's training steps (None: a time budget)
 
 
 def pandas_module():

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from seqmodel.configs import SERIES_MODEL_DEFAULTS, SERIES_TRAIN_DEFAULTS, series_steps
+from seqmodel.configs import SERIES_MODEL_DEFAULTS, series_train_defaults
 from seqmodel.data.tables import FRAME_ID, FRAME_TARGET, FRAME_TIME
 from seqmodel.forecasting.frame_io import (  # noqa: F401  (predict_frame: the frame answers)
     DEFAULT_LEVELS,
@@ -113,10 +113,8 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
         raise ValueError(f"ensemble={ensemble!r} is invalid: allowed is a positive integer")
     heads = tuple(settings.get("heads") or (dataset.head,))
     train_values = {key: settings[key] for key in TRAIN_SETTINGS if settings.get(key) is not None}
-    if "steps" in train_values or "max_time" in train_values:
-        defaults = {k: v for k, v in SERIES_TRAIN_DEFAULTS.items() if k != "steps"}
-    else:
-        defaults = {**SERIES_TRAIN_DEFAULTS, "steps": series_steps(len(dataset.train_series))}
+    budget_given = "steps" in train_values or "max_time" in train_values
+    defaults = series_train_defaults(len(dataset.train_series), budget_given=budget_given)
     train_values = {**defaults, **train_values}
     train_values.setdefault("seq_len", dataset.default_seq_len(int(h)))
     seed = int(train_values.pop("seed", 0))
@@ -145,7 +143,7 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
     forecaster.frame = FrameSettings(
         int(h), freq, id_col, time_col, target_col, exogenous, static_df, frame,
         int(settings.get("num_samples") or DEFAULT_NUM_SAMPLES), time.perf_counter() - started,
-        dataset)
+        dataset, train_values.get("steps"))
     return forecaster
 
 

@@ -122,8 +122,7 @@ def prepare_contexts(spec: features.FeatureSpec, values: Sequence[np.ndarray],
         prompt[index, :length] = features.window_inputs(
             spec, history, np.asarray(rows_known)[: origin + 1], start=start, length=length,
             scale=scale, loc=loc)
-        lagged = history[origin - spec.max_lag : origin]
-        buffer[index] = np.where(np.isfinite(lagged), lagged, loc)  # missing: fed as loc
+        buffer[index] = features.fill_missing(history[origin - spec.max_lag : origin], loc)
         scales[index], locs[index] = scale, loc
         following = np.asarray(rows_known)[origin + 1 : origin + horizon]
         future[index, : len(following)] = following
