@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Sequence
 
 # Recurrent cells: serial ones (seqmodel.nn.cells) and linear recurrences run as residual blocks
 # (seqmodel.nn.linear).
@@ -43,25 +43,34 @@ REPORT_NUM_STARTS = 64
 SERIES_MODEL_DEFAULTS = {"hidden_size": 32, "dropout": 0.3}
 SERIES_TRAIN_DEFAULTS = {"steps": 800, "learning_rate": 3e-3, "batch_size": 32,
                          "eval_every": 100, "warmup_steps": 50}
-# A global model of many series sees each one less often a step: its default steps grow with the
-# square root of the number of training series, up to SERIES_MAX_STEPS (series_steps). Chosen on
-# the tuning panel (30 series; MASE 1.147 at 800 steps, 0.935 at 2400, 0.888 at 6000), where the
-# single tuning series did not gain from more steps (geometric mean of MASE over seasonal naive
-# 0.783 at 2400 against 0.749 at 800: the short ones overfit).
+# A model sees each series (and each stretch of a long series) less often a step the more data
+# there is: its default steps grow with the square root of the data's size in units of one short
+# series, the larger of the number of training series and the training observations over
+# SERIES_UNIT_OBSERVATIONS, up to SERIES_MAX_STEPS (series_steps). Chosen on the tuning suite:
+# on the tuning panel (30 series) MASE 1.147 at 800 steps, 0.935 at 2400, 0.888 at 6000; on the
+# single long tuning series (seeds 1, 2) elnino 0.838 -> 0.793 at 1700 steps, weekly 0.800 ->
+# 0.790 at 1400, level 0.215 -> 0.223 at 2400; the short single series overfit with more steps
+# (geometric mean of MASE over seasonal naive 0.783 at 2400 against 0.749 at 800), and keep 800.
 SERIES_MAX_STEPS = 6000
+SERIES_UNIT_OBSERVATIONS = 150
 
 
-def series_steps(num_series: int) -> int:
-    """The default training steps of a model of ``num_series`` training series: 800 for one,
-    800 * sqrt(n) in hundreds, at most :data:`SERIES_MAX_STEPS` (4,400 for 30 series)."""
-    steps = SERIES_TRAIN_DEFAULTS["steps"] * math.sqrt(max(int(num_series), 1))
+def series_steps(num_series: int, observations: int = 0) -> int:
+    """The default training steps of a model of ``num_series`` training series holding
+    ``observations`` steps in all: 800 * sqrt(max(num_series, observations / 150)) in hundreds,
+    at least 800, at most :data:`SERIES_MAX_STEPS` (4,400 for 30 short series, 3,200 for one
+    series of 2,400 steps)."""
+    units = max(int(num_series), observations / SERIES_UNIT_OBSERVATIONS, 1)
+    steps = SERIES_TRAIN_DEFAULTS["steps"] * math.sqrt(units)
     return int(min(SERIES_MAX_STEPS, round(steps / 100) * 100))
 
 
-def series_train_defaults(num_series: int, *, budget_given: bool) -> dict:
-    """The training defaults of a series model (``fit`` and ``seqmodel train``): steps from
-    :func:`series_steps`, none when the caller gives its own budget (``steps`` or ``max_time``)."""
-    defaults = {**SERIES_TRAIN_DEFAULTS, "steps": series_steps(num_series)}
+def series_train_defaults(lengths: Sequence[int], *, budget_given: bool) -> dict:
+    """The training defaults of a series model (``fit`` and ``seqmodel train``) trained on
+    series of ``lengths`` steps: steps from :func:`series_steps`, none when the caller gives its
+    own budget (``steps`` or ``max_time``)."""
+    defaults = {**SERIES_TRAIN_DEFAULTS,
+                "steps": series_steps(len(lengths), int(sum(lengths)))}
     if budget_given:
         defaults.pop("steps")
     return defaults

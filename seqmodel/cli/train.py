@@ -155,7 +155,7 @@ def train_configs(args, dataset):
         # Sized for series, not for text (seqmodel.configs.SERIES_*_DEFAULTS).
         model_values = {**SERIES_MODEL_DEFAULTS, **model_values}
         defaults = series_train_defaults(
-            len(dataset.train_series),
+            [len(item) for item in dataset.train_series],
             budget_given=args.steps is not None or args.max_time is not None)
         train_values = {**defaults, **train_values}
         train_values.setdefault("seq_len", dataset.default_seq_len())

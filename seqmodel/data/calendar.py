@@ -347,6 +347,21 @@ def _detrended(values: np.ndarray) -> np.ndarray:
     return values - (slope * steps + intercept)
 
 
+def _pooled_autocorrelation(sequences: Sequence[np.ndarray]) -> np.ndarray | None:
+    """The autocorrelation up to a third of the shortest usable series (at most
+    :data:`MAX_DETECTED_SEASON`) of each series less its linear trend, averaged over the series
+    weighted by length; None where no series has 8 values or the lags would be under 3."""
+    usable = [_detrended(np.asarray(s, np.float64).reshape(-1)) for s in sequences
+              if np.isfinite(s).sum() >= 8]
+    if not usable:
+        return None
+    max_lag = min(MAX_DETECTED_SEASON, min(len(s) for s in usable) // 3)
+    if max_lag < 3:
+        return None
+    weights = np.asarray([len(s) for s in usable], np.float64)
+    return sum(w * _autocorrelation(s, max_lag) for w, s in zip(weights, usable)) / weights.sum()
+
+
 def detect_season(sequences: Sequence[np.ndarray], *, threshold: float = SEASON_THRESHOLD) -> int:
     """The seasonal period that the data shows, for series without a time column: the shortest
     lag ``>= 2`` whose local peak of the autocorrelation (of each series less its linear trend,
@@ -357,16 +372,10 @@ def detect_season(sequences: Sequence[np.ndarray], *, threshold: float = SEASON_
 
         detect_season([np.sin(2 * np.pi * np.arange(300) / 12)])    # 12
     """
-    usable = [_detrended(np.asarray(s, np.float64).reshape(-1)) for s in sequences
-              if np.isfinite(s).sum() >= 8]
-    if not usable:
+    pooled = _pooled_autocorrelation(sequences)
+    if pooled is None:
         return 1
-    max_lag = min(MAX_DETECTED_SEASON, min(len(s) for s in usable) // 3)
-    if max_lag < 3:
-        return 1
-    weights = np.asarray([len(s) for s in usable], np.float64)
-    pooled = sum(w * _autocorrelation(s, max_lag) for w, s in zip(weights, usable)) / weights.sum()
-    lags = np.arange(2, max_lag)
+    lags = np.arange(2, len(pooled) - 1)
     peaks = lags[(pooled[lags] > pooled[lags - 1]) & (pooled[lags] >= pooled[lags + 1])
                  & (pooled[lags] >= threshold)]
     if not len(peaks):
@@ -375,3 +384,20 @@ def detect_season(sequences: Sequence[np.ndarray], *, threshold: float = SEASON_
     # SEASON_PEAK_RATIO of the highest is the season.
     strong = peaks[pooled[peaks] >= SEASON_PEAK_RATIO * pooled[peaks].max()]
     return int(strong[0])
+
+
+def shows_season(sequences: Sequence[np.ndarray], period: int) -> bool:
+    """Whether the data shows ``period`` as a season: the pooled autocorrelation (as
+    :func:`detect_season` reads it) has a local peak there. A calendar's season that the data
+    does not show (monthly sunspots: high autocorrelation at 12 months only because the 11-year
+    cycle is slow) is no season; like statsforecast's seasonality test before a seasonal model.
+    True where the series are too short to tell.
+
+    Example::
+
+        shows_season([np.sin(2 * np.pi * np.arange(300) / 12)], 12)    # True
+    """
+    pooled = _pooled_autocorrelation(sequences)
+    if pooled is None or not 1 < period < len(pooled) - 1:
+        return True
+    return bool(pooled[period] > pooled[period - 1] and pooled[period] >= pooled[period + 1])

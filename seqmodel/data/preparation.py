@@ -16,8 +16,10 @@ a time column (a plain model is the case without calendar features, not a second
   the movements (a context's std under 1% of its mean ``|y|``, :func:`default_scaling`); mean
   scaling for counts, none for 0/1 data;
 - season: the time column's frequency (a year of monthly data, a week of daily data, ...) when
-  the shortest training series holds three of them, else the period that the autocorrelation of
-  the training part shows (:func:`seqmodel.data.calendar.detect_season`), else 1;
+  the shortest training series holds three of them and the data shows it (a peak of the
+  autocorrelation there, :func:`seqmodel.data.calendar.shows_season`), else the period that the
+  autocorrelation of the training part shows (:func:`seqmodel.data.calendar.detect_season`),
+  else 1;
 - lags: 1, 2, 3 and one season back (and the frequency's own extra lags), those that fit a third
   of the shortest training series;
 - context: at least 32 steps and at least two seasons (so a forecast reads a whole season before
@@ -250,8 +252,10 @@ def default_scaling(train: Sequence[np.ndarray], head: str, context_length: int)
 
 def default_lags(frequency: calendar.Frequency | None, season: int,
                  train_lengths: Sequence[int]) -> tuple[int, ...]:
-    """1, 2, 3, one season back and the frequency's own extra lags, those that fit a third of
-    the shortest training series (so windows with every lag exist)."""
+    """1, 2, 3, one season back and the frequency's own extra lags (kept where the data shows
+    another season: on the tuning suite's quarterly unemployment, which shows none, dropping lag
+    4 lost), those that fit a third of the shortest training series (so windows with every lag
+    exist)."""
     lags = set(frequency.default_lags()) if frequency is not None else {1, 2, 3}
     if season > 1:
         lags.add(season)
@@ -340,9 +344,11 @@ def prepare(table: Table, *, train_stops: Sequence[int], source: str = "the data
     train_lengths = [len(values) for values in train if len(values)]
     if season is None:
         # The frequency's season where the data holds a few of them (a day of 30-second data
-        # is 2880 steps), else what the autocorrelation shows.
-        season = calendar.detect_season([v[:, 0] for v in train])
-        if frequency is not None and 1 < frequency.season <= min(train_lengths) // 3:
+        # is 2880 steps) and shows it, else what the autocorrelation shows.
+        first_columns = [v[:, 0] for v in train]
+        season = calendar.detect_season(first_columns)
+        if (frequency is not None and 1 < frequency.season <= min(train_lengths) // 3
+                and calendar.shows_season(first_columns, frequency.season)):
             season = frequency.season
     if lags is None:
         lags = default_lags(frequency, season, train_lengths)

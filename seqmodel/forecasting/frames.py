@@ -68,8 +68,8 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
         (``lags``, ``scaling``, ``context_length``, ``season``, ``head``, ``missing``), training
         (``steps``, ``max_time``, ``batch_size``, ``seq_len``, ``learning_rate``, ``seed``,
         ``eval_every``; defaults: ``seqmodel.configs.SERIES_TRAIN_DEFAULTS`` and
-        ``SERIES_MODEL_DEFAULTS``, steps from ``series_steps``: 800 for one series, more for
-        many; the best validation parameters kept), ``ensemble`` (members trained with seeds
+        ``SERIES_MODEL_DEFAULTS``, steps from ``series_steps``: 800 for one short series, more
+        for many or long ones; the best validation parameters kept), ``ensemble`` (members trained with seeds
         ``seed + k``;
         default 1), ``heads`` (the heads the members cycle through, e.g.
         ``("student_t", "gaussian")``), ``calibrate`` (conformal intervals, default True),
@@ -114,7 +114,8 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
     heads = tuple(settings.get("heads") or (dataset.head,))
     train_values = {key: settings[key] for key in TRAIN_SETTINGS if settings.get(key) is not None}
     budget_given = "steps" in train_values or "max_time" in train_values
-    defaults = series_train_defaults(len(dataset.train_series), budget_given=budget_given)
+    defaults = series_train_defaults([len(item) for item in dataset.train_series],
+                                     budget_given=budget_given)
     train_values = {**defaults, **train_values}
     train_values.setdefault("seq_len", dataset.default_seq_len(int(h)))
     seed = int(train_values.pop("seed", 0))

@@ -184,6 +184,10 @@ def test_cli_defaults_are_the_library_defaults(capsys):
 
     assert [series_steps(n) for n in (1, 4, 30, 40, 10_000)] == [
         800, 1600, 4400, 5100, SERIES_MAX_STEPS]
+    # A long series counts as many short ones (150 steps each); short ones never go below 800.
+    assert [series_steps(1, n) for n in (100, 600, 2400, 10**6)] == [
+        800, 1600, 3200, SERIES_MAX_STEPS]
+    assert series_steps(30, 3000) == 4400
     panel = load_dataset([np.sin(np.arange(60.0) + k) + 3 for k in range(4)])
     _, series_config = cli.train_configs(cli.build_parser().parse_args(["train"]), panel)
     # (Sequences without times: the last one is kept whole for validation, three train.)

@@ -199,3 +199,31 @@ def test_detect_season_finds_the_period_of_the_autocorrelation():
     assert calendar.detect_season([rng.standard_normal(300)]) == 1  # noise: no season
     assert calendar.detect_season([np.cumsum(rng.standard_normal(300))]) == 1  # a random walk
     assert calendar.detect_season([np.ones(5)]) == 1  # too short to tell
+
+
+def test_a_calendar_season_the_data_does_not_show_gives_way_to_the_one_it_shows(tmp_path):
+    from seqmodel.data import load_dataset
+
+    rng = np.random.default_rng(0)
+    steps = np.arange(1200)
+    # Monthly data with a 10-year cycle and no yearly one (as sunspots): the autocorrelation at
+    # 12 months is high (the cycle is slow) but no peak, so 12 is no season; the cycle is.
+    cycle = 50 + 20 * np.sin(2 * np.pi * steps / 120) + rng.standard_normal(1200)
+    yearly = 50 + 20 * np.sin(2 * np.pi * steps / 12) + rng.standard_normal(1200)
+    assert not calendar.shows_season([cycle], 12)
+    assert calendar.shows_season([yearly], 12)
+    assert calendar.shows_season([np.ones(5)], 12)  # too short to tell: the calendar stands
+    months = np.datetime64("1900-01", "M") + steps
+
+    def dated(values, name):
+        path = tmp_path / f"{name}.csv"
+        path.write_text("month,y\n" + "\n".join(f"{m}-01,{v:.4f}" for m, v in
+                                                 zip(months, values)) + "\n")
+        return load_dataset(str(path), time_column="month")
+
+    slow = dated(cycle, "cycle")
+    assert slow.season in range(115, 126)
+    # The calendar's lags stay (the tuning suite's quarterly unemployment lost without lag 4).
+    assert {1, 2, 3, 12, slow.season} <= set(slow.spec.lags)
+    assert slow.spec.context_length == 2 * slow.season
+    assert dated(yearly, "yearly").season == 12
