@@ -8,7 +8,8 @@ The series ship inside installed packages (nothing is downloaded; ``benchmarks/f
 - ``tuning``: other series (El Nino monthly sea temperatures, quarterly wool production, US
   quarterly unemployment, yearly lynx trappings, heart rate, a weekly series with a yearly
   season, a weekly series whose level dwarfs its movements, a 30-series panel from the
-  benchmark panel's generator with another seed): where seqmodel's defaults
+  benchmark panel's generator with another seed, twelve weeks of a synthetic half-hourly load
+  with a daily and a weekly season): where seqmodel's defaults
   (``seqmodel.configs.SERIES_*_DEFAULTS``, the preparation's rules) were chosen.
 
 For each dataset the last ``windows`` windows of ``horizon`` steps are held out.
@@ -127,6 +128,26 @@ def load_level(length: int = 1500, seed: int = 11):
     return [("level", np.datetime64("1990-01-06") + 7 * steps, values)]
 
 
+def load_halfhourly(weeks: int = 12, seed: int = 5):
+    """Twelve weeks of a half-hourly load: a daily profile with morning and evening peaks,
+    quieter weekends, a slow drift and AR(1) noise (the shape of electricity demand: a day and a
+    week as seasons, few weeks of history)."""
+    rng = np.random.default_rng(seed)
+    steps = np.arange(weeks * 336)
+    hour = (steps % 48) / 2
+    profile = (np.exp(-((hour - 8.5) ** 2) / 4) + 1.3 * np.exp(-((hour - 18.5) ** 2) / 6)
+               + 0.3 * np.sin(2 * np.pi * hour / 24))
+    weekend = (steps // 48) % 7 >= 5
+    noise = np.zeros(len(steps))
+    shocks = rng.normal(0, 60, len(steps))
+    for index in range(1, len(steps)):
+        noise[index] = 0.9 * noise[index - 1] + shocks[index]
+    values = (3000 + 2 * steps / 48 + 1500 * profile * np.where(weekend, 0.7, 1.0)
+              - 300 * weekend + noise)
+    times = np.datetime64("2015-01-05T00:00") + steps * np.timedelta64(30, "m")
+    return [("halfhourly", times, values)]
+
+
 def load_tuning_panel():
     """The benchmark panel's generator with another seed and 30 series: where the defaults of a
     global model (many related series) are chosen; the benchmark panel (seed 0) stays unseen."""
@@ -143,6 +164,8 @@ TUNING = {
     "weekly": Spec(load_weekly, "W-SAT", 52, horizon=26, windows=3),
     "level": Spec(load_level, "W-SAT", 52, horizon=52, windows=3),
     "panel30": Spec(load_tuning_panel, "MS", 12, horizon=12, windows=2),
+    "halfhourly": Spec(load_halfhourly, "30min", 48, horizon=48, windows=7,
+                       long_seasons=(48, 336)),
 }
 SUITES = {"benchmark": forecast_datasets.DATASETS, "tuning": TUNING}
 # AutoETS / AutoARIMA see at most this many steps before each origin where a long seasonal
