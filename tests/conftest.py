@@ -1,10 +1,19 @@
 """Shared test settings: deterministic fp32 math on the CPU, small shapes everywhere."""
 
 import logging
+import os
 import pathlib
+import tempfile
 
-import jax
-import pytest
+# One compilation cache for the whole run, the test processes and the workers they start (they
+# inherit the environment): many tests compile the same small programs, and on 2 cores the
+# suite's time is mostly compiling. Set before jax is imported; a user's own setting wins.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "seqmodel-tests-jax-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 

@@ -144,17 +144,19 @@ def check_steps(report: dict, meshes: set = ALL_MESHES) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", ["rglru", "mingru"])
 def test_train_steps_on_sequence_meshes_equal_one_device_at_64(cell):
-    check_steps(run_worker(STEPS, "64", cell))
+    if cell == "rglru":
+        check_steps(run_worker(STEPS, "64", cell))
+    else:  # the second cell on the mesh that splits both axes (the scans are the same code)
+        check_steps(run_worker(STEPS, "64", cell, "4x2"), {"4 cpu devices (2 data x 2 sequence)"})
 
 
 @pytest.mark.slow
 def test_train_steps_on_sequence_meshes_equal_one_device_at_4096():
-    # Every mesh is checked at 64; the long lengths check the meshes along time alone.
-    report = run_worker(STEPS, "4096", "rglru", "2x2,4x4")
-    check_steps(report, ALL_MESHES - {"4 cpu devices (2 data x 2 sequence)"})
+    # Every mesh is checked at 64; the long lengths check time split over 4 devices alone.
+    report = run_worker(STEPS, "4096", "rglru", "4x4")
+    check_steps(report, {"4 cpu devices (1 data x 4 sequence)"})
     # Each device holds its chunk of time: memory per device falls with the devices along time.
     assert report["4 cpu devices (1 data x 4 sequence)"]["memory"] < 0.35
-    assert report["2 cpu devices (1 data x 2 sequence)"]["memory"] < 0.6
 
 
 @pytest.mark.slow
