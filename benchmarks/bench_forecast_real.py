@@ -350,7 +350,8 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", help="comma-separated (default: the suite's)")
     parser.add_argument("--steps", type=int, default=None,
                         help="training steps a model (default: the library's, "
-                        "seqmodel.configs.series_steps: 800 for one short series, more for many or long ones)")
+                        "seqmodel.configs.series_steps: 800 for one short series, more for "
+                        "many or long ones)")
     parser.add_argument("--seeds", default="0,1,2", help="seed groups (one ensemble each)")
     parser.add_argument("--ensemble", type=int, default=3)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -362,17 +362,17 @@ def _pooled_autocorrelation(sequences: Sequence[np.ndarray]) -> np.ndarray | Non
     return sum(w * _autocorrelation(s, max_lag) for w, s in zip(weights, usable)) / weights.sum()
 
 
-def detect_season(sequences: Sequence[np.ndarray], *, threshold: float = SEASON_THRESHOLD) -> int:
-    """The seasonal period that the data shows, for series without a time column: the shortest
-    lag ``>= 2`` whose local peak of the autocorrelation (of each series less its linear trend,
-    averaged over the series, weighted by length) reaches ``threshold`` and is within
-    :data:`SEASON_PEAK_RATIO` of the highest peak; else 1.
+def _shows(pooled: np.ndarray | None, period: int) -> bool:
+    """Whether ``pooled`` (from :func:`_pooled_autocorrelation`) peaks at ``period``; True where
+    it cannot tell (no autocorrelation, or ``period`` beyond its lags)."""
+    if pooled is None or not 1 < period < len(pooled) - 1:
+        return True
+    return bool(pooled[period] > pooled[period - 1] and pooled[period] >= pooled[period + 1])
 
-    Example::
 
-        detect_season([np.sin(2 * np.pi * np.arange(300) / 12)])    # 12
-    """
-    pooled = _pooled_autocorrelation(sequences)
+def _strongest_season(pooled: np.ndarray | None, threshold: float) -> int:
+    """The shortest lag ``>= 2`` whose local peak of ``pooled`` reaches ``threshold`` and is
+    within :data:`SEASON_PEAK_RATIO` of the highest peak; else 1."""
     if pooled is None:
         return 1
     lags = np.arange(2, len(pooled) - 1)
@@ -386,6 +386,19 @@ def detect_season(sequences: Sequence[np.ndarray], *, threshold: float = SEASON_
     return int(strong[0])
 
 
+def detect_season(sequences: Sequence[np.ndarray], *, threshold: float = SEASON_THRESHOLD) -> int:
+    """The seasonal period that the data shows, for series without a time column: the shortest
+    lag ``>= 2`` whose local peak of the autocorrelation (of each series less its linear trend,
+    averaged over the series, weighted by length) reaches ``threshold`` and is within
+    :data:`SEASON_PEAK_RATIO` of the highest peak; else 1.
+
+    Example::
+
+        detect_season([np.sin(2 * np.pi * np.arange(300) / 12)])    # 12
+    """
+    return _strongest_season(_pooled_autocorrelation(sequences), threshold)
+
+
 def shows_season(sequences: Sequence[np.ndarray], period: int) -> bool:
     """Whether the data shows ``period`` as a season: the pooled autocorrelation (as
     :func:`detect_season` reads it) has a local peak there. A calendar's season that the data
@@ -397,7 +410,18 @@ def shows_season(sequences: Sequence[np.ndarray], period: int) -> bool:
 
         shows_season([np.sin(2 * np.pi * np.arange(300) / 12)], 12)    # True
     """
+    return _shows(_pooled_autocorrelation(sequences), period)
+
+
+def season_of(sequences: Sequence[np.ndarray], calendar_season: int = 1) -> int:
+    """``calendar_season`` (a time column's, > 1) where the data shows it (:func:`shows_season`),
+    else the season it shows (:func:`detect_season`): one autocorrelation for both.
+
+    Example::
+
+        season_of([monthly_sunspots], 12)      # 123: no yearly season, an 11-year cycle
+    """
     pooled = _pooled_autocorrelation(sequences)
-    if pooled is None or not 1 < period < len(pooled) - 1:
-        return True
-    return bool(pooled[period] > pooled[period - 1] and pooled[period] >= pooled[period + 1])
+    if calendar_season > 1 and _shows(pooled, calendar_season):
+        return calendar_season
+    return _strongest_season(pooled, SEASON_THRESHOLD)

@@ -345,11 +345,10 @@ def prepare(table: Table, *, train_stops: Sequence[int], source: str = "the data
     if season is None:
         # The frequency's season where the data holds a few of them (a day of 30-second data
         # is 2880 steps) and shows it, else what the autocorrelation shows.
-        first_columns = [v[:, 0] for v in train]
-        season = calendar.detect_season(first_columns)
-        if (frequency is not None and 1 < frequency.season <= min(train_lengths) // 3
-                and calendar.shows_season(first_columns, frequency.season)):
-            season = frequency.season
+        calendar_season = frequency.season if frequency is not None else 1
+        if calendar_season > min(train_lengths) // 3:
+            calendar_season = 1
+        season = calendar.season_of([v[:, 0] for v in train], calendar_season)
     if lags is None:
         lags = default_lags(frequency, season, train_lengths)
     else:

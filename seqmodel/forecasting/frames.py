@@ -69,9 +69,8 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
         (``steps``, ``max_time``, ``batch_size``, ``seq_len``, ``learning_rate``, ``seed``,
         ``eval_every``; defaults: ``seqmodel.configs.SERIES_TRAIN_DEFAULTS`` and
         ``SERIES_MODEL_DEFAULTS``, steps from ``series_steps``: 800 for one short series, more
-        for many or long ones; the best validation parameters kept), ``ensemble`` (members trained with seeds
-        ``seed + k``;
-        default 1), ``heads`` (the heads the members cycle through, e.g.
+        for many or long ones; the best validation parameters kept), ``ensemble`` (members
+        trained with seeds ``seed + k``; default 1), ``heads`` (the heads the members cycle through, e.g.
         ``("student_t", "gaussian")``), ``calibrate`` (conformal intervals, default True),
         ``val_fraction``, ``num_samples`` (paths per forecast, default 200), ``out_dir`` (run
         folders: member ``k`` in ``out_dir/member-k``), ``progress``.
