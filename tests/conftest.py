@@ -49,3 +49,9 @@ def library_logging_restored():
     _restore_library_logging()
     yield
     _restore_library_logging()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (the order within each group kept): with two xdist workers the
+    run then ends on short tests, not with one worker idle while the other finishes a long one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -190,8 +190,10 @@ for rows, time in [(1, 2), (1, 4), (2, 2)]:
                                           conv_loss(None)(window, x, kernel, bias))
     if time == 2 and rows == 1:
         continue  # the blocks: 4 devices along time, and 2 x 2
+    # Every remat mode where each device holds the most segments (4 along time); on 2 x 2 the
+    # data axis adds nothing to remat, so one mode there (the suite's time is mostly compiling).
     for cell in ("rglru", "mingru"):
-        for mode in ("none", "scan", "block"):
+        for mode in ("none", "scan", "block") if rows == 1 else ("block",):
             report[f"block {cell} {mode} {rows}x{time}"] = error(
                 block_loss(cell, mode, where), references[cell])
 # A chunk shorter than the convolution's window, and a length that does not split: clear errors.
@@ -217,7 +219,7 @@ def test_meshes_of_two_and_four_devices_equal_one_device():
     line = next(line for line in run.stdout.splitlines() if line.startswith("RESULT "))
     report = json.loads(line[len("RESULT "):])
     messages = report.pop("messages")
-    assert len(report) == 3 * (3 + 1) + 2 * 6
+    assert len(report) == 3 * (3 + 1) + 2 * 3 + 2 * 1
     for name, value in report.items():
         assert value < 1e-5, f"{name}: {value:.2e}"
     assert "at least 3 step(s)" in messages[0]  # 2 steps a device, a window of 3
