@@ -8,9 +8,17 @@ calibration windows whose truth the intervals did not see, conformalised quantil
     E = max(q_lo - y, y - q_hi) / s        (negative inside the interval)
 
 with ``s`` the window's scale (the mean ``|y|`` of its context, so that series of different levels
-pool), and widens (or narrows) every interval of that level and horizon step by the
-``ceil((n + 1) L) / n`` empirical quantile of ``E`` times the scale of the window forecast. With
-exchangeable windows the calibrated interval covers at least ``L``.
+pool), and widens every interval of that level and horizon step by the ``ceil((n + 1) L) / n``
+empirical quantile of ``E`` times the scale of the window forecast. With exchangeable windows the
+calibrated interval covers at least ``L``.
+
+A margin widens, it never narrows (``narrow=False``, the default): the calibration windows lie
+in the validation tail the checkpoint was chosen on, and where that tail is short they reach
+back into the data the model fitted, so they understate the errors of a later forecast. Where
+even those windows say an interval is too narrow it is too narrow; where they say it is too
+wide, that is not evidence enough. Chosen on the tuning suite (benchmarks/bench_calibration.py,
+27 held-out (series, seed) pairs): the mean distance of the held-out coverage from the nominal
+fell from 0.062 to 0.054 (80%) and 0.044 to 0.033 (95%) against narrowing allowed.
 
 Calibration windows: rolling origins, one step apart, whose forecast windows lie in the
 validation part of every series (what training did not fit), extended back into the training
@@ -67,7 +75,7 @@ class Calibration:
     Attributes:
       levels: the central interval coverages calibrated, e.g. ``(0.8, 0.95)``.
       margins: ``(len(levels), H)``: the widening of each interval, in window scales (negative
-        narrows it).
+        narrows it; only with ``narrow=True``).
       coverage_before: per level, the coverage of the raw intervals on the calibration windows.
       windows: how many calibration windows there were.
     """
@@ -113,9 +121,11 @@ class Calibration:
 
 
 def conformal_margins(paths: np.ndarray, truth: np.ndarray, scale: np.ndarray,
-                      levels: Sequence[float] = DEFAULT_LEVELS) -> Calibration:
+                      levels: Sequence[float] = DEFAULT_LEVELS, *,
+                      narrow: bool = False) -> Calibration:
     """The :class:`Calibration` of sample paths ``(n, S, H, d)`` against ``truth`` ``(n, H, d)``
-    (NaN: missing) with window scales ``(n, d)``; pooled over windows and features."""
+    (NaN: missing) with window scales ``(n, d)``; pooled over windows and features. With
+    ``narrow=False`` a negative margin (the windows found the interval too wide) is 0."""
     levels = tuple(float(level) for level in levels)
     n = len(paths)
     margins = np.zeros((len(levels), paths.shape[2]))
@@ -129,8 +139,11 @@ def conformal_margins(paths: np.ndarray, truth: np.ndarray, scale: np.ndarray,
             column = scores[:, step][present[:, step]]
             if not len(column):
                 continue
-            rank = min(math.ceil((len(column) + 1) * coverage) / len(column), 1.0)
-            margins[index, step] = np.quantile(column, rank, method="higher")
+            # The ceil((n + 1) L)-th smallest score (the largest where that exceeds n).
+            rank = min(math.ceil((len(column) + 1) * coverage), len(column))
+            margins[index, step] = np.partition(column, rank - 1)[rank - 1]
+    if not narrow:
+        margins = np.maximum(margins, 0.0)
     return Calibration(levels, margins, coverage_before, n)
 
 
@@ -160,9 +173,10 @@ def calibration_origins(lengths: Sequence[int], splits: Sequence[int], *, horizo
 
 def calibrate(forecaster, series: Sequence, splits: Sequence[int], *, horizon: int,
               levels: Sequence[float] = DEFAULT_LEVELS, num_samples: int = CALIBRATION_SAMPLES,
-              key=None) -> Calibration:
+              key=None, narrow: bool = False) -> Calibration:
     """Conformal margins of ``forecaster``'s intervals on rolling windows of ``series``
-    (:class:`~seqmodel.data.preparation.Series`, globally normalised) at or after ``splits``.
+    (:class:`~seqmodel.data.preparation.Series`, globally normalised) at or after ``splits``;
+    ``narrow``: let a margin narrow an interval the windows found too wide.
 
     Example::
 
@@ -182,4 +196,4 @@ def calibrate(forecaster, series: Sequence, splits: Sequence[int], *, horizon: i
                       for row, origin in chosen])
     scale = np.stack([window_scale(normalizer.denormalize(v), spec.context_length)
                       for v in values])
-    return conformal_margins(paths, truth, scale, levels)
+    return conformal_margins(paths, truth, scale, levels, narrow=narrow)

@@ -128,6 +128,23 @@ def test_conformal_intervals_reach_their_coverage_on_ar1():
     np.testing.assert_allclose(again.margins, calibration.margins, atol=1e-6)
 
 
+def test_conformal_margins_widen_but_narrow_only_when_asked():
+    # Paths twice as spread as the truth: the windows find every interval too wide.
+    rng = np.random.default_rng(1)
+    truth = rng.normal(size=(2000, 3, 1))
+    paths = 2.0 * rng.normal(size=(2000, 100, 3, 1))
+    scale = np.ones((2000, 1))
+    kept = conformal.conformal_margins(paths, truth, scale, levels=(0.8,))
+    assert kept.coverage_before["0.8"] > 0.95
+    np.testing.assert_array_equal(kept.margins, 0.0)  # the model's own interval stays
+    narrowed = conformal.conformal_margins(paths, truth, scale, levels=(0.8,), narrow=True)
+    assert (narrowed.margins < -0.5).all()  # 2 x 1.28 wide each side, 1.28 needed
+    levels = (0.1, 0.5, 0.9)
+    quantiles = narrowed.adjust(np.quantile(paths, levels, axis=1), levels, scale)
+    inside = (truth >= quantiles[0]) & (truth <= quantiles[2])
+    assert 0.76 <= inside.mean() <= 0.84
+
+
 def test_calibration_windows_lie_after_the_split_unless_too_few():
     chosen = conformal.calibration_origins([100, 100], [80, 90], horizon=5, first=3, minimum=10)
     assert all(origin >= 80 for _, origin in chosen) and len(chosen) >= 10
