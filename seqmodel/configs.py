@@ -127,6 +127,11 @@ class ModelConfig(DictConfig):
     # location m (the window's mean), which was subtracted from the element and its lags before
     # dividing by s; the head's distribution is moved back by m after the scaling by s.
     input_location: bool = False
+    # Real-valued models: a linear path from each step's input to the head (the head reads the
+    # top layer's state plus W x_t; W starts at zero). LSTNet's "highway" (Lai et al. 2018): a
+    # recurrent network copies an input such as a seasonal lag only approximately through its
+    # gates, and the linear path lets the head read y_{t-s} as it is.
+    input_skip: bool = False
     # Tuned with TrainConfig's defaults: the argument-free `seqmodel train` (python-stdlib) learns
     # Python-looking text within a few minutes on 2 CPU cores, and tinyshakespeare under 110 s
     # reaches a validation loss at or below 1.60 nats per character (benchmarks/bench_quality.py).
@@ -213,6 +218,9 @@ class ModelConfig(DictConfig):
             bad("input_location", "needs input_scaling, at least 2 * target_size conditioning "
                 "features (the log scales, then the locations) and a continuous head (gaussian, "
                 "student_t or mdn): counts and 0/1 elements cannot be shifted")
+        if self.input_skip and self.input_size is None:
+            bad("input_skip", "needs real-valued inputs (input_size): token inputs have no "
+                "values to pass to the head")
         if self.input_size is not None and self.head == "categorical":
             real_valued = ", ".join(repr(name) for name in HEAD_NAMES
                                     if name != "categorical")

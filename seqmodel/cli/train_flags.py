@@ -25,7 +25,7 @@ from seqmodel.cli.common import (
 MODEL_FLAGS = {"cell": "cell", "hidden_size": "hidden_size", "num_layers": "num_layers",
                "embed_size": "embed_size", "dropout": "dropout", "head": "head",
                "num_mixtures": "num_mixtures", "scan": "scan", "expansion": "expansion",
-               "mlp_expansion": "mlp_expansion", "remat": "remat"}
+               "mlp_expansion": "mlp_expansion", "remat": "remat", "input_skip": "input_skip"}
 
 
 TRAIN_FLAGS = {"batch_size": "batch_size", "seq_len": "seq_len", "steps": "steps",
@@ -115,6 +115,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add("--remat", choices=REMAT_NAMES, help="linear recurrences: what the backward pass "
         "recomputes instead of keeping: none, scan (gates and states), block (the whole block, "
         f"one time segment at a time: least memory) (default {d['remat']})")
+    add("--input-skip", action=argparse.BooleanOptionalAction, default=None,
+        help="real values: a linear path from each step's inputs (the lags) to the head "
+        f"(LSTNet's highway; default {'on' if d['input_skip'] else 'off'})")
     add("--batch-size", type=positive_int, metavar="N", help=f"default {d['batch_size']}")
     add("--seq-len", type=positive_int, metavar="N", help="steps of backpropagation through "
         f"time (default {d['seq_len']})")

@@ -87,6 +87,11 @@ class SequenceModel(nnx.Module):
                            if config.linear else None)
         self.dropout = nnx.Dropout(config.dropout, rngs=rngs)
         self.head = _make_head(config, rngs)
+        # ModelConfig.input_skip: the head reads hidden + W x_t. W starts at zero and is made
+        # last (after every random draw), so a new model starts as the network without it.
+        self.input_skip = (nnx.Linear(config.input_size, config.hidden_size, use_bias=False,
+                                      kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
+                           if config.input_skip else None)
 
     # -- carry ------------------------------------------------------------------------------
 
@@ -216,7 +221,8 @@ class SequenceModel(nnx.Module):
         (logits ``(b, t, V)`` for tokens). ``outputs[:, i]`` predicts element ``i + 1``.
         ``reset`` ``(b,)`` zeroes the carry of those rows first; ``key`` drives dropout."""
         hidden, carry = self.hidden_states(inputs, carry, reset=reset, key=key)
-        return self._in_data_units(self.head(jnp.swapaxes(hidden, 0, 1)), inputs), carry
+        head_input = self._with_skip(jnp.swapaxes(hidden, 0, 1), inputs)
+        return self._in_data_units(self.head(head_input), inputs), carry
 
     def step(self, x_t: Array, carry: tuple, *, key: Array | None = None, table: Array | None = None):
         """One step through every layer: ``x_t`` ``(b,)`` tokens or ``(b, d)`` values ->
@@ -228,7 +234,14 @@ class SequenceModel(nnx.Module):
         steps builds it once."""
         projected = self.project_inputs(x_t, table)[None]
         hidden, carry = self.run_layers(projected, carry, key=key)
-        return self._in_data_units(self.head(hidden[0]), x_t), carry
+        return self._in_data_units(self.head(self._with_skip(hidden[0], x_t)), x_t), carry
+
+    def _with_skip(self, hidden: Array, inputs: Array) -> Array:
+        """What the head reads: ``hidden`` ``(..., h)``, plus ``W inputs`` ``(..., d)`` with
+        ``input_skip`` (both modes call it, so they agree)."""
+        if self.input_skip is None:
+            return hidden
+        return hidden + self.input_skip(inputs).astype(hidden.dtype)
 
     def _in_data_units(self, outputs, inputs: Array):
         """With ``input_scaling``, the head's parameters scaled back by each input's scale (and

@@ -118,6 +118,7 @@ def test_resume_continues_and_checks_flags(trained, capsys):
     (["train", "--batch-size", "0"], "--batch-size: '0' must be >= 1"),
     (["train", "--teacher-forcing", "1.5"], "must be <= 1"),
     (["train", "--cell", "transformer"], "invalid choice"),
+    (["train", "--input-skip", "--steps", "1"], "input_skip=True is invalid: needs real-valued"),
     (["sample", "--checkpoint", "/no/such/run"], "no such folder"),
 ])
 def test_errors_exit_2_with_one_line(argv, message, capsys):

@@ -77,6 +77,25 @@ def test_teacher_forced_equals_scan_of_step(cell, head, num_layers):
         assert_trees_close(carry, step_carry, atol=1e-5)
 
 
+@pytest.mark.parametrize("cell, head", [("gru", "student_t"), ("rglru", "gaussian")])
+def test_input_skip_is_a_linear_path_from_the_input_in_both_modes(cell, head):
+    config = make_config(head, cell=cell, num_layers=2, input_skip=True)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    inputs = make_inputs(config, 3, 7)
+    plain = sm.SequenceModel(dataclasses.replace(config, input_skip=False), rngs=nnx.Rngs(0))
+    # W starts at zero: the same numbers as the network without the path.
+    assert_trees_close(model(inputs)[0], plain(inputs)[0], atol=1e-6)
+    model.input_skip.kernel[...] = jax.random.normal(jax.random.key(1),
+                                                     model.input_skip.kernel[...].shape)
+    (outputs, carry), (step_outputs, step_carry) = both_paths(model, inputs)
+    assert_trees_close(outputs, step_outputs, atol=1e-5)
+    assert_trees_close(carry, step_carry, atol=1e-5)
+    # The head's location moves linearly with an input the recurrence never saw.
+    hidden, _ = model.hidden_states(inputs)
+    expected = model.head(jnp.swapaxes(hidden, 0, 1) + inputs @ model.input_skip.kernel[...])
+    assert_trees_close(outputs, expected, atol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_bfloat16_paths_agree(cell):
@@ -175,6 +194,7 @@ def test_same_shape_does_not_recompile():
         (dict(dropout=1.0), "dropout=1.0"),
         (dict(dtype="float64x"), "dtype='float64x'"),
         (dict(vocab_size=0), "vocab_size=0"),
+        (dict(input_skip=True), "input_skip=True"),
     ],
 )
 def test_bad_config_names_field_and_value(overrides, field):
