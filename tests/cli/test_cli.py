@@ -196,6 +196,9 @@ def test_cli_defaults_are_the_library_defaults(capsys):
     assert series_config.steps == 1400 and series_config.max_time is None
     flagged = cli.build_parser().parse_args(["train", "--steps", "7"])
     assert cli.train_configs(flagged, panel)[1].steps == 7
+    skip = cli.build_parser().parse_args(["train", "--input-skip"])
+    assert cli.train_configs(skip, panel)[0].input_skip
+    assert not cli.train_configs(flagged, panel)[0].input_skip  # off by default
 
     # --help shows the same values.
     with pytest.raises(SystemExit):

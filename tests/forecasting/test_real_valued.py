@@ -190,12 +190,6 @@ def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     assert main(["sample", "--checkpoint", "run", "--prompt", "abc"]) == 2
     assert main(["train", "--data", "series.csv", "--head", "bernoulli", "--steps", "1",
                  "--out", "other", "--time-column", "date", *common]) == 2
-    # --input-skip: the model that loads back has the linear path (both modes use it: the
-    # model tests).
-    assert main(["train", "--data", "series.csv", "--input-skip", "--steps", "1", "--out", "skip",
-                 "--time-column", "date", *common]) == 0
-    from seqmodel.training.checkpoint import load_model
-    assert load_model("skip")[0].config.input_skip
     (tmp_path / "holes.csv").write_text("a,b\n1,2\n3,\n5,6\n")
     assert main(["train", "--data", "holes.csv", "--steps", "1", "--out", "holes"]) == 2
     errors = capsys.readouterr().err
