@@ -65,7 +65,8 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
       freq: a pandas frequency (``"D"``, ``"W"``, ``"MS"``, ...) for the future ``ds`` of
         ``predict``; default: inferred from ``ds``.
       static_df: one row per ``unique_id`` with its static (categorical) columns.
-      settings: the model (``cell``, ``hidden_size``, ``num_layers``, ``dropout``), the data
+      settings: the model (``cell``, ``hidden_size``, ``num_layers``, ``dropout``,
+        ``input_skip``: a linear path from the inputs to the head, off by default), the data
         (``lags``, ``scaling``, ``context_length``, ``season``, ``head``, ``missing``), training
         (``steps``, ``max_time``, ``batch_size``, ``seq_len``, ``learning_rate``, ``seed``,
         ``eval_every``; defaults: ``seqmodel.configs.SERIES_TRAIN_DEFAULTS`` and
