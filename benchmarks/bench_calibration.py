@@ -46,7 +46,11 @@ if not __package__:
 
 from benchmarks.bench_forecast_real import HEADS, SUITES, frame_of, load  # noqa: E402
 from benchmarks.environment import installed_versions  # noqa: E402
-from seqmodel.forecasting.conformal import calibration_origins, window_scale  # noqa: E402
+from seqmodel.forecasting.conformal import (  # noqa: E402
+    calibration_origins,
+    interval_scores,
+    window_paths,
+)
 
 LEVELS = (0.8, 0.95)
 BANDS = {0.8: (0.72, 0.88), 0.95: (0.90, 0.98)}
@@ -54,24 +58,18 @@ QUANTILES = (0.025, 0.1, 0.9, 0.975)
 
 
 def _windows(forecaster, series, chosen, horizon, num_samples, key):
-    """``(lo_hi (2 levels, 2, n, H, d), truth (n, H, d), scale (n, d))`` of ``chosen``
-    ``(row, origin)`` windows of the normalised ``series``."""
-    spec, normalizer = forecaster.preparation.spec, forecaster.preparation.normalizer
-    values = [series[row].values[:origin] for row, origin in chosen]
-    known = [series[row].known[: origin + horizon] for row, origin in chosen]
-    paths = forecaster.sample(values, known, horizon=horizon, num_samples=num_samples, key=key)
-    quantiles = np.quantile(paths, QUANTILES, axis=1)  # (4, n, H, d)
-    truth = np.stack([normalizer.denormalize(series[row].values[origin: origin + horizon])
-                      for row, origin in chosen])
-    scale = np.stack([window_scale(normalizer.denormalize(v), spec.context_length)
-                      for v in values])
-    return quantiles, truth, scale
+    """``(quantiles (4, n, H, d) at QUANTILES, truth (n, H, d), scale (n, d))`` of ``chosen``
+    ``(row, origin)`` windows of the normalised ``series`` (the library's calibration windows'
+    own sampling, kept as quantiles: the paths of a long panel would not fit)."""
+    paths, truth, scale = window_paths(forecaster, series, chosen, horizon=horizon,
+                                       num_samples=num_samples, key=key)
+    return np.quantile(paths, QUANTILES, axis=1), truth, scale
 
 
 def scores_of(quantiles, truth, scale, level):
     """``(n, H, d)`` conformal scores of the ``level`` interval (negative inside)."""
     low, high = (quantiles[0], quantiles[3]) if level == 0.95 else (quantiles[1], quantiles[2])
-    return np.maximum(low - truth, truth - high) / scale[:, None, :]
+    return interval_scores(low, high, truth, scale)
 
 
 def widths_of(quantiles, scale, level):
@@ -202,12 +200,13 @@ def main(argv=None) -> int:
             variants = {}
             for variant in VARIANTS:
                 if variant == "raw":
-                    held, test = sampled["test"]
-                    variants["raw"] = {f"{level:g}": {
-                        "coverage": float(np.mean(scores_of(*test, level)[
-                            np.isfinite(scores_of(*test, level))] <= 0)),
-                        "width": float(np.nanmean(widths_of(test[0], test[2], level)))}
-                        for level in LEVELS}
+                    test = sampled["test"][1]
+                    variants["raw"] = {}
+                    for level in LEVELS:
+                        scores = scores_of(*test, level)
+                        variants["raw"][f"{level:g}"] = {
+                            "coverage": float(np.mean(scores[np.isfinite(scores)] <= 0)),
+                            "width": float(np.nanmean(widths_of(test[0], test[2], level)))}
                     continue
                 for half_life in (half_lives if "decay" in variant else [math.inf]):
                     label = variant if math.isinf(half_life) else f"{variant}-{half_life:g}h"

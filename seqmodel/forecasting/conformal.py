@@ -120,6 +120,13 @@ class Calibration:
                    dict(values["coverage_before"]), int(values["windows"]))
 
 
+def interval_scores(low: np.ndarray, high: np.ndarray, truth: np.ndarray,
+                    scale: np.ndarray) -> np.ndarray:
+    """``(n, H, d)`` conformal scores of intervals ``[low, high]`` ``(n, H, d)`` against
+    ``truth``: how far it fell outside, in window scales ``(n, d)`` (negative inside)."""
+    return np.maximum(low - truth, truth - high) / scale[:, None, :]
+
+
 def conformal_margins(paths: np.ndarray, truth: np.ndarray, scale: np.ndarray,
                       levels: Sequence[float] = DEFAULT_LEVELS, *,
                       narrow: bool = False) -> Calibration:
@@ -132,7 +139,7 @@ def conformal_margins(paths: np.ndarray, truth: np.ndarray, scale: np.ndarray,
     coverage_before = {}
     for index, coverage in enumerate(levels):
         low, high = np.quantile(paths, [(1 - coverage) / 2, (1 + coverage) / 2], axis=1)
-        scores = np.maximum(low - truth, truth - high) / scale[:, None, :]  # (n, H, d)
+        scores = interval_scores(low, high, truth, scale)  # (n, H, d)
         present = np.isfinite(scores)
         coverage_before[f"{coverage:g}"] = float((scores[present] <= 0).mean())
         for step in range(paths.shape[2]):
@@ -182,18 +189,27 @@ def calibrate(forecaster, series: Sequence, splits: Sequence[int], *, horizon: i
 
         calibration = calibrate(forecaster, dataset.series, dataset.splits, horizon=12)
     """
-    preparation = forecaster.preparation
-    spec = preparation.spec
-    first = max(spec.max_lag, 2)
+    first = max(forecaster.preparation.spec.max_lag, 2)
     chosen = calibration_origins([len(item) for item in series], splits, horizon=horizon,
                                  first=first)
+    paths, truth, scale = window_paths(forecaster, series, chosen, horizon=horizon,
+                                       num_samples=num_samples,
+                                       key=jax.random.key(1) if key is None else key)
+    return conformal_margins(paths, truth, scale, levels, narrow=narrow)
+
+
+def window_paths(forecaster, series: Sequence, chosen: Sequence[tuple[int, int]], *,
+                 horizon: int, num_samples: int, key
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(paths (n, S, H, d), truth (n, H, d), scale (n, d))`` in original units of the
+    ``chosen`` ``(series, origin)`` windows of the normalised ``series``: each forecast from
+    the history before its origin, its truth and its window scale."""
+    spec, normalizer = forecaster.preparation.spec, forecaster.preparation.normalizer
     values = [series[row].values[:origin] for row, origin in chosen]
     known = [series[row].known[: origin + horizon] for row, origin in chosen]
-    paths = forecaster.sample(values, known, horizon=horizon, num_samples=num_samples,
-                              key=jax.random.key(1) if key is None else key)
-    normalizer = preparation.normalizer
+    paths = forecaster.sample(values, known, horizon=horizon, num_samples=num_samples, key=key)
     truth = np.stack([normalizer.denormalize(series[row].values[origin : origin + horizon])
                       for row, origin in chosen])
     scale = np.stack([window_scale(normalizer.denormalize(v), spec.context_length)
                       for v in values])
-    return conformal_margins(paths, truth, scale, levels, narrow=narrow)
+    return paths, truth, scale
