@@ -132,6 +132,13 @@ class ModelConfig(DictConfig):
     # recurrent network copies an input such as a seasonal lag only approximately through its
     # gates, and the linear path lets the head read y_{t-s} as it is.
     input_skip: bool = False
+    # Real-valued models: the index in each input row where target_size values start that the
+    # head's location is relative to (None: none). The head predicts the distance from them in
+    # the input's scaled units, so a model whose network outputs zero forecasts that value:
+    # seqmodel.data.features puts a seasonal lag there (FeatureSpec.anchor), and the network
+    # learns how this season differs from the last (seasonal differencing) instead of copying
+    # the lag through its gates.
+    anchor_index: int | None = None
     # Tuned with TrainConfig's defaults: the argument-free `seqmodel train` (python-stdlib) learns
     # Python-looking text within a few minutes on 2 CPU cores, and tinyshakespeare under 110 s
     # reaches a validation loss at or below 1.60 nats per character (benchmarks/bench_quality.py).
@@ -218,6 +225,13 @@ class ModelConfig(DictConfig):
             bad("input_location", "needs input_scaling, at least 2 * target_size conditioning "
                 "features (the log scales, then the locations) and a continuous head (gaussian, "
                 "student_t or mdn): counts and 0/1 elements cannot be shifted")
+        if self.anchor_index is not None and (
+                self.input_size is None or self.head not in ("gaussian", "student_t", "mdn")
+                or not isinstance(self.anchor_index, int) or self.anchor_index < 0
+                or self.anchor_index + (self.target_size or self.input_size) > self.input_size):
+            bad("anchor_index", "needs real-valued inputs with a continuous head (gaussian, "
+                "student_t or mdn: counts and 0/1 elements cannot be shifted) and an index "
+                "from 0 to input_size - target_size")
         if self.input_skip and self.input_size is None:
             bad("input_skip", "needs real-valued inputs (input_size): token inputs have no "
                 "values to pass to the head")

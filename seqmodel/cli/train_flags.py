@@ -174,7 +174,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 SERIES_FLAGS = {"time_column": "time_column", "id_column": "id_column", "lags": "lags",
                 "covariates": "covariates", "static_columns": "static_columns",
                 "targets": "target_columns", "scaling": "scaling",
-                "context_length": "context_length", "season": "season", "holdout": "holdout",
+                "context_length": "context_length", "season": "season", "anchor": "anchor",
+                "holdout": "holdout",
                 "missing": "missing"}
 
 
@@ -198,6 +199,7 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of forecasting real series (docs/forecasting.md); any of them (or --head negbin)
     prepares the data with lags, scaling and known features."""
     from seqmodel.data.features import SCALINGS
+    from seqmodel.data.preparation import DEFAULT_ANCHOR
 
     add = parser.add_argument
     add("--time-column", metavar="NAME", help="forecasting: column of timestamps (frequency "
@@ -223,6 +225,11 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
         "least 32 and two seasons, at most a third of the shortest series)")
     add("--season", type=positive_int, metavar="M", help="real values: the seasonal period in "
         "steps (default: from the time column's frequency, else detected from the data)")
+    add("--anchor", metavar="auto|season|last|none|K", help="real values: what the predicted "
+        "location is relative to: the season's lag (the network learns how this season "
+        "differs from the last), the last value (how the next step differs from it), none, or "
+        f"lag K; auto: the season's lag where there is a season, else the last value (default: "
+        f"{DEFAULT_ANCHOR})")
     add("--ensemble", type=positive_int, metavar="K", help="real values: train K models with "
         "seeds seed..seed+K-1 (members 2..K in OUT/members/); forecasts pool their sample paths")
     add("--holdout", type=non_negative_int, metavar="N", help="real values: keep the last N "

@@ -102,7 +102,7 @@ def is_numeric_source(source: str) -> bool:
 # the table is read, split and batched): the CLI maps its flags onto these.
 SERIES_OPTIONS = ("missing", "normalize", "time_column", "id_column", "target_columns",
                   "covariates", "static_columns", "lags", "scaling", "context_length", "head",
-                  "season", "holdout", "validation", "batching")
+                  "season", "anchor", "holdout", "validation", "batching")
 
 
 def _is_frame(source: Any) -> bool:

@@ -87,6 +87,12 @@ class FeatureSpec:
       static_columns: per-series categorical columns; ``static_categories`` holds each one's
         categories seen in training, fed one-hot (an unseen category is all zeros). The first
         layer's input matrix then holds a learned embedding of each category.
+      anchor: a lag in ``lags`` whose value the model's predicted location is relative to (0:
+        none). With the season's lag the network predicts how the next step differs from the
+        same step a season earlier (seasonal differencing, as SARIMA's and ES-RNN's
+        deseasonalising do, learned end to end); with 1, how it differs from the last one.
+        :attr:`anchor_index` is where that value sits in an input row
+        (``ModelConfig.anchor_index``).
     """
 
     target_columns: tuple
@@ -102,6 +108,7 @@ class FeatureSpec:
     covariate_scale: tuple = ()
     static_columns: tuple = ()
     static_categories: tuple = ()
+    anchor: int = 0
 
     def __post_init__(self):
         def bad(field: str, allowed: str):
@@ -129,6 +136,8 @@ class FeatureSpec:
             bad("covariate_mean", "give one mean and one scale per covariate column")
         if len(self.static_categories) != len(self.static_columns):
             bad("static_categories", "give one tuple of categories per static column")
+        if self.anchor != 0 and self.anchor not in self.lags:
+            bad("anchor", f"give 0 (none) or one of the lags {', '.join(map(str, self.lags))}")
 
     # -- sizes -------------------------------------------------------------------------------
 
@@ -158,17 +167,30 @@ class FeatureSpec:
         return d * (1 + scaled + len(self.extra_lags)) + self.known_size
 
     @property
+    def anchor_index(self) -> int | None:
+        """Where the anchor lag's ``d`` values start in an input row (None without an anchor):
+        the element for lag 1, else the lag's block after the element and the scalings."""
+        if not self.anchor:
+            return None
+        if self.anchor == 1:
+            return 0
+        d = self.target_size
+        scaled = (self.scaling != "none") + (self.scaling == "std")
+        return d * (1 + scaled + self.extra_lags.index(self.anchor))
+
+    @property
     def conditioned(self) -> bool:
         """True when inputs carry anything beyond the element."""
         return self.input_size > self.target_size
 
     def model_fields(self) -> dict:
         """The :class:`seqmodel.ModelConfig` fields this layout fixes."""
+        anchor = {} if self.anchor_index is None else {"anchor_index": self.anchor_index}
         if not self.conditioned:
-            return {"input_size": self.input_size}
+            return {"input_size": self.input_size, **anchor}
         return {"input_size": self.input_size, "target_size": self.target_size,
                 "input_scaling": self.scaling != "none",
-                "input_location": self.scaling == "std"}
+                "input_location": self.scaling == "std", **anchor}
 
     # -- saving ------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ DEFAULT_NUM_SAMPLES = 200
 # Settings of fit, by where they go: the model, the data, the training run.
 MODEL_SETTINGS = ("cell", "hidden_size", "num_layers", "dropout", "num_mixtures", "embed_size",
                   "input_skip")
-DATA_SETTINGS = ("lags", "scaling", "context_length", "season", "head", "missing")
+DATA_SETTINGS = ("lags", "scaling", "context_length", "season", "anchor", "head", "missing")
 TRAIN_SETTINGS = ("steps", "max_time", "batch_size", "seq_len", "learning_rate", "seed",
                   "steps_per_call", "eval_every", "warmup_steps", "weight_decay")
 OTHER_SETTINGS = ("ensemble", "heads", "calibrate", "val_fraction", "num_samples", "out_dir",

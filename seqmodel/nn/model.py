@@ -245,13 +245,21 @@ class SequenceModel(nnx.Module):
 
     def _in_data_units(self, outputs, inputs: Array):
         """With ``input_scaling``, the head's parameters scaled back by each input's scale (and
-        moved back by its location with ``input_location``), both read from the input itself so
-        that both modes agree; else ``outputs`` as they are."""
-        if not self.config.input_scaling:
+        moved back by its location with ``input_location``), and with ``anchor_index`` moved by
+        the anchor's value (in the input's scaled units, so by its value in data units), all
+        read from the input itself so that both modes agree; else ``outputs`` as they are."""
+        config = self.config
+        if not config.input_scaling and config.anchor_index is None:
             return outputs
-        size = self.config.target_size
-        loc = inputs[..., 2 * size : 3 * size] if self.config.input_location else None
-        return self.head.rescale(outputs, jnp.exp(inputs[..., size : 2 * size]), loc)
+        size = config.target_size or config.input_size
+        scale = (jnp.exp(inputs[..., size : 2 * size]) if config.input_scaling
+                 else jnp.ones(inputs.shape[:-1] + (size,), inputs.dtype))
+        loc = inputs[..., 2 * size : 3 * size] if config.input_location else None
+        if config.anchor_index is not None:
+            anchor = inputs[..., config.anchor_index : config.anchor_index + size]
+            # loc + scale * (anchor + X): the anchor's own value plus the predicted distance.
+            loc = scale * anchor if loc is None else loc + scale * anchor
+        return self.head.rescale(outputs, scale, loc)
 
 
 def _masked_recur(cell, carry, scanned):

@@ -227,3 +227,52 @@ def test_a_calendar_season_the_data_does_not_show_gives_way_to_the_one_it_shows(
     assert {1, 2, 3, 12, slow.season} <= set(slow.spec.lags)
     assert slow.spec.context_length == 2 * slow.season
     assert dated(yearly, "yearly").season == 12
+
+
+def test_the_anchor_index_points_at_the_anchor_lag_in_every_layout():
+    # spec(): lags 1, 2, 4, mean scaling: [y_t | log s | y_(t-1) | y_(t-3) | ...]
+    assert spec().anchor_index is None and "anchor_index" not in spec().model_fields()
+    assert spec(anchor=1).anchor_index == 0
+    assert spec(anchor=2).anchor_index == 2 and spec(anchor=4).anchor_index == 3
+    assert spec(anchor=4, scaling="std").anchor_index == 4  # after the location m
+    assert spec(anchor=4, scaling="none").anchor_index == 2
+    both = FeatureSpec(target_columns=("a", "b"), lags=(1, 3), anchor=3)
+    assert both.anchor_index == 4 and both.model_fields()["anchor_index"] == 4
+    # The column holds the lag a window feeds: y_(t+1-4), one season before the target.
+    layout = spec(anchor=4, scaling="std")
+    values = np.arange(1.0, 9.0)[:, None]
+    known = features.known_features(layout, None, np.zeros((9, 1)), ("b",))
+    inputs = features.window_inputs(layout, values, known, start=3, length=3,
+                                    scale=np.array([2.0]), loc=np.array([4.0]))
+    np.testing.assert_allclose(inputs[:, layout.anchor_index] * 2 + 4, values[0:3, 0])
+    assert FeatureSpec.from_dict(layout.to_dict()) == layout
+    old = {key: value for key, value in spec().to_dict().items() if key != "anchor"}
+    assert FeatureSpec.from_dict(old).anchor == 0  # run folders from before the anchor
+    with pytest.raises(ValueError, match=r"anchor=3 is invalid: give 0 \(none\) or one of the "
+                                         "lags 1, 2, 4"):
+        spec(anchor=3)
+
+
+def test_resolve_anchor_rule_and_errors():
+    from seqmodel.data.preparation import resolve_anchor
+    from seqmodel.data.batching import DataError
+
+    lags = (1, 2, 3, 12)
+    assert resolve_anchor("season", head="student_t", season=12, lags=lags) == 12
+    assert resolve_anchor("season", head="student_t", season=1, lags=lags) == 0
+    assert resolve_anchor("season", head="student_t", season=52, lags=lags) == 0  # not fed
+    assert resolve_anchor("last", head="gaussian", season=12, lags=lags) == 1
+    assert resolve_anchor("none", head="gaussian", season=12, lags=lags) == 0
+    assert resolve_anchor(3, head="mdn", season=12, lags=lags) == 3
+    assert resolve_anchor(None, head="bernoulli", season=12, lags=lags) == 0
+    # The default: the season's lag where there is one, else the last value.
+    assert resolve_anchor(None, head="student_t", season=12, lags=lags) == 12
+    assert resolve_anchor("auto", head="student_t", season=1, lags=lags) == 1
+    assert resolve_anchor("auto", head="gaussian", season=52, lags=lags) == 1
+    with pytest.raises(DataError, match="--anchor 5 is invalid: allowed are auto, season, last, "
+                                        "none or one of the lags fed"):
+        resolve_anchor(5, head="gaussian", season=12, lags=lags)
+    with pytest.raises(DataError, match="--anchor 'weekly' is invalid"):
+        resolve_anchor("weekly", head="gaussian", season=12, lags=lags)
+    with pytest.raises(DataError, match="--head negbin"):
+        resolve_anchor("season", head="negbin", season=12, lags=lags)

@@ -138,14 +138,15 @@ def test_the_command_line_maps_its_flags_onto_load_dataset(tmp_path):
         f"{i},{v:.3f},{i % 5}" for i, v in enumerate(values)) + "\n")
     flags = ["train", "--data", str(tmp_path / "x.csv"), "--time-column", "t", "--covariates",
              "price", "--lags", "1,7", "--scaling", "mean", "--context-length", "20",
-             "--holdout", "10", "--head", "gaussian", "--val-fraction", "0.2"]
+             "--holdout", "10", "--head", "gaussian", "--val-fraction", "0.2", "--anchor", "7"]
     args = build_parser().parse_args(flags)
     from_cli = load_training_data(args, args.data, val_fraction=0.2, tokenizer="char",
                                    metadata=None)
     from_api = load_dataset(str(tmp_path / "x.csv"), val_fraction=0.2, time_column="t",
                             covariates=("price",), lags=(1, 7), scaling="mean",
-                            context_length=20, holdout=10, head="gaussian")
+                            context_length=20, holdout=10, head="gaussian", anchor=7)
     assert from_cli.metadata() == from_api.metadata()
+    assert from_api.spec.anchor == 7 and from_api.model_fields()["anchor_index"] == 2
     np.testing.assert_array_equal(first_batch(from_cli).inputs, first_batch(from_api).inputs)
     with pytest.raises(Exception, match="--lags applies to real-valued data"):
         text = build_parser().parse_args(["train", "--data", "python-stdlib", "--lags", "1,2"])

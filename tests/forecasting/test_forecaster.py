@@ -6,7 +6,10 @@ Tiny untrained models (the invariants hold for any weights) and one short traini
 with mean scaling extrapolates a trending series).
 """
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -60,8 +63,10 @@ def test_dataset_layout_and_batches(dataset):
     # element, log scale, lags 2 and 7, day of week and day of year (sin, cos), price, a/b
     assert spec.input_size == 1 + 1 + 2 + 4 + 1 + 2 == dataset.input_size
     assert spec.frequency == "day" and dataset.season == 7
+    # The location is relative to lag 7, the season (input column 3: after y_t, log s, lag 2).
     assert dataset.model_fields() == {"input_size": 11, "target_size": 1, "input_scaling": True,
-                                      "input_location": False, "head": "student_t"}
+                                      "input_location": False, "anchor_index": 3,
+                                      "head": "student_t"}
     batches = dataset.train_batches(batch_size=4, seq_len=16, seed=3)
     first, second = next(batches), next(batches)
     assert first.inputs.shape == (4, 16, 11) and first.targets.shape == (4, 16, 1)
@@ -162,6 +167,25 @@ def test_the_location_and_scale_are_undone_in_every_output(standard_dataset):
                                atol=1e-6)
     with pytest.raises(ValueError, match="input_location"):
         untrained(standard_dataset, head="negbin")
+
+
+@pytest.mark.parametrize("scaling", ["mean", "std"])
+def test_an_anchored_network_that_outputs_zero_forecasts_seasonal_naive(scaling, request):
+    """With the season's lag as the anchor, a network whose head says 0 forecasts the value a
+    season before each step: the history's last season, then its own (free running)."""
+    dataset = request.getfixturevalue("dataset" if scaling == "mean" else "standard_dataset")
+    spec = dataclasses.replace(dataset.spec, anchor=7)
+    model = untrained(dataset, head="gaussian", anchor_index=spec.anchor_index)
+    model.head.linear.kernel[...] = jnp.zeros_like(model.head.linear.kernel[...])
+    model.head.linear.bias[...] = jnp.zeros_like(model.head.linear.bias[...])
+    histories = [series.values[:40] for series in dataset.series]
+    paths = free_running.forecast_series(
+        model, spec, dataset.normalizer, histories, [s.known[:52] for s in dataset.series],
+        key=jax.random.key(0), horizon=12, num_samples=2, temperature=0.0)  # (n, S, H, d)
+    for series, path in zip(histories, paths):
+        last_season = dataset.normalizer.denormalize(series)[-7:, 0]
+        expected = np.concatenate([last_season, last_season[:5]])
+        np.testing.assert_allclose(path[:, :, 0], np.tile(expected, (2, 1)), rtol=1e-4)
 
 
 @pytest.mark.slow

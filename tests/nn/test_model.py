@@ -96,6 +96,49 @@ def test_input_skip_is_a_linear_path_from_the_input_in_both_modes(cell, head):
     assert_trees_close(outputs, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("head, scaling", [("student_t", "std"), ("gaussian", "mean"),
+                                           ("mdn", "none")])
+def test_anchor_moves_the_location_by_the_anchor_value_in_both_modes(head, scaling):
+    # Inputs laid out as seqmodel.data.features does: element, log s, m (std), then 2 lags.
+    size = {"std": 5, "mean": 4, "none": 3}[scaling]
+    anchor_index = size - 1  # the last lag
+    config = sm.ModelConfig(input_size=size, target_size=1, head=head, hidden_size=8,
+                            num_mixtures=2, input_scaling=scaling != "none",
+                            input_location=scaling == "std", anchor_index=anchor_index)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    plain = sm.SequenceModel(dataclasses.replace(config, anchor_index=None), rngs=nnx.Rngs(0))
+    inputs = jax.random.normal(jax.random.key(2), (3, 6, size))
+    (outputs, carry), (step_outputs, step_carry) = both_paths(model, inputs)
+    assert_trees_close(outputs, step_outputs, atol=1e-5)
+    assert_trees_close(carry, step_carry, atol=1e-5)
+    # The same network as without the anchor, its location moved by the anchor's value in data
+    # units: loc + scale * anchor (the lag was fed as (y - loc) / scale, so by y itself).
+    scale = jnp.exp(inputs[..., 1:2]) if scaling != "none" else 1.0
+    value = scale * inputs[..., anchor_index : anchor_index + 1]
+    expected = plain(inputs)[0]
+    if head == "mdn":
+        assert_trees_close(outputs.mean, expected.mean + value[..., None, :], atol=1e-5)
+        assert_trees_close(outputs.logits, expected.logits, atol=1e-6)
+    else:
+        location = "loc" if head == "student_t" else "mean"
+        assert_trees_close(getattr(outputs, location), getattr(expected, location) + value,
+                           atol=1e-5)
+        assert_trees_close(outputs.log_scale, expected.log_scale, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(head="negbin"), "anchor_index=2 is invalid: needs real-valued inputs with a continuous"),
+    (dict(anchor_index=3), "anchor_index=3 is invalid"),
+    (dict(anchor_index=-1), "anchor_index=-1 is invalid"),
+])
+def test_anchor_needs_a_continuous_head_and_an_index_inside_the_input(overrides, message):
+    fields = {**dict(input_size=3, target_size=1, head="gaussian", anchor_index=2), **overrides}
+    with pytest.raises(ValueError, match=message):
+        sm.ModelConfig(**fields)
+    with pytest.raises(ValueError, match="anchor_index=0 is invalid"):
+        sm.ModelConfig(vocab_size=5, anchor_index=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("cell", CELLS)
 def test_bfloat16_paths_agree(cell):
