@@ -127,6 +127,16 @@ def test_the_newest_two_steps_and_the_best_are_kept(uninterrupted):
     assert not any((folder / CHECKPOINTS / DELETED).glob("*"))
 
 
+def test_a_fresh_run_into_a_folder_that_holds_one_is_refused(uninterrupted):
+    """Its steps would sit beside the old run's, and the best of both could be the old one's."""
+    _, _, folder = uninterrupted
+    before = sorted(str(path) for path in folder.rglob("*"))
+    with pytest.raises(ValueError, match=r"out_dir=.* already holds a run; pass resume=True to "
+                                         "continue it, or choose another out_dir"):
+        fit(model(), dataset(), CONFIG, out_dir=folder, progress=False)
+    assert sorted(str(path) for path in folder.rglob("*")) == before  # nothing written
+
+
 def test_load_model_restores_parameters_and_metadata(uninterrupted):
     trained, result, folder = uninterrupted
     loaded, metadata = load_model(folder, prefer="latest")

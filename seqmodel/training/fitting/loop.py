@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple, Sequence
 from flax import nnx
 
 from seqmodel.errors import TrainingError
-from seqmodel.training import distributed, evaluation, optimization
+from seqmodel.training import checkpoint, distributed, evaluation, optimization
 from seqmodel.training import writers as metric_writers
 from seqmodel.training.fitting import stopping
 from seqmodel.training.fitting.clock import TimeBudget
@@ -101,6 +101,13 @@ def fit(model, dataset, config: optimization.TrainConfig, *, out_dir: str | os.P
         raise ValueError("resume=True needs out_dir")
     parallel = parallel if parallel is not None else distributed.default_parallel(
         config.batch_size)
+    if (out_path is not None and not resume and parallel.is_main
+            and checkpoint.inspect_run(out_path).holds_run):
+        # A fresh run there would put its steps beside the old run's, and the best step of the
+        # two runs together (load_model's default) could be the old run's. (Process 0 checks,
+        # before it writes; the other processes would see its files.)
+        raise ValueError(f"out_dir={str(out_path)!r} already holds a run; pass resume=True to "
+                         "continue it, or choose another out_dir")
     parallel.check_config(config, model.config)
     training, resumed = Training.start(model, dataset, config, parallel, out_path=out_path,
                                        resume=resume)
