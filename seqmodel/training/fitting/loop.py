@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple, Sequence
 from flax import nnx
 
 from seqmodel.errors import TrainingError
-from seqmodel.training import checkpoint, distributed, evaluation, optimization
+from seqmodel.training import distributed, evaluation, optimization
 from seqmodel.training import writers as metric_writers
 from seqmodel.training.fitting import stopping
 from seqmodel.training.fitting.clock import TimeBudget
@@ -101,8 +101,7 @@ def fit(model, dataset, config: optimization.TrainConfig, *, out_dir: str | os.P
         raise ValueError("resume=True needs out_dir")
     parallel = parallel if parallel is not None else distributed.default_parallel(
         config.batch_size)
-    if (out_path is not None and not resume and parallel.is_main
-            and checkpoint.inspect_run(out_path).holds_run):
+    if out_path is not None and not resume and parallel.is_main and _holds_run(out_path):
         # A fresh run there would put its steps beside the old run's, and the best step of the
         # two runs together (load_model's default) could be the old run's. (Process 0 checks,
         # before it writes; the other processes would see its files.)
@@ -190,6 +189,13 @@ def _writers(out_path: pathlib.Path | None, writers: Sequence[metric_writers.Met
             if callable(rewind):
                 rewind(resumed.step)
     return own_writers + list(writers), own_writers, history
+
+
+def _holds_run(out_path: pathlib.Path) -> bool:
+    # Imported here: the checkpoint package loads orbax, which `import seqmodel` must not.
+    from seqmodel.training.checkpoint import inspect_run
+
+    return inspect_run(out_path).holds_run
 
 
 def _fallback_record(resumed: Resumed) -> dict:
