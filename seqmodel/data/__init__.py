@@ -171,6 +171,7 @@ def load_dataset(source: Any, *, val_fraction: float = 0.1, tokenizer: Any = DEF
       options: real values only (:data:`SERIES_OPTIONS`): ``missing`` (``"reject"`` /
         ``"mask"``), ``time_column``, ``id_column``, ``target_columns``, ``covariates``,
         ``static_columns``, ``lags``, ``scaling``, ``context_length``, ``head``, ``season``,
+        ``anchor``,
         ``normalize``, ``holdout`` (steps of every series kept out of training and validation),
         ``validation`` (``"time"`` / ``"sequences"``), ``batching`` (``"windows"``,
         ``"sequences"``, ``"lanes"``); see :func:`seqmodel.data.preparation.prepare` and

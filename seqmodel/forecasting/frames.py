@@ -67,7 +67,9 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
       static_df: one row per ``unique_id`` with its static (categorical) columns.
       settings: the model (``cell``, ``hidden_size``, ``num_layers``, ``dropout``,
         ``input_skip``: a linear path from the inputs to the head, off by default), the data
-        (``lags``, ``scaling``, ``context_length``, ``season``, ``head``, ``missing``), training
+        (``lags``, ``scaling``, ``context_length``, ``season``, ``anchor``: what the predicted
+        location is relative to, default the season's lag else the last value, ``head``,
+        ``missing``), training
         (``steps``, ``max_time``, ``batch_size``, ``seq_len``, ``learning_rate``, ``seed``,
         ``eval_every``; defaults: ``seqmodel.configs.SERIES_TRAIN_DEFAULTS`` and
         ``SERIES_MODEL_DEFAULTS``, steps from ``series_steps``: 800 for one short series, more
