@@ -54,6 +54,19 @@ def test_fit_and_predict_answer_in_the_frame_shape(fitted):
 
 
 @pytest.mark.slow
+def test_the_same_seed_gives_the_same_forecaster_and_a_used_out_dir_is_refused(tmp_path):
+    import seqmodel.forecasting as smf
+
+    df = panel()[["unique_id", "ds", "y"]]
+    first = smf.fit(df, h=5, seed=3, out_dir=str(tmp_path), **TINY)
+    second = smf.fit(df, h=5, seed=3, **TINY)
+    pd.testing.assert_frame_equal(first.predict(), second.predict())
+    # A second fit into the same folder would put its checkpoints beside the first's.
+    with pytest.raises(ValueError, match="member-0' already holds a run"):
+        smf.fit(df, h=5, seed=4, out_dir=str(tmp_path), **TINY)
+
+
+@pytest.mark.slow
 def test_cross_validation_trains_before_the_first_cutoff(fitted):
     import seqmodel.forecasting as smf
 
