@@ -175,8 +175,7 @@ SERIES_FLAGS = {"time_column": "time_column", "id_column": "id_column", "lags": 
                 "covariates": "covariates", "static_columns": "static_columns",
                 "targets": "target_columns", "scaling": "scaling",
                 "context_length": "context_length", "season": "season", "anchor": "anchor",
-                "holdout": "holdout",
-                "missing": "missing"}
+                "holdout": "holdout", "missing": "missing"}
 
 
 def column_list(text: str) -> tuple[str, ...]:

@@ -161,10 +161,15 @@ class FeatureSpec:
                 + sum(len(categories) for categories in self.static_categories))
 
     @property
+    def scaling_blocks(self) -> int:
+        """Blocks of ``d`` scaling features after the element: ``log s`` (mean and std) and
+        ``m`` (std)."""
+        return (self.scaling != "none") + (self.scaling == "std")
+
+    @property
     def input_size(self) -> int:
         d = self.target_size
-        scaled = (self.scaling != "none") + (self.scaling == "std")
-        return d * (1 + scaled + len(self.extra_lags)) + self.known_size
+        return d * (1 + self.scaling_blocks + len(self.extra_lags)) + self.known_size
 
     @property
     def anchor_index(self) -> int | None:
@@ -174,9 +179,7 @@ class FeatureSpec:
             return None
         if self.anchor == 1:
             return 0
-        d = self.target_size
-        scaled = (self.scaling != "none") + (self.scaling == "std")
-        return d * (1 + scaled + self.extra_lags.index(self.anchor))
+        return self.target_size * (1 + self.scaling_blocks + self.extra_lags.index(self.anchor))
 
     @property
     def conditioned(self) -> bool:
