@@ -54,16 +54,19 @@ def test_fit_and_predict_answer_in_the_frame_shape(fitted):
 
 
 @pytest.mark.slow
-def test_the_same_seed_gives_the_same_forecaster_and_a_used_out_dir_is_refused(tmp_path):
+def test_the_same_seed_gives_the_same_forecaster_and_a_used_out_dir_is_refused(fitted, tmp_path):
     import seqmodel.forecasting as smf
 
-    df = panel()[["unique_id", "ds", "y"]]
-    first = smf.fit(df, h=5, seed=3, out_dir=str(tmp_path), **TINY)
-    second = smf.fit(df, h=5, seed=3, **TINY)
-    pd.testing.assert_frame_equal(first.predict(), second.predict())
-    # A second fit into the same folder would put its checkpoints beside the first's.
+    df, forecaster = fitted
+    static = pd.DataFrame({"unique_id": ["a", "b"], "store": ["north", "south"]})
+    again = smf.fit(df, h=5, static_df=static, **TINY)
+    future = panel(length=65).groupby("unique_id").tail(5)[["unique_id", "ds", "price"]]
+    pd.testing.assert_frame_equal(forecaster.predict(futr_df=future), again.predict(futr_df=future))
+    # A fit into a folder that holds a run would put its checkpoints beside the old run's.
+    (tmp_path / "member-0").mkdir()
+    (tmp_path / "member-0" / "metrics.jsonl").write_text("{}\n")
     with pytest.raises(ValueError, match="member-0' already holds a run"):
-        smf.fit(df, h=5, seed=4, out_dir=str(tmp_path), **TINY)
+        smf.fit(df, h=5, static_df=static, out_dir=str(tmp_path), **TINY)
 
 
 @pytest.mark.slow
