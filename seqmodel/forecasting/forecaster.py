@@ -294,7 +294,7 @@ class Forecaster:
                 num_samples: int = DEFAULT_NUM_SAMPLES, quantiles: Sequence[float] | None = None,
                 key: Array | None = None, temperature: float = 1.0, calibrated: bool = True,
                 h: int | None = None, df: Any = None, futr_df: Any = None,
-                level: Sequence[int] | None = None):
+                level: Sequence[float] | None = None):
         """Sample paths after the end of every series of ``history``, in original units.
 
         A forecaster made by :func:`seqmodel.forecasting.fit` also answers in the DataFrame

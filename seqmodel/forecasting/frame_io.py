@@ -75,8 +75,26 @@ def _future_stamps(last, steps: int, freq, preparation):
     return calendar.advance(np.datetime64(last), frequency, steps)
 
 
+def interval_levels(level) -> tuple[float, ...]:
+    """The interval levels of ``predict`` / ``cross_validation`` (statsforecast's ``level``:
+    coverages in percent, e.g. ``(80, 95)``), sorted and without repeats; None or empty: none.
+
+    Raises:
+      ValueError: a level that is not a number strictly between 0 and 100.
+    """
+    if level is None:
+        return ()
+    values = [level] if isinstance(level, (int, float, np.number)) else list(level)
+    for value in values:
+        if (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+                or not 0 < value < 100):
+            raise ValueError(f"level={value!r} is invalid: allowed are interval coverages in "
+                             "percent, numbers strictly between 0 and 100 (e.g. level=(80, 95))")
+    return tuple(sorted({float(value) for value in values}))
+
+
 def predict_frame(forecaster, h: int | None = None, df=None, futr_df=None,
-                  level: Sequence[int] | None = DEFAULT_LEVELS, *, num_samples: int | None = None,
+                  level: Sequence[float] | None = DEFAULT_LEVELS, *, num_samples: int | None = None,
                   key=None, calibrated: bool = True):
     """``unique_id``, ``ds``, ``seqmodel``, ``seqmodel-lo-{level}``, ``seqmodel-hi-{level}``:
     forecasts ``h`` steps after the end of every series of ``df`` (default: the frame ``fit``
@@ -89,6 +107,9 @@ def predict_frame(forecaster, h: int | None = None, df=None, futr_df=None,
         raise ValueError("this Forecaster was not made by seqmodel.forecasting.fit: call "
                          "predict(history, future, horizon=...) with arrays or files, or give "
                          "it frame settings")
+    if h is not None and (isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1):
+        raise ValueError(f"h={h!r} is invalid: allowed is a positive integer (at most the "
+                         f"h={settings.h} the forecaster was fitted for)")
     h = settings.h if h is None else int(h)
     if h > settings.h and forecaster.calibration is not None and calibrated:
         raise ValueError(f"h={h} is longer than the h={settings.h} the forecaster was fitted "
@@ -103,7 +124,7 @@ def predict_frame(forecaster, h: int | None = None, df=None, futr_df=None,
     elif settings.exogenous:
         raise ValueError(f"the model reads the exogenous columns {list(settings.exogenous)}: "
                          f"give their future values in futr_df ({h} rows per unique_id)")
-    levels = tuple(sorted(int(v) for v in (level or ())))
+    levels = interval_levels(level)
     quantile_levels = sorted({0.5} | {round(0.5 - v / 200, 6) for v in levels}
                              | {round(0.5 + v / 200, 6) for v in levels})
     history = forecaster.read(df)
@@ -122,8 +143,8 @@ def predict_frame(forecaster, h: int | None = None, df=None, futr_df=None,
         for value in levels:
             low = quantile_levels.index(round(0.5 - value / 200, 6))
             high = quantile_levels.index(round(0.5 + value / 200, 6))
-            part[f"{MODEL_NAME}-lo-{value}"] = quantiles[low, index, :, 0]
-            part[f"{MODEL_NAME}-hi-{value}"] = quantiles[high, index, :, 0]
+            part[f"{MODEL_NAME}-lo-{value:g}"] = quantiles[low, index, :, 0]
+            part[f"{MODEL_NAME}-hi-{value:g}"] = quantiles[high, index, :, 0]
         rows.append(pd.DataFrame(part))
     result = pd.concat(rows, ignore_index=True)
     return _restore_id_dtype(result, df, settings.id_col)

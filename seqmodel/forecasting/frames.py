@@ -154,7 +154,8 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
 def cross_validation(df, *, h: int, n_windows: int = 1, step_size: int | None = None,
                      refit: bool = False, freq: Any = None, static_df=None,
                      id_col: str = FRAME_ID, time_col: str = FRAME_TIME,
-                     target_col: str = FRAME_TARGET, level: Sequence[int] | None = DEFAULT_LEVELS,
+                     target_col: str = FRAME_TARGET,
+                     level: Sequence[float] | None = DEFAULT_LEVELS,
                      **settings):
     """Rolling-origin cross-validation in statsforecast's shape: ``unique_id``, ``ds``,
     ``cutoff``, ``y``, ``seqmodel`` and the interval columns.

@@ -47,6 +47,19 @@ def test_fit_and_predict_answer_in_the_frame_shape(fitted):
     assert (out["seqmodel-lo-80"] <= out["seqmodel"]).all()
     assert (out["seqmodel"] <= out["seqmodel-hi-80"]).all()
     assert forecaster.calibration is not None and forecaster.calibration.horizon == 5
+    # Any coverage in percent, statsforecast's column names; 90% is calibrated like 80%.
+    wide = forecaster.predict(futr_df=future, level=(90, 97.5))
+    assert list(wide.columns)[3:] == ["seqmodel-lo-90", "seqmodel-hi-90", "seqmodel-lo-97.5",
+                                      "seqmodel-hi-97.5"]
+    raw = forecaster.predict(futr_df=future, level=(90,), calibrated=False)
+    assert (wide["seqmodel-lo-90"] <= raw["seqmodel-lo-90"]).all()
+    assert (wide["seqmodel-hi-90"] >= raw["seqmodel-hi-90"]).all()
+    for bad in (120, 0, "80"):
+        with pytest.raises(ValueError, match=f"level={bad!r} is invalid: allowed are interval "
+                                             "coverages in percent"):
+            forecaster.predict(futr_df=future, level=(bad,))
+    with pytest.raises(ValueError, match="h=0 is invalid: allowed is a positive integer"):
+        forecaster.predict(h=0, futr_df=future)
     with pytest.raises(ValueError, match="futr_df"):
         forecaster.predict()  # the exogenous price needs its future
     with pytest.raises(ValueError, match="h=9 is longer"):
@@ -140,8 +153,32 @@ def test_conformal_intervals_reach_their_coverage_on_ar1():
     per_step = inside_80.mean(axis=(0, 2))  # every horizon step is calibrated on its own
     assert per_step.min() >= 0.75 and per_step.max() <= 0.85
     np.testing.assert_array_equal(quantiles[2], np.quantile(paths, 0.5, axis=1))  # the median
+    # With the default levels 90% is calibrated too, and 85% (between 80% and 90%) interpolated.
+    every = conformal.conformal_margins(calibration_paths, calibration_truth, scale)
+    levels = (0.05, 0.075, 0.925, 0.95)
+    quantiles = every.adjust(np.quantile(paths, levels, axis=1), levels, np.full((3000, 1), 50.0))
+    assert 0.87 <= ((truth >= quantiles[0]) & (truth <= quantiles[3])).mean() <= 0.93
+    assert 0.82 <= ((truth >= quantiles[1]) & (truth <= quantiles[2])).mean() <= 0.88
     again = conformal.Calibration.from_dict(calibration.to_dict())
     np.testing.assert_allclose(again.margins, calibration.margins, atol=1e-6)
+
+
+def test_every_central_interval_is_calibrated_between_and_beyond_the_calibrated_levels():
+    # Margins 1 at 80% and 3 at 95% (step 0), 2 and 6 (step 1); window scale 10.
+    calibration = conformal.Calibration((0.8, 0.95), np.array([[1.0, 2.0], [3.0, 6.0]]),
+                                        {}, 100)
+    levels = (0.005, 0.025, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95, 0.975, 0.995)
+    quantiles = np.zeros((len(levels), 1, 2, 1))  # every quantile at 0: the margins show
+    with pytest.warns(UserWarning, match="0.99 interval is wider than the widest calibrated"):
+        adjusted = calibration.adjust(quantiles, levels, np.full((1, 1), 10.0))
+    highs = dict(zip(levels, adjusted[:, 0, :, 0]))
+    np.testing.assert_allclose(highs[0.9], [10.0, 20.0])   # 80%: its own margin
+    np.testing.assert_allclose(highs[0.95], [70 / 3, 140 / 3])  # 90%: 2/3 of 80% -> 95%
+    np.testing.assert_allclose(highs[0.975], [30.0, 60.0])  # 95%: its own
+    np.testing.assert_allclose(highs[0.7], [5.0, 10.0])    # 40%: halfway from 0 to 80%'s
+    np.testing.assert_allclose(highs[0.995], [30.0, 60.0])  # 99%: 95%'s, with the warning
+    np.testing.assert_allclose(highs[0.5], [0.0, 0.0])     # the median stays
+    np.testing.assert_allclose(adjusted[:, 0, :, 0], -adjusted[::-1, 0, :, 0])  # symmetric
 
 
 def test_conformal_margins_widen_but_narrow_only_when_asked():
