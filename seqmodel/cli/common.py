@@ -157,3 +157,20 @@ def configure_logging(command: str | None, *, debug: bool = False) -> None:
 def quiet_logging() -> None:
     """Only errors from the library's logger (the processes of a run other than process 0)."""
     logging.getLogger("seqmodel").setLevel(logging.ERROR)
+
+
+def real_valued_data(data_source: str | None, model, metadata: dict):
+    """``(dataset, source, val_fraction)`` of ``data_source`` (``--data``; None: the training
+    data the checkpoint names) read as the checkpoint's real-valued model reads it, split into
+    training and validation as its run was."""
+    from seqmodel.data import load_dataset
+
+    data = metadata["data"]
+    val_fraction = metadata.get("train_config", {}).get("val_fraction",
+                                                        data.get("val_fraction", 0.1))
+    source = data_source or data.get("name") or metadata.get("source")
+    dataset = load_dataset(source, val_fraction=val_fraction, metadata=data)
+    if dataset.input_size != model.config.input_size:
+        raise ValueError(f"--data {source!r} has {dataset.input_size} feature(s) but the "
+                         f"checkpoint's model expects {model.config.input_size}")
+    return dataset, source, val_fraction

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from seqmodel.cli.common import UsageError, load_checkpoint, positive_int, rounded
+from seqmodel.cli.common import (UsageError, load_checkpoint, positive_int, real_valued_data,
+                                 rounded)
 from seqmodel.configs import REPORT_NUM_SAMPLES, REPORT_NUM_STARTS
 
 
@@ -92,21 +93,6 @@ EVAL_HORIZON = 20
 EVAL_SEED = 0
 
 
-def _real_valued_data(args, model, metadata: dict):
-    """``(dataset, source, val_fraction)`` of ``--data`` (default: the training data) as the
-    checkpoint's model reads it."""
-    from seqmodel.data import load_dataset
-
-    data = metadata["data"]
-    val_fraction = metadata.get("train_config", {}).get("val_fraction", data.get("val_fraction", 0.1))
-    source = args.data or data.get("name") or metadata.get("source")
-    dataset = load_dataset(source, val_fraction=val_fraction, metadata=data)
-    if dataset.input_size != model.config.input_size:
-        raise ValueError(f"--data {source!r} has {dataset.input_size} feature(s) but the "
-                         f"checkpoint's model expects {model.config.input_size}")
-    return dataset, source, val_fraction
-
-
 def _eval_real_valued(args, model, metadata: dict) -> int:
     """``seqmodel eval`` for a real-valued checkpoint: the horizon report of its
     :class:`~seqmodel.forecasting.forecaster.Forecaster` on the validation part of ``--data``
@@ -121,7 +107,7 @@ def _eval_real_valued(args, model, metadata: dict) -> int:
     from seqmodel.training.evaluation import evaluate
     from seqmodel.training.optimization import TrainConfig
 
-    dataset, source, val_fraction = _real_valued_data(args, model, metadata)
+    dataset, source, val_fraction = real_valued_data(args.data, model, metadata)
     for flag in ("baselines", "baseline_history"):
         if args.backtest is None and getattr(args, flag) is not None:
             raise UsageError(f"--{flag.replace('_', '-')} applies to --backtest only")

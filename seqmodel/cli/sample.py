@@ -16,6 +16,7 @@ from seqmodel.cli.common import (
     non_negative_float,
     number_type,
     positive_int,
+    real_valued_data,
 )
 
 
@@ -55,7 +56,10 @@ def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     # Real-valued models (_sample_real_valued): context from --prompt-file (.csv/.npy), else
     # the training file.
     add("--out", metavar="PATH", help="real values: write sample paths (S, H, d) to this .npy")
-    add("--quantiles", metavar="Q1,Q2,...", help="real values: write these quantiles instead")
+    add("--quantiles", metavar="Q1,Q2,...", help="real values: write these quantiles instead "
+        "(central pairs calibrated by split conformal on the training data's validation part)")
+    add("--no-calibration", action="store_true", help="real values: the model's own quantiles, "
+        "without conformal calibration")
     add("--plot", metavar="PNG", help="real values: fan chart of the first context")
     add("--future-file", metavar="FILE", help="forecasters with covariates: their values over "
         "the --steps forecast steps (rows after the context; the id column when the context "
@@ -167,9 +171,10 @@ def cmd_sample(args) -> int:
     data = metadata.get("data", {})
     if data.get("kind", "text") != "text":
         return _sample_real_valued(args, model, metadata)
-    for flag in ("out", "quantiles", "plot"):
-        if getattr(args, flag) is not None:
-            raise UsageError(f"seqmodel sample: --{flag} applies to real-valued models only")
+    for flag in ("out", "quantiles", "plot", "no_calibration"):
+        if getattr(args, flag) not in (None, False):
+            raise UsageError(f"seqmodel sample: --{flag.replace('_', '-')} applies to "
+                             "real-valued models only")
     _check_decoding_flags(args)
     tokenizer = tokenizer_from_dict(data["tokenizer"])
     constraint = build_constraint(args, tokenizer)
@@ -282,20 +287,43 @@ def _sample_real_valued(args, model, metadata: dict) -> int:
         flag = "--future-file" if "future" in message else "--prompt-file"
         raise UsageError(f"{flag}: {message.replace('the horizon', '--steps')}") from None
     originals = history.select(forecaster.preparation.columns, what="--prompt-file")
-    return _write_paths(args, metadata, originals, forecast.paths)
+    if not args.no_calibration and (args.quantiles or not args.out):
+        _calibrate(args, forecaster, model, metadata)
+    return _write_paths(args, metadata, originals, forecast, forecaster)
 
 
-def _write_paths(args, metadata: dict, histories: list, paths) -> int:
-    """Write sample paths ``(n, S, H, d)`` (or their quantiles) as ``--out``, ``--plot`` and
-    the CSV table on stdout say; ``histories`` ``[(T_i, d)]`` in original units."""
+def _calibrate(args, forecaster, model, metadata: dict) -> None:
+    """Set ``forecaster.calibration``: split-conformal margins for ``--steps`` steps on the
+    validation part of the training data (as ``fit`` and ``eval --backtest`` calibrate), or say
+    on stderr why the quantiles stay the model's own."""
+    from seqmodel.data import DataError
+    from seqmodel.forecasting.conformal import calibrate
+
+    try:
+        dataset, source, _ = real_valued_data(None, model, metadata)
+        forecaster.calibration = calibrate(forecaster, dataset.series, dataset.splits,
+                                           horizon=args.steps)
+    except (DataError, OSError, ValueError) as error:
+        print(f"seqmodel sample: quantiles not calibrated ({str(error).splitlines()[0]}); "
+              "--no-calibration asks for the model's own", file=sys.stderr)
+        return
+    print(f"seqmodel sample: quantiles calibrated by split conformal on "
+          f"{forecaster.calibration.windows} windows of {source!r} "
+          "(--no-calibration: the model's own)", file=sys.stderr)
+
+
+def _write_paths(args, metadata: dict, histories: list, forecast, forecaster) -> int:
+    """Write the sample paths ``(n, S, H, d)`` of ``forecast`` (or their quantiles, calibrated
+    where ``forecaster`` holds a calibration) as ``--out``, ``--plot`` and the CSV table on
+    stdout say; ``histories`` ``[(T_i, d)]`` in original units."""
     import numpy as np
 
     from seqmodel.forecasting.plots import plot_fan
-    from seqmodel.forecasting.scores import sample_quantiles
 
+    paths = forecast.paths
     quantiles = parse_quantiles(args.quantiles) if args.quantiles else None
     result = paths if quantiles is None else np.moveaxis(
-        sample_quantiles(paths, quantiles, axis=1), 0, 1)  # (n, Q, H, d)
+        forecaster.interval_quantiles(forecast, quantiles, histories), 0, 1)  # (n, Q, H, d)
     if len(histories) == 1:
         result = result[0]
     if args.plot:
@@ -308,7 +336,7 @@ def _write_paths(args, metadata: dict, histories: list, paths) -> int:
               + (f"; fan chart {args.plot}" if args.plot else ""), file=sys.stderr)
         return 0
     shown = quantiles or (0.1, 0.5, 0.9)
-    table = sample_quantiles(paths[0], shown, axis=0)  # (Q, H, d)
+    table = forecaster.interval_quantiles(forecast, shown, histories)[:, 0]  # (Q, H, d)
     columns = metadata["data"].get("columns") or [f"feature {i}" for i in range(paths.shape[-1])]
     print(",".join(["step"] + [f"{name} q{q:g}" for name in columns for q in shown]))
     for step in range(table.shape[1]):

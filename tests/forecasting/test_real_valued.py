@@ -5,6 +5,8 @@ Tiny models and a few hundred steps, seeds fixed: these check that learning happ
 (benchmarks/bench_forecast.py measures quality on larger runs).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -174,6 +176,30 @@ def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     assert main([*sample, "--seed", "1", "--quantiles", "0.1,0.5,0.9", "--out", "q.npy"]) == 0
     quantiles = np.load("q.npy")
     assert quantiles.shape == (3, 5, 2) and np.all(quantiles[0] <= quantiles[2])
+    # Calibrated like fit's intervals, on the training data's validation part: with every
+    # margin raised by 1 window scale, the 80% pair moves out by the same amount each side at
+    # every step, the median stays (the same seed draws the same paths).
+    from seqmodel.forecasting import conformal
+
+    def wider(*arguments, **options):
+        calibration = real_calibrate(*arguments, **options)
+        return dataclasses.replace(calibration, margins=calibration.margins + 1.0)
+
+    real_calibrate = conformal.calibrate
+    monkeypatch.setattr(conformal, "calibrate", wider)
+    assert main([*sample, "--seed", "1", "--quantiles", "0.1,0.5,0.9", "--out", "q.npy"]) == 0
+    assert "quantiles calibrated by split conformal on" in capsys.readouterr().err
+    calibrated = np.load("q.npy")
+    assert main([*sample, "--seed", "1", "--quantiles", "0.1,0.5,0.9", "--out", "raw.npy",
+                 "--no-calibration"]) == 0
+    raw = np.load("raw.npy")
+    np.testing.assert_array_equal(calibrated[1], raw[1])
+    widening = calibrated[2] - raw[2]  # (H, d)
+    assert np.all(widening > 0)
+    np.testing.assert_allclose(raw[0] - calibrated[0], widening, rtol=1e-4)
+    # By the window scale: the mean |y| of the context's last steps (load is 100 throughout).
+    np.testing.assert_allclose(widening[:, 1], 100.0, rtol=1e-4)
+    np.testing.assert_allclose(widening[:, 0], widening[0, 0], rtol=1e-4)
     # Without --prompt-file the six training series are continued from their ends.
     assert main(["sample", "--checkpoint", "run", "--steps", "5", "--num-samples", "8",
                  "--out", "end.npy"]) == 0
