@@ -200,6 +200,12 @@ def test_cli_train_sample_eval_on_a_csv(tmp_path, monkeypatch, capsys):
     # By the window scale: the mean |y| of the context's last steps (load is 100 throughout).
     np.testing.assert_allclose(widening[:, 1], 100.0, rtol=1e-4)
     np.testing.assert_allclose(widening[:, 0], widening[0, 0], rtol=1e-4)
+    # Without the training file the quantiles are the model's own, and stderr says why.
+    (tmp_path / "series.csv").rename(tmp_path / "moved.csv")
+    assert main([*sample, "--seed", "1", "--quantiles", "0.1,0.5,0.9", "--out", "away.npy"]) == 0
+    assert "quantiles not calibrated" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.load("away.npy"), raw)
+    (tmp_path / "moved.csv").rename(tmp_path / "series.csv")
     # Without --prompt-file the six training series are continued from their ends.
     assert main(["sample", "--checkpoint", "run", "--steps", "5", "--num-samples", "8",
                  "--out", "end.npy"]) == 0
