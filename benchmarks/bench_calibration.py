@@ -44,7 +44,8 @@ import numpy as np
 if not __package__:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_forecast_real import HEADS, SUITES, frame_of, load  # noqa: E402
+from benchmarks.bench_forecast_real import (  # noqa: E402
+    HEADS, SUITES, frame_of, held_out_windows, load)
 from benchmarks.environment import installed_versions  # noqa: E402
 from seqmodel.forecasting.conformal import (  # noqa: E402
     calibration_origins,
@@ -91,11 +92,9 @@ def sample_dataset(task, seed: int, num_samples: int) -> dict:
     first = max(forecaster.preparation.spec.max_lag, 2)
     train_lengths = [len(item) for item in dataset.series]
     chosen = calibration_origins(train_lengths, dataset.splits, horizon=horizon, first=first)
-    full = forecaster.preparation.series(forecaster.read(frame_of(task)), source=task.name)
+    full, held = held_out_windows(task, forecaster)
     key = jax.random.key(seed + 1)
     calibration = _windows(forecaster, dataset.series, chosen, horizon, 100, key)
-    held = [(row, len(item) - (task.windows - k) * horizon)
-            for row, item in enumerate(full) for k in range(task.windows)]
     test = _windows(forecaster, full, held, horizon, num_samples, jax.random.fold_in(key, 1))
     # Online windows: their truth ends inside the held-out span, before the last origin.
     online_chosen = [(row, origin) for row, item in enumerate(full)

@@ -194,6 +194,16 @@ def frame_of(task, *, drop_last: int = 0):
     return pd.concat(parts, ignore_index=True)
 
 
+def held_out_windows(task, forecaster) -> tuple[list, list[tuple[int, int]]]:
+    """``(series, windows)``: every series of ``task`` whole, as ``forecaster`` reads them
+    (globally normalised), and the ``(series, origin)`` pairs of its held-out windows (the last
+    ``task.windows`` windows of ``task.horizon`` steps of each series)."""
+    series = forecaster.preparation.series(forecaster.read(frame_of(task)), source=task.name)
+    windows = [(row, len(item) - (task.windows - window) * task.horizon)
+               for row, item in enumerate(series) for window in range(task.windows)]
+    return series, windows
+
+
 # -- one dataset --------------------------------------------------------------------------------
 
 
@@ -214,7 +224,7 @@ def train_ensemble(task, args, group: int):
 
 
 def score(task, forecaster, models, calibration, *, methods, args, seed: int):
-    full = forecaster.preparation.series(forecaster.read(frame_of(task)), source=task.name)
+    full, _ = held_out_windows(task, forecaster)
     return backtest(models[0], forecaster.preparation.spec, forecaster.preparation.normalizer,
                     full, windows=task.windows, horizon=task.horizon, season=task.season,
                     key=jax.random.key(seed), num_samples=args.num_samples, methods=methods,

@@ -25,7 +25,7 @@ import numpy as np
 if not __package__:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_forecast_real import SUITES, frame_of, load  # noqa: E402
+from benchmarks.bench_forecast_real import SUITES, frame_of, held_out_windows, load  # noqa: E402
 from benchmarks.environment import installed_versions  # noqa: E402
 from seqmodel.forecasting.conformal import window_paths  # noqa: E402
 
@@ -39,9 +39,7 @@ def coverage_by_level(task, seed: int, num_samples: int) -> dict:
 
     forecaster = smf.fit(frame_of(task, drop_last=task.windows * task.horizon), h=task.horizon,
                          seed=seed, num_samples=num_samples)
-    series = forecaster.preparation.series(forecaster.read(frame_of(task)), source=task.name)
-    chosen = [(row, len(item) - (task.windows - window) * task.horizon)
-              for row, item in enumerate(series) for window in range(task.windows)]
+    series, chosen = held_out_windows(task, forecaster)
     paths, truth, scale = window_paths(forecaster, series, chosen, horizon=task.horizon,
                                        num_samples=num_samples, key=jax.random.key(seed))
     quantile_levels = sorted({0.5} | {round((1 - level) / 2, 6) for level in LEVELS}

@@ -25,7 +25,7 @@ import numpy as np
 if not __package__:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_forecast_real import SUITES, frame_of, load  # noqa: E402
+from benchmarks.bench_forecast_real import SUITES, frame_of, held_out_windows, load  # noqa: E402
 from seqmodel.forecasting.conformal import window_paths  # noqa: E402
 
 NUM_SAMPLES = 200
@@ -47,9 +47,7 @@ def seed_scores(task, seed: int) -> dict:
     validation = [(row, origin) for row, (item, split) in enumerate(zip(dataset.series,
                                                                        dataset.splits))
                   for origin in range(split, len(item) - task.horizon + 1)]
-    full = forecaster.preparation.series(forecaster.read(frame_of(task)), source=task.name)
-    held_out = [(row, len(item) - (task.windows - window) * task.horizon)
-                for row, item in enumerate(full) for window in range(task.windows)]
+    full, held_out = held_out_windows(task, forecaster)
     return {"seed": seed, "validation_windows": len(validation),
             "validation_mae": median_mae(forecaster, dataset.series, validation, task.horizon,
                                          seed),
