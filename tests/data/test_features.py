@@ -52,6 +52,22 @@ def test_season_and_default_lags():
     assert Frequency.parse(Frequency("minute", 30).name) == Frequency("minute", 30)
 
 
+def test_default_lags_add_deepars_seasonal_lags_where_the_data_is_plenty():
+    from seqmodel.data.preparation import RICH_LAGS_OBSERVATIONS, default_lags, rich_lags
+
+    assert rich_lags(12) == (4, 5, 6, 7, 11, 12, 13, 23, 24, 25, 35, 36, 37)
+    assert rich_lags(4) == (3, 4, 5, 7, 8, 9, 11, 12, 13)  # 4-7 stop under the season's neighbour
+    month = Frequency("month")
+    assert RICH_LAGS_OBSERVATIONS == 1000
+    assert default_lags(month, 12, [999]) == (1, 2, 3, 12)            # one short series
+    assert default_lags(month, 12, [250] * 4) == (1, 2, 3) + rich_lags(12)   # a panel of 1,000
+    # Lags must still fit a third of the shortest training series (here 20 steps).
+    assert default_lags(month, 12, [60] * 20) == (1, 2, 3, 4, 5, 6, 7, 11, 12, 13)
+    assert default_lags(None, 2, [5000]) == (1, 2, 3)                 # a season of 2 takes none
+    assert default_lags(Frequency("minute", 30), 48, [3696]) == (
+        1, 2, 3, 4, 5, 6, 7, 47, 48, 49, 95, 96, 97, 143, 144, 145, 336)
+
+
 def test_advance_keeps_the_calendar():
     np.testing.assert_array_equal(
         calendar.advance(np.datetime64("2024-01-31"), Frequency("month"), 3),
