@@ -206,7 +206,8 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
     add("--id-column", metavar="NAME", help="column naming each row's series (default: "
         "sequence_id when present)")
     add("--lags", type=lag_list, metavar="K1,K2,...", help="real values: lagged targets fed "
-        "with every step (1 is the last value; default 1,2,3 and one season back)")
+        "with every step (1 is the last value; default 1,2,3 and one season back; with 1,000 "
+        "training steps or more also 4-7 and 1-3 seasons back with their neighbours)")
     add("--covariates", type=column_list, metavar="COL1,COL2", help="forecasting: known-future "
         "numeric columns fed with every step (forecasts take their future from --future-file)")
     add("--static-columns", type=column_list, metavar="COL1,COL2", help="forecasting: "

@@ -20,7 +20,8 @@ a time column (a plain model is the case without calendar features, not a second
   autocorrelation there, :func:`seqmodel.data.calendar.shows_season`), else the period that the
   autocorrelation of the training part shows (:func:`seqmodel.data.calendar.detect_season`),
   else 1;
-- lags: 1, 2, 3 and one season back (and the frequency's own extra lags), those that fit a third
+- lags: 1, 2, 3 and one season back (and the frequency's own extra lags; with 1,000 training
+  steps or more also DeepAR's seasonal lags, :func:`rich_lags`), those that fit a third
   of the shortest training series;
 - context: at least 32 steps and at least two seasons (so a forecast reads a whole season before
   it starts), at most a third of the shortest training series.
