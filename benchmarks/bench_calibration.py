@@ -15,6 +15,8 @@ judged on the same paths:
 
 - ``split``: the library's split conformal, every calibration window alike;
 - ``floor``: split, but a margin never narrows the model's interval;
+- ``floor-short``: split (narrowing allowed) where every calibration window lies in the
+  validation tail, floor where the windows had to reach back into the data the model fitted;
 - ``validation``: only the windows whose truth lies in the validation tail;
 - ``decay``: weighted conformal (Barber et al. 2023), weights halving every ``half_life`` steps
   of age (from the window's last step to the forecast origin);
@@ -127,6 +129,8 @@ def evaluate(sampled: dict, task, variant: str, half_life: float) -> dict:
     held, test = sampled["test"]
     online_chosen, online = sampled["online"]
     horizon = task.horizon
+    splits = np.array(sampled["splits"])
+    all_validation = all(origin >= splits[row] for row, origin in chosen)
     results = {}
     for level in LEVELS:
         cal_scores = scores_of(*calibration, level)  # (n, H, d)
@@ -161,7 +165,7 @@ def evaluate(sampled: dict, task, variant: str, half_life: float) -> dict:
                 column_weights = np.repeat(weights, pool.shape[2])
                 present = np.isfinite(column)
                 margin = conformal_margin(column[present], column_weights[present], level)
-                if variant == "floor":
+                if variant == "floor" or (variant == "floor-short" and not all_validation):
                     margin = max(margin, 0.0)
                 truth_scores = test_scores[index, step]
                 ok = np.isfinite(truth_scores)
@@ -172,7 +176,7 @@ def evaluate(sampled: dict, task, variant: str, half_life: float) -> dict:
     return results
 
 
-VARIANTS = ("raw", "split", "floor", "validation", "decay", "online", "online-decay")
+VARIANTS = ("raw", "split", "floor", "floor-short", "validation", "decay", "online", "online-decay")
 
 
 def main(argv=None) -> int:
@@ -214,6 +218,9 @@ def main(argv=None) -> int:
             runs.append({"seed": seed, "seconds": round(sampled["seconds"], 1),
                          "steps": sampled["steps"],
                          "calibration_windows": len(sampled["calibration"][0]),
+                         "calibration_in_validation": bool(all(
+                             origin >= sampled["splits"][row]
+                             for row, origin in sampled["calibration"][0])),
                          "online_windows": len(sampled["online"][0]), "variants": variants})
             print(name, seed, json.dumps({k: (round(v["0.8"]["coverage"], 3),
                                               round(v["0.95"]["coverage"], 3))
