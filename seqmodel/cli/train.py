@@ -456,7 +456,9 @@ def _describe(dataset) -> str:
     parts = [f"{len(dataset.series)} series, {steps:,} steps", f"head {dataset.head}",
              f"lags {','.join(map(str, spec.lags))}", f"scaling {spec.scaling}",
              f"context {spec.context_length}", f"season {dataset.season}",
-             f"anchor {f'lag {spec.anchor}' if spec.anchor else 'none'}",
+             "anchor " + (f"the mean of lags {','.join(map(str, spec.anchor_lags))}"
+                          if spec.anchor_lags else f"lag {spec.anchor}" if spec.anchor
+                          else "none"),
              f"{dataset.validation} validation, {dataset.batching}"]
     if spec.time_features:
         parts.append(f"time features {','.join(spec.time_features)}")

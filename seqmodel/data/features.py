@@ -93,6 +93,10 @@ class FeatureSpec:
         deseasonalising do, learned end to end); with 1, how it differs from the last one.
         :attr:`anchor_index` is where that value sits in an input row
         (``ModelConfig.anchor_index``).
+      anchor_lags: lags in ``lags``, ``anchor`` first, whose mean the location is relative to
+        instead (the season's multiples ``s, 2s, 3s``: a seasonal profile averaged over three
+        seasons rather than one noisy season); empty: ``anchor`` alone.
+        :attr:`anchor_indices` are where they sit (``ModelConfig.anchor_indices``).
     """
 
     target_columns: tuple
@@ -109,6 +113,7 @@ class FeatureSpec:
     static_columns: tuple = ()
     static_categories: tuple = ()
     anchor: int = 0
+    anchor_lags: tuple = ()
 
     def __post_init__(self):
         def bad(field: str, allowed: str):
@@ -138,6 +143,11 @@ class FeatureSpec:
             bad("static_categories", "give one tuple of categories per static column")
         if self.anchor != 0 and self.anchor not in self.lags:
             bad("anchor", f"give 0 (none) or one of the lags {', '.join(map(str, self.lags))}")
+        if self.anchor_lags and (len(self.anchor_lags) < 2 or self.anchor_lags[0] != self.anchor
+                                 or len(set(self.anchor_lags)) != len(self.anchor_lags)
+                                 or any(lag not in self.lags for lag in self.anchor_lags)):
+            bad("anchor_lags", f"give () or 2 or more distinct lags, the anchor ({self.anchor}) "
+                f"first, all among the lags {', '.join(map(str, self.lags))}")
 
     # -- sizes -------------------------------------------------------------------------------
 
@@ -171,15 +181,22 @@ class FeatureSpec:
         d = self.target_size
         return d * (1 + self.scaling_blocks + len(self.extra_lags)) + self.known_size
 
+    def lag_index(self, lag: int) -> int:
+        """Where lag ``lag``'s ``d`` values start in an input row: the element for lag 1, else
+        the lag's block after the element and the scalings."""
+        if lag == 1:
+            return 0
+        return self.target_size * (1 + self.scaling_blocks + self.extra_lags.index(lag))
+
     @property
     def anchor_index(self) -> int | None:
-        """Where the anchor lag's ``d`` values start in an input row (None without an anchor):
-        the element for lag 1, else the lag's block after the element and the scalings."""
-        if not self.anchor:
-            return None
-        if self.anchor == 1:
-            return 0
-        return self.target_size * (1 + self.scaling_blocks + self.extra_lags.index(self.anchor))
+        """Where the anchor lag's ``d`` values start in an input row (None without an anchor)."""
+        return self.lag_index(self.anchor) if self.anchor else None
+
+    @property
+    def anchor_indices(self) -> tuple[int, ...]:
+        """Where each of :attr:`anchor_lags` starts in an input row (empty without them)."""
+        return tuple(self.lag_index(lag) for lag in self.anchor_lags)
 
     @property
     def conditioned(self) -> bool:
@@ -189,6 +206,8 @@ class FeatureSpec:
     def model_fields(self) -> dict:
         """The :class:`seqmodel.ModelConfig` fields this layout fixes."""
         anchor = {} if self.anchor_index is None else {"anchor_index": self.anchor_index}
+        if self.anchor_lags:
+            anchor["anchor_indices"] = self.anchor_indices
         if not self.conditioned:
             return {"input_size": self.input_size, **anchor}
         return {"input_size": self.input_size, "target_size": self.target_size,
@@ -211,6 +230,7 @@ class FeatureSpec:
                 values[field.name] = tuple(values[field.name])
         values["static_categories"] = tuple(tuple(c) for c in values.get("static_categories", ()))
         values["lags"] = tuple(int(lag) for lag in values.get("lags", (1,)))
+        values["anchor_lags"] = tuple(int(lag) for lag in values.get("anchor_lags", ()))
         return cls(**values)
 
 

@@ -246,7 +246,8 @@ class SequenceModel(nnx.Module):
     def _in_data_units(self, outputs, inputs: Array):
         """With ``input_scaling``, the head's parameters scaled back by each input's scale (and
         moved back by its location with ``input_location``), and with ``anchor_index`` moved by
-        the anchor's value (in the input's scaled units, so by its value in data units), all
+        the anchor's value (the mean of ``anchor_indices``' values where given; in the input's
+        scaled units, so by its value in data units), all
         read from the input itself so that both modes agree; else ``outputs`` as they are."""
         config = self.config
         if not config.input_scaling and config.anchor_index is None:
@@ -257,6 +258,9 @@ class SequenceModel(nnx.Module):
         loc = inputs[..., 2 * size : 3 * size] if config.input_location else None
         if config.anchor_index is not None:
             anchor = inputs[..., config.anchor_index : config.anchor_index + size]
+            if config.anchor_indices:  # the mean of several anchors' values
+                anchor = jnp.mean(jnp.stack([inputs[..., index : index + size]
+                                             for index in config.anchor_indices]), axis=0)
             # loc + scale * (anchor + X): the anchor's own value plus the predicted distance.
             loc = scale * anchor if loc is None else loc + scale * anchor
         return self.head.rescale(outputs, scale, loc)

@@ -242,7 +242,51 @@ def test_a_calendar_season_the_data_does_not_show_gives_way_to_the_one_it_shows(
     # The calendar's lags stay (the tuning suite's quarterly unemployment lost without lag 4).
     assert {1, 2, 3, 12, slow.season} <= set(slow.spec.lags)
     assert slow.spec.context_length == 2 * slow.season
-    assert dated(yearly, "yearly").season == 12
+    long_yearly = dated(yearly, "yearly")
+    assert long_yearly.season == 12
+    # 1,200 months hold three years back (rich lags): the default anchor averages them.
+    assert long_yearly.spec.anchor == 12 and long_yearly.spec.anchor_lags == (12, 24, 36)
+    assert long_yearly.model_fields()["anchor_indices"] == long_yearly.spec.anchor_indices
+    path = str(tmp_path / "yearly.csv")
+    assert load_dataset(path, time_column="month", anchor="season").spec.anchor_lags == (
+        12, 24, 36)
+    assert load_dataset(path, time_column="month", anchor=12).spec.anchor_lags == ()  # alone
+    assert load_dataset(path, time_column="month", lags=(1, 12)).spec.anchor_lags == ()
+
+
+def test_a_seasonal_anchor_averages_the_seasons_the_lags_hold():
+    from seqmodel import ModelConfig
+    from seqmodel.data.preparation import seasonal_anchor_lags
+
+    lags = (1, 2, 3, 4, 5, 6, 7, 47, 48, 49, 95, 96, 97, 143, 144, 145, 336)
+    assert seasonal_anchor_lags(48, 48, lags) == (48, 96, 144)
+    assert seasonal_anchor_lags(12, 12, (1, 2, 3, 12)) == ()  # one season: the lag alone
+    assert seasonal_anchor_lags(12, 12, (1, 12, 36)) == (12, 36)
+    assert seasonal_anchor_lags(1, 12, (1, 12, 24)) == ()  # the last value is no season
+    assert seasonal_anchor_lags(1, 1, lags) == ()
+    # element, log s, then the lags from 2: lag 48 is column 9, 96 column 12, 144 column 15.
+    layout = FeatureSpec(target_columns=("y",), lags=lags, context_length=4, anchor=48,
+                         anchor_lags=(48, 96, 144))
+    assert layout.anchor_index == 9 and layout.anchor_indices == (9, 12, 15)
+    fields = layout.model_fields()
+    assert fields["anchor_index"] == 9 and fields["anchor_indices"] == (9, 12, 15)
+    config = ModelConfig(**fields, head="student_t")
+    assert ModelConfig.from_dict(config.to_dict()) == config  # JSON lists come back as tuples
+    # The columns hold the values 48, 96 and 144 steps before each target.
+    values = np.arange(1.0, 401.0)[:, None]
+    known = features.known_features(layout, None, np.zeros((400, 0)), ())
+    inputs = features.window_inputs(layout, values, known, start=350, length=3,
+                                    scale=np.array([2.0]), loc=None)
+    targets = values[351:354, 0]
+    np.testing.assert_allclose(inputs[:, [9, 12, 15]].mean(axis=1) * 2,
+                               (targets - 48 + targets - 96 + targets - 144) / 3)
+    assert FeatureSpec.from_dict(layout.to_dict()) == layout
+    old = {key: value for key, value in layout.to_dict().items() if key != "anchor_lags"}
+    assert FeatureSpec.from_dict(old).anchor_lags == ()  # run folders from before the mean
+    for bad in ((96, 48), (48,), (48, 50), (48, 48)):
+        with pytest.raises(ValueError, match=r"anchor_lags=.* is invalid: give \(\) or 2 or "
+                                             r"more distinct lags, the anchor \(48\) first"):
+            FeatureSpec(target_columns=("y",), lags=lags, anchor=48, anchor_lags=bad)
 
 
 def test_the_anchor_index_points_at_the_anchor_lag_in_every_layout():

@@ -131,7 +131,31 @@ def test_anchor_moves_the_location_by_the_anchor_value_in_both_modes(head, scali
         assert_trees_close(outputs.log_scale, expected.log_scale, atol=1e-6)
 
 
+@pytest.mark.parametrize("scaling", ["std", "mean"])
+def test_several_anchors_move_the_location_by_their_mean_in_both_modes(scaling):
+    # element, log s, (m), then 3 lags: the location is relative to the mean of the last two.
+    size = {"std": 6, "mean": 5}[scaling]
+    indices = (size - 2, size - 1)
+    config = sm.ModelConfig(input_size=size, target_size=1, head="student_t", hidden_size=8,
+                            input_scaling=True, input_location=scaling == "std",
+                            anchor_index=indices[0], anchor_indices=indices)
+    model = sm.SequenceModel(config, rngs=nnx.Rngs(0))
+    plain = sm.SequenceModel(dataclasses.replace(config, anchor_index=None, anchor_indices=()),
+                             rngs=nnx.Rngs(0))
+    inputs = jax.random.normal(jax.random.key(3), (2, 5, size))
+    (outputs, carry), (step_outputs, step_carry) = both_paths(model, inputs)
+    assert_trees_close(outputs, step_outputs, atol=1e-5)
+    assert_trees_close(carry, step_carry, atol=1e-5)
+    value = jnp.exp(inputs[..., 1:2]) * inputs[..., size - 2:].mean(axis=-1, keepdims=True)
+    assert_trees_close(outputs.loc, plain(inputs)[0].loc + value, atol=1e-5)
+    assert_trees_close(outputs.log_scale, plain(inputs)[0].log_scale, atol=1e-6)
+
+
 @pytest.mark.parametrize("overrides, message", [
+    (dict(anchor_indices=(2,)), r"anchor_indices=\(2,\) is invalid: give a tuple of 2 or more"),
+    (dict(anchor_indices=(1, 2)), r"anchor_indices=\(1, 2\) is invalid"),  # not anchor first
+    (dict(anchor_indices=(2, 3)), r"anchor_indices=\(2, 3\) is invalid"),  # past the input
+    (dict(anchor_indices=[2, 1]), r"anchor_indices=\[2, 1\] is invalid"),  # not a tuple
     (dict(head="negbin"), "anchor_index=2 is invalid: needs real-valued inputs with a continuous"),
     (dict(anchor_index=3), "anchor_index=3 is invalid"),
     (dict(anchor_index=-1), "anchor_index=-1 is invalid"),

@@ -3,6 +3,7 @@ each falling back past a step that cannot be read."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -172,7 +173,7 @@ def read_metadata(path: str | os.PathLike, *, prefer: str = "best") -> dict:
 
 def check_model_config(saved: dict, config, where: str) -> None:
     """Raise :class:`CheckpointError` naming the fields where ``config`` differs from ``saved``."""
-    current = config.to_dict()
+    current = json.loads(json.dumps(config.to_dict()))  # as saved: tuples are lists in JSON
     different = [f"{key}={saved.get(key)!r} (now {current[key]!r})" for key in current
                  if key in saved and saved[key] != current[key]]
     if different:
