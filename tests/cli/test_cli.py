@@ -318,3 +318,18 @@ def test_a_time_budget_spent_before_the_first_step_says_so(corpus, tmp_path, cap
     assert "done: 0 steps" in stdout
     assert "no training step fitted in --max-time 0.001 (the budget also pays for compiling" \
         in stdout and "give a larger --max-time or --steps N" in stdout
+
+
+def test_the_summary_line_names_the_anchor():
+    """`seqmodel train`'s first line says what the location is relative to: one lag, or the
+    mean of the season's lags where long data feeds them."""
+    from seqmodel.cli.train import _describe
+    from seqmodel.data import load_dataset
+
+    steps = np.arange(1200)
+    values = 50 + 20 * np.sin(2 * np.pi * steps / 12) + np.random.default_rng(0).normal(size=1200)
+    long_series = load_dataset(values[:, None], season=12)
+    assert "anchor the mean of lags 12,24,36" in _describe(long_series)
+    short_series = load_dataset(values[:120, None], season=12)
+    assert "anchor lag 12" in _describe(short_series)
+    assert "anchor none" in _describe(load_dataset(values[:120, None], season=12, anchor="none"))
