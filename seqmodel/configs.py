@@ -140,10 +140,10 @@ class ModelConfig(DictConfig):
     # the lag through its gates.
     anchor_index: int | None = None
     # With anchor_index: the indices (anchor_index first) of several such blocks whose mean the
-    # location is relative to instead (empty: anchor_index's block alone). seqmodel.data.features
-    # puts the season's multiples there (s, 2s, 3s where all are fed): one noisy value a season
-    # back carries its noise into every forecast, their mean a third of its variance
-    # (forecast_tuning/mean_anchor.json: the half-hourly tuning series' MASE 0.623 -> 0.551).
+    # location is relative to instead (empty: anchor_index's block alone). With anchor="seasons"
+    # seqmodel.data.features puts the season's multiples there (s, 2s, 3s where they are fed):
+    # one noisy value a season back carries its noise into every forecast, their mean a third
+    # of its variance.
     anchor_indices: tuple = ()
     # Tuned with TrainConfig's defaults: the argument-free `seqmodel train` (python-stdlib) learns
     # Python-looking text within a few minutes on 2 CPU cores, and tinyshakespeare under 110 s

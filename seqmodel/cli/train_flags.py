@@ -225,11 +225,12 @@ def add_forecast_arguments(parser: argparse.ArgumentParser) -> None:
         "least 32 and two seasons, at most a third of the shortest series)")
     add("--season", type=positive_int, metavar="M", help="real values: the seasonal period in "
         "steps (default: from the time column's frequency, else detected from the data)")
-    add("--anchor", metavar="auto|season|last|none|K", help="real values: what the predicted "
-        "location is relative to: the season's lag (the network learns how this season "
-        "differs from the last; the mean of lags s, 2s, 3s where they are fed), the last value "
-        "(how the next step differs from it), none, or lag K alone; auto: the season where there "
-        f"is one, else the last value (default: {DEFAULT_ANCHOR})")
+    add("--anchor", metavar="auto|season|seasons|last|none|K", help="real values: what the "
+        "predicted location is relative to: the season's lag (the network learns how this "
+        "season differs from the last), seasons: the mean of lags s, 2s, 3s where they are fed "
+        "(long data), the last value (how the next step differs from it), none, or lag K; auto: "
+        f"the season's lag where there is a season, else the last value (default: "
+        f"{DEFAULT_ANCHOR})")
     add("--ensemble", type=positive_int, metavar="K", help="real values: train K models with "
         "seeds seed..seed+K-1 (members 2..K in OUT/members/); forecasts pool their sample paths")
     add("--holdout", type=non_negative_int, metavar="N", help="real values: keep the last N "

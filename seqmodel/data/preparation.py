@@ -56,11 +56,13 @@ from seqmodel.data.tables import Table
 # an anchor, 0.663 with the season's lag only, 0.643 with the last value everywhere, 0.622 with
 # this rule; the 80% intervals in 0.72-0.88 on 7 of 9 series against 8 of 9 without.
 DEFAULT_ANCHOR = "auto"
-# How many of the season's multiples (s, 2s, ...) a seasonal anchor averages where they are fed
-# (seasonal_anchor_lags; with rich_lags, i.e. long data). Chosen on the tuning suite (seeds 0-2,
-# forecast_tuning/mean_anchor.json against rich_lags_rule.json): the half-hourly series' MASE
-# 0.623 +- 0.036 -> 0.551 +- 0.005 (the week's seasonal naive scores 0.538 there), the level-
-# dominated weekly series 0.175 -> 0.173; no other tuning series feeds 2s.
+# How many of the season's multiples (s, 2s, ...) anchor="seasons" averages where they are fed
+# (seasonal_anchor_lags; rich_lags feeds three on long data). An option, not the default: on
+# the tuning suite it gained (seeds 0-2, forecast_tuning/mean_anchor.json: the half-hourly
+# series' MASE 0.623 +- 0.036 -> 0.551 +- 0.005, level 0.175 -> 0.173, the geometric mean over
+# the nine 0.635 -> 0.625), but on the benchmark series it did not hold (one model's geometric
+# mean 0.526 -> 0.523, the ensemble's 0.541 -> 0.553: co2 0.584 -> 0.553, taylor 0.367 -> 0.378,
+# the ensemble on taylor 0.319 -> 0.391; forecast_real_cpu_2core_mean_anchor.json).
 ANCHOR_SEASONS = 3
 # Heads whose targets are counts (kept as they are, checked to be counts).
 COUNT_HEADS = ("negbin",)
@@ -303,9 +305,10 @@ def resolve_anchor(anchor: int | str | None, *, head: str, season: int,
 
     ``None`` is :data:`DEFAULT_ANCHOR`, ``"auto"``: the season's lag where there is a season and
     the lags hold it, else lag 1 (Box and Jenkins' differencing: seasonal where the data shows a
-    season, else first). ``"season"`` is the season's lag where there is one (else none),
-    ``"last"`` lag 1, ``"none"`` or 0 none, an integer that lag (which must be fed). Counts and
-    0/1 heads take none: their elements cannot be shifted.
+    season, else first). ``"season"`` is the season's lag where there is one (else none), and
+    so is ``"seasons"`` (whose location :func:`prepare` then makes the mean of the season's
+    multiples the lags hold), ``"last"`` lag 1, ``"none"`` or 0 none, an integer that lag (which
+    must be fed). Counts and 0/1 heads take none: their elements cannot be shifted.
 
     Raises:
       DataError: an anchor that is not one of these, or a lag that is not fed.
@@ -320,7 +323,7 @@ def resolve_anchor(anchor: int | str | None, *, head: str, season: int,
     seasonal = season > 1 and season in lags
     if anchor == "auto":
         return season if seasonal else 1
-    if anchor == "season":
+    if anchor in ("season", "seasons"):
         return season if seasonal else 0
     if anchor == "last":
         return 1
@@ -331,13 +334,14 @@ def resolve_anchor(anchor: int | str | None, *, head: str, season: int,
     except (TypeError, ValueError):
         lag = -1
     if lag != 0 and lag not in lags:
-        raise DataError(f"--anchor {anchor!r} is invalid: allowed are auto, season, last, none or "
+        raise DataError(f"--anchor {anchor!r} is invalid: allowed are auto, season, seasons, last, "
+                        f"none or "
                         f"one of the lags fed ({', '.join(map(str, lags))})")
     return lag
 
 
 def seasonal_anchor_lags(anchor: int, season: int, lags: Sequence[int]) -> tuple[int, ...]:
-    """``FeatureSpec.anchor_lags`` of a seasonal anchor: the season's first
+    """``FeatureSpec.anchor_lags`` of ``anchor="seasons"``: the season's first
     :data:`ANCHOR_SEASONS` multiples ``s, 2s, 3s`` that ``lags`` holds, where that is 2 or more
     (the mean of three seasons' values is a seasonal profile with a third of one value's noise
     variance, the network still sees each lag); ``()`` for any other anchor.
@@ -381,9 +385,8 @@ def prepare(table: Table, *, train_stops: Sequence[int], source: str = "the data
       season: the seasonal period in steps (default: from the frequency, else detected).
       normalize: ``False`` keeps the targets in their units (no global normalisation).
       anchor: what the predicted location is relative to (:func:`resolve_anchor`):
-        ``"season"`` (the season's lag), ``"last"`` (lag 1), ``"none"``, or a lag. The default
-        and ``"season"`` average the season's multiples where the lags hold them
-        (:func:`seasonal_anchor_lags`); a lag given by number is that lag alone.
+        ``"season"`` (the season's lag), ``"seasons"`` (the mean of the season's multiples the
+        lags hold, :func:`seasonal_anchor_lags`), ``"last"`` (lag 1), ``"none"``, or a lag.
 
     Raises:
       DataError: one line (a covariate that is every column, counts that are not counts, lags
@@ -447,11 +450,9 @@ def prepare(table: Table, *, train_stops: Sequence[int], source: str = "the data
     else:
         lags = features.parse_lags(",".join(str(lag) for lag in lags))
     default_anchor = anchor is None
-    # The default and the named seasonal anchors average the season's multiples; a lag given
-    # by number is that lag alone.
-    seasonal = anchor in (None, "auto", "season")
+    averaged = anchor == "seasons"
     anchor = resolve_anchor(anchor, head=head, season=int(season), lags=tuple(lags))
-    anchor_lags = seasonal_anchor_lags(anchor, int(season), lags) if seasonal else ()
+    anchor_lags = seasonal_anchor_lags(anchor, int(season), lags) if averaged else ()
     if context_length is None:
         context_length = default_context(season, train_lengths)
     if scaling is None:

@@ -244,14 +244,18 @@ def test_a_calendar_season_the_data_does_not_show_gives_way_to_the_one_it_shows(
     assert slow.spec.context_length == 2 * slow.season
     long_yearly = dated(yearly, "yearly")
     assert long_yearly.season == 12
-    # 1,200 months hold three years back (rich lags): the default anchor averages them.
-    assert long_yearly.spec.anchor == 12 and long_yearly.spec.anchor_lags == (12, 24, 36)
-    assert long_yearly.model_fields()["anchor_indices"] == long_yearly.spec.anchor_indices
+    # 1,200 months hold three years back (rich lags): anchor="seasons" averages them; the
+    # default anchor is the season's lag alone.
+    assert long_yearly.spec.anchor == 12 and long_yearly.spec.anchor_lags == ()
+    assert "anchor_indices" not in long_yearly.model_fields()
     path = str(tmp_path / "yearly.csv")
-    assert load_dataset(path, time_column="month", anchor="season").spec.anchor_lags == (
-        12, 24, 36)
-    assert load_dataset(path, time_column="month", anchor=12).spec.anchor_lags == ()  # alone
-    assert load_dataset(path, time_column="month", lags=(1, 12)).spec.anchor_lags == ()
+    averaged = load_dataset(path, time_column="month", anchor="seasons")
+    assert averaged.spec.anchor == 12 and averaged.spec.anchor_lags == (12, 24, 36)
+    assert averaged.model_fields()["anchor_indices"] == averaged.spec.anchor_indices
+    assert load_dataset(path, time_column="month", anchor="season").spec.anchor_lags == ()
+    # Fewer than two multiples fed: the season's lag alone.
+    assert load_dataset(path, time_column="month", lags=(1, 12),
+                        anchor="seasons").spec.anchor_lags == ()
 
 
 def test_a_seasonal_anchor_averages_the_seasons_the_lags_hold():
@@ -329,8 +333,9 @@ def test_resolve_anchor_rule_and_errors():
     assert resolve_anchor(None, head="student_t", season=12, lags=lags) == 12
     assert resolve_anchor("auto", head="student_t", season=1, lags=lags) == 1
     assert resolve_anchor("auto", head="gaussian", season=52, lags=lags) == 1
-    with pytest.raises(DataError, match="--anchor 5 is invalid: allowed are auto, season, last, "
-                                        "none or one of the lags fed"):
+    assert resolve_anchor("seasons", head="student_t", season=12, lags=lags) == 12
+    with pytest.raises(DataError, match="--anchor 5 is invalid: allowed are auto, season, seasons, "
+                                        "last, none or one of the lags fed"):
         resolve_anchor(5, head="gaussian", season=12, lags=lags)
     with pytest.raises(DataError, match="--anchor 'weekly' is invalid"):
         resolve_anchor("weekly", head="gaussian", season=12, lags=lags)
