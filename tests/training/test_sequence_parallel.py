@@ -1,8 +1,8 @@
 """Sequence parallelism in training (seqmodel.training.distributed with a ``sequence`` axis):
 losses, gradients and parameters equal the one-device run on 2 and 4 virtual CPU devices, time
-alone and rows x time, at T = 64 (every mesh), 4096 (time alone) and 65,536 (4 along time); a
-run stopped and resumed on the sequence mesh equals the run never stopped; generation after it is
-unchanged; what cannot split time is refused with one clear line.
+alone and rows x time, at T = 64 (every mesh) and 65,536 (4 along time, with the memory a
+device holds); a run stopped and resumed on the sequence mesh equals the run never stopped;
+generation after it is unchanged; what cannot split time is refused with one clear line.
 
 Device counts are fixed when JAX starts its backend, so the multi-device checks run in
 subprocesses with ``--xla_force_host_platform_device_count=4``.
@@ -155,17 +155,14 @@ def test_train_steps_on_sequence_meshes_equal_one_device_at_64(cell):
 
 
 @pytest.mark.slow
-def test_train_steps_on_sequence_meshes_equal_one_device_at_4096():
-    # Every mesh is checked at 64; the long lengths check time split over 4 devices alone.
-    report = run_worker(STEPS, "4096", "rglru", "4x4")
-    check_steps(report, {"4 cpu devices (1 data x 4 sequence)"})
-    # Each device holds its chunk of time: memory per device falls with the devices along time.
-    assert report["4 cpu devices (1 data x 4 sequence)"]["memory"] < 0.35
-
-
-@pytest.mark.slow
 def test_train_steps_on_sequence_meshes_equal_one_device_at_65536():
-    check_steps(run_worker(STEPS, "65536", "rglru", "4x4"), {"4 cpu devices (1 data x 4 sequence)"})
+    # Every mesh is checked at 64; the long length checks time split over 4 devices alone (a
+    # run at 4,096 checked the same and was dropped to keep the suite under 10 minutes).
+    report = run_worker(STEPS, "65536", "rglru", "4x4")
+    check_steps(report, {"4 cpu devices (1 data x 4 sequence)"})
+    # Each device holds its chunk of time: memory per device falls with the devices along time
+    # (measured 0.250 of one device's).
+    assert report["4 cpu devices (1 data x 4 sequence)"]["memory"] < 0.35
 
 
 # fit() on a 2 x 2 mesh: equal to one device, resumed exactly, and generation afterwards.
