@@ -68,7 +68,8 @@ def fit(df, *, h: int, freq: Any = None, static_df=None, id_col: str = FRAME_ID,
       settings: the model (``cell``, ``hidden_size``, ``num_layers``, ``dropout``,
         ``input_skip``: a linear path from the inputs to the head, off by default), the data
         (``lags``, ``scaling``, ``context_length``, ``season``, ``anchor``: what the predicted
-        location is relative to, default the season's lag else the last value, ``head``,
+        location is relative to, default the season's lag else the last value; ``"seasons"``:
+        the mean of lags s, 2s, 3s where they are fed, ``head``,
         ``missing``), training
         (``steps``, ``max_time``, ``batch_size``, ``seq_len``, ``learning_rate``, ``seed``,
         ``eval_every``; defaults: ``seqmodel.configs.SERIES_TRAIN_DEFAULTS`` and
