@@ -80,7 +80,8 @@ class DictConfig:
     """Mixin for frozen dataclasses: ``to_dict()`` and ``from_dict(values)``.
 
     ``from_dict`` ignores keys that are not fields, so a checkpoint written by a newer version
-    with extra fields still loads.
+    with extra fields still loads, and turns lists back into tuples (JSON has no tuples, and a
+    config must stay hashable: jit takes it as a static argument).
 
     Example::
 
@@ -93,7 +94,8 @@ class DictConfig:
     @classmethod
     def from_dict(cls, values: dict):
         known = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in known})
+        return cls(**{key: tuple(value) if isinstance(value, list) else value
+                      for key, value in values.items() if key in known})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,8 +263,6 @@ class ModelConfig(DictConfig):
         ``"elman"`` say ``cell="rnn"``, which still loads."""
         if values.get("cell") == "rnn":
             values = {**values, "cell": "elman"}
-        if isinstance(values.get("anchor_indices"), list):  # JSON has no tuples
-            values = {**values, "anchor_indices": tuple(values["anchor_indices"])}
         return super().from_dict(values)
 
     @property

@@ -334,9 +334,8 @@ def resolve_anchor(anchor: int | str | None, *, head: str, season: int,
     except (TypeError, ValueError):
         lag = -1
     if lag != 0 and lag not in lags:
-        raise DataError(f"--anchor {anchor!r} is invalid: allowed are auto, season, seasons, last, "
-                        f"none or "
-                        f"one of the lags fed ({', '.join(map(str, lags))})")
+        raise DataError(f"--anchor {anchor!r} is invalid: allowed are auto, season, seasons, "
+                        f"last, none or one of the lags fed ({', '.join(map(str, lags))})")
     return lag
 
 

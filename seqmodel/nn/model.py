@@ -257,10 +257,11 @@ class SequenceModel(nnx.Module):
                  else jnp.ones(inputs.shape[:-1] + (size,), inputs.dtype))
         loc = inputs[..., 2 * size : 3 * size] if config.input_location else None
         if config.anchor_index is not None:
-            anchor = inputs[..., config.anchor_index : config.anchor_index + size]
             if config.anchor_indices:  # the mean of several anchors' values
                 anchor = jnp.mean(jnp.stack([inputs[..., index : index + size]
                                              for index in config.anchor_indices]), axis=0)
+            else:
+                anchor = inputs[..., config.anchor_index : config.anchor_index + size]
             # loc + scale * (anchor + X): the anchor's own value plus the predicted distance.
             loc = scale * anchor if loc is None else loc + scale * anchor
         return self.head.rescale(outputs, scale, loc)
